@@ -1,0 +1,35 @@
+//! normalizer's configuration: `[service]`, `[kafka]`, `[registry]`.
+//! Layering and error reporting come from `tickflow_shared::config`.
+
+use serde::Deserialize;
+use tickflow_shared::config::{KafkaConfig, Problems, RegistryConfig, ServiceConfig, Validate};
+use tickflow_shared::service::ServiceRoot;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[service]`: HTTP endpoint, logs, shutdown deadline, metric label guard.
+    pub service: ServiceConfig,
+    /// `[kafka]`: brokers, security, producer settings, topic overrides.
+    pub kafka: KafkaConfig,
+    /// `[registry]`: the Confluent-compatible schema registry.
+    pub registry: RegistryConfig,
+}
+
+impl Validate for Config {
+    fn validate(&self, problems: &mut Problems) {
+        self.service.validate(problems);
+        self.kafka.validate(problems);
+        self.registry.validate(problems);
+    }
+}
+
+impl ServiceRoot for Config {
+    fn service(&self) -> &ServiceConfig {
+        &self.service
+    }
+
+    fn service_mut(&mut self) -> &mut ServiceConfig {
+        &mut self.service
+    }
+}

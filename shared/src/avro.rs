@@ -1,0 +1,497 @@
+//! Avro with a Confluent-compatible schema registry.
+//!
+//! The `.avsc` files under `shared/schemas/` are the source of truth. At start a service sets the
+//! compatibility of each subject it writes (`<topic>-value`, TopicNameStrategy) and registers the
+//! schema there; a schema the registry refuses as incompatible stops the service with an error
+//! that names the subject. Values are encoded and decoded in the Confluent wire format (magic
+//! byte 0, 4-byte big-endian schema id, Avro body) through `schema_registry_converter`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::{
+    get_all_subjects, post_schema, SrSettings,
+};
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+use secrecy::ExposeSecret;
+
+use crate::config::RegistryConfig;
+use crate::domain::{
+    decimal_from_avro_bytes, decimal_to_avro_bytes, AssetClass, RawEnvelope, Side, Trade,
+    AVRO_DECIMAL_SCALE,
+};
+use crate::error::{Error, Result};
+
+/// One of tickflow's Avro schemas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaDef {
+    /// Full name, e.g. `dev.tickflow.md.Trade`.
+    pub name: &'static str,
+    /// The `.avsc` text.
+    pub avsc: &'static str,
+}
+
+pub const RAW_ENVELOPE: SchemaDef = SchemaDef {
+    name: "dev.tickflow.md.RawEnvelope",
+    avsc: include_str!("../schemas/raw_envelope.avsc"),
+};
+pub const TRADE: SchemaDef = SchemaDef {
+    name: "dev.tickflow.md.Trade",
+    avsc: include_str!("../schemas/trade.avsc"),
+};
+pub const CANDLE: SchemaDef = SchemaDef {
+    name: "dev.tickflow.md.Candle",
+    avsc: include_str!("../schemas/candle.avsc"),
+};
+pub const FAIR_PRICE: SchemaDef = SchemaDef {
+    name: "dev.tickflow.md.FairPrice",
+    avsc: include_str!("../schemas/fair_price.avsc"),
+};
+pub const ANOMALY: SchemaDef = SchemaDef {
+    name: "dev.tickflow.md.Anomaly",
+    avsc: include_str!("../schemas/anomaly.avsc"),
+};
+
+/// Every schema, for tools that register or check them all.
+pub const ALL_SCHEMAS: [SchemaDef; 5] = [RAW_ENVELOPE, TRADE, CANDLE, FAIR_PRICE, ANOMALY];
+
+impl SchemaDef {
+    pub fn parse(&self) -> Result<Schema> {
+        Schema::parse_str(self.avsc).map_err(|e| Error::Avro(format!("{}: {e}", self.name)))
+    }
+
+    fn supplied(&self) -> SuppliedSchema {
+        SuppliedSchema::new(Some(self.name.to_string()), SchemaType::Avro, self.avsc.to_string())
+    }
+}
+
+/// The subject of a topic's values under TopicNameStrategy.
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+/// A client of the registry's Confluent-compatible API.
+#[derive(Clone)]
+pub struct Registry {
+    settings: SrSettings,
+    http: reqwest::Client,
+    config: RegistryConfig,
+}
+
+impl Registry {
+    pub fn new(config: &RegistryConfig) -> Result<Self> {
+        let base = config.url.trim_end_matches('/').to_string();
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let mut builder = SrSettings::new_builder(base);
+        builder.set_timeout(timeout).no_proxy();
+        if let Some(token) = &config.token {
+            builder.set_token_authorization(token.expose_secret());
+        } else if let Some(user) = &config.username {
+            builder.set_basic_authorization(
+                user,
+                config.password.as_ref().map(|p| p.expose_secret()),
+            );
+        }
+        let settings = builder
+            .build()
+            .map_err(|e| Error::Registry(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .no_proxy()
+            .build()
+            .map_err(|e| Error::Registry(e.to_string()))?;
+        Ok(Self {
+            settings,
+            http,
+            config: config.clone(),
+        })
+    }
+
+    pub fn settings(&self) -> &SrSettings {
+        &self.settings
+    }
+
+    /// A real request: the list of subjects. Returns a description for `/readyz`.
+    pub async fn check(&self) -> Result<String> {
+        let subjects = get_all_subjects(&self.settings)
+            .await
+            .map_err(|e| Error::Registry(describe(&e)))?;
+        Ok(format!("{} subject(s)", subjects.len()))
+    }
+
+    /// Sets the subject's compatibility level (from config), then registers the schema under it.
+    /// Returns the schema id. An incompatible schema is [`Error::IncompatibleSchema`].
+    pub async fn register(&self, topic: &str, schema: SchemaDef) -> Result<u32> {
+        schema.parse()?;
+        let subject = value_subject(topic);
+        self.set_compatibility(&subject).await?;
+        match post_schema(&self.settings, subject.clone(), schema.supplied()).await {
+            Ok(registered) => Ok(registered.id),
+            Err(e) if is_conflict(&e) => Err(Error::IncompatibleSchema {
+                subject,
+                compatibility: self.config.compatibility.clone(),
+                message: describe(&e),
+            }),
+            Err(e) => Err(Error::Registry(format!("register {subject}: {}", describe(&e)))),
+        }
+    }
+
+    async fn set_compatibility(&self, subject: &str) -> Result<()> {
+        let url = format!("{}/config/{subject}", self.config.url.trim_end_matches('/'));
+        let mut request = self
+            .http
+            .put(&url)
+            .header("content-type", "application/vnd.schemaregistry.v1+json")
+            .json(&serde_json::json!({ "compatibility": self.config.compatibility }));
+        if let Some(token) = &self.config.token {
+            request = request.bearer_auth(token.expose_secret());
+        } else if let Some(user) = &self.config.username {
+            request = request.basic_auth(user, self.config.password.as_ref().map(|p| p.expose_secret()));
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Error::Registry(format!("PUT {url}: {e}")))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            return Err(Error::Registry(format!("PUT {url}: {status}: {body}")));
+        }
+        Ok(())
+    }
+}
+
+fn is_conflict(e: &SRCError) -> bool {
+    e.error.contains("409") || e.cause.as_deref().is_some_and(|c| c.contains("409"))
+}
+
+fn describe(e: &SRCError) -> String {
+    match &e.cause {
+        Some(cause) => format!("{}: {cause}", e.error),
+        None => e.error.clone(),
+    }
+}
+
+/// Encodes and decodes values of registered schemas in the Confluent wire format.
+pub struct AvroCodec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    strategies: HashMap<String, SubjectNameStrategy>,
+}
+
+impl AvroCodec {
+    /// A codec for the given (topic, schema) pairs. Encoding to another topic is an error.
+    pub fn new(registry: &Registry, topics: &[(&str, SchemaDef)]) -> Self {
+        let strategies = topics
+            .iter()
+            .map(|(topic, schema)| {
+                (
+                    topic.to_string(),
+                    SubjectNameStrategy::TopicNameStrategyWithSchema(
+                        topic.to_string(),
+                        false,
+                        schema.supplied(),
+                    ),
+                )
+            })
+            .collect();
+        Self {
+            encoder: AvroEncoder::new(registry.settings.clone()),
+            decoder: AvroDecoder::new(registry.settings.clone()),
+            strategies,
+        }
+    }
+
+    /// Encodes `value` for `topic`: magic byte, schema id, Avro body.
+    pub async fn encode(&self, topic: &str, value: Value) -> Result<Vec<u8>> {
+        let strategy = self
+            .strategies
+            .get(topic)
+            .ok_or_else(|| Error::Avro(format!("no schema configured for topic {topic}")))?;
+        self.encoder
+            .encode_value(value, strategy)
+            .await
+            .map_err(|e| Error::Avro(describe(&e)))
+    }
+
+    /// Decodes Confluent wire-format bytes with the writer schema fetched by id.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<Value> {
+        self.decoder
+            .decode(Some(bytes))
+            .await
+            .map(|r| r.value)
+            .map_err(|e| Error::Avro(describe(&e)))
+    }
+
+    pub async fn encode_trade(&self, topic: &str, trade: &Trade) -> Result<Vec<u8>> {
+        self.encode(topic, trade_to_value(trade)?).await
+    }
+
+    pub async fn decode_trade(&self, bytes: &[u8]) -> Result<Trade> {
+        trade_from_value(self.decode(bytes).await?)
+    }
+
+    pub async fn encode_raw(&self, topic: &str, raw: &RawEnvelope) -> Result<Vec<u8>> {
+        self.encode(topic, raw_envelope_to_value(raw)).await
+    }
+
+    pub async fn decode_raw(&self, bytes: &[u8]) -> Result<RawEnvelope> {
+        raw_envelope_from_value(self.decode(bytes).await?)
+    }
+}
+
+const SIDES: [Side; 3] = [Side::Buy, Side::Sell, Side::Unknown];
+const ASSET_CLASSES: [AssetClass; 4] = [
+    AssetClass::Crypto,
+    AssetClass::Equity,
+    AssetClass::Fx,
+    AssetClass::Other,
+];
+
+fn enum_value<T: Copy + PartialEq>(symbols: &[T], v: T, name: fn(T) -> &'static str) -> Value {
+    let index = symbols.iter().position(|s| *s == v).unwrap_or(symbols.len() - 1);
+    Value::Enum(index as u32, name(v).to_string())
+}
+
+/// A decimal field's Avro value.
+pub fn decimal_value(d: &rust_decimal::Decimal) -> Result<Value> {
+    Ok(Value::Decimal(apache_avro::Decimal::from(decimal_to_avro_bytes(d)?)))
+}
+
+pub fn trade_to_value(t: &Trade) -> Result<Value> {
+    Ok(Value::Record(vec![
+        ("instrument".into(), Value::String(t.instrument.clone())),
+        ("base".into(), Value::String(t.base.clone())),
+        ("quote".into(), Value::String(t.quote.clone())),
+        ("asset_class".into(), enum_value(&ASSET_CLASSES, t.asset_class, AssetClass::as_str)),
+        ("exchange".into(), Value::String(t.exchange.clone())),
+        ("provider".into(), Value::String(t.provider.clone())),
+        ("provider_symbol".into(), Value::String(t.provider_symbol.clone())),
+        ("trade_id".into(), Value::String(t.trade_id.clone())),
+        ("price".into(), decimal_value(&t.price)?),
+        ("size".into(), decimal_value(&t.size)?),
+        ("side".into(), enum_value(&SIDES, t.side, Side::as_str)),
+        ("event_time".into(), Value::TimestampMicros(t.event_time)),
+        ("ingest_time".into(), Value::TimestampMicros(t.ingest_time)),
+        ("normalized_time".into(), Value::TimestampMicros(t.normalized_time)),
+        (
+            "provider_sequence".into(),
+            match t.provider_sequence {
+                Some(s) => Value::Union(1, Box::new(Value::Long(s))),
+                None => Value::Union(0, Box::new(Value::Null)),
+            },
+        ),
+    ]))
+}
+
+/// Field access on a decoded record, with errors that name the field.
+struct Fields(HashMap<String, Value>);
+
+impl Fields {
+    fn of(value: Value, record: &str) -> Result<Self> {
+        match value {
+            Value::Record(fields) => Ok(Self(fields.into_iter().collect())),
+            other => Err(Error::Avro(format!("{record}: expected a record, got {other:?}"))),
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Result<Value> {
+        let value = self
+            .0
+            .remove(name)
+            .ok_or_else(|| Error::Avro(format!("missing field {name}")))?;
+        // Unions arrive wrapped; the field's own value is inside.
+        Ok(match value {
+            Value::Union(_, inner) => *inner,
+            v => v,
+        })
+    }
+
+    fn string(&mut self, name: &str) -> Result<String> {
+        match self.take(name)? {
+            Value::String(s) | Value::Enum(_, s) => Ok(s),
+            other => Err(wrong(name, "string", &other)),
+        }
+    }
+
+    fn long(&mut self, name: &str) -> Result<i64> {
+        match self.take(name)? {
+            Value::Long(v)
+            | Value::TimestampMicros(v)
+            | Value::TimestampMillis(v)
+            | Value::TimestampNanos(v) => Ok(v),
+            Value::Int(v) => Ok(i64::from(v)),
+            other => Err(wrong(name, "long", &other)),
+        }
+    }
+
+    fn opt_long(&mut self, name: &str) -> Result<Option<i64>> {
+        match self.take(name)? {
+            Value::Null => Ok(None),
+            Value::Long(v) => Ok(Some(v)),
+            other => Err(wrong(name, "null or long", &other)),
+        }
+    }
+
+    fn bytes(&mut self, name: &str) -> Result<Vec<u8>> {
+        match self.take(name)? {
+            Value::Bytes(b) => Ok(b),
+            other => Err(wrong(name, "bytes", &other)),
+        }
+    }
+
+    fn decimal(&mut self, name: &str) -> Result<rust_decimal::Decimal> {
+        match self.take(name)? {
+            Value::Decimal(d) => {
+                let bytes = <Vec<u8>>::try_from(&d).map_err(|e| Error::Avro(e.to_string()))?;
+                decimal_from_avro_bytes(&bytes, AVRO_DECIMAL_SCALE)
+            }
+            other => Err(wrong(name, "decimal", &other)),
+        }
+    }
+}
+
+fn wrong(name: &str, expected: &str, got: &Value) -> Error {
+    Error::Avro(format!("field {name}: expected {expected}, got {got:?}"))
+}
+
+pub fn trade_from_value(value: Value) -> Result<Trade> {
+    let mut f = Fields::of(value, "Trade")?;
+    Ok(Trade {
+        instrument: f.string("instrument")?,
+        base: f.string("base")?,
+        quote: f.string("quote")?,
+        asset_class: f.string("asset_class")?.parse()?,
+        exchange: f.string("exchange")?,
+        provider: f.string("provider")?,
+        provider_symbol: f.string("provider_symbol")?,
+        trade_id: f.string("trade_id")?,
+        price: f.decimal("price")?,
+        size: f.decimal("size")?,
+        side: f.string("side")?.parse()?,
+        event_time: f.long("event_time")?,
+        ingest_time: f.long("ingest_time")?,
+        normalized_time: f.long("normalized_time")?,
+        provider_sequence: f.opt_long("provider_sequence")?,
+    })
+}
+
+pub fn raw_envelope_to_value(r: &RawEnvelope) -> Value {
+    Value::Record(vec![
+        ("provider".into(), Value::String(r.provider.clone())),
+        ("connection_id".into(), Value::String(r.connection_id.clone())),
+        ("sequence".into(), Value::Long(r.sequence)),
+        ("received_at".into(), Value::TimestampMicros(r.received_at)),
+        ("channel".into(), Value::String(r.channel.clone())),
+        ("payload".into(), Value::Bytes(r.payload.clone())),
+    ])
+}
+
+pub fn raw_envelope_from_value(value: Value) -> Result<RawEnvelope> {
+    let mut f = Fields::of(value, "RawEnvelope")?;
+    Ok(RawEnvelope {
+        provider: f.string("provider")?,
+        connection_id: f.string("connection_id")?,
+        sequence: f.long("sequence")?,
+        received_at: f.long("received_at")?,
+        channel: f.string("channel")?,
+        payload: f.bytes("payload")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::parse_decimal;
+
+    pub(crate) fn sample_trade() -> Trade {
+        Trade {
+            instrument: "BTC-USD".into(),
+            base: "BTC".into(),
+            quote: "USD".into(),
+            asset_class: AssetClass::Crypto,
+            exchange: "coinbase".into(),
+            provider: "coinbase".into(),
+            provider_symbol: "BTC-USD".into(),
+            trade_id: "1234567".into(),
+            price: parse_decimal("67012.34000000").unwrap(),
+            size: parse_decimal("0.000012345678").unwrap(),
+            side: Side::Sell,
+            event_time: 1_732_233_600_123_456,
+            ingest_time: 1_732_233_600_124_001,
+            normalized_time: 1_732_233_600_125_999,
+            provider_sequence: Some(42),
+        }
+    }
+
+    fn avro_round_trip(schema: &Schema, value: Value) -> Value {
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(value)
+            .unwrap();
+        apache_avro::reader::datum::GenericDatumReader::builder(schema)
+            .build()
+            .unwrap()
+            .read_value(&mut body.as_slice())
+            .unwrap()
+    }
+
+    #[test]
+    fn every_schema_parses() {
+        for schema in ALL_SCHEMAS {
+            let parsed = schema.parse().unwrap();
+            let name = match &parsed {
+                Schema::Record(r) => r.name.fullname(None),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(name, schema.name);
+        }
+    }
+
+    #[test]
+    fn trade_value_round_trips_through_avro_bytes() {
+        let schema = TRADE.parse().unwrap();
+        for trade in [
+            sample_trade(),
+            Trade {
+                provider_sequence: None,
+                side: Side::Unknown,
+                asset_class: AssetClass::Other,
+                price: parse_decimal("-0.000000000000000001").unwrap(),
+                ..sample_trade()
+            },
+        ] {
+            let value = avro_round_trip(&schema, trade_to_value(&trade).unwrap());
+            assert_eq!(trade_from_value(value).unwrap(), trade);
+        }
+    }
+
+    #[test]
+    fn raw_envelope_round_trips_through_avro_bytes() {
+        let schema = RAW_ENVELOPE.parse().unwrap();
+        let raw = RawEnvelope {
+            provider: "binance".into(),
+            connection_id: "c-1".into(),
+            sequence: 7,
+            received_at: 1_732_233_600_000_001,
+            channel: "btcusdt@trade".into(),
+            payload: vec![0xff, 0x00, b'{'],
+        };
+        let value = avro_round_trip(&schema, raw_envelope_to_value(&raw));
+        assert_eq!(raw_envelope_from_value(value).unwrap(), raw);
+    }
+
+    #[test]
+    fn decoding_names_the_missing_field() {
+        let value = Value::Record(vec![("instrument".into(), Value::String("X".into()))]);
+        let err = trade_from_value(value).unwrap_err().to_string();
+        assert!(err.contains("missing field base"), "{err}");
+    }
+}

@@ -1,0 +1,131 @@
+//! tickflow-admin: operator commands that are not part of any one service.
+//!
+//!   tickflow-admin migrate            apply shared/cql migrations to the configured keyspace
+//!   tickflow-admin register-schemas   register every Avro schema under its topic's subject
+//!   tickflow-admin check              check that Kafka, the registry and Cassandra answer
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use tickflow_shared::avro::{self, Registry};
+use tickflow_shared::config::{self, CassandraConfig, KafkaConfig, Problems, RegistryConfig, ServiceConfig, Validate};
+use tickflow_shared::kafka::names;
+
+#[derive(Parser)]
+#[command(
+    name = "tickflow-admin",
+    version,
+    about = "Operator commands for tickflow: Cassandra migrations, schema registration, dependency checks.",
+    long_about = "Operator commands for tickflow.\n\nConfiguration is layered like the services': built-in defaults, then the TOML file given with --config (or TICKFLOW_CONFIG), then TICKFLOW_<SECTION>__<KEY> environment variables. Only the [kafka], [registry], [cassandra] and [service] sections are read."
+)]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long, global = true, value_name = "PATH", env = "TICKFLOW_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the keyspace (replication from [cassandra.replication]) and apply every CQL
+    /// migration not applied yet. Safe to run again.
+    Migrate,
+    /// Register every Avro schema under `<topic>-value` with the configured compatibility.
+    /// Fails, naming the subject, when the registry refuses a schema as incompatible.
+    RegisterSchemas,
+    /// Check that Kafka, the schema registry and Cassandra answer a real request.
+    Check,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AdminConfig {
+    service: ServiceConfig,
+    kafka: KafkaConfig,
+    registry: RegistryConfig,
+    cassandra: CassandraConfig,
+}
+
+impl Validate for AdminConfig {
+    fn validate(&self, problems: &mut Problems) {
+        self.service.validate(problems);
+        self.kafka.validate(problems);
+        self.registry.validate(problems);
+        self.cassandra.validate(problems);
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match config::load::<AdminConfig>(args.config.as_deref()).and_then(AdminConfig::validated) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tickflow-admin: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = tickflow_shared::telemetry::init_logging(config.service.log_format, &config.service.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tickflow-admin: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tickflow-admin: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<()> {
+    match command {
+        Command::Migrate => {
+            let session = tickflow_shared::cassandra::connect(&config.cassandra).await?;
+            let report = tickflow_shared::cassandra::migrate(&session, &config.cassandra).await?;
+            println!(
+                "keyspace {}: applied {:?}, already applied {:?}",
+                config.cassandra.keyspace, report.applied, report.already_applied
+            );
+        }
+        Command::RegisterSchemas => {
+            let registry = Registry::new(&config.registry)?;
+            for (topic, schema) in names::SCHEMA_OF_TOPIC {
+                let id = registry.register(topic, schema).await?;
+                println!("{} -> {} (id {id})", avro::value_subject(topic), schema.name);
+            }
+        }
+        Command::Check => {
+            let mut failed = false;
+            let kafka = tickflow_shared::kafka::check(&config.kafka, Duration::from_secs(5)).await;
+            let registry = match Registry::new(&config.registry) {
+                Ok(r) => r.check().await,
+                Err(e) => Err(e),
+            };
+            let cassandra = match tickflow_shared::cassandra::connect(&config.cassandra).await {
+                Ok(s) => tickflow_shared::cassandra::check(&s).await,
+                Err(e) => Err(e),
+            };
+            for (name, result) in [("kafka", kafka), ("schema registry", registry), ("cassandra", cassandra)] {
+                match result {
+                    Ok(detail) => println!("{name:16} ok    {detail}"),
+                    Err(e) => {
+                        failed = true;
+                        println!("{name:16} DOWN  {e}");
+                    }
+                }
+            }
+            if failed {
+                return Err(tickflow_shared::Error::Config("a dependency is down (see above)".into()));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! The Cassandra session from `[cassandra]` (contact points, preferred data center, auth, TLS),
+//! a liveness check, versioned migrations and the typed tables.
+
+mod migrate;
+mod trades;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
+use secrecy::ExposeSecret;
+
+pub use migrate::{migrate, Migration, MigrationReport, MIGRATIONS};
+pub use trades::TradeStore;
+
+use crate::config::CassandraConfig;
+use crate::error::{Error, Result};
+
+pub(crate) fn err(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Cassandra(format!("{context}: {e}"))
+}
+
+/// Connects to the cluster (no keyspace selected; statements name it).
+pub async fn connect(config: &CassandraConfig) -> Result<Arc<Session>> {
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &config.local_dc {
+        policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+    }
+    let profile = ExecutionProfile::builder()
+        .load_balancing_policy(policy.build())
+        .request_timeout(Some(timeout))
+        .build();
+    let mut builder = SessionBuilder::new()
+        .known_nodes(&config.contact_points)
+        .connection_timeout(timeout.min(Duration::from_secs(5)))
+        .default_execution_profile_handle(profile.into_handle());
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        builder = builder.user(user, password.expose_secret());
+    }
+    if config.tls.enabled {
+        builder = builder.tls_context(Some(tls_context(config)?));
+    }
+    let session = builder
+        .build()
+        .await
+        .map_err(|e| err(&format!("connect to {}", config.contact_points.join(",")), e))?;
+    Ok(Arc::new(session))
+}
+
+fn tls_context(config: &CassandraConfig) -> Result<openssl::ssl::SslContext> {
+    use openssl::ssl::{SslContextBuilder, SslMethod, SslVerifyMode};
+    let mut builder =
+        SslContextBuilder::new(SslMethod::tls()).map_err(|e| err("tls", e))?;
+    builder.set_verify(SslVerifyMode::PEER);
+    match &config.tls.ca_file {
+        Some(ca) => builder
+            .set_ca_file(ca)
+            .map_err(|e| err(&format!("tls ca_file {}", ca.display()), e))?,
+        None => builder
+            .set_default_verify_paths()
+            .map_err(|e| err("tls system roots", e))?,
+    }
+    Ok(builder.build())
+}
+
+/// A real request: the node's release version. Returns a description for `/readyz`.
+pub async fn check(session: &Session) -> Result<String> {
+    let rows = session
+        .query_unpaged("SELECT release_version FROM system.local", &[])
+        .await
+        .map_err(|e| err("health query", e))?
+        .into_rows_result()
+        .map_err(|e| err("health query", e))?;
+    let (version,): (String,) = rows.single_row().map_err(|e| err("health query", e))?;
+    Ok(format!("Cassandra {version}"))
+}

@@ -1,0 +1,179 @@
+//! The `trades` table: idempotent upserts keyed by the trade's identity, and the single-partition
+//! read of one instrument's day. Decimals go to CQL `decimal` with their own scale, times to
+//! microsecond `bigint` columns, so nothing is rounded on the way.
+
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp};
+
+use super::err;
+use crate::domain::{epoch_day, i128_from_be_bytes, i128_to_be_bytes_min, Micros, Trade};
+use crate::domain::decimal_from_unscaled;
+use crate::error::{Error, Result};
+
+const COLUMNS: &str = "instrument, day, event_time_us, exchange, provider, trade_id, event_time, \
+    price, size, side, base, quote, asset_class, provider_symbol, ingest_time_us, \
+    normalized_time_us, provider_sequence";
+
+#[derive(Clone)]
+pub struct TradeStore {
+    session: Arc<Session>,
+    insert: PreparedStatement,
+    select_day: PreparedStatement,
+}
+
+/// One row of `trades`; fields match the columns by name.
+#[derive(Debug, scylla::SerializeRow, scylla::DeserializeRow)]
+struct TradeRow {
+    instrument: String,
+    day: CqlDate,
+    event_time_us: i64,
+    exchange: String,
+    provider: String,
+    trade_id: String,
+    event_time: CqlTimestamp,
+    price: CqlDecimal,
+    size: CqlDecimal,
+    side: String,
+    base: String,
+    quote: String,
+    asset_class: String,
+    provider_symbol: String,
+    ingest_time_us: i64,
+    normalized_time_us: i64,
+    provider_sequence: Option<i64>,
+}
+
+impl TradeStore {
+    /// Prepares the statements against `keyspace`.
+    pub async fn new(session: Arc<Session>, keyspace: &str) -> Result<Self> {
+        let mut insert = session
+            .prepare(format!(
+                "INSERT INTO {keyspace}.trades ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await
+            .map_err(|e| err("prepare trades insert", e))?;
+        // An upsert of the same row with the same values: safe for the driver to retry.
+        insert.set_is_idempotent(true);
+        let mut select_day = session
+            .prepare(format!(
+                "SELECT {COLUMNS} FROM {keyspace}.trades WHERE instrument = ? AND day = ?"
+            ))
+            .await
+            .map_err(|e| err("prepare trades select", e))?;
+        select_day.set_is_idempotent(true);
+        Ok(Self {
+            session,
+            insert,
+            select_day,
+        })
+    }
+
+    pub async fn insert(&self, trade: &Trade) -> Result<()> {
+        let row = TradeRow {
+            instrument: trade.instrument.clone(),
+            day: day_of(trade.event_time)?,
+            event_time_us: trade.event_time,
+            exchange: trade.exchange.clone(),
+            provider: trade.provider.clone(),
+            trade_id: trade.trade_id.clone(),
+            event_time: CqlTimestamp(trade.event_time.div_euclid(1000)),
+            price: to_cql_decimal(&trade.price),
+            size: to_cql_decimal(&trade.size),
+            side: trade.side.as_str().to_string(),
+            base: trade.base.clone(),
+            quote: trade.quote.clone(),
+            asset_class: trade.asset_class.as_str().to_string(),
+            provider_symbol: trade.provider_symbol.clone(),
+            ingest_time_us: trade.ingest_time,
+            normalized_time_us: trade.normalized_time,
+            provider_sequence: trade.provider_sequence,
+        };
+        self.session
+            .execute_unpaged(&self.insert, row)
+            .await
+            .map_err(|e| err("insert trade", e))?;
+        Ok(())
+    }
+
+    /// Every trade of `instrument` on the UTC day containing `time`, newest first.
+    pub async fn day(&self, instrument: &str, time: Micros) -> Result<Vec<Trade>> {
+        let rows = self
+            .session
+            .execute_unpaged(&self.select_day, (instrument, day_of(time)?))
+            .await
+            .map_err(|e| err("select trades", e))?
+            .into_rows_result()
+            .map_err(|e| err("select trades", e))?;
+        let mut trades = Vec::new();
+        for row in rows.rows::<TradeRow>().map_err(|e| err("select trades", e))? {
+            let r = row.map_err(|e| err("select trades", e))?;
+            trades.push(Trade {
+                price: from_cql_decimal(&r.price)?,
+                size: from_cql_decimal(&r.size)?,
+                side: r.side.parse()?,
+                asset_class: r.asset_class.parse()?,
+                instrument: r.instrument,
+                event_time: r.event_time_us,
+                exchange: r.exchange,
+                provider: r.provider,
+                trade_id: r.trade_id,
+                base: r.base,
+                quote: r.quote,
+                provider_symbol: r.provider_symbol,
+                ingest_time: r.ingest_time_us,
+                normalized_time: r.normalized_time_us,
+                provider_sequence: r.provider_sequence,
+            });
+        }
+        Ok(trades)
+    }
+}
+
+/// The CQL `date` of the UTC day containing `time` (CQL dates count days from 2^31 = epoch).
+pub fn day_of(time: Micros) -> Result<CqlDate> {
+    let day = epoch_day(time) + (1i64 << 31);
+    u32::try_from(day)
+        .map(CqlDate)
+        .map_err(|_| Error::Cassandra(format!("time {time} is outside the CQL date range")))
+}
+
+/// A CQL decimal with the value's own scale (so `67012.34000000` stays exactly that).
+pub fn to_cql_decimal(value: &Decimal) -> CqlDecimal {
+    let scale = i32::try_from(value.scale()).unwrap_or(0);
+    CqlDecimal::from_signed_be_bytes_and_exponent(i128_to_be_bytes_min(value.mantissa()), scale)
+}
+
+pub fn from_cql_decimal(value: &CqlDecimal) -> Result<Decimal> {
+    let (bytes, scale) = value.as_signed_be_bytes_slice_and_exponent();
+    let unscaled = i128_from_be_bytes(bytes)
+        .ok_or_else(|| Error::Cassandra("decimal wider than 128 bits".into()))?;
+    let scale = u32::try_from(scale)
+        .map_err(|_| Error::Cassandra(format!("negative decimal scale {scale}")))?;
+    decimal_from_unscaled(unscaled, scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{parse_decimal, MICROS_PER_DAY};
+
+    #[test]
+    fn cql_decimal_keeps_value_and_scale() {
+        for text in ["67012.34000000", "0.000012345678", "-1.5", "0", "123456789012345678.9"] {
+            let d = parse_decimal(text).unwrap();
+            let back = from_cql_decimal(&to_cql_decimal(&d)).unwrap();
+            assert_eq!(back.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn day_counts_from_the_cql_epoch() {
+        assert_eq!(day_of(0).unwrap(), CqlDate(1 << 31));
+        assert_eq!(day_of(MICROS_PER_DAY + 5).unwrap(), CqlDate((1 << 31) + 1));
+        assert_eq!(day_of(-1).unwrap(), CqlDate((1 << 31) - 1));
+    }
+}

@@ -1,0 +1,122 @@
+//! The reconnect / retry policy, named and visible: initial delay, factor, ceiling, with jitter.
+//! Loops that wait on a dependency use it so a dead dependency costs a log line per attempt, not a
+//! spinning CPU or a crash loop.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub factor: f32,
+    pub ceiling: Duration,
+}
+
+impl RetryPolicy {
+    /// For dependencies at start and after a loss: 0.5 s, doubling, at most 30 s.
+    pub const DEPENDENCY: RetryPolicy = RetryPolicy {
+        initial: Duration::from_millis(500),
+        factor: 2.0,
+        ceiling: Duration::from_secs(30),
+    };
+
+    /// An endless iterator of delays (with jitter).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.initial)
+            .with_factor(self.factor)
+            .with_max_delay(self.ceiling)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// Calls `attempt` until it succeeds or shutdown is triggered (then `None`). Every failure is
+/// logged with what was tried, the attempt number and the next delay.
+pub async fn until_ok<T, E, F, Fut>(
+    what: &str,
+    policy: RetryPolicy,
+    shutdown: &Shutdown,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delays = policy.delays();
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        let outcome = tokio::select! {
+            r = attempt() => r,
+            () = shutdown.triggered() => return None,
+        };
+        match outcome {
+            Ok(v) => {
+                if n > 1 {
+                    tracing::info!(what, attempts = n, "succeeded after retrying");
+                }
+                return Some(v);
+            }
+            Err(e) => {
+                let delay = delays.next().unwrap_or(policy.ceiling);
+                tracing::warn!(what, attempt = n, retry_in_ms = delay.as_millis() as u64, error = %e, "failed, will retry");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.triggered() => return None,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_to_the_ceiling_and_stay() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(100),
+            factor: 2.0,
+            ceiling: Duration::from_secs(1),
+        };
+        let delays: Vec<Duration> = policy.delays().take(20).collect();
+        assert_eq!(delays.len(), 20, "endless");
+        // Jitter adds up to one more delay on top; never beyond twice the ceiling.
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)), "{delays:?}");
+        assert!(delays[0] >= Duration::from_millis(100));
+        assert!(delays[19] >= Duration::from_secs(1), "{delays:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_ok_retries_then_succeeds() {
+        let shutdown = Shutdown::new();
+        let mut calls = 0;
+        let got = until_ok("thing", RetryPolicy::DEPENDENCY, &shutdown, || {
+            calls += 1;
+            let ok = calls >= 3;
+            async move { if ok { Ok(7) } else { Err("down") } }
+        })
+        .await;
+        assert_eq!(got, Some(7));
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_ok_stops_on_shutdown() {
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on(tokio::time::sleep(Duration::from_secs(5)));
+        let got: Option<()> = until_ok("never", RetryPolicy::DEPENDENCY, &shutdown, || async {
+            Err::<(), _>("down")
+        })
+        .await;
+        assert_eq!(got, None);
+    }
+}

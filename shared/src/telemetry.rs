@@ -1,0 +1,136 @@
+//! Logs and metrics. Logs go through `tracing` (human or JSON); metrics through the `metrics`
+//! facade into a Prometheus recorder rendered by the service's `/metrics` endpoint.
+//!
+//! Metric names follow `tickflow_<subsystem>_<name>_<unit>[_total]`. The names shared by every
+//! service are constants here, described once at start.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, MetricsConfig};
+use crate::error::{Error, Result};
+
+/// 1 when a dependency (label `dependency`) answers, 0 when not.
+pub const DEPENDENCY_UP: &str = "tickflow_dependency_up";
+/// Failed dependency checks, by `dependency` and `error_type`.
+pub const DEPENDENCY_CHECK_FAILURES: &str = "tickflow_dependency_check_failures_total";
+/// Constant 1 with the `service` and `version` labels.
+pub const BUILD_INFO: &str = "tickflow_build_info";
+/// Process start time, seconds since the epoch.
+pub const START_TIME: &str = "tickflow_process_start_time_seconds";
+
+/// Initializes logging. `RUST_LOG`, when set, overrides `level`.
+pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive),
+        _ => EnvFilter::try_new(level),
+    }
+    .map_err(|e| Error::Config(format!("log level: {e}")))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+    Ok(())
+}
+
+/// Installs the Prometheus recorder and describes the shared metrics.
+pub fn init_metrics(service: &str) -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Error::Config(format!("metrics recorder: {e}")))?;
+    describe_shared_metrics();
+    metrics::gauge!(BUILD_INFO, "service" => service.to_string(), "version" => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
+    metrics::gauge!(START_TIME).set(crate::domain::now_micros() as f64 / 1e6);
+    Ok(handle)
+}
+
+fn describe_shared_metrics() {
+    metrics::describe_gauge!(DEPENDENCY_UP, "1 when the dependency answers a real request, else 0.");
+    metrics::describe_counter!(
+        DEPENDENCY_CHECK_FAILURES,
+        "Failed dependency checks, by dependency and error_type."
+    );
+    metrics::describe_gauge!(BUILD_INFO, "Constant 1, labelled with the service and its version.");
+    metrics::describe_gauge!(START_TIME, "Process start time, seconds since the Unix epoch.");
+}
+
+/// The label value used for every instrument beyond the guard's budget.
+pub const OTHER_INSTRUMENT: &str = "other";
+
+/// Keeps the `instrument` label bounded: an allow-list, or else the first N distinct instruments
+/// seen; everything else is reported as `other`.
+#[derive(Clone)]
+pub struct InstrumentLabels {
+    allow: Arc<HashSet<String>>,
+    budget: usize,
+    admitted: Arc<Mutex<HashSet<String>>>,
+}
+
+impl InstrumentLabels {
+    pub fn new(config: &MetricsConfig) -> Self {
+        Self {
+            allow: Arc::new(config.instrument_allow_list.iter().cloned().collect()),
+            budget: config.instrument_top_n,
+            admitted: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// The label value for `instrument`.
+    pub fn label(&self, instrument: &str) -> String {
+        if !self.allow.is_empty() {
+            return if self.allow.contains(instrument) {
+                instrument.to_string()
+            } else {
+                OTHER_INSTRUMENT.to_string()
+            };
+        }
+        // A poisoned lock only means another thread panicked mid-insert; the set is still valid.
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        if admitted.contains(instrument) {
+            return instrument.to_string();
+        }
+        if admitted.len() < self.budget {
+            admitted.insert(instrument.to_string());
+            return instrument.to_string();
+        }
+        OTHER_INSTRUMENT.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_folds_the_rest_into_other() {
+        let labels = InstrumentLabels::new(&MetricsConfig {
+            instrument_allow_list: vec!["BTC-USD".into()],
+            instrument_top_n: 1,
+        });
+        assert_eq!(labels.label("BTC-USD"), "BTC-USD");
+        assert_eq!(labels.label("ETH-USD"), "other");
+    }
+
+    #[test]
+    fn budget_admits_the_first_n_and_keeps_them() {
+        let labels = InstrumentLabels::new(&MetricsConfig {
+            instrument_allow_list: vec![],
+            instrument_top_n: 2,
+        });
+        assert_eq!(labels.label("A"), "A");
+        assert_eq!(labels.label("B"), "B");
+        assert_eq!(labels.label("C"), "other");
+        assert_eq!(labels.label("A"), "A");
+        let distinct: HashSet<String> = (0..1000).map(|i| labels.label(&format!("X{i}"))).collect();
+        assert_eq!(distinct, HashSet::from(["other".to_string()]));
+    }
+}
