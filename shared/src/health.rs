@@ -111,6 +111,7 @@ pub fn watch_dependency<F, Fut>(
     let stop = shutdown.clone();
     shutdown.spawn(async move {
         let mut delays = RetryPolicy::DEPENDENCY.delays();
+        let mut first_check = true;
         loop {
             let wait = match check().await {
                 Ok(detail) => {
@@ -124,7 +125,7 @@ pub fn watch_dependency<F, Fut>(
                     metrics::counter!(DEPENDENCY_CHECK_FAILURES, "dependency" => name, "error_type" => e.kind())
                         .increment(1);
                     let delay = delays.next().unwrap_or(RetryPolicy::DEPENDENCY.ceiling);
-                    if readiness.set(name, false, e.to_string()) {
+                    if readiness.set(name, false, e.to_string()) || first_check {
                         tracing::warn!(dependency = name, error = %e, retry_in_ms = delay.as_millis() as u64, "dependency is down");
                     } else {
                         tracing::debug!(dependency = name, error = %e, retry_in_ms = delay.as_millis() as u64, "dependency still down");
@@ -132,6 +133,7 @@ pub fn watch_dependency<F, Fut>(
                     delay
                 }
             };
+            first_check = false;
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = stop.triggered() => break,

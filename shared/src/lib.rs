@@ -15,5 +15,6 @@ pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testkit;
 
 pub use error::{Error, Result};

@@ -131,10 +131,10 @@ pub async fn start_telemetry(
     service: &ServiceConfig,
     default_port: u16,
     routes: Router,
+    readiness: Readiness,
     shutdown: &Shutdown,
 ) -> Result<Telemetry> {
     let metrics = telemetry::init_metrics(name)?;
-    let readiness = Readiness::new();
     let listen = service.http_listen_or(default_port);
     let http_addr =
         health::serve(listen, metrics.clone(), readiness.clone(), routes, shutdown).await?;
@@ -266,6 +266,9 @@ pub async fn bootstrap_schemas(
 }
 
 
+/// The readiness check that stays false until a service's start-up work is done.
+pub const STARTUP: &str = "startup";
+
 /// What a service depends on, and what it creates at start.
 pub struct Startup<'a> {
     pub name: &'static str,
@@ -294,14 +297,27 @@ impl Startup<'_> {
     /// Serves telemetry, starts the dependency watches, then creates topics and registers
     /// schemas (each retried while its dependency is down). `Ok(None)` when shutdown came first.
     pub async fn start(self, shutdown: &Shutdown) -> Result<Option<Started>> {
+        // Every check is known before /readyz answers, so it never says ready too early.
+        let readiness = Readiness::new();
+        readiness.register(STARTUP);
+        for dependency in ["kafka", "schema_registry"] {
+            readiness.register(dependency);
+        }
+        if self.cassandra.is_some() {
+            readiness.register("cassandra");
+        }
         let telemetry = start_telemetry(
             self.name,
             self.service,
             self.default_http_port,
             self.routes,
+            readiness,
             shutdown,
         )
         .await?;
+        telemetry
+            .readiness
+            .set(STARTUP, false, "creating topics and registering schemas");
         watch_kafka(self.kafka, &telemetry.readiness, shutdown);
         let registry = Registry::new(self.registry)?;
         watch_registry(&registry, &telemetry.readiness, shutdown);
@@ -314,6 +330,9 @@ impl Startup<'_> {
         if !bootstrap_schemas(&registry, self.schemas, shutdown).await? {
             return Ok(None);
         }
+        telemetry
+            .readiness
+            .set(STARTUP, true, "topics created, schemas registered");
         Ok(Some(Started {
             telemetry,
             registry,

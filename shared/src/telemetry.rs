@@ -31,6 +31,7 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
     .map_err(|e| Error::Config(format!("log level: {e}")))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Human => builder.try_init(),

@@ -69,7 +69,8 @@ pub async fn migrate(session: &Session, config: &CassandraConfig) -> Result<Migr
     migrate_with(session, config, MIGRATIONS).await
 }
 
-pub(crate) async fn migrate_with(
+/// [`migrate`] with an explicit list of migrations (tests use it to simulate an edited file).
+pub async fn migrate_with(
     session: &Session,
     config: &CassandraConfig,
     migrations: &[Migration],

@@ -13,7 +13,7 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
 use secrecy::ExposeSecret;
 
-pub use migrate::{migrate, Migration, MigrationReport, MIGRATIONS};
+pub use migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};
 pub use trades::TradeStore;
 
 use crate::config::CassandraConfig;

@@ -111,7 +111,11 @@ fn explain(
     };
     let origin = match overrides
         .iter()
-        .find(|o| o.key == key || key.starts_with(&format!("{}.", o.key)))
+        .find(|o| {
+            o.key == key
+                || key.starts_with(&format!("{}.", o.key))
+                || o.key.starts_with(&format!("{key}."))
+        })
     {
         Some(o) => format!("environment variable {}", o.variable),
         None => match file {

@@ -183,3 +183,19 @@ fn replication_renders_cql() {
         "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2}"
     );
 }
+
+#[test]
+fn unknown_section_from_env_names_the_variable() {
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)] // only its shape matters
+    struct NoCassandra {
+        #[serde(default)]
+        kafka: KafkaConfig,
+    }
+    let err = load_from::<NoCassandra>(None, env(&[("TICKFLOW_CASSANDRA__CONTACT_POINTS", "x:1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`cassandra`"), "{err}");
+    assert!(err.contains("TICKFLOW_CASSANDRA__CONTACT_POINTS"), "{err}");
+}

@@ -1,0 +1,261 @@
+//! Helpers for integration tests against the real local stack (`scripts/stack up`): endpoints,
+//! unique topic and keyspace names, free ports, and a clear failure when the stack is not running.
+//! Tests never skip: without the stack they fail and say how to start it.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::config::{CassandraConfig, KafkaConfig, RegistryConfig};
+
+/// The stack's endpoints, from the same `TICKFLOW_*` variables the services read, defaulting to
+/// the ports `scripts/stack` uses.
+pub struct Stack {
+    pub kafka: KafkaConfig,
+    pub registry: RegistryConfig,
+    pub cassandra: CassandraConfig,
+}
+
+const HOW_TO_START: &str =
+    "the local stack is not running: start it with `scripts/stack up` (or run everything with `scripts/test`)";
+
+impl Stack {
+    /// The stack's endpoints. Panics with instructions when Kafka, the registry or Cassandra
+    /// does not answer a real request.
+    pub async fn require() -> Stack {
+        let mut kafka = KafkaConfig::default();
+        if let Ok(v) = std::env::var("TICKFLOW_KAFKA__BOOTSTRAP_SERVERS") {
+            kafka.bootstrap_servers = v;
+        }
+        kafka.client_id = "tickflow-it".into();
+        let mut registry = RegistryConfig::default();
+        if let Ok(v) = std::env::var("TICKFLOW_REGISTRY__URL") {
+            registry.url = v;
+        }
+        let mut cassandra = CassandraConfig::default();
+        if let Ok(v) = std::env::var("TICKFLOW_CASSANDRA__CONTACT_POINTS") {
+            cassandra.contact_points = v.split(',').map(|s| s.trim().to_string()).collect();
+        }
+        if let Err(e) = crate::kafka::check(&kafka, Duration::from_secs(5)).await {
+            panic!("{HOW_TO_START}\nKafka at {}: {e}", kafka.bootstrap_servers);
+        }
+        let client = crate::avro::Registry::new(&registry).expect("registry client");
+        if let Err(e) = client.check().await {
+            panic!("{HOW_TO_START}\nschema registry at {}: {e}", registry.url);
+        }
+        match crate::cassandra::connect(&cassandra).await {
+            Ok(session) => {
+                if let Err(e) = crate::cassandra::check(&session).await {
+                    panic!("{HOW_TO_START}\nCassandra: {e}");
+                }
+            }
+            Err(e) => panic!("{HOW_TO_START}\nCassandra: {e}"),
+        }
+        Stack {
+            kafka,
+            registry,
+            cassandra,
+        }
+    }
+
+    /// The Python interpreter of the stack's venv (with fastavro and confluent-kafka).
+    pub fn python() -> String {
+        std::env::var("TICKFLOW_STACK_PYTHON").unwrap_or_else(|_| {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let home = std::env::var("TICKFLOW_STACK_HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| root.join(".stack"));
+            home.join("venv/bin/python").display().to_string()
+        })
+    }
+}
+
+/// A name no other test run uses: `<prefix><sep><test><sep><pid><sep><time><sep><n>`.
+pub fn unique_name(prefix: &str, test: &str, sep: char) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let millis = crate::domain::now_micros() / 1000 % 100_000_000;
+    format!(
+        "{prefix}{sep}{test}{sep}{}{sep}{millis}{sep}{n}",
+        std::process::id()
+    )
+}
+
+/// A unique topic name, e.g. `it.trade-roundtrip.1234.5678.0`.
+pub fn unique_topic(test: &str) -> String {
+    unique_name("it", test, '.')
+}
+
+/// A unique keyspace name (a CQL identifier), e.g. `it_trades_1234_5678_0`.
+pub fn unique_keyspace(test: &str) -> String {
+    unique_name("it", &test.replace('-', "_"), '_')
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A service binary started for a test, talking to the real stack, stopped on drop.
+pub struct ServiceProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:<port>` of its `/metrics`, `/healthz`, `/readyz`.
+    pub http: String,
+    log: tempfile::NamedTempFile,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with the stack's Kafka and registry, a free HTTP port and `env` on top
+    /// (services refuse sections they do not have, so Cassandra is only given by `env`).
+    pub fn spawn(binary: &str, stack: &Stack, env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let mut command = std::process::Command::new(binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TICKFLOW_SERVICE__HTTP_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TICKFLOW_SERVICE__SHUTDOWN_TIMEOUT_MS", "5000")
+            .env("TICKFLOW_KAFKA__BOOTSTRAP_SERVERS", &stack.kafka.bootstrap_servers)
+            .env("TICKFLOW_REGISTRY__URL", &stack.registry.url)
+            .stdout(log.reopen().expect("log"))
+            .stderr(log.reopen().expect("log"));
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        Self {
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// GET `path`; `None` while the server does not answer.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.http))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.unwrap_or_default()))
+    }
+
+    /// Waits until `path` answers `status`; panics with the log after `timeout`.
+    pub async fn wait_for(&mut self, path: &str, status: u16, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                panic!("the service exited ({exit}) while waiting for {path}:\n{}", self.log());
+            }
+            if let Some((got, body)) = self.get(path).await {
+                if got == status {
+                    return body;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "{path} did not answer {status} within {timeout:?}; last: {:?}\nlog:\n{}",
+                    self.get(path).await,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// CPU seconds (user + system) the process has used, from /proc.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; returns its code and how long it took.
+    pub fn terminate(&mut self, timeout: Duration) -> (Option<i32>, Duration) {
+        let started = std::time::Instant::now();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "could not signal the service");
+        loop {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                return (exit.code(), started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                panic!("the service did not exit within {timeout:?} of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The lifecycle every service must pass against the real stack: it becomes ready (its
+/// dependencies answer, its topics and schemas are in place), exports the shared metrics, and
+/// exits 0 within its shutdown deadline on SIGTERM.
+pub async fn check_service_lifecycle(binary: &str, dependencies: &[&str]) {
+    let stack = Stack::require().await;
+    let mut env = Vec::new();
+    if dependencies.contains(&"cassandra") {
+        env.push((
+            "TICKFLOW_CASSANDRA__CONTACT_POINTS",
+            stack.cassandra.contact_points.join(","),
+        ));
+    }
+    let mut service = ServiceProcess::spawn(binary, &stack, &env);
+    service.wait_for("/healthz", 200, Duration::from_secs(30)).await;
+    let ready = service.wait_for("/readyz", 200, Duration::from_secs(60)).await;
+    let ready: serde_json::Value = serde_json::from_str(&ready).expect("readyz JSON");
+    for dependency in dependencies.iter().chain(&[crate::service::STARTUP]) {
+        assert_eq!(
+            ready["dependencies"][dependency]["ready"],
+            serde_json::Value::Bool(true),
+            "{dependency} in {ready}"
+        );
+    }
+    let (_, metrics) = service.get("/metrics").await.expect("metrics");
+    for dependency in dependencies {
+        let line = format!("tickflow_dependency_up{{dependency=\"{dependency}\"}} 1");
+        assert!(metrics.contains(&line), "missing `{line}` in:\n{metrics}");
+    }
+    assert!(metrics.contains("tickflow_build_info{"), "{metrics}");
+    let (code, took) = service.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "exit code; log:\n{}", service.log());
+    assert!(took < Duration::from_secs(6), "took {took:?} (deadline 5 s)");
+    assert!(service.log().contains("stopped cleanly"), "{}", service.log());
+}
