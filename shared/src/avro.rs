@@ -67,7 +67,11 @@ impl SchemaDef {
     }
 
     fn supplied(&self) -> SuppliedSchema {
-        SuppliedSchema::new(Some(self.name.to_string()), SchemaType::Avro, self.avsc.to_string())
+        SuppliedSchema::new(
+            Some(self.name.to_string()),
+            SchemaType::Avro,
+            self.avsc.to_string(),
+        )
     }
 }
 
@@ -93,10 +97,8 @@ impl Registry {
         if let Some(token) = &config.token {
             builder.set_token_authorization(token.expose_secret());
         } else if let Some(user) = &config.username {
-            builder.set_basic_authorization(
-                user,
-                config.password.as_ref().map(|p| p.expose_secret()),
-            );
+            builder
+                .set_basic_authorization(user, config.password.as_ref().map(|p| p.expose_secret()));
         }
         let settings = builder
             .build()
@@ -138,7 +140,10 @@ impl Registry {
                 compatibility: self.config.compatibility.clone(),
                 message: describe(&e),
             }),
-            Err(e) => Err(Error::Registry(format!("register {subject}: {}", describe(&e)))),
+            Err(e) => Err(Error::Registry(format!(
+                "register {subject}: {}",
+                describe(&e)
+            ))),
         }
     }
 
@@ -152,7 +157,10 @@ impl Registry {
         if let Some(token) = &self.config.token {
             request = request.bearer_auth(token.expose_secret());
         } else if let Some(user) = &self.config.username {
-            request = request.basic_auth(user, self.config.password.as_ref().map(|p| p.expose_secret()));
+            request = request.basic_auth(
+                user,
+                self.config.password.as_ref().map(|p| p.expose_secret()),
+            );
         }
         let response = request
             .send()
@@ -255,13 +263,18 @@ const ASSET_CLASSES: [AssetClass; 4] = [
 ];
 
 fn enum_value<T: Copy + PartialEq>(symbols: &[T], v: T, name: fn(T) -> &'static str) -> Value {
-    let index = symbols.iter().position(|s| *s == v).unwrap_or(symbols.len() - 1);
+    let index = symbols
+        .iter()
+        .position(|s| *s == v)
+        .unwrap_or(symbols.len() - 1);
     Value::Enum(index as u32, name(v).to_string())
 }
 
 /// A decimal field's Avro value.
 pub fn decimal_value(d: &rust_decimal::Decimal) -> Result<Value> {
-    Ok(Value::Decimal(apache_avro::Decimal::from(decimal_to_avro_bytes(d)?)))
+    Ok(Value::Decimal(apache_avro::Decimal::from(
+        decimal_to_avro_bytes(d)?,
+    )))
 }
 
 pub fn trade_to_value(t: &Trade) -> Result<Value> {
@@ -269,17 +282,26 @@ pub fn trade_to_value(t: &Trade) -> Result<Value> {
         ("instrument".into(), Value::String(t.instrument.clone())),
         ("base".into(), Value::String(t.base.clone())),
         ("quote".into(), Value::String(t.quote.clone())),
-        ("asset_class".into(), enum_value(&ASSET_CLASSES, t.asset_class, AssetClass::as_str)),
+        (
+            "asset_class".into(),
+            enum_value(&ASSET_CLASSES, t.asset_class, AssetClass::as_str),
+        ),
         ("exchange".into(), Value::String(t.exchange.clone())),
         ("provider".into(), Value::String(t.provider.clone())),
-        ("provider_symbol".into(), Value::String(t.provider_symbol.clone())),
+        (
+            "provider_symbol".into(),
+            Value::String(t.provider_symbol.clone()),
+        ),
         ("trade_id".into(), Value::String(t.trade_id.clone())),
         ("price".into(), decimal_value(&t.price)?),
         ("size".into(), decimal_value(&t.size)?),
         ("side".into(), enum_value(&SIDES, t.side, Side::as_str)),
         ("event_time".into(), Value::TimestampMicros(t.event_time)),
         ("ingest_time".into(), Value::TimestampMicros(t.ingest_time)),
-        ("normalized_time".into(), Value::TimestampMicros(t.normalized_time)),
+        (
+            "normalized_time".into(),
+            Value::TimestampMicros(t.normalized_time),
+        ),
         (
             "provider_sequence".into(),
             match t.provider_sequence {
@@ -297,7 +319,9 @@ impl Fields {
     fn of(value: Value, record: &str) -> Result<Self> {
         match value {
             Value::Record(fields) => Ok(Self(fields.into_iter().collect())),
-            other => Err(Error::Avro(format!("{record}: expected a record, got {other:?}"))),
+            other => Err(Error::Avro(format!(
+                "{record}: expected a record, got {other:?}"
+            ))),
         }
     }
 
@@ -385,7 +409,10 @@ pub fn trade_from_value(value: Value) -> Result<Trade> {
 pub fn raw_envelope_to_value(r: &RawEnvelope) -> Value {
     Value::Record(vec![
         ("provider".into(), Value::String(r.provider.clone())),
-        ("connection_id".into(), Value::String(r.connection_id.clone())),
+        (
+            "connection_id".into(),
+            Value::String(r.connection_id.clone()),
+        ),
         ("sequence".into(), Value::Long(r.sequence)),
         ("received_at".into(), Value::TimestampMicros(r.received_at)),
         ("channel".into(), Value::String(r.channel.clone())),

@@ -227,8 +227,14 @@ mod tests {
 
     #[test]
     fn parse_keeps_every_digit_and_rejects_non_numbers() {
-        assert_eq!(parse_decimal("0.000012345678").unwrap().to_string(), "0.000012345678");
-        assert_eq!(parse_decimal("67012.34000000").unwrap().to_string(), "67012.34000000");
+        assert_eq!(
+            parse_decimal("0.000012345678").unwrap().to_string(),
+            "0.000012345678"
+        );
+        assert_eq!(
+            parse_decimal("67012.34000000").unwrap().to_string(),
+            "67012.34000000"
+        );
         for bad in ["NaN", "inf", "-inf", "1e5", "", "12,5", "0x10", "1.2.3"] {
             assert!(parse_decimal(bad).is_err(), "{bad:?} must be refused");
         }
@@ -266,7 +272,16 @@ mod tests {
         assert_eq!(i128_to_be_bytes_min(-1), vec![0xff]);
         assert_eq!(i128_to_be_bytes_min(-128), vec![0x80]);
         assert_eq!(i128_to_be_bytes_min(-129), vec![0xff, 0x7f]);
-        for v in [0i128, 1, -1, 255, -255, i64::MAX as i128, i128::MAX, i128::MIN] {
+        for v in [
+            0i128,
+            1,
+            -1,
+            255,
+            -255,
+            i64::MAX as i128,
+            i128::MAX,
+            i128::MIN,
+        ] {
             assert_eq!(i128_from_be_bytes(&i128_to_be_bytes_min(v)), Some(v));
         }
         // 1 at scale 18 is 10^18 = 0x0DE0B6B3A7640000.

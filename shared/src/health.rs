@@ -47,11 +47,13 @@ impl Readiness {
 
     /// Adds a dependency, not ready until its first successful check.
     pub fn register(&self, name: &str) {
-        self.write().entry(name.to_string()).or_insert(DependencyStatus {
-            ready: false,
-            detail: "not checked yet".into(),
-            since: now_micros(),
-        });
+        self.write()
+            .entry(name.to_string())
+            .or_insert(DependencyStatus {
+                ready: false,
+                detail: "not checked yet".into(),
+                since: now_micros(),
+            });
         metrics::gauge!(DEPENDENCY_UP, "dependency" => name.to_string()).set(0.0);
     }
 
@@ -70,8 +72,11 @@ impl Readiness {
         }
         entry.ready = ready;
         entry.detail = detail;
-        metrics::gauge!(DEPENDENCY_UP, "dependency" => name.to_string())
-            .set(if ready { 1.0 } else { 0.0 });
+        metrics::gauge!(DEPENDENCY_UP, "dependency" => name.to_string()).set(if ready {
+            1.0
+        } else {
+            0.0
+        });
         changed
     }
 

@@ -90,7 +90,10 @@ mod tests {
         let delays: Vec<Duration> = policy.delays().take(20).collect();
         assert_eq!(delays.len(), 20, "endless");
         // Jitter adds up to one more delay on top; never beyond twice the ceiling.
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(2)),
+            "{delays:?}"
+        );
         assert!(delays[0] >= Duration::from_millis(100));
         assert!(delays[19] >= Duration::from_secs(1), "{delays:?}");
     }
@@ -102,7 +105,13 @@ mod tests {
         let got = until_ok("thing", RetryPolicy::DEPENDENCY, &shutdown, || {
             calls += 1;
             let ok = calls >= 3;
-            async move { if ok { Ok(7) } else { Err("down") } }
+            async move {
+                if ok {
+                    Ok(7)
+                } else {
+                    Err("down")
+                }
+            }
         })
         .await;
         assert_eq!(got, Some(7));

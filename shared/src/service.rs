@@ -80,12 +80,16 @@ where
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = telemetry::init_logging(config.service().log_format, &config.service().log_level)
+    if let Err(e) =
+        telemetry::init_logging(config.service().log_format, &config.service().log_level)
     {
         eprintln!("{name}: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start the async runtime: {e}");
@@ -220,9 +224,12 @@ pub async fn bootstrap_topics(
         return Ok(true);
     }
     let admin = kafka::admin(config)?;
-    let created = retry::until_ok("create kafka topics", RetryPolicy::DEPENDENCY, shutdown, || {
-        kafka::ensure_topics(&admin, specs, &config.topics)
-    })
+    let created = retry::until_ok(
+        "create kafka topics",
+        RetryPolicy::DEPENDENCY,
+        shutdown,
+        || kafka::ensure_topics(&admin, specs, &config.topics),
+    )
     .await;
     match created {
         Some(created) => {
@@ -264,7 +271,6 @@ pub async fn bootstrap_schemas(
     }
     Ok(true)
 }
-
 
 /// The readiness check that stays false until a service's start-up work is done.
 pub const STARTUP: &str = "startup";

@@ -88,7 +88,10 @@ pub async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
@@ -131,7 +134,10 @@ mod tests {
         shutdown.spawn(async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         });
-        assert_eq!(shutdown.drain(Duration::from_secs(2)).await, Drained::TimedOut);
+        assert_eq!(
+            shutdown.drain(Duration::from_secs(2)).await,
+            Drained::TimedOut
+        );
     }
 
     #[tokio::test(start_paused = true)]

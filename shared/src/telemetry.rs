@@ -55,13 +55,22 @@ pub fn init_metrics(service: &str) -> Result<PrometheusHandle> {
 }
 
 fn describe_shared_metrics() {
-    metrics::describe_gauge!(DEPENDENCY_UP, "1 when the dependency answers a real request, else 0.");
+    metrics::describe_gauge!(
+        DEPENDENCY_UP,
+        "1 when the dependency answers a real request, else 0."
+    );
     metrics::describe_counter!(
         DEPENDENCY_CHECK_FAILURES,
         "Failed dependency checks, by dependency and error_type."
     );
-    metrics::describe_gauge!(BUILD_INFO, "Constant 1, labelled with the service and its version.");
-    metrics::describe_gauge!(START_TIME, "Process start time, seconds since the Unix epoch.");
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "Constant 1, labelled with the service and its version."
+    );
+    metrics::describe_gauge!(
+        START_TIME,
+        "Process start time, seconds since the Unix epoch."
+    );
 }
 
 /// The label value used for every instrument beyond the guard's budget.

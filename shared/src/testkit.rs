@@ -119,7 +119,10 @@ impl ServiceProcess {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TICKFLOW_SERVICE__HTTP_LISTEN", format!("127.0.0.1:{port}"))
             .env("TICKFLOW_SERVICE__SHUTDOWN_TIMEOUT_MS", "5000")
-            .env("TICKFLOW_KAFKA__BOOTSTRAP_SERVERS", &stack.kafka.bootstrap_servers)
+            .env(
+                "TICKFLOW_KAFKA__BOOTSTRAP_SERVERS",
+                &stack.kafka.bootstrap_servers,
+            )
             .env("TICKFLOW_REGISTRY__URL", &stack.registry.url)
             .stdout(log.reopen().expect("log"))
             .stderr(log.reopen().expect("log"));
@@ -162,7 +165,10 @@ impl ServiceProcess {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Ok(Some(exit)) = self.child.try_wait() {
-                panic!("the service exited ({exit}) while waiting for {path}:\n{}", self.log());
+                panic!(
+                    "the service exited ({exit}) while waiting for {path}:\n{}",
+                    self.log()
+                );
             }
             if let Some((got, body)) = self.get(path).await {
                 if got == status {
@@ -187,11 +193,17 @@ impl ServiceProcess {
 
     /// CPU seconds (user + system) the process has used, from /proc.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the command name, which is in parentheses and may contain spaces.
         let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
         (ticks(11) + ticks(12)) / 100.0
     }
@@ -209,7 +221,10 @@ impl ServiceProcess {
                 return (exit.code(), started.elapsed());
             }
             if started.elapsed() > timeout {
-                panic!("the service did not exit within {timeout:?} of SIGTERM:\n{}", self.log());
+                panic!(
+                    "the service did not exit within {timeout:?} of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -238,8 +253,12 @@ pub async fn check_service_lifecycle(binary: &str, dependencies: &[&str]) {
         ));
     }
     let mut service = ServiceProcess::spawn(binary, &stack, &env);
-    service.wait_for("/healthz", 200, Duration::from_secs(30)).await;
-    let ready = service.wait_for("/readyz", 200, Duration::from_secs(60)).await;
+    service
+        .wait_for("/healthz", 200, Duration::from_secs(30))
+        .await;
+    let ready = service
+        .wait_for("/readyz", 200, Duration::from_secs(60))
+        .await;
     let ready: serde_json::Value = serde_json::from_str(&ready).expect("readyz JSON");
     for dependency in dependencies.iter().chain(&[crate::service::STARTUP]) {
         assert_eq!(
@@ -256,6 +275,13 @@ pub async fn check_service_lifecycle(binary: &str, dependencies: &[&str]) {
     assert!(metrics.contains("tickflow_build_info{"), "{metrics}");
     let (code, took) = service.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "exit code; log:\n{}", service.log());
-    assert!(took < Duration::from_secs(6), "took {took:?} (deadline 5 s)");
-    assert!(service.log().contains("stopped cleanly"), "{}", service.log());
+    assert!(
+        took < Duration::from_secs(6),
+        "took {took:?} (deadline 5 s)"
+    );
+    assert!(
+        service.log().contains("stopped cleanly"),
+        "{}",
+        service.log()
+    );
 }

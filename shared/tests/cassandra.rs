@@ -38,22 +38,36 @@ async fn trades_keep_every_digit_and_microsecond_and_migrations_run_once() {
     assert!(second.applied.is_empty(), "{second:?}");
     assert_eq!(second.already_applied, all);
 
-    let store = TradeStore::new(session.clone(), &config.keyspace).await.unwrap();
+    let store = TradeStore::new(session.clone(), &config.keyspace)
+        .await
+        .unwrap();
     let day_start = 1_763_769_600_000_000; // 2025-11-22T00:00:00Z
     let older = trade("a-1", "67012.34000000", "0.000012345678", day_start + 1);
-    let newer = trade("a-2", "0.000012345678", "1500.5", day_start + 86_399_999_999);
+    let newer = trade(
+        "a-2",
+        "0.000012345678",
+        "1500.5",
+        day_start + 86_399_999_999,
+    );
     let next_day = trade("a-3", "1", "1", day_start + 86_400_000_000);
     for t in [&older, &newer, &next_day, &older] {
         store.insert(t).await.unwrap(); // `older` twice: an idempotent upsert
     }
 
     let day = store.day("BTC-USD", day_start).await.unwrap();
-    assert_eq!(day, vec![newer.clone(), older.clone()], "one partition, newest first, no duplicate");
+    assert_eq!(
+        day,
+        vec![newer.clone(), older.clone()],
+        "one partition, newest first, no duplicate"
+    );
     // Not only equal in value: the provider's scale survives, digit for digit.
     assert_eq!(day[1].price.to_string(), "67012.34000000");
     assert_eq!(day[1].size.to_string(), "0.000012345678");
     assert_eq!(day[0].event_time % 1_000_000, 999_999);
-    assert_eq!(store.day("BTC-USD", next_day.event_time).await.unwrap(), vec![next_day]);
+    assert_eq!(
+        store.day("BTC-USD", next_day.event_time).await.unwrap(),
+        vec![next_day]
+    );
 
     // A migration edited after it ran is refused, not silently skipped.
     let edited = [Migration {
@@ -61,8 +75,13 @@ async fn trades_keep_every_digit_and_microsecond_and_migrations_run_once() {
         name: "trades",
         cql: "CREATE TABLE IF NOT EXISTS trades (k int PRIMARY KEY)",
     }];
-    let err = cassandra::migrate_with(&session, &config, &edited).await.unwrap_err();
-    assert!(err.to_string().contains("changed after it was applied"), "{err}");
+    let err = cassandra::migrate_with(&session, &config, &edited)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("changed after it was applied"),
+        "{err}"
+    );
 
     session
         .query_unpaged(format!("DROP KEYSPACE {}", config.keyspace), &[])

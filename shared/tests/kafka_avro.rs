@@ -89,10 +89,15 @@ async fn trades_round_trip_through_kafka_and_registry_and_an_independent_decoder
     for trade in &sent {
         let bytes = codec.encode_trade(&topic, trade).await.unwrap();
         assert_eq!(bytes[0], 0, "Confluent magic byte");
-        assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()), schema_id);
+        assert_eq!(
+            u32::from_be_bytes(bytes[1..5].try_into().unwrap()),
+            schema_id
+        );
         producer
             .send(
-                FutureRecord::to(&topic).key(&trade.instrument).payload(&bytes),
+                FutureRecord::to(&topic)
+                    .key(&trade.instrument)
+                    .payload(&bytes),
                 Duration::from_secs(10),
             )
             .await
@@ -110,21 +115,34 @@ async fn trades_round_trip_through_kafka_and_registry_and_an_independent_decoder
             .await
             .expect("records within 30 s")
             .unwrap();
-        let key = std::str::from_utf8(message.key().unwrap()).unwrap().to_string();
-        let trade = codec.decode_trade(message.payload().unwrap()).await.unwrap();
+        let key = std::str::from_utf8(message.key().unwrap())
+            .unwrap()
+            .to_string();
+        let trade = codec
+            .decode_trade(message.payload().unwrap())
+            .await
+            .unwrap();
         assert_eq!(key, trade.instrument, "key = instrument");
         received.push(trade);
     }
     assert_eq!(received, sent, "equal field by field");
 
     // An independent implementation: confluent-kafka + fastavro with the schema from the registry.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/checks/decode_avro.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/checks/decode_avro.py"
+    );
     let output = std::process::Command::new(Stack::python())
         .args([script, "--bootstrap", &stack.kafka.bootstrap_servers])
         .args(["--registry", &stack.registry.url, "--topic", &topic])
         .args(["--count", &sent.len().to_string()])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {} (run `scripts/stack up`): {e}", Stack::python()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (run `scripts/stack up`): {e}",
+                Stack::python()
+            )
+        });
     assert!(
         output.status.success(),
         "independent decoder failed: {}",
@@ -137,8 +155,22 @@ async fn trades_round_trip_through_kafka_and_registry_and_an_independent_decoder
         .collect();
     assert_eq!(decoded.len(), sent.len());
     for (json, trade) in decoded.iter().zip(&sent) {
-        let text = |field: &str| json[field].as_str().unwrap_or_else(|| panic!("{field} in {json}")).to_string();
-        let decimal = |field: &str| parse_decimal(&text(field)).unwrap();
+        let text = |field: &str| {
+            json[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} in {json}"))
+                .to_string()
+        };
+        // fastavro prints the schema's 18 fractional digits; the value is what must match.
+        let decimal = |field: &str| {
+            let t = text(field);
+            let t = if t.contains('.') {
+                t.trim_end_matches('0').trim_end_matches('.').to_string()
+            } else {
+                t
+            };
+            parse_decimal(&t).unwrap()
+        };
         assert_eq!(json["_schema_id"], schema_id, "{json}");
         assert_eq!(text("_key"), trade.instrument);
         assert_eq!(text("instrument"), trade.instrument);
@@ -163,9 +195,11 @@ async fn trades_round_trip_through_kafka_and_registry_and_an_independent_decoder
 }
 
 fn variant(fields_prefix: &str) -> SchemaDef {
-    let avsc = avro::TRADE
-        .avsc
-        .replacen("\"fields\": [", &format!("\"fields\": [{fields_prefix}, "), 1);
+    let avsc = avro::TRADE.avsc.replacen(
+        "\"fields\": [",
+        &format!("\"fields\": [{fields_prefix}, "),
+        1,
+    );
     SchemaDef {
         name: avro::TRADE.name,
         avsc: Box::leak(avsc.into_boxed_str()),
@@ -179,7 +213,10 @@ async fn registry_refuses_a_backward_incompatible_schema_and_we_say_which() {
     let subject = avro::value_subject(&topic);
 
     // Registering the same schema again is a no-op with the same id.
-    assert_eq!(registry.register(&topic, avro::TRADE).await.unwrap(), first_id);
+    assert_eq!(
+        registry.register(&topic, avro::TRADE).await.unwrap(),
+        first_id
+    );
 
     // A new field without a default: new readers could not read old records. Refused.
     let breaking = variant(r#"{"name": "venue_class", "type": "string"}"#);
@@ -191,7 +228,8 @@ async fn registry_refuses_a_backward_incompatible_schema_and_we_say_which() {
     assert!(message.contains("BACKWARD"), "{message}");
 
     // A new optional field with a default is a compatible change: accepted, new id.
-    let compatible = variant(r#"{"name": "venue_class", "type": ["null", "string"], "default": null}"#);
+    let compatible =
+        variant(r#"{"name": "venue_class", "type": ["null", "string"], "default": null}"#);
     let second_id = registry.register(&topic, compatible).await.unwrap();
     assert_ne!(second_id, first_id);
 

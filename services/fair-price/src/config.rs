@@ -2,7 +2,9 @@
 //! Layering and error reporting come from `tickflow_shared::config`.
 
 use serde::Deserialize;
-use tickflow_shared::config::{KafkaConfig, Problems, RegistryConfig, ServiceConfig, Validate, CassandraConfig};
+use tickflow_shared::config::{
+    CassandraConfig, KafkaConfig, Problems, RegistryConfig, ServiceConfig, Validate,
+};
 use tickflow_shared::service::ServiceRoot;
 
 #[derive(Debug, Default, Deserialize)]

@@ -29,7 +29,10 @@ pub fn topics() -> Vec<TopicSpec> {
 }
 
 /// The schemas this service registers, by topic.
-pub const SCHEMAS: [(&str, SchemaDef); 2] = [(names::FAIR_PRICE, avro::FAIR_PRICE), (names::ANOMALIES, avro::ANOMALY)];
+pub const SCHEMAS: [(&str, SchemaDef); 2] = [
+    (names::FAIR_PRICE, avro::FAIR_PRICE),
+    (names::ANOMALIES, avro::ANOMALY),
+];
 
 /// Runs the service until `shutdown` is triggered.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {

@@ -30,26 +30,40 @@ async fn unreachable_dependencies_are_reported_not_fatal() {
             ("TICKFLOW_CASSANDRA__CONTACT_POINTS", dead_cassandra),
         ],
     );
-    service.wait_for("/healthz", 200, Duration::from_secs(30)).await;
+    service
+        .wait_for("/healthz", 200, Duration::from_secs(30))
+        .await;
     let cpu_before = service.cpu_seconds();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let cpu_used = service.cpu_seconds() - cpu_before;
     assert!(service.is_running(), "it must not exit:\n{}", service.log());
     // A retry loop without backoff would burn about one CPU-second per second here.
-    assert!(cpu_used < 2.0, "used {cpu_used} CPU-s in 4 s while waiting:\n{}", service.log());
+    assert!(
+        cpu_used < 2.0,
+        "used {cpu_used} CPU-s in 4 s while waiting:\n{}",
+        service.log()
+    );
 
-    let body = service.wait_for("/readyz", 503, Duration::from_secs(5)).await;
+    let body = service
+        .wait_for("/readyz", 503, Duration::from_secs(5))
+        .await;
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready["ready"], false);
     assert_eq!(ready["dependencies"]["kafka"]["ready"], true, "{ready}");
     for down in ["schema_registry", "cassandra"] {
         assert_eq!(ready["dependencies"][down]["ready"], false, "{ready}");
         let detail = ready["dependencies"][down]["detail"].as_str().unwrap_or("");
-        assert!(!detail.is_empty() && detail != "not checked yet", "{down}: {ready}");
+        assert!(
+            !detail.is_empty() && detail != "not checked yet",
+            "{down}: {ready}"
+        );
     }
     let log = service.log();
     assert!(log.contains("dependency is down"), "{log}");
-    assert!(log.contains("schema registration failed, will retry"), "{log}");
+    assert!(
+        log.contains("schema registration failed, will retry"),
+        "{log}"
+    );
 
     let (code, took) = service.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", service.log());

@@ -17,5 +17,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    service::main::<ingest_gateway::Config, _, _>(ingest_gateway::NAME, args.common, ingest_gateway::run)
+    service::main::<ingest_gateway::Config, _, _>(
+        ingest_gateway::NAME,
+        args.common,
+        ingest_gateway::run,
+    )
 }

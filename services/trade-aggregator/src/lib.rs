@@ -29,7 +29,10 @@ pub fn topics() -> Vec<TopicSpec> {
 }
 
 /// The schemas this service registers, by topic.
-pub const SCHEMAS: [(&str, SchemaDef); 2] = [(names::CANDLES_1M, avro::CANDLE), (names::TRADES_LATE, avro::TRADE)];
+pub const SCHEMAS: [(&str, SchemaDef); 2] = [
+    (names::CANDLES_1M, avro::CANDLE),
+    (names::TRADES_LATE, avro::TRADE),
+];
 
 /// Runs the service until `shutdown` is triggered.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {

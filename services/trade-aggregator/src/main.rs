@@ -17,5 +17,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    service::main::<trade_aggregator::Config, _, _>(trade_aggregator::NAME, args.common, trade_aggregator::run)
+    service::main::<trade_aggregator::Config, _, _>(
+        trade_aggregator::NAME,
+        args.common,
+        trade_aggregator::run,
+    )
 }

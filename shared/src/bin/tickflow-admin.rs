@@ -11,7 +11,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use tickflow_shared::avro::{self, Registry};
-use tickflow_shared::config::{self, CassandraConfig, KafkaConfig, Problems, RegistryConfig, ServiceConfig, Validate};
+use tickflow_shared::config::{
+    self, CassandraConfig, KafkaConfig, Problems, RegistryConfig, ServiceConfig, Validate,
+};
 use tickflow_shared::kafka::names;
 
 #[derive(Parser)]
@@ -61,15 +63,23 @@ impl Validate for AdminConfig {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match config::load::<AdminConfig>(args.config.as_deref()).and_then(AdminConfig::validated) {
+    let config = match config::load::<AdminConfig>(args.config.as_deref())
+        .and_then(AdminConfig::validated)
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tickflow-admin: {e}");
             return ExitCode::from(2);
         }
     };
-    let _ = tickflow_shared::telemetry::init_logging(config.service.log_format, &config.service.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let _ = tickflow_shared::telemetry::init_logging(
+        config.service.log_format,
+        &config.service.log_level,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tickflow-admin: {e}");
@@ -99,7 +109,11 @@ async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<(
             let registry = Registry::new(&config.registry)?;
             for (topic, schema) in names::SCHEMA_OF_TOPIC {
                 let id = registry.register(topic, schema).await?;
-                println!("{} -> {} (id {id})", avro::value_subject(topic), schema.name);
+                println!(
+                    "{} -> {} (id {id})",
+                    avro::value_subject(topic),
+                    schema.name
+                );
             }
         }
         Command::Check => {
@@ -113,7 +127,11 @@ async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<(
                 Ok(s) => tickflow_shared::cassandra::check(&s).await,
                 Err(e) => Err(e),
             };
-            for (name, result) in [("kafka", kafka), ("schema registry", registry), ("cassandra", cassandra)] {
+            for (name, result) in [
+                ("kafka", kafka),
+                ("schema registry", registry),
+                ("cassandra", cassandra),
+            ] {
                 match result {
                     Ok(detail) => println!("{name:16} ok    {detail}"),
                     Err(e) => {
@@ -123,7 +141,9 @@ async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<(
                 }
             }
             if failed {
-                return Err(tickflow_shared::Error::Config("a dependency is down (see above)".into()));
+                return Err(tickflow_shared::Error::Config(
+                    "a dependency is down (see above)".into(),
+                ));
             }
         }
     }

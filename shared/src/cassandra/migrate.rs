@@ -175,7 +175,10 @@ mod tests {
             .iter()
             .map(|m| format!("V{:03}__{}.cql", m.version, m.name))
             .collect();
-        assert_eq!(files, listed, "every file in shared/cql is listed in MIGRATIONS, in order");
+        assert_eq!(
+            files, listed,
+            "every file in shared/cql is listed in MIGRATIONS, in order"
+        );
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version as usize, i + 1, "versions are 1, 2, 3, ...");
             assert!(!m.statements().is_empty());

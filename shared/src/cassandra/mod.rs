@@ -28,7 +28,9 @@ pub async fn connect(config: &CassandraConfig) -> Result<Arc<Session>> {
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &config.local_dc {
-        policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
     }
     let profile = ExecutionProfile::builder()
         .load_balancing_policy(policy.build())
@@ -44,17 +46,18 @@ pub async fn connect(config: &CassandraConfig) -> Result<Arc<Session>> {
     if config.tls.enabled {
         builder = builder.tls_context(Some(tls_context(config)?));
     }
-    let session = builder
-        .build()
-        .await
-        .map_err(|e| err(&format!("connect to {}", config.contact_points.join(",")), e))?;
+    let session = builder.build().await.map_err(|e| {
+        err(
+            &format!("connect to {}", config.contact_points.join(",")),
+            e,
+        )
+    })?;
     Ok(Arc::new(session))
 }
 
 fn tls_context(config: &CassandraConfig) -> Result<openssl::ssl::SslContext> {
     use openssl::ssl::{SslContextBuilder, SslMethod, SslVerifyMode};
-    let mut builder =
-        SslContextBuilder::new(SslMethod::tls()).map_err(|e| err("tls", e))?;
+    let mut builder = SslContextBuilder::new(SslMethod::tls()).map_err(|e| err("tls", e))?;
     builder.set_verify(SslVerifyMode::PEER);
     match &config.tls.ca_file {
         Some(ca) => builder

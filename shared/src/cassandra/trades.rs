@@ -10,8 +10,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp};
 
 use super::err;
-use crate::domain::{epoch_day, i128_from_be_bytes, i128_to_be_bytes_min, Micros, Trade};
 use crate::domain::decimal_from_unscaled;
+use crate::domain::{epoch_day, i128_from_be_bytes, i128_to_be_bytes_min, Micros, Trade};
 use crate::error::{Error, Result};
 
 const COLUMNS: &str = "instrument, day, event_time_us, exchange, provider, trade_id, event_time, \
@@ -109,7 +109,10 @@ impl TradeStore {
             .into_rows_result()
             .map_err(|e| err("select trades", e))?;
         let mut trades = Vec::new();
-        for row in rows.rows::<TradeRow>().map_err(|e| err("select trades", e))? {
+        for row in rows
+            .rows::<TradeRow>()
+            .map_err(|e| err("select trades", e))?
+        {
             let r = row.map_err(|e| err("select trades", e))?;
             trades.push(Trade {
                 price: from_cql_decimal(&r.price)?,
@@ -163,7 +166,13 @@ mod tests {
 
     #[test]
     fn cql_decimal_keeps_value_and_scale() {
-        for text in ["67012.34000000", "0.000012345678", "-1.5", "0", "123456789012345678.9"] {
+        for text in [
+            "67012.34000000",
+            "0.000012345678",
+            "-1.5",
+            "0",
+            "123456789012345678.9",
+        ] {
             let d = parse_decimal(text).unwrap();
             let back = from_cql_decimal(&to_cql_decimal(&d)).unwrap();
             assert_eq!(back.to_string(), text);

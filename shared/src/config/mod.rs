@@ -61,8 +61,7 @@ pub fn load_from<T: DeserializeOwned>(
         },
         None => Error::Config(e.to_string()),
     })?;
-    serde_path_to_error::deserialize::<_, T>(layered)
-        .map_err(|e| explain(e, file, &overrides))
+    serde_path_to_error::deserialize::<_, T>(layered).map_err(|e| explain(e, file, &overrides))
 }
 
 /// One `TICKFLOW_A__B` variable and the dotted key it sets.
@@ -109,14 +108,11 @@ fn explain(
         }
         _ => path,
     };
-    let origin = match overrides
-        .iter()
-        .find(|o| {
-            o.key == key
-                || key.starts_with(&format!("{}.", o.key))
-                || o.key.starts_with(&format!("{key}."))
-        })
-    {
+    let origin = match overrides.iter().find(|o| {
+        o.key == key
+            || key.starts_with(&format!("{}.", o.key))
+            || o.key.starts_with(&format!("{key}."))
+    }) {
         Some(o) => format!("environment variable {}", o.variable),
         None => match file {
             Some(path) => format!("file {}", path.display()),

@@ -159,7 +159,10 @@ impl KafkaConfig {
     pub fn validate(&self, problems: &mut Problems) {
         problems.check(
             !self.bootstrap_servers.trim().is_empty()
-                && self.bootstrap_servers.split(',').all(|s| s.trim().contains(':')),
+                && self
+                    .bootstrap_servers
+                    .split(',')
+                    .all(|s| s.trim().contains(':')),
             "kafka.bootstrap_servers",
             format!(
                 "{:?} must be a comma-separated list of host:port",
@@ -189,11 +192,18 @@ impl KafkaConfig {
         }
         for (key, path) in [
             ("kafka.ssl_ca_location", &self.ssl_ca_location),
-            ("kafka.ssl_certificate_location", &self.ssl_certificate_location),
+            (
+                "kafka.ssl_certificate_location",
+                &self.ssl_certificate_location,
+            ),
             ("kafka.ssl_key_location", &self.ssl_key_location),
         ] {
             if let Some(path) = path {
-                problems.check(path.is_file(), key, format!("{} is not a file", path.display()));
+                problems.check(
+                    path.is_file(),
+                    key,
+                    format!("{} is not a file", path.display()),
+                );
             }
         }
         for (topic, spec) in &self.topics {
@@ -348,7 +358,11 @@ impl RegistryConfig {
         problems.check(
             LEVELS.contains(&self.compatibility.as_str()),
             "registry.compatibility",
-            format!("{:?} must be one of {}", self.compatibility, LEVELS.join(", ")),
+            format!(
+                "{:?} must be one of {}",
+                self.compatibility,
+                LEVELS.join(", ")
+            ),
         );
         problems.check(
             self.password.is_none() || self.username.is_some(),
@@ -434,7 +448,8 @@ impl CassandraConfig {
         }
         for dc in self.replication.datacenters.keys() {
             problems.check(
-                dc.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                dc.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
                 "cassandra.replication.datacenters",
                 format!("{dc:?} is not a plain data center name"),
             );
@@ -494,10 +509,7 @@ impl ReplicationConfig {
                     .iter()
                     .map(|(dc, rf)| format!("'{dc}': {rf}"))
                     .collect();
-                format!(
-                    "{{'class': 'NetworkTopologyStrategy', {}}}",
-                    dcs.join(", ")
-                )
+                format!("{{'class': 'NetworkTopologyStrategy', {}}}", dcs.join(", "))
             }
         }
     }

@@ -72,7 +72,9 @@ fn no_file_gives_defaults() {
 #[test]
 fn unknown_key_in_file_is_named_with_the_file() {
     let f = file("[kafka]\nbootstrap_serverz = \"x:1\"\n");
-    let err = load_from::<Root>(Some(f.path()), env(&[])).unwrap_err().to_string();
+    let err = load_from::<Root>(Some(f.path()), env(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`kafka.bootstrap_serverz`"), "{err}");
     assert!(err.contains(&f.path().display().to_string()), "{err}");
     assert!(err.contains("unknown field"), "{err}");
@@ -81,7 +83,9 @@ fn unknown_key_in_file_is_named_with_the_file() {
 #[test]
 fn unknown_section_is_named() {
     let f = file("[kafak]\nx = 1\n");
-    let err = load_from::<Root>(Some(f.path()), env(&[])).unwrap_err().to_string();
+    let err = load_from::<Root>(Some(f.path()), env(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`kafak`"), "{err}");
 }
 
@@ -97,12 +101,17 @@ fn unknown_key_from_env_names_the_variable() {
 #[test]
 fn ill_typed_key_is_named() {
     let f = file("[kafka]\nlinger_ms = \"soon\"\n");
-    let err = load_from::<Root>(Some(f.path()), env(&[])).unwrap_err().to_string();
-    assert!(err.contains("kafka.linger_ms"), "{err}");
-
-    let err = load_from::<Root>(None, env(&[("TICKFLOW_SERVICE__HTTP_LISTEN", "not-an-addr")]))
+    let err = load_from::<Root>(Some(f.path()), env(&[]))
         .unwrap_err()
         .to_string();
+    assert!(err.contains("kafka.linger_ms"), "{err}");
+
+    let err = load_from::<Root>(
+        None,
+        env(&[("TICKFLOW_SERVICE__HTTP_LISTEN", "not-an-addr")]),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("service.http_listen"), "{err}");
     assert!(err.contains("TICKFLOW_SERVICE__HTTP_LISTEN"), "{err}");
 }

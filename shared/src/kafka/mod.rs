@@ -23,7 +23,10 @@ pub fn base_client_config(config: &KafkaConfig, role: &str) -> ClientConfig {
     client
         .set("bootstrap.servers", &config.bootstrap_servers)
         .set("client.id", format!("{}-{role}", config.client_id))
-        .set("security.protocol", config.security_protocol.as_librdkafka())
+        .set(
+            "security.protocol",
+            config.security_protocol.as_librdkafka(),
+        )
         .set_log_level(RDKafkaLogLevel::Warning);
     if let Some(mechanism) = config.sasl_mechanism {
         client.set("sasl.mechanism", mechanism.as_librdkafka());

@@ -1,0 +1,28 @@
+# Shared by scripts/test and scripts/demo: build prerequisites and the shared cargo target dir.
+# shellcheck shell=bash
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# One target directory outside the clone, shared by every checkout, script and CI run.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/tickflow/target}
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+
+# The C toolchain and headers that rdkafka (librdkafka, built from source) and openssl need.
+ensure_build_deps() {
+  command -v cargo >/dev/null 2>&1 || { log "cargo is not installed: install Rust (rustup) first"; exit 1; }
+  local missing=() pkg
+  for pkg in build-essential pkg-config libssl-dev zlib1g-dev cmake curl; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing build dependencies: ${missing[*]}"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  fi
+}
+
+# Exports the stack's endpoints (TICKFLOW_KAFKA__BOOTSTRAP_SERVERS, ...) into this shell.
+export_stack_env() {
+  local line
+  while IFS= read -r line; do export "${line?}"; done < <("$ROOT/scripts/stack" env)
+}
