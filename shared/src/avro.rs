@@ -436,26 +436,7 @@ pub fn raw_envelope_from_value(value: Value) -> Result<RawEnvelope> {
 mod tests {
     use super::*;
     use crate::domain::parse_decimal;
-
-    pub(crate) fn sample_trade() -> Trade {
-        Trade {
-            instrument: "BTC-USD".into(),
-            base: "BTC".into(),
-            quote: "USD".into(),
-            asset_class: AssetClass::Crypto,
-            exchange: "coinbase".into(),
-            provider: "coinbase".into(),
-            provider_symbol: "BTC-USD".into(),
-            trade_id: "1234567".into(),
-            price: parse_decimal("67012.34000000").unwrap(),
-            size: parse_decimal("0.000012345678").unwrap(),
-            side: Side::Sell,
-            event_time: 1_732_233_600_123_456,
-            ingest_time: 1_732_233_600_124_001,
-            normalized_time: 1_732_233_600_125_999,
-            provider_sequence: Some(42),
-        }
-    }
+    use crate::testkit::sample_trade;
 
     fn avro_round_trip(schema: &Schema, value: Value) -> Value {
         let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema)

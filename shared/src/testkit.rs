@@ -7,6 +7,29 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::config::{CassandraConfig, KafkaConfig, RegistryConfig};
+use crate::domain::{parse_decimal, AssetClass, Side, Trade};
+
+/// A realistic trade with the awkward cases in it: a price with trailing zeros, a size with 12
+/// fractional digits, microsecond times and a provider sequence.
+pub fn sample_trade() -> Trade {
+    Trade {
+        instrument: "BTC-USD".into(),
+        base: "BTC".into(),
+        quote: "USD".into(),
+        asset_class: AssetClass::Crypto,
+        exchange: "coinbase".into(),
+        provider: "coinbase".into(),
+        provider_symbol: "BTC-USD".into(),
+        trade_id: "548923011".into(),
+        price: parse_decimal("67012.34000000").expect("decimal"),
+        size: parse_decimal("0.000012345678").expect("decimal"),
+        side: Side::Buy,
+        event_time: 1_763_769_600_123_457,
+        ingest_time: 1_763_769_600_124_001,
+        normalized_time: 1_763_769_600_125_999,
+        provider_sequence: Some(8_812_345_678),
+    }
+}
 
 /// The stack's endpoints, from the same `TICKFLOW_*` variables the services read, defaulting to
 /// the ports `scripts/stack` uses.

@@ -17,23 +17,7 @@ use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::testkit::{self, Stack};
 
 fn trades() -> Vec<Trade> {
-    let first = Trade {
-        instrument: "BTC-USD".into(),
-        base: "BTC".into(),
-        quote: "USD".into(),
-        asset_class: AssetClass::Crypto,
-        exchange: "coinbase".into(),
-        provider: "coinbase".into(),
-        provider_symbol: "BTC-USD".into(),
-        trade_id: "548923011".into(),
-        price: parse_decimal("67012.34000000").unwrap(),
-        size: parse_decimal("0.000012345678").unwrap(),
-        side: Side::Buy,
-        event_time: 1_763_769_600_123_457,
-        ingest_time: 1_763_769_600_124_001,
-        normalized_time: 1_763_769_600_125_999,
-        provider_sequence: Some(8_812_345_678),
-    };
+    let first = testkit::sample_trade();
     let second = Trade {
         instrument: "SHIB-USDT".into(),
         base: "SHIB".into(),

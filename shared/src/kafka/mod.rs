@@ -138,3 +138,56 @@ pub mod names {
         (ANOMALIES, avro::ANOMALY),
     ];
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Compression, SaslMechanism, SecurityProtocol};
+
+    fn secured() -> KafkaConfig {
+        KafkaConfig {
+            security_protocol: SecurityProtocol::SaslSsl,
+            sasl_mechanism: Some(SaslMechanism::ScramSha512),
+            sasl_username: Some("svc".into()),
+            sasl_password: Some("pw".to_string().into()),
+            ssl_ca_location: Some("/etc/ssl/ca.pem".into()),
+            compression: Compression::Zstd,
+            ..KafkaConfig::default()
+        }
+    }
+
+    #[test]
+    fn security_settings_reach_librdkafka() {
+        let producer = producer_config(&secured(), "gateway");
+        for (key, value) in [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "svc"),
+            ("sasl.password", "pw"),
+            ("ssl.ca.location", "/etc/ssl/ca.pem"),
+            ("client.id", "tickflow-gateway"),
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("compression.type", "zstd"),
+        ] {
+            assert_eq!(producer.get(key), Some(value), "{key}");
+        }
+    }
+
+    #[test]
+    fn consumers_read_committed_without_auto_commit() {
+        let consumer = consumer_config(&KafkaConfig::default(), "normalizer", "g1");
+        assert_eq!(consumer.get("isolation.level"), Some("read_committed"));
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("group.id"), Some("g1"));
+        assert_eq!(consumer.get("security.protocol"), Some("plaintext"));
+        assert_eq!(consumer.get("sasl.password"), None);
+    }
+
+    #[test]
+    fn passthrough_properties_win() {
+        let mut config = KafkaConfig::default();
+        config.librdkafka.insert("linger.ms".into(), "50".into());
+        assert_eq!(producer_config(&config, "x").get("linger.ms"), Some("50"));
+    }
+}
