@@ -23,7 +23,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::RegistryConfig;
 use crate::domain::{
-    decimal_from_avro_bytes, decimal_to_avro_bytes, AssetClass, RawEnvelope, Side, Trade,
+    decimal_from_avro_bytes, decimal_to_avro_bytes, AssetClass, Candle, RawEnvelope, Side, Trade,
     AVRO_DECIMAL_SCALE,
 };
 use crate::error::{Error, Result};
@@ -245,6 +245,14 @@ impl AvroCodec {
         trade_from_value(self.decode(bytes).await?)
     }
 
+    pub async fn encode_candle(&self, topic: &str, candle: &Candle) -> Result<Vec<u8>> {
+        self.encode(topic, candle_to_value(candle)?).await
+    }
+
+    pub async fn decode_candle(&self, bytes: &[u8]) -> Result<Candle> {
+        candle_from_value(self.decode(bytes).await?)
+    }
+
     pub async fn encode_raw(&self, topic: &str, raw: &RawEnvelope) -> Result<Vec<u8>> {
         self.encode(topic, raw_envelope_to_value(raw)).await
     }
@@ -363,6 +371,13 @@ impl Fields {
         }
     }
 
+    fn boolean(&mut self, name: &str) -> Result<bool> {
+        match self.take(name)? {
+            Value::Boolean(b) => Ok(b),
+            other => Err(wrong(name, "boolean", &other)),
+        }
+    }
+
     fn bytes(&mut self, name: &str) -> Result<Vec<u8>> {
         match self.take(name)? {
             Value::Bytes(b) => Ok(b),
@@ -403,6 +418,67 @@ pub fn trade_from_value(value: Value) -> Result<Trade> {
         ingest_time: f.long("ingest_time")?,
         normalized_time: f.long("normalized_time")?,
         provider_sequence: f.opt_long("provider_sequence")?,
+    })
+}
+
+pub fn candle_to_value(c: &Candle) -> Result<Value> {
+    Ok(Value::Record(vec![
+        ("instrument".into(), Value::String(c.instrument.clone())),
+        ("venue".into(), Value::String(c.venue.clone())),
+        ("interval".into(), Value::String(c.interval.clone())),
+        (
+            "window_start".into(),
+            Value::TimestampMicros(c.window_start),
+        ),
+        ("window_end".into(), Value::TimestampMicros(c.window_end)),
+        ("open".into(), decimal_value(&c.open)?),
+        ("high".into(), decimal_value(&c.high)?),
+        ("low".into(), decimal_value(&c.low)?),
+        ("close".into(), decimal_value(&c.close)?),
+        ("count".into(), Value::Long(c.count)),
+        ("volume".into(), decimal_value(&c.volume)?),
+        ("notional".into(), decimal_value(&c.notional)?),
+        ("vwap".into(), decimal_value(&c.vwap)?),
+        ("avg_price".into(), decimal_value(&c.avg_price)?),
+        ("buy_volume".into(), decimal_value(&c.buy_volume)?),
+        ("sell_volume".into(), decimal_value(&c.sell_volume)?),
+        (
+            "first_trade_time".into(),
+            Value::TimestampMicros(c.first_trade_time),
+        ),
+        (
+            "last_trade_time".into(),
+            Value::TimestampMicros(c.last_trade_time),
+        ),
+        ("is_final".into(), Value::Boolean(c.is_final)),
+        ("revision".into(), Value::Int(c.revision)),
+    ]))
+}
+
+pub fn candle_from_value(value: Value) -> Result<Candle> {
+    let mut f = Fields::of(value, "Candle")?;
+    Ok(Candle {
+        instrument: f.string("instrument")?,
+        venue: f.string("venue")?,
+        interval: f.string("interval")?,
+        window_start: f.long("window_start")?,
+        window_end: f.long("window_end")?,
+        open: f.decimal("open")?,
+        high: f.decimal("high")?,
+        low: f.decimal("low")?,
+        close: f.decimal("close")?,
+        count: f.long("count")?,
+        volume: f.decimal("volume")?,
+        notional: f.decimal("notional")?,
+        vwap: f.decimal("vwap")?,
+        avg_price: f.decimal("avg_price")?,
+        buy_volume: f.decimal("buy_volume")?,
+        sell_volume: f.decimal("sell_volume")?,
+        first_trade_time: f.long("first_trade_time")?,
+        last_trade_time: f.long("last_trade_time")?,
+        is_final: f.boolean("is_final")?,
+        revision: i32::try_from(f.long("revision")?)
+            .map_err(|_| Error::Avro("revision out of range".into()))?,
     })
 }
 
@@ -479,6 +555,36 @@ mod tests {
             let value = avro_round_trip(&schema, trade_to_value(&trade).unwrap());
             assert_eq!(trade_from_value(value).unwrap(), trade);
         }
+    }
+
+    #[test]
+    fn candle_round_trips_through_avro_bytes() {
+        let schema = CANDLE.parse().unwrap();
+        let d = |t: &str| parse_decimal(t).unwrap();
+        let candle = Candle {
+            instrument: "BTC-USD".into(),
+            venue: "*".into(),
+            interval: "1m".into(),
+            window_start: 1_763_769_600_000_000,
+            window_end: 1_763_769_660_000_000,
+            open: d("67000.5"),
+            high: d("67100"),
+            low: d("66950.25"),
+            close: d("67010"),
+            count: 3,
+            volume: d("0.5"),
+            notional: d("33510.125"),
+            vwap: d("67020.25"),
+            avg_price: d("67016.916666666666666667"),
+            buy_volume: d("0.25"),
+            sell_volume: d("0.25"),
+            first_trade_time: 1_763_769_600_000_001,
+            last_trade_time: 1_763_769_659_999_999,
+            is_final: true,
+            revision: 2,
+        };
+        let value = avro_round_trip(&schema, candle_to_value(&candle).unwrap());
+        assert_eq!(candle_from_value(value).unwrap(), candle);
     }
 
     #[test]

@@ -210,6 +210,54 @@ pub struct Trade {
     pub provider_sequence: Option<i64>,
 }
 
+/// An event-time candle (the `Candle` Avro schema). `venue` is an exchange, or
+/// [`CONSOLIDATED_VENUE`] for all venues of the instrument together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candle {
+    pub instrument: String,
+    pub venue: String,
+    /// `1m`, `5m`, ...
+    pub interval: String,
+    pub window_start: Micros,
+    /// Exclusive.
+    pub window_end: Micros,
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub close: Decimal,
+    pub count: i64,
+    pub volume: Decimal,
+    /// Sum of price × size.
+    pub notional: Decimal,
+    /// notional / volume, rounded half away from zero to 18 fractional digits.
+    pub vwap: Decimal,
+    /// Mean of the trade prices, rounded like `vwap`.
+    pub avg_price: Decimal,
+    pub buy_volume: Decimal,
+    pub sell_volume: Decimal,
+    pub first_trade_time: Micros,
+    pub last_trade_time: Micros,
+    /// False for early (in-progress) firings.
+    pub is_final: bool,
+    /// 0 for the first emission of this window, +1 for each later one.
+    pub revision: i32,
+}
+
+/// The `venue` of a candle over every venue of an instrument.
+pub const CONSOLIDATED_VENUE: &str = "*";
+
+/// Fractional digits of derived candle statistics (vwap, average price): the Avro scale.
+pub const DERIVED_SCALE: u32 = AVRO_DECIMAL_SCALE;
+
+/// Rounds a derived statistic the one way tickflow does everywhere: half away from zero, to
+/// [`DERIVED_SCALE`] fractional digits.
+pub fn round_derived(value: Decimal) -> Decimal {
+    value.round_dp_with_strategy(
+        DERIVED_SCALE,
+        rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+    )
+}
+
 /// One frame exactly as a provider sent it (the `RawEnvelope` Avro schema).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEnvelope {

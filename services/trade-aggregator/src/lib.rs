@@ -4,6 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod operator;
+pub mod reference;
+pub mod window;
 
 use std::time::Duration;
 

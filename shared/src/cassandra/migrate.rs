@@ -19,11 +19,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A unit test checks this list against the files in `shared/cql/`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "trades",
-    cql: include_str!("../../cql/V001__trades.cql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "trades",
+        cql: include_str!("../../cql/V001__trades.cql"),
+    },
+    Migration {
+        version: 2,
+        name: "candles_checkpoints",
+        cql: include_str!("../../cql/V002__candles_checkpoints.cql"),
+    },
+];
 
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -1,6 +1,8 @@
 //! The Cassandra session from `[cassandra]` (contact points, preferred data center, auth, TLS),
 //! a liveness check, versioned migrations and the typed tables.
 
+mod candles;
+mod checkpoints;
 mod migrate;
 mod trades;
 
@@ -13,8 +15,10 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
 use secrecy::ExposeSecret;
 
+pub use candles::CandleStore;
+pub use checkpoints::{Checkpoint, CheckpointStore};
 pub use migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};
-pub use trades::TradeStore;
+pub use trades::{day_of, from_cql_decimal, to_cql_decimal, TradeStore};
 
 use crate::config::CassandraConfig;
 use crate::error::{Error, Result};

@@ -1,0 +1,266 @@
+use std::collections::BTreeMap;
+
+use tickflow_shared::domain::{Side, MICROS_PER_SECOND as S};
+use tickflow_shared::testkit::sample_trade;
+
+use super::*;
+use crate::reference::{batch_candles, same_values};
+
+const MIN: Micros = 60 * S;
+const T0: Micros = 1_763_769_600_000_000; // a minute boundary
+
+fn timing() -> Timing {
+    Timing {
+        window: MIN,
+        out_of_orderness: 2 * S,
+        allowed_lateness: 60 * S,
+        idle_timeout: 30 * S,
+        early_firing_interval: None,
+    }
+}
+
+fn trade(id: &str, exchange: &str, at: Micros, price: &str, size: &str) -> Trade {
+    Trade {
+        trade_id: id.into(),
+        exchange: exchange.into(),
+        provider: exchange.into(),
+        event_time: at,
+        price: price.parse().unwrap(),
+        size: size.parse().unwrap(),
+        side: if id.len() % 2 == 0 {
+            Side::Buy
+        } else {
+            Side::Sell
+        },
+        ..sample_trade()
+    }
+}
+
+/// What a reader of the upserted candles sees at the end: the last emission of each window.
+fn latest(outputs: &[Output]) -> BTreeMap<(String, String, Micros), Candle> {
+    let mut out = BTreeMap::new();
+    for o in outputs {
+        if let Output::Candle(c) = o {
+            out.insert(
+                (c.instrument.clone(), c.venue.clone(), c.window_start),
+                c.clone(),
+            );
+        }
+    }
+    out
+}
+
+fn run(op: &mut Aggregator, trades: &[Trade], now: Micros) -> Vec<Output> {
+    let mut out = Vec::new();
+    for t in trades {
+        op.on_trade(0, t, now, &mut out);
+        op.advance(now, &mut out);
+    }
+    out
+}
+
+/// A stream with out-of-order, late (within lateness), too-late and same-time trades.
+fn nasty_stream() -> Vec<Trade> {
+    vec![
+        trade("a", "x", T0 + S, "100", "1"),
+        trade("b", "y", T0 + 30 * S, "101", "2"),
+        trade("c", "x", T0 + 10 * S, "99", "1"), // out of order, same window
+        trade("d", "x", T0 + MIN + S, "102", "1"),
+        trade("e", "y", T0 + MIN + 5 * S, "103", "1"), // watermark passes T0+MIN: window 0 fires
+        trade("f", "x", T0 + 50 * S, "98", "3"),       // late, within lateness: corrected
+        trade("g", "x", T0 + 3 * MIN, "104", "1"),
+        trade("h", "y", T0 + 20 * S, "97", "1"), // window 0 closed > 60 s ago: too late
+        trade("i", "x", T0 + 3 * MIN, "105", "1"), // same event time as g
+        trade("j", "x", T0 + 5 * MIN, "106", "1"),
+    ]
+}
+
+#[test]
+fn final_candles_equal_the_batch_recomputation() {
+    let trades = nasty_stream();
+    let mut op = Aggregator::new(timing());
+    let mut out = run(&mut op, &trades, T0);
+    op.advance(T0 + 3600 * S, &mut out); // idle: everything closes
+    let (expected, too_late) = batch_candles(&trades, &timing());
+    let got = latest(&out);
+    assert_eq!(got.len(), expected.len());
+    for (key, candle) in &expected {
+        assert!(
+            same_values(&got[key], candle),
+            "{key:?}\n got {:?}\nwant {candle:?}",
+            got[key]
+        );
+        assert!(got[key].is_final);
+    }
+    let late: Vec<&Trade> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::TooLate { trade, .. } => Some(trade),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(late, too_late.iter().collect::<Vec<_>>());
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].trade_id, "h");
+}
+
+#[test]
+fn a_late_trade_re_emits_the_window_with_a_higher_revision() {
+    let mut op = Aggregator::new(timing());
+    let first = run(&mut op, &nasty_stream()[..5], T0);
+    let fired = latest(&first)[&("BTC-USD".to_string(), "*".to_string(), T0)].clone();
+    assert!(fired.is_final);
+    assert_eq!(fired.count, 3);
+    let mut out = Vec::new();
+    op.on_trade(0, &nasty_stream()[5], T0, &mut out);
+    let corrected: Vec<&Candle> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Candle(c) if c.window_start == T0 => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        corrected.len(),
+        2,
+        "the venue candle and the consolidated one"
+    );
+    let consolidated = corrected.iter().find(|c| c.venue == "*").unwrap();
+    assert_eq!(consolidated.count, 4);
+    assert!(consolidated.revision > fired.revision);
+    assert!(consolidated.is_final);
+}
+
+#[test]
+fn windows_fire_once_when_the_watermark_passes_their_end() {
+    let mut op = Aggregator::new(timing());
+    let mut out = Vec::new();
+    op.on_trade(0, &trade("a", "x", T0 + S, "1", "1"), T0, &mut out);
+    op.advance(T0, &mut out);
+    assert!(out.is_empty(), "open window, no early firing configured");
+    // Event time T0 + MIN + 1 s: watermark T0 + MIN - 1 s, not yet past the end.
+    op.on_trade(0, &trade("b", "x", T0 + MIN + S, "1", "1"), T0, &mut out);
+    op.advance(T0, &mut out);
+    assert!(out.is_empty());
+    op.on_trade(
+        0,
+        &trade("c", "x", T0 + MIN + 2 * S, "1", "1"),
+        T0,
+        &mut out,
+    );
+    op.advance(T0, &mut out);
+    assert_eq!(out.len(), 2, "x and * of the first minute");
+    op.advance(T0, &mut out);
+    assert_eq!(out.len(), 2, "not again");
+}
+
+#[test]
+fn early_firings_emit_changed_windows_as_not_final() {
+    let mut op = Aggregator::new(Timing {
+        early_firing_interval: Some(S),
+        ..timing()
+    });
+    let mut out = Vec::new();
+    op.on_trade(0, &trade("a", "x", T0 + S, "1", "1"), T0, &mut out);
+    op.advance(T0, &mut out);
+    assert_eq!(out.len(), 2);
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, Output::Candle(c) if !c.is_final)));
+    op.advance(T0 + 2 * S, &mut out);
+    assert_eq!(out.len(), 2, "nothing changed: nothing emitted");
+    op.on_trade(
+        0,
+        &trade("b", "x", T0 + 2 * S, "2", "1"),
+        T0 + 2 * S,
+        &mut out,
+    );
+    op.advance(T0 + 2 * S, &mut out);
+    assert_eq!(
+        out.len(),
+        2,
+        "interval not elapsed since the last early firing"
+    );
+    op.advance(T0 + 3 * S, &mut out);
+    assert_eq!(out.len(), 4);
+}
+
+#[test]
+fn an_idle_partition_closes_its_windows_by_the_wall_clock() {
+    let mut op = Aggregator::new(timing());
+    let mut out = Vec::new();
+    op.on_trade(0, &trade("a", "x", T0 + S, "1", "1"), T0 + S, &mut out);
+    op.advance(T0 + 20 * S, &mut out);
+    assert!(out.is_empty(), "not idle yet");
+    op.advance(T0 + S + 30 * S + MIN + 2 * S, &mut out);
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn snapshot_and_restore_anywhere_give_the_same_result() {
+    let trades = nasty_stream();
+    let mut whole = Aggregator::new(timing());
+    let mut expected = run(&mut whole, &trades, T0);
+    whole.advance(T0 + 3600 * S, &mut expected);
+    for cut in 0..trades.len() {
+        let mut before = Aggregator::new(timing());
+        let mut out = run(&mut before, &trades[..cut], T0);
+        let snapshot = before.snapshot(0).unwrap();
+        let mut after = Aggregator::new(timing());
+        after.restore(0, &snapshot, T0).unwrap();
+        out.extend(run(&mut after, &trades[cut..], T0));
+        after.advance(T0 + 3600 * S, &mut out);
+        let (a, b) = (latest(&out), latest(&expected));
+        assert_eq!(a.len(), b.len(), "cut at {cut}");
+        for (key, candle) in &b {
+            assert!(same_values(&a[key], candle), "cut at {cut}: {key:?}");
+        }
+    }
+}
+
+#[test]
+fn windows_are_purged_after_the_allowed_lateness() {
+    let mut op = Aggregator::new(timing());
+    let mut out = Vec::new();
+    op.on_trade(0, &trade("a", "x", T0 + S, "1", "1"), T0, &mut out);
+    op.on_trade(
+        0,
+        &trade("b", "x", T0 + 2 * MIN + 3 * S, "1", "1"),
+        T0,
+        &mut out,
+    );
+    op.advance(T0, &mut out);
+    assert_eq!(
+        op.open_windows(),
+        2,
+        "first minute purged, third still open"
+    );
+}
+
+#[test]
+fn overflowing_trades_are_rejected_with_a_reason() {
+    let mut op = Aggregator::new(timing());
+    let mut out = Vec::new();
+    op.on_trade(
+        0,
+        &trade("a", "x", T0 + S, "79228162514264337593543950335", "1"),
+        T0,
+        &mut out,
+    );
+    op.on_trade(
+        0,
+        &trade("b", "x", T0 + S, "79228162514264337593543950335", "1"),
+        T0,
+        &mut out,
+    );
+    assert!(
+        matches!(
+            &out[..],
+            [Output::Rejected {
+                reason: "overflow",
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+}

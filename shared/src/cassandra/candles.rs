@@ -1,0 +1,146 @@
+//! The `candles_1m` table: idempotent upserts keyed by (instrument, venue, day, window_start),
+//! and the single-partition read of an instrument's recent candles.
+
+use std::sync::Arc;
+
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp};
+
+use super::err;
+use super::trades::{day_of, from_cql_decimal, to_cql_decimal};
+use crate::domain::{Candle, Micros};
+use crate::error::Result;
+
+const COLUMNS: &str = "instrument, venue, day, window_start, window_end, open, high, low, close, \
+    count, volume, notional, vwap, avg_price, buy_volume, sell_volume, first_trade_us, \
+    last_trade_us, is_final, revision";
+
+/// One row of `candles_1m`; fields match the columns by name.
+#[derive(Debug, scylla::SerializeRow, scylla::DeserializeRow)]
+struct CandleRow {
+    instrument: String,
+    venue: String,
+    day: CqlDate,
+    window_start: CqlTimestamp,
+    window_end: CqlTimestamp,
+    open: CqlDecimal,
+    high: CqlDecimal,
+    low: CqlDecimal,
+    close: CqlDecimal,
+    count: i64,
+    volume: CqlDecimal,
+    notional: CqlDecimal,
+    vwap: CqlDecimal,
+    avg_price: CqlDecimal,
+    buy_volume: CqlDecimal,
+    sell_volume: CqlDecimal,
+    first_trade_us: i64,
+    last_trade_us: i64,
+    is_final: bool,
+    revision: i32,
+}
+
+#[derive(Clone)]
+pub struct CandleStore {
+    session: Arc<Session>,
+    upsert: PreparedStatement,
+    select_day: PreparedStatement,
+}
+
+impl CandleStore {
+    pub async fn new(session: Arc<Session>, keyspace: &str) -> Result<Self> {
+        let marks = vec!["?"; COLUMNS.split(',').count()].join(", ");
+        let mut upsert = session
+            .prepare(format!(
+                "INSERT INTO {keyspace}.candles_1m ({COLUMNS}) VALUES ({marks})"
+            ))
+            .await
+            .map_err(|e| err("prepare candles upsert", e))?;
+        // The same window written again with its latest value: safe for the driver to retry.
+        upsert.set_is_idempotent(true);
+        let mut select_day = session
+            .prepare(format!(
+                "SELECT {COLUMNS} FROM {keyspace}.candles_1m WHERE instrument = ? AND venue = ? AND day = ?"
+            ))
+            .await
+            .map_err(|e| err("prepare candles select", e))?;
+        select_day.set_is_idempotent(true);
+        Ok(Self {
+            session,
+            upsert,
+            select_day,
+        })
+    }
+
+    pub async fn upsert(&self, c: &Candle) -> Result<()> {
+        let row = CandleRow {
+            instrument: c.instrument.clone(),
+            venue: c.venue.clone(),
+            day: day_of(c.window_start)?,
+            window_start: CqlTimestamp(c.window_start.div_euclid(1000)),
+            window_end: CqlTimestamp(c.window_end.div_euclid(1000)),
+            open: to_cql_decimal(&c.open),
+            high: to_cql_decimal(&c.high),
+            low: to_cql_decimal(&c.low),
+            close: to_cql_decimal(&c.close),
+            count: c.count,
+            volume: to_cql_decimal(&c.volume),
+            notional: to_cql_decimal(&c.notional),
+            vwap: to_cql_decimal(&c.vwap),
+            avg_price: to_cql_decimal(&c.avg_price),
+            buy_volume: to_cql_decimal(&c.buy_volume),
+            sell_volume: to_cql_decimal(&c.sell_volume),
+            first_trade_us: c.first_trade_time,
+            last_trade_us: c.last_trade_time,
+            is_final: c.is_final,
+            revision: c.revision,
+        };
+        self.session
+            .execute_unpaged(&self.upsert, row)
+            .await
+            .map_err(|e| err("upsert candle", e))?;
+        Ok(())
+    }
+
+    /// Every 1-minute candle of (instrument, venue) in the UTC day containing `time`, newest first.
+    pub async fn day(&self, instrument: &str, venue: &str, time: Micros) -> Result<Vec<Candle>> {
+        let rows = self
+            .session
+            .execute_unpaged(&self.select_day, (instrument, venue, day_of(time)?))
+            .await
+            .map_err(|e| err("select candles", e))?
+            .into_rows_result()
+            .map_err(|e| err("select candles", e))?;
+        let mut candles = Vec::new();
+        for row in rows
+            .rows::<CandleRow>()
+            .map_err(|e| err("select candles", e))?
+        {
+            let r = row.map_err(|e| err("select candles", e))?;
+            candles.push(Candle {
+                instrument: r.instrument,
+                venue: r.venue,
+                interval: "1m".into(),
+                window_start: r.window_start.0 * 1000,
+                window_end: r.window_end.0 * 1000,
+                open: from_cql_decimal(&r.open)?,
+                high: from_cql_decimal(&r.high)?,
+                low: from_cql_decimal(&r.low)?,
+                close: from_cql_decimal(&r.close)?,
+                count: r.count,
+                volume: from_cql_decimal(&r.volume)?,
+                notional: from_cql_decimal(&r.notional)?,
+                vwap: from_cql_decimal(&r.vwap)?,
+                avg_price: from_cql_decimal(&r.avg_price)?,
+                buy_volume: from_cql_decimal(&r.buy_volume)?,
+                sell_volume: from_cql_decimal(&r.sell_volume)?,
+                first_trade_time: r.first_trade_us,
+                last_trade_time: r.last_trade_us,
+                is_final: r.is_final,
+                revision: r.revision,
+            });
+        }
+        Ok(candles)
+    }
+}
