@@ -179,6 +179,15 @@ fn is_conflict(e: &SRCError) -> bool {
     e.error.contains("409") || e.cause.as_deref().is_some_and(|c| c.contains("409"))
 }
 
+/// A registry that cannot be reached is retryable; bytes or values that do not fit are not.
+fn codec_error(e: &SRCError) -> Error {
+    if e.retriable {
+        Error::Registry(describe(e))
+    } else {
+        Error::Avro(describe(e))
+    }
+}
+
 fn describe(e: &SRCError) -> String {
     match &e.cause {
         Some(cause) => format!("{}: {cause}", e.error),
@@ -222,19 +231,29 @@ impl AvroCodec {
             .strategies
             .get(topic)
             .ok_or_else(|| Error::Avro(format!("no schema configured for topic {topic}")))?;
-        self.encoder
-            .encode_value(value, strategy)
-            .await
-            .map_err(|e| Error::Avro(describe(&e)))
+        match self.encoder.encode_value(value, strategy).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => {
+                if e.retriable {
+                    // The converter caches failures; a registry that is back must be asked again.
+                    self.encoder.remove_errors_from_cache();
+                }
+                Err(codec_error(&e))
+            }
+        }
     }
 
     /// Decodes Confluent wire-format bytes with the writer schema fetched by id.
     pub async fn decode(&self, bytes: &[u8]) -> Result<Value> {
-        self.decoder
-            .decode(Some(bytes))
-            .await
-            .map(|r| r.value)
-            .map_err(|e| Error::Avro(describe(&e)))
+        match self.decoder.decode(Some(bytes)).await {
+            Ok(r) => Ok(r.value),
+            Err(e) => {
+                if e.retriable {
+                    self.decoder.remove_errors_from_cache();
+                }
+                Err(codec_error(&e))
+            }
+        }
     }
 
     pub async fn encode_trade(&self, topic: &str, trade: &Trade) -> Result<Vec<u8>> {

@@ -54,12 +54,14 @@ pub fn decimal_to_avro_bytes(value: &Decimal) -> Result<Vec<u8>> {
 }
 
 /// The inverse of [`decimal_to_avro_bytes`] for any scale: reads big-endian two's complement.
+/// The result is normalized (no trailing zeros): the schema's fixed scale says nothing about the
+/// value, and products of un-normalized values would need needless digits.
 pub fn decimal_from_avro_bytes(bytes: &[u8], scale: u32) -> Result<Decimal> {
     let unscaled = i128_from_be_bytes(bytes).ok_or_else(|| Error::Decimal {
         text: format!("{bytes:02x?}"),
         reason: "more than 16 bytes of unscaled value".into(),
     })?;
-    decimal_from_unscaled(unscaled, scale)
+    decimal_from_unscaled(unscaled, scale).map(|d| d.normalize())
 }
 
 /// Builds a `Decimal` from an unscaled integer and a scale, dropping trailing zeros when the

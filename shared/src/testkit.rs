@@ -231,6 +231,12 @@ impl ServiceProcess {
         (ticks(11) + ticks(12)) / 100.0
     }
 
+    /// SIGKILL: the crash a checkpoint must survive. Waits for the process to be gone.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits up to `timeout` for the exit; returns its code and how long it took.
     pub fn terminate(&mut self, timeout: Duration) -> (Option<i32>, Duration) {
         let started = std::time::Instant::now();
@@ -270,10 +276,20 @@ pub async fn check_service_lifecycle(binary: &str, dependencies: &[&str]) {
     let stack = Stack::require().await;
     let mut env = Vec::new();
     if dependencies.contains(&"cassandra") {
+        // A fresh, migrated keyspace, as `tickflow-admin migrate` leaves it.
+        let mut cassandra = stack.cassandra.clone();
+        cassandra.keyspace = unique_keyspace("lifecycle");
+        let session = crate::cassandra::connect(&cassandra)
+            .await
+            .expect("cassandra");
+        crate::cassandra::migrate(&session, &cassandra)
+            .await
+            .expect("migrate");
         env.push((
             "TICKFLOW_CASSANDRA__CONTACT_POINTS",
-            stack.cassandra.contact_points.join(","),
+            cassandra.contact_points.join(","),
         ));
+        env.push(("TICKFLOW_CASSANDRA__KEYSPACE", cassandra.keyspace));
     }
     let mut service = ServiceProcess::spawn(binary, &stack, &env);
     service

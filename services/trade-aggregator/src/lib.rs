@@ -1,44 +1,56 @@
-//! trade-aggregator: Computes 1-minute OHLC / count / volume / VWAP candles in event time, late data included, into Cassandra and Kafka.
+//! trade-aggregator: 1-minute OHLC / count / volume / notional / VWAP / average candles in event
+//! time, per instrument and venue and consolidated across venues (`*`), late data included, into
+//! Cassandra `candles_1m` and Kafka `md.candles.1m`, with checkpoints that give the effect of
+//! exactly-once across crashes.
 //!
-//! Windowing is not implemented yet (issue 5): today the binary loads its configuration, creates md.candles.1m and md.trades.late, registers their schemas, connects to Cassandra, serves /metrics, /healthz and /readyz, and shuts down cleanly.
+//! Not built yet (issue 5): roll-ups to longer intervals, state hand-over on consumer-group
+//! rebalances (instances own configured partition sets instead), benchmarks.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod metrics;
 pub mod operator;
+pub mod pipeline;
+pub mod query;
 pub mod reference;
+pub mod sink;
 pub mod window;
 
 use std::time::Duration;
 
-use axum::Router;
 use tickflow_shared::avro::{self, SchemaDef};
-use tickflow_shared::kafka::{names, TopicSpec};
+use tickflow_shared::kafka::TopicSpec;
 use tickflow_shared::service::Startup;
 use tickflow_shared::shutdown::Shutdown;
-use tickflow_shared::Result;
+use tickflow_shared::{Error, Result};
 
 pub use config::Config;
 
 pub const NAME: &str = "trade-aggregator";
-/// Port of `/metrics`, `/healthz`, `/readyz` unless `service.http_listen` says otherwise.
+/// Port of `/metrics`, `/healthz`, `/readyz`, `/candles/{instrument}` unless
+/// `service.http_listen` says otherwise.
 pub const DEFAULT_HTTP_PORT: u16 = 9103;
 
 /// The topics this service writes, as created when missing.
-pub fn topics() -> Vec<TopicSpec> {
+pub fn topics(config: &config::AggregatorConfig) -> Vec<TopicSpec> {
     vec![
-        TopicSpec::new(names::CANDLES_1M, 6).retention(Duration::from_secs(7 * 24 * 3600)),
-        TopicSpec::new(names::TRADES_LATE, 1).retention(Duration::from_secs(7 * 24 * 3600)),
+        TopicSpec::new(&config.candles_topic, 6).retention(Duration::from_secs(7 * 24 * 3600)),
+        TopicSpec::new(&config.late_topic, 1).retention(Duration::from_secs(7 * 24 * 3600)),
     ]
 }
 
 /// The schemas this service registers, by topic.
-pub const SCHEMAS: [(&str, SchemaDef); 2] = [
-    (names::CANDLES_1M, avro::CANDLE),
-    (names::TRADES_LATE, avro::TRADE),
-];
+pub fn schemas(config: &config::AggregatorConfig) -> Vec<(&str, SchemaDef)> {
+    vec![
+        (config.candles_topic.as_str(), avro::CANDLE),
+        (config.late_topic.as_str(), avro::TRADE),
+    ]
+}
 
 /// Runs the service until `shutdown` is triggered.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
+    let (queries, query_rx) = tokio::sync::mpsc::channel(16);
+    let schemas = schemas(&config.aggregator);
     let startup = Startup {
         name: NAME,
         default_http_port: DEFAULT_HTTP_PORT,
@@ -46,17 +58,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         kafka: &config.kafka,
         registry: &config.registry,
         cassandra: Some(&config.cassandra),
-        topics: topics(),
-        schemas: &SCHEMAS,
-        routes: Router::new(),
+        topics: topics(&config.aggregator),
+        schemas: &schemas,
+        routes: query::routes(queries),
     };
     let Some(started) = startup.start(&shutdown).await? else {
         return Ok(());
     };
-    tracing::info!(
-        http = %started.telemetry.http_addr,
-        "started; the processing pipeline of this service is not implemented yet (issue 5)"
-    );
-    shutdown.triggered().await;
-    Ok(())
+    metrics::describe();
+    let cassandra = started
+        .cassandra
+        .ok_or_else(|| Error::Config("cassandra is required".into()))?;
+    tracing::info!(http = %started.telemetry.http_addr, "started");
+    pipeline::run(
+        &config,
+        &started.registry,
+        &cassandra,
+        started.telemetry.instruments.clone(),
+        query_rx,
+        &shutdown,
+    )
+    .await
 }

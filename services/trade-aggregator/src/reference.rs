@@ -9,13 +9,13 @@ use tickflow_shared::domain::{round_derived, Candle, Micros, Side, Trade, CONSOL
 
 use crate::operator::Timing;
 
+/// Candles by (instrument, venue, window start).
+pub type CandleMap = BTreeMap<(String, String, Micros), Candle>;
+
 /// The final candles of one input partition's trades, in the order the partition holds them,
 /// keyed by (instrument, venue, window start). Trades the streaming operator must call too late
 /// are returned apart.
-pub fn batch_candles(
-    trades: &[Trade],
-    timing: &Timing,
-) -> (BTreeMap<(String, String, Micros), Candle>, Vec<Trade>) {
+pub fn batch_candles(trades: &[Trade], timing: &Timing) -> (CandleMap, Vec<Trade>) {
     let mut watermark = Micros::MIN;
     let mut windows: BTreeMap<(String, String, Micros), Vec<&Trade>> = BTreeMap::new();
     let mut too_late = Vec::new();
@@ -62,7 +62,7 @@ pub fn batch_candles(
                 close: last.price,
                 count: trades.len() as i64,
                 volume,
-                notional,
+                notional: round_derived(notional),
                 vwap: if volume.is_zero() {
                     Decimal::ZERO
                 } else {

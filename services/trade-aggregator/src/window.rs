@@ -2,8 +2,9 @@
 //!
 //! Open and close are the trades with the smallest and largest (event time, exchange, provider,
 //! trade id), so ties in event time are broken the same way whatever the arrival order. Sums are
-//! exact decimals with checked arithmetic; vwap and the average price are divided once, when a
-//! candle is built, and rounded half away from zero to 18 fractional digits.
+//! exact decimals with checked arithmetic (a price × size product keeps every digit up to 28
+//! fractional digits). When a candle is built, notional, vwap and the average price are rounded
+//! half away from zero to 18 fractional digits, the scale of the Avro schema.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -170,7 +171,7 @@ impl CandleState {
             close: self.close,
             count: self.count,
             volume: self.volume,
-            notional: self.notional,
+            notional: round_derived(self.notional),
             vwap,
             avg_price: round_derived(self.price_sum / Decimal::from(self.count)),
             buy_volume: self.buy_volume,

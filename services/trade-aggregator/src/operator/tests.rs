@@ -27,7 +27,7 @@ fn trade(id: &str, exchange: &str, at: Micros, price: &str, size: &str) -> Trade
         event_time: at,
         price: price.parse().unwrap(),
         size: size.parse().unwrap(),
-        side: if id.len() % 2 == 0 {
+        side: if id.len().is_multiple_of(2) {
             Side::Buy
         } else {
             Side::Sell

@@ -1,0 +1,59 @@
+//! The trade-aggregator's metrics: names in one place, described at start.
+
+pub const TRADES_IN: &str = "tickflow_aggregator_trades_total";
+pub const INPUT_ERRORS: &str = "tickflow_aggregator_input_errors_total";
+pub const CANDLES_EMITTED: &str = "tickflow_aggregator_candles_emitted_total";
+pub const LATE_DROPPED: &str = "tickflow_aggregator_late_trades_dropped_total";
+pub const REJECTED: &str = "tickflow_aggregator_trades_rejected_total";
+pub const OPEN_WINDOWS: &str = "tickflow_aggregator_open_windows";
+pub const WATERMARK_LAG: &str = "tickflow_aggregator_watermark_lag_seconds";
+pub const SINK_WRITE_SECONDS: &str = "tickflow_aggregator_sink_write_duration_seconds";
+pub const SINK_ERRORS: &str = "tickflow_aggregator_sink_errors_total";
+pub const CHECKPOINT_SECONDS: &str = "tickflow_aggregator_checkpoint_duration_seconds";
+pub const CHECKPOINT_BYTES: &str = "tickflow_aggregator_checkpoint_size_bytes";
+
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(TRADES_IN, "Trades aggregated, by instrument and exchange.");
+    describe_counter!(
+        INPUT_ERRORS,
+        "Input records that could not be decoded, by reason."
+    );
+    describe_counter!(
+        CANDLES_EMITTED,
+        "Candle emissions, by kind: final, early, late_update."
+    );
+    describe_counter!(
+        LATE_DROPPED,
+        "Trades beyond the allowed lateness, sent to the late topic."
+    );
+    describe_counter!(REJECTED, "Trades that could not be aggregated, by reason.");
+    describe_gauge!(
+        OPEN_WINDOWS,
+        "Windows held in memory (open or within the allowed lateness)."
+    );
+    describe_gauge!(
+        WATERMARK_LAG,
+        Unit::Seconds,
+        "Wall clock minus the partition's watermark."
+    );
+    describe_histogram!(
+        SINK_WRITE_SECONDS,
+        Unit::Seconds,
+        "Time to flush one batch to a sink, by sink."
+    );
+    describe_counter!(
+        SINK_ERRORS,
+        "Failed sink writes (retried), by sink and error_type."
+    );
+    describe_histogram!(
+        CHECKPOINT_SECONDS,
+        Unit::Seconds,
+        "Time to write one checkpoint of all partitions."
+    );
+    describe_gauge!(
+        CHECKPOINT_BYTES,
+        Unit::Bytes,
+        "Size of the last checkpoint of all partitions."
+    );
+}

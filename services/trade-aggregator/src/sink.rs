@@ -1,0 +1,176 @@
+//! Where the operator's outputs go: candles to Cassandra `candles_1m` and Kafka, trades to
+//! Cassandra `trades`, too-late and rejected trades to the late topic. Every write is an
+//! idempotent upsert (or a keyed record) retried with backoff until it lands; while a sink is
+//! down the flush waits, so consumption pauses and memory stays bounded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tickflow_shared::avro::AvroCodec;
+use tickflow_shared::cassandra::{CandleStore, TradeStore};
+use tickflow_shared::domain::{Candle, Micros, Trade};
+use tickflow_shared::retry::{self, RetryPolicy};
+use tickflow_shared::shutdown::Shutdown;
+use tickflow_shared::Result;
+
+use crate::metrics::{SINK_ERRORS, SINK_WRITE_SECONDS};
+
+/// Header that carries why a trade is on the late topic.
+pub const REASON_HEADER: &str = "tickflow.reason";
+
+/// Outputs collected since the last flush.
+#[derive(Default)]
+pub struct Batch {
+    /// The latest emission of each window: a later one replaces an earlier one.
+    pub candles: BTreeMap<(String, String, Micros), Candle>,
+    pub late: Vec<(Trade, &'static str)>,
+    pub trades: Vec<Trade>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.candles.is_empty() && self.late.is_empty() && self.trades.is_empty()
+    }
+
+    pub fn add_candle(&mut self, candle: Candle) {
+        self.candles.insert(
+            (
+                candle.instrument.clone(),
+                candle.venue.clone(),
+                candle.window_start,
+            ),
+            candle,
+        );
+    }
+}
+
+pub struct Sinks {
+    pub candles: CandleStore,
+    pub trades: Option<TradeStore>,
+    pub producer: FutureProducer,
+    pub codec: Arc<AvroCodec>,
+    pub candles_topic: String,
+    pub late_topic: String,
+    pub max_in_flight: usize,
+}
+
+impl Sinks {
+    /// Writes the batch. `Ok(false)` if shutdown interrupted it (nothing may be checkpointed then).
+    pub async fn flush(&self, batch: Batch, shutdown: &Shutdown) -> Result<bool> {
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        let started = Instant::now();
+        if let Some(store) = &self.trades {
+            let ok = self
+                .each(&batch.trades, "cassandra_trades", shutdown, |t| {
+                    store.insert(t)
+                })
+                .await;
+            if !ok {
+                return Ok(false);
+            }
+        }
+        let candles: Vec<&Candle> = batch.candles.values().collect();
+        if !self
+            .each(&candles, "cassandra_candles", shutdown, |c| {
+                self.candles.upsert(c)
+            })
+            .await
+        {
+            return Ok(false);
+        }
+        if !self
+            .each(&candles, "kafka_candles", shutdown, |c| self.send_candle(c))
+            .await
+        {
+            return Ok(false);
+        }
+        if !self
+            .each(&batch.late, "kafka_late", shutdown, |(t, reason)| {
+                self.send_late(t, reason)
+            })
+            .await
+        {
+            return Ok(false);
+        }
+        metrics::histogram!(SINK_WRITE_SECONDS, "sink" => "batch")
+            .record(started.elapsed().as_secs_f64());
+        Ok(true)
+    }
+
+    /// Runs `write` for every item, `max_in_flight` at a time, each retried until it succeeds.
+    async fn each<'a, T, F, Fut>(
+        &self,
+        items: &'a [T],
+        sink: &'static str,
+        shutdown: &Shutdown,
+        write: F,
+    ) -> bool
+    where
+        F: Fn(&'a T) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let write = &write;
+        let results: Vec<Option<()>> = stream::iter(items)
+            .map(|item| async move {
+                retry::until_ok(sink, RetryPolicy::DEPENDENCY, shutdown, || async move {
+                    match write(item).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            metrics::counter!(SINK_ERRORS, "sink" => sink, "error_type" => e.kind()).increment(1);
+                            if e.is_retryable() {
+                                Err(e)
+                            } else {
+                                // Retrying cannot help (e.g. a value the schema cannot hold):
+                                // count it, say it loudly, and go on rather than stall the stream.
+                                tracing::error!(sink, error = %e, error_type = e.kind(), "output cannot be written; skipped");
+                                Ok(())
+                            }
+                        }
+                    }
+                })
+                .await
+            })
+            .buffer_unordered(self.max_in_flight)
+            .collect()
+            .await;
+        results.iter().all(Option::is_some)
+    }
+
+    async fn send_candle(&self, candle: &Candle) -> Result<()> {
+        let bytes = self
+            .codec
+            .encode_candle(&self.candles_topic, candle)
+            .await?;
+        let record = FutureRecord::to(&self.candles_topic)
+            .key(&candle.instrument)
+            .payload(&bytes);
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(())
+    }
+
+    async fn send_late(&self, trade: &Trade, reason: &str) -> Result<()> {
+        let bytes = self.codec.encode_trade(&self.late_topic, trade).await?;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: REASON_HEADER,
+            value: Some(reason),
+        });
+        let record = FutureRecord::to(&self.late_topic)
+            .key(&trade.instrument)
+            .payload(&bytes)
+            .headers(headers);
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)?;
+        Ok(())
+    }
+}
