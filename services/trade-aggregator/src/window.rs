@@ -28,6 +28,31 @@ impl TradeOrder {
             trade_id: trade.trade_id.clone(),
         }
     }
+
+    /// Becomes `trade`'s order, reusing the string buffers (no allocation on the hot path when
+    /// the new ids fit the old capacity, which is the usual case).
+    fn set(&mut self, trade: &Trade) {
+        self.event_time = trade.event_time;
+        self.exchange.clone_from(&trade.exchange);
+        self.provider.clone_from(&trade.provider);
+        self.trade_id.clone_from(&trade.trade_id);
+    }
+
+    /// How `trade` orders against this one, without allocating.
+    fn compare(&self, trade: &Trade) -> std::cmp::Ordering {
+        (
+            trade.event_time,
+            trade.exchange.as_str(),
+            trade.provider.as_str(),
+            trade.trade_id.as_str(),
+        )
+            .cmp(&(
+                self.event_time,
+                self.exchange.as_str(),
+                self.provider.as_str(),
+                self.trade_id.as_str(),
+            ))
+    }
 }
 
 /// Why a trade could not be added to a window.
@@ -107,49 +132,60 @@ impl CandleState {
 
     /// Adds a trade, all or nothing.
     pub fn add(&mut self, trade: &Trade) -> Result<(), Rejection> {
-        let (buy, sell) = split_side(trade);
-        let notional = trade
-            .price
-            .checked_mul(trade.size)
-            .and_then(|n| self.notional.checked_add(n))
-            .ok_or(Rejection::Overflow)?;
-        let volume = self
-            .volume
-            .checked_add(trade.size)
-            .ok_or(Rejection::Overflow)?;
-        let price_sum = self
-            .price_sum
-            .checked_add(trade.price)
-            .ok_or(Rejection::Overflow)?;
-        let buy_volume = self
-            .buy_volume
-            .checked_add(buy)
-            .ok_or(Rejection::Overflow)?;
-        let sell_volume = self
-            .sell_volume
-            .checked_add(sell)
-            .ok_or(Rejection::Overflow)?;
-        let count = self.count.checked_add(1).ok_or(Rejection::Overflow)?;
+        let sums = self.sums_with(trade)?;
+        self.apply(trade, sums);
+        Ok(())
+    }
 
-        let at = TradeOrder::of(trade);
-        if at < self.open_at {
+    /// The sums this window would have with `trade`, or why it cannot take it. Changes nothing,
+    /// so two windows can both be checked before either is changed.
+    pub fn sums_with(&self, trade: &Trade) -> Result<Sums, Rejection> {
+        let (buy, sell) = split_side(trade);
+        Ok(Sums {
+            notional: trade
+                .price
+                .checked_mul(trade.size)
+                .and_then(|n| self.notional.checked_add(n))
+                .ok_or(Rejection::Overflow)?,
+            volume: self
+                .volume
+                .checked_add(trade.size)
+                .ok_or(Rejection::Overflow)?,
+            price_sum: self
+                .price_sum
+                .checked_add(trade.price)
+                .ok_or(Rejection::Overflow)?,
+            buy_volume: self
+                .buy_volume
+                .checked_add(buy)
+                .ok_or(Rejection::Overflow)?,
+            sell_volume: self
+                .sell_volume
+                .checked_add(sell)
+                .ok_or(Rejection::Overflow)?,
+            count: self.count.checked_add(1).ok_or(Rejection::Overflow)?,
+        })
+    }
+
+    /// Takes `trade` with the sums [`CandleState::sums_with`] computed for it.
+    pub fn apply(&mut self, trade: &Trade, sums: Sums) {
+        if self.open_at.compare(trade).is_lt() {
             self.open = trade.price;
-            self.open_at = at.clone();
+            self.open_at.set(trade);
         }
-        if at > self.close_at {
+        if self.close_at.compare(trade).is_gt() {
             self.close = trade.price;
-            self.close_at = at;
+            self.close_at.set(trade);
         }
         self.high = self.high.max(trade.price);
         self.low = self.low.min(trade.price);
-        self.count = count;
-        self.volume = volume;
-        self.notional = notional;
-        self.price_sum = price_sum;
-        self.buy_volume = buy_volume;
-        self.sell_volume = sell_volume;
+        self.count = sums.count;
+        self.volume = sums.volume;
+        self.notional = sums.notional;
+        self.price_sum = sums.price_sum;
+        self.buy_volume = sums.buy_volume;
+        self.sell_volume = sums.sell_volume;
         self.dirty = true;
-        Ok(())
     }
 
     /// The candle as it stands; does not change the state (see [`CandleState::mark_emitted`]).
@@ -188,6 +224,17 @@ impl CandleState {
         self.dirty = false;
         self.fired |= is_final;
     }
+}
+
+/// A window's sums after one more trade.
+#[derive(Debug, Clone, Copy)]
+pub struct Sums {
+    notional: Decimal,
+    volume: Decimal,
+    price_sum: Decimal,
+    buy_volume: Decimal,
+    sell_volume: Decimal,
+    count: i64,
 }
 
 fn split_side(trade: &Trade) -> (Decimal, Decimal) {

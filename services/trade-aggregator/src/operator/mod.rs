@@ -10,12 +10,12 @@
 //! `idle_timeout` of processing time lets its watermark follow the wall clock, so the last windows
 //! of a quiet instrument still close.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{Candle, Micros, Trade, CONSOLIDATED_VENUE, MICROS_PER_SECOND};
 
-use crate::window::{window_start, CandleState, Rejection, WindowKey};
+use crate::window::{window_start, CandleState, WindowKey};
 
 /// The operator's timing, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,13 +58,17 @@ pub struct PartitionState {
     pub max_event_time: Option<Micros>,
     /// Watermark, monotone. `i64::MIN` before the first trade.
     pub watermark: Micros,
-    /// Open windows (not yet purged), in the order they close.
+    /// Open windows (not yet purged) by window end, then instrument, then venue. Lookups by
+    /// `&str` at each level need no allocation on the hot path.
     #[serde(with = "window_list")]
-    pub windows: BTreeMap<WindowKey, CandleState>,
+    pub windows: BTreeMap<Micros, Bin>,
     /// Processing time of the last record; not checkpointed meaningfully (reset on restore).
     #[serde(skip)]
     pub last_record_at: Micros,
 }
+
+/// The windows that end at one instant: instrument → venue → state.
+pub type Bin = HashMap<String, HashMap<String, CandleState>>;
 
 /// Format of the serialized [`PartitionState`] in checkpoints.
 pub const STATE_FORMAT: i32 = 1;
@@ -109,50 +113,19 @@ impl Aggregator {
                 watermark: state.watermark,
             });
         } else {
-            let keys = [
-                WindowKey {
-                    end,
-                    instrument: trade.instrument.clone(),
-                    venue: trade.exchange.clone(),
-                    start,
-                },
-                WindowKey {
-                    end,
-                    instrument: trade.instrument.clone(),
-                    venue: CONSOLIDATED_VENUE.to_string(),
-                    start,
-                },
-            ];
-            // Both windows take the trade, or neither does.
-            let mut updated = Vec::with_capacity(2);
-            for key in &keys {
-                let next = match state.windows.get(key) {
-                    Some(current) => {
-                        let mut next = current.clone();
-                        next.add(trade).map(|()| next)
-                    }
-                    None => CandleState::new(trade),
-                };
-                match next {
-                    Ok(next) => updated.push(next),
-                    Err(rejection) => {
-                        out.push(Output::Rejected {
-                            trade: trade.clone(),
-                            reason: Rejection::reason(rejection),
-                        });
-                        updated.clear();
-                        break;
-                    }
-                }
-            }
             let late = end <= state.watermark;
-            for (key, mut window) in keys.into_iter().zip(updated) {
-                if late {
-                    // The window already closed: emit the corrected full value at once.
-                    out.push(Output::Candle(window.candle(&key, &interval, true)));
-                    window.mark_emitted(true);
-                }
-                state.windows.insert(key, window);
+            let bin = state.windows.entry(end).or_default();
+            if !bin.contains_key(trade.instrument.as_str()) {
+                bin.insert(trade.instrument.clone(), HashMap::with_capacity(2));
+            }
+            if let Some(venues) = bin.get_mut(trade.instrument.as_str()) {
+                add_to_windows(
+                    venues,
+                    trade,
+                    WindowSpan { start, end, late },
+                    &interval,
+                    out,
+                );
             }
         }
         let watermark = trade.event_time.saturating_sub(timing.out_of_orderness);
@@ -180,25 +153,35 @@ impl Aggregator {
                 state.watermark = state.watermark.max(follow);
             }
             let watermark = state.watermark;
-            for (key, window) in state.windows.iter_mut() {
-                if key.end <= watermark {
-                    if !window.fired || window.dirty {
-                        out.push(Output::Candle(window.candle(key, &self.interval, true)));
-                        window.mark_emitted(true);
-                    }
-                } else {
-                    // Windows are sorted by end: nothing after this one has closed.
-                    if !early {
-                        break;
-                    }
-                    if window.dirty {
-                        out.push(Output::Candle(window.candle(key, &self.interval, false)));
-                        window.mark_emitted(false);
+            for (&end, bin) in state.windows.iter_mut() {
+                let closed = end <= watermark;
+                // Bins are sorted by end: past the watermark, only early firings remain.
+                if !closed && !early {
+                    break;
+                }
+                for (instrument, venues) in bin.iter_mut() {
+                    for (venue, window) in venues.iter_mut() {
+                        let due = if closed {
+                            !window.fired || window.dirty
+                        } else {
+                            window.dirty
+                        };
+                        if due {
+                            let key = WindowKey {
+                                end,
+                                instrument: instrument.clone(),
+                                venue: venue.clone(),
+                                start: end - timing.window,
+                            };
+                            out.push(Output::Candle(window.candle(&key, &self.interval, closed)));
+                            window.mark_emitted(closed);
+                        }
                     }
                 }
             }
+            // Keep windows until the allowed lateness after their end has passed too.
             let keep_from = watermark.saturating_sub(timing.allowed_lateness);
-            state.windows.retain(|key, _| key.end > keep_from);
+            state.windows = state.windows.split_off(&keep_from.saturating_add(1));
         }
     }
 
@@ -233,19 +216,35 @@ impl Aggregator {
         self.partitions.get(&partition).map(|s| s.watermark)
     }
 
-    /// Open windows over all partitions.
+    /// Windows held over all partitions.
     pub fn open_windows(&self) -> usize {
-        self.partitions.values().map(|s| s.windows.len()).sum()
+        self.partitions
+            .values()
+            .flat_map(|s| s.windows.values())
+            .flat_map(|bin| bin.values())
+            .map(HashMap::len)
+            .sum()
     }
 
     /// The current candles of an instrument (every venue and `*`), newest window first.
     pub fn candles_of(&self, instrument: &str) -> Vec<Candle> {
+        let window = self.timing.window;
         let mut out: Vec<Candle> = self
             .partitions
             .values()
             .flat_map(|s| s.windows.iter())
-            .filter(|(k, _)| k.instrument == instrument)
-            .map(|(k, w)| w.candle(k, &self.interval, w.fired && !w.dirty))
+            .filter_map(|(&end, bin)| bin.get(instrument).map(|venues| (end, venues)))
+            .flat_map(|(end, venues)| {
+                venues.iter().map(move |(venue, w)| {
+                    let key = WindowKey {
+                        end,
+                        instrument: instrument.to_string(),
+                        venue: venue.clone(),
+                        start: end - window,
+                    };
+                    w.candle(&key, &self.interval, w.fired && !w.dirty)
+                })
+            })
             .collect();
         out.sort_by(|a, b| {
             b.window_start
@@ -265,26 +264,121 @@ impl Aggregator {
     }
 }
 
+/// Where a trade's windows are in time, and whether they already closed.
+#[derive(Clone, Copy)]
+struct WindowSpan {
+    start: Micros,
+    end: Micros,
+    late: bool,
+}
+
+/// Adds `trade` to its venue's window and the consolidated one: both take it, or neither.
+fn add_to_windows(
+    venues: &mut HashMap<String, CandleState>,
+    trade: &Trade,
+    span: WindowSpan,
+    interval: &str,
+    out: &mut Vec<Output>,
+) {
+    let names = [trade.exchange.as_str(), CONSOLIDATED_VENUE];
+    let mut sums = [None, None];
+    for (slot, venue) in sums.iter_mut().zip(names) {
+        if let Some(window) = venues.get(venue) {
+            match window.sums_with(trade) {
+                Ok(s) => *slot = Some(s),
+                Err(rejection) => {
+                    out.push(Output::Rejected {
+                        trade: trade.clone(),
+                        reason: rejection.reason(),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+    for (venue, sums) in names.into_iter().zip(sums) {
+        match sums {
+            Some(sums) => {
+                if let Some(window) = venues.get_mut(venue) {
+                    window.apply(trade, sums);
+                }
+            }
+            None => match CandleState::new(trade) {
+                Ok(window) => {
+                    venues.insert(venue.to_string(), window);
+                }
+                Err(rejection) => {
+                    // Only the very first trade of a window can land here; nothing was added.
+                    out.push(Output::Rejected {
+                        trade: trade.clone(),
+                        reason: rejection.reason(),
+                    });
+                    return;
+                }
+            },
+        }
+    }
+    if span.late {
+        // The windows already closed: emit their corrected full values at once.
+        for venue in names {
+            if let Some(window) = venues.get_mut(venue) {
+                let key = WindowKey {
+                    end: span.end,
+                    instrument: trade.instrument.clone(),
+                    venue: venue.to_string(),
+                    start: span.start,
+                };
+                out.push(Output::Candle(window.candle(&key, interval, true)));
+                window.mark_emitted(true);
+            }
+        }
+    }
+}
+
 /// JSON maps need string keys; windows are stored as a list of (key, state) pairs.
 mod window_list {
     use std::collections::BTreeMap;
 
     use serde::{Deserialize, Deserializer, Serializer};
+    use tickflow_shared::domain::Micros;
 
+    use super::Bin;
     use crate::window::{CandleState, WindowKey};
 
     pub fn serialize<S: Serializer>(
-        windows: &BTreeMap<WindowKey, CandleState>,
+        windows: &BTreeMap<Micros, Bin>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(windows.iter())
+        serializer.collect_seq(windows.iter().flat_map(|(&end, bin)| {
+            bin.iter().flat_map(move |(instrument, venues)| {
+                venues.iter().map(move |(venue, state)| {
+                    // The start is not needed to restore; it is derived from the end.
+                    let key = WindowKey {
+                        end,
+                        instrument: instrument.clone(),
+                        venue: venue.clone(),
+                        start: 0,
+                    };
+                    (key, state)
+                })
+            })
+        }))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
-    ) -> Result<BTreeMap<WindowKey, CandleState>, D::Error> {
+    ) -> Result<BTreeMap<Micros, Bin>, D::Error> {
         let pairs: Vec<(WindowKey, CandleState)> = Vec::deserialize(deserializer)?;
-        Ok(pairs.into_iter().collect())
+        let mut windows: BTreeMap<Micros, Bin> = BTreeMap::new();
+        for (key, state) in pairs {
+            windows
+                .entry(key.end)
+                .or_default()
+                .entry(key.instrument)
+                .or_default()
+                .insert(key.venue, state);
+        }
+        Ok(windows)
     }
 }
 
