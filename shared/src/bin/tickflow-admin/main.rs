@@ -16,6 +16,8 @@ use tickflow_shared::config::{
 };
 use tickflow_shared::kafka::names;
 
+mod feed;
+
 #[derive(Parser)]
 #[command(
     name = "tickflow-admin",
@@ -41,6 +43,19 @@ enum Command {
     RegisterSchemas,
     /// Check that Kafka, the schema registry and Cassandra answer a real request.
     Check,
+    /// Produce random-walk trades straight to md.trades (event time = now). A stand-in for the
+    /// gateway's simulator and the normalizer until those exist, so the demo has data.
+    FeedTrades {
+        /// Trades per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Stop after this many seconds; 0 runs until Ctrl-C.
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+        /// Comma-separated canonical instruments.
+        #[arg(long, default_value = "BTC-USD,ETH-USD,SOL-USD")]
+        instruments: String,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +112,18 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<()> {
     match command {
+        Command::FeedTrades {
+            rate,
+            seconds,
+            instruments,
+        } => {
+            let instruments: Vec<String> = instruments
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            feed::run(&config.kafka, &config.registry, &instruments, rate, seconds).await?;
+        }
         Command::Migrate => {
             let session = tickflow_shared::cassandra::connect(&config.cassandra).await?;
             let report = tickflow_shared::cassandra::migrate(&session, &config.cassandra).await?;
