@@ -7,8 +7,8 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp};
 
-use super::err;
 use super::trades::{day_of, from_cql_decimal, to_cql_decimal};
+use super::{err, prepare, select};
 use crate::domain::{Candle, Micros};
 use crate::error::Result;
 
@@ -51,21 +51,19 @@ pub struct CandleStore {
 impl CandleStore {
     pub async fn new(session: Arc<Session>, keyspace: &str) -> Result<Self> {
         let marks = vec!["?"; COLUMNS.split(',').count()].join(", ");
-        let mut upsert = session
-            .prepare(format!(
-                "INSERT INTO {keyspace}.candles_1m ({COLUMNS}) VALUES ({marks})"
-            ))
-            .await
-            .map_err(|e| err("prepare candles upsert", e))?;
         // The same window written again with its latest value: safe for the driver to retry.
-        upsert.set_is_idempotent(true);
-        let mut select_day = session
-            .prepare(format!(
-                "SELECT {COLUMNS} FROM {keyspace}.candles_1m WHERE instrument = ? AND venue = ? AND day = ?"
-            ))
-            .await
-            .map_err(|e| err("prepare candles select", e))?;
-        select_day.set_is_idempotent(true);
+        let upsert = prepare(
+            &session,
+            format!("INSERT INTO {keyspace}.candles_1m ({COLUMNS}) VALUES ({marks})"),
+            "candles upsert",
+        )
+        .await?;
+        let select_day = prepare(
+            &session,
+            format!("SELECT {COLUMNS} FROM {keyspace}.candles_1m WHERE instrument = ? AND venue = ? AND day = ?"),
+            "candles select",
+        )
+        .await?;
         Ok(Self {
             session,
             upsert,
@@ -105,19 +103,15 @@ impl CandleStore {
 
     /// Every 1-minute candle of (instrument, venue) in the UTC day containing `time`, newest first.
     pub async fn day(&self, instrument: &str, venue: &str, time: Micros) -> Result<Vec<Candle>> {
-        let rows = self
-            .session
-            .execute_unpaged(&self.select_day, (instrument, venue, day_of(time)?))
-            .await
-            .map_err(|e| err("select candles", e))?
-            .into_rows_result()
-            .map_err(|e| err("select candles", e))?;
+        let rows: Vec<CandleRow> = select(
+            &self.session,
+            &self.select_day,
+            (instrument, venue, day_of(time)?),
+            "select candles",
+        )
+        .await?;
         let mut candles = Vec::new();
-        for row in rows
-            .rows::<CandleRow>()
-            .map_err(|e| err("select candles", e))?
-        {
-            let r = row.map_err(|e| err("select candles", e))?;
+        for r in rows {
             candles.push(Candle {
                 instrument: r.instrument,
                 venue: r.venue,

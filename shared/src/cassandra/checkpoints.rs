@@ -7,7 +7,7 @@ use std::sync::Arc;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
-use super::err;
+use super::{err, prepare, select};
 use crate::error::Result;
 
 /// A partition's checkpoint: where to read on, and the state to restore before that.
@@ -27,21 +27,23 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub async fn new(session: Arc<Session>, keyspace: &str) -> Result<Self> {
-        let mut save = session
-            .prepare(format!(
+        let save = prepare(
+            &session,
+            format!(
                 "INSERT INTO {keyspace}.checkpoints (operator, topic, partition, next_offset, state, state_format, updated_at) \
                  VALUES (?, ?, ?, ?, ?, ?, toTimestamp(now()))"
-            ))
-            .await
-            .map_err(|e| err("prepare checkpoint save", e))?;
-        save.set_is_idempotent(true);
-        let mut load = session
-            .prepare(format!(
+            ),
+            "checkpoint save",
+        )
+        .await?;
+        let load = prepare(
+            &session,
+            format!(
                 "SELECT partition, next_offset, state, state_format FROM {keyspace}.checkpoints WHERE operator = ? AND topic = ?"
-            ))
-            .await
-            .map_err(|e| err("prepare checkpoint load", e))?;
-        load.set_is_idempotent(true);
+            ),
+            "checkpoint load",
+        )
+        .await?;
         Ok(Self {
             session,
             save,
@@ -75,29 +77,23 @@ impl CheckpointStore {
 
     /// Every partition's checkpoint of `operator` on `topic`.
     pub async fn load(&self, operator: &str, topic: &str) -> Result<HashMap<i32, Checkpoint>> {
-        let rows = self
-            .session
-            .execute_unpaged(&self.load, (operator, topic))
-            .await
-            .map_err(|e| err("load checkpoints", e))?
-            .into_rows_result()
-            .map_err(|e| err("load checkpoints", e))?;
-        let mut out = HashMap::new();
-        for row in rows
-            .rows::<(i32, i64, Vec<u8>, i32)>()
-            .map_err(|e| err("load checkpoints", e))?
-        {
-            let (partition, next_offset, state, state_format) =
-                row.map_err(|e| err("load checkpoints", e))?;
-            out.insert(
-                partition,
-                Checkpoint {
+        let rows: Vec<(i32, i64, Vec<u8>, i32)> = select(
+            &self.session,
+            &self.load,
+            (operator, topic),
+            "load checkpoints",
+        )
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(partition, next_offset, state, state_format)| {
+                let checkpoint = Checkpoint {
                     next_offset,
                     state,
                     state_format,
-                },
-            );
-        }
-        Ok(out)
+                };
+                (partition, checkpoint)
+            })
+            .collect())
     }
 }

@@ -74,6 +74,41 @@ fn tls_context(config: &CassandraConfig) -> Result<openssl::ssl::SslContext> {
     Ok(builder.build())
 }
 
+/// Prepares a statement and marks it idempotent: every tickflow statement is an upsert of the
+/// same values or a read, so the driver may retry it on another node.
+pub(crate) async fn prepare(
+    session: &Session,
+    cql: String,
+    what: &str,
+) -> Result<scylla::statement::prepared::PreparedStatement> {
+    let mut statement = session
+        .prepare(cql)
+        .await
+        .map_err(|e| err(&format!("prepare {what}"), e))?;
+    statement.set_is_idempotent(true);
+    Ok(statement)
+}
+
+/// Runs a prepared read and returns its rows.
+pub(crate) async fn select<T>(
+    session: &Session,
+    statement: &scylla::statement::prepared::PreparedStatement,
+    values: impl scylla::serialize::row::SerializeRow,
+    what: &str,
+) -> Result<Vec<T>>
+where
+    T: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+{
+    let rows = session
+        .execute_unpaged(statement, values)
+        .await
+        .map_err(|e| err(what, e))?
+        .into_rows_result()
+        .map_err(|e| err(what, e))?;
+    let typed = rows.rows::<T>().map_err(|e| err(what, e))?;
+    typed.map(|row| row.map_err(|e| err(what, e))).collect()
+}
+
 /// A real request: the node's release version. Returns a description for `/readyz`.
 pub async fn check(session: &Session) -> Result<String> {
     let rows = session

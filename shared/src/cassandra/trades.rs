@@ -9,7 +9,7 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp};
 
-use super::err;
+use super::{err, prepare, select};
 use crate::domain::decimal_from_unscaled;
 use crate::domain::{epoch_day, i128_from_be_bytes, i128_to_be_bytes_min, Micros, Trade};
 use crate::error::{Error, Result};
@@ -50,21 +50,19 @@ struct TradeRow {
 impl TradeStore {
     /// Prepares the statements against `keyspace`.
     pub async fn new(session: Arc<Session>, keyspace: &str) -> Result<Self> {
-        let mut insert = session
-            .prepare(format!(
-                "INSERT INTO {keyspace}.trades ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .await
-            .map_err(|e| err("prepare trades insert", e))?;
         // An upsert of the same row with the same values: safe for the driver to retry.
-        insert.set_is_idempotent(true);
-        let mut select_day = session
-            .prepare(format!(
-                "SELECT {COLUMNS} FROM {keyspace}.trades WHERE instrument = ? AND day = ?"
-            ))
-            .await
-            .map_err(|e| err("prepare trades select", e))?;
-        select_day.set_is_idempotent(true);
+        let insert = prepare(
+            &session,
+            format!("INSERT INTO {keyspace}.trades ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            "trades insert",
+        )
+        .await?;
+        let select_day = prepare(
+            &session,
+            format!("SELECT {COLUMNS} FROM {keyspace}.trades WHERE instrument = ? AND day = ?"),
+            "trades select",
+        )
+        .await?;
         Ok(Self {
             session,
             insert,
@@ -101,19 +99,15 @@ impl TradeStore {
 
     /// Every trade of `instrument` on the UTC day containing `time`, newest first.
     pub async fn day(&self, instrument: &str, time: Micros) -> Result<Vec<Trade>> {
-        let rows = self
-            .session
-            .execute_unpaged(&self.select_day, (instrument, day_of(time)?))
-            .await
-            .map_err(|e| err("select trades", e))?
-            .into_rows_result()
-            .map_err(|e| err("select trades", e))?;
+        let rows: Vec<TradeRow> = select(
+            &self.session,
+            &self.select_day,
+            (instrument, day_of(time)?),
+            "select trades",
+        )
+        .await?;
         let mut trades = Vec::new();
-        for row in rows
-            .rows::<TradeRow>()
-            .map_err(|e| err("select trades", e))?
-        {
-            let r = row.map_err(|e| err("select trades", e))?;
+        for r in rows {
             trades.push(Trade {
                 price: from_cql_decimal(&r.price)?,
                 size: from_cql_decimal(&r.size)?,
