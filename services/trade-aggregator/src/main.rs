@@ -7,7 +7,15 @@ use tickflow_shared::service::{self, CommonArgs};
 
 /// Computes 1-minute OHLC / count / volume / VWAP candles in event time, late data included, into Cassandra and Kafka.
 ///
-/// Windowing is not implemented yet (issue 5): today the binary loads its configuration, creates md.candles.1m and md.trades.late, registers their schemas, connects to Cassandra, serves /metrics, /healthz and /readyz, and shuts down cleanly.
+/// Reads md.trades (Avro Trade), keeps 1-minute event-time windows per instrument and venue and
+/// consolidated (*), fires them when the partition's watermark passes their end, re-emits them
+/// for late trades within the allowed lateness, and sends later trades to md.trades.late.
+/// Candles go to Cassandra candles_1m and Kafka md.candles.1m; state and input offsets are
+/// checkpointed to Cassandra, so a crash leaves the same results as a run without it.
+///
+/// Needs the Cassandra tables: run `tickflow-admin migrate` first.
+/// HTTP (default 127.0.0.1:9103): /metrics, /healthz, /readyz, /candles/{instrument}.
+/// Configuration: [service], [kafka], [registry], [cassandra], [aggregator] (see README).
 #[derive(Parser)]
 #[command(name = "trade-aggregator", version, verbatim_doc_comment)]
 struct Args {

@@ -3,6 +3,7 @@
 //!   tickflow-admin migrate            apply shared/cql migrations to the configured keyspace
 //!   tickflow-admin register-schemas   register every Avro schema under its topic's subject
 //!   tickflow-admin check              check that Kafka, the registry and Cassandra answer
+//!   tickflow-admin feed-trades        random-walk trades to md.trades (the demo's stand-in feed)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
