@@ -1,0 +1,200 @@
+//! End to end through the real stack (`scripts/stack up`): a topic pre-filled with seeded trades,
+//! then the trade-aggregator binary reads all of it into Cassandra and Kafka. Prints trades/s,
+//! CPU-seconds per million trades and peak RSS of the aggregator process (Kafka and Cassandra
+//! are not counted), once with every trade also written to Cassandra `trades` and once without.
+//!
+//!     cargo bench -p trade-aggregator --bench e2e              # 100,000 trades
+//!     TICKFLOW_BENCH_TRADES=300000 cargo bench -p trade-aggregator --bench e2e
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureRecord;
+use rust_decimal::Decimal;
+use tickflow_shared::avro::{self, AvroCodec, Registry};
+use tickflow_shared::cassandra;
+use tickflow_shared::domain::{Side, Trade};
+use tickflow_shared::kafka::{self, TopicSpec};
+use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
+
+const PARTITIONS: i32 = 4;
+
+fn trades(count: usize) -> Vec<Trade> {
+    let venues = ["coinbase", "kraken", "binance"];
+    (0..count)
+        .map(|i| {
+            let r = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            Trade {
+                instrument: format!("I{:03}", r % 100),
+                exchange: venues[(r >> 8) as usize % 3].into(),
+                trade_id: i.to_string(),
+                // 20,000 trades per simulated minute, up to 1 s out of order.
+                event_time: 1_763_769_600_000_000 + i as i64 * 3_000 - (r >> 16) as i64 % 1_000_000,
+                price: Decimal::new(6_700_000 + (r >> 24) as i64 % 10_000, 2),
+                size: Decimal::new(1 + (r >> 40) as i64 % 100_000, 6),
+                side: if r & 1 == 0 { Side::Buy } else { Side::Sell },
+                ..sample_trade()
+            }
+        })
+        .collect()
+}
+
+/// (utime + stime seconds, VmHWM bytes) of a process.
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    ((ticks(11) + ticks(12)) / 100.0, hwm_kib * 1024)
+}
+
+/// The sum of `tickflow_aggregator_trades_total` over its label sets.
+fn processed(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("tickflow_aggregator_trades_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn run_once(stack: &Stack, topic: &str, count: usize, write_trades: bool) {
+    let mut cassandra_config = stack.cassandra.clone();
+    cassandra_config.keyspace = testkit::unique_keyspace("bench");
+    let session = cassandra::connect(&cassandra_config).await.unwrap();
+    cassandra::migrate(&session, &cassandra_config)
+        .await
+        .unwrap();
+    let env: Vec<(&str, String)> = vec![
+        (
+            "TICKFLOW_CASSANDRA__CONTACT_POINTS",
+            stack.cassandra.contact_points.join(","),
+        ),
+        (
+            "TICKFLOW_CASSANDRA__KEYSPACE",
+            cassandra_config.keyspace.clone(),
+        ),
+        ("TICKFLOW_AGGREGATOR__INPUT_TOPIC", topic.to_string()),
+        (
+            "TICKFLOW_AGGREGATOR__CANDLES_TOPIC",
+            testkit::unique_topic("bench-candles"),
+        ),
+        (
+            "TICKFLOW_AGGREGATOR__LATE_TOPIC",
+            testkit::unique_topic("bench-late"),
+        ),
+        (
+            "TICKFLOW_AGGREGATOR__OPERATOR_ID",
+            testkit::unique_name("bench", "agg", '-'),
+        ),
+        (
+            "TICKFLOW_AGGREGATOR__WRITE_TRADES",
+            write_trades.to_string(),
+        ),
+        ("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()),
+    ];
+    let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_trade-aggregator"), stack, &env);
+    service
+        .wait_for("/readyz", 200, Duration::from_secs(60))
+        .await;
+    let (cpu_before, _) = usage(service.pid());
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = service.get("/metrics").await.unwrap_or_default();
+        if processed(&metrics) >= count as f64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "not done in 10 min:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_after, peak_rss) = usage(service.pid());
+    let cpu = cpu_after - cpu_before;
+    service.terminate(Duration::from_secs(30));
+    println!(
+        "write_trades={write_trades:<5}  {count} trades in {elapsed:.2} s = {:>8.0} trades/s   {:.1} CPU-s per million   peak RSS {:.0} MiB",
+        count as f64 / elapsed,
+        cpu / count as f64 * 1e6,
+        peak_rss as f64 / (1024.0 * 1024.0)
+    );
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE {}", cassandra_config.keyspace), &[])
+        .await;
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: run only on bench.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let count: usize = std::env::var("TICKFLOW_BENCH_TRADES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let stack = Stack::require().await;
+    let topic = testkit::unique_topic("bench-trades");
+    let admin = kafka::admin(&stack.kafka).unwrap();
+    kafka::ensure_topics(
+        &admin,
+        &[TopicSpec::new(&topic, PARTITIONS)],
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
+    let registry = Registry::new(&stack.registry).unwrap();
+    registry.register(&topic, avro::TRADE).await.unwrap();
+    let codec = AvroCodec::new(&registry, &[(topic.as_str(), avro::TRADE)]);
+    let producer = kafka::producer(&stack.kafka, "bench").unwrap();
+    let filling = Instant::now();
+    let mut pending = Vec::new();
+    for trade in trades(count) {
+        let bytes = codec.encode_trade(&topic, &trade).await.unwrap();
+        loop {
+            match producer.send_result(
+                FutureRecord::to(&topic)
+                    .key(&trade.instrument)
+                    .payload(&bytes),
+            ) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((_, _)) => tokio::time::sleep(Duration::from_millis(5)).await, // queue full
+            }
+        }
+        if pending.len() >= 10_000 {
+            for d in pending.drain(..) {
+                d.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        }
+    }
+    for d in pending.drain(..) {
+        d.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+    println!(
+        "pre-filled {topic} with {count} trades in {:.1} s",
+        filling.elapsed().as_secs_f64()
+    );
+    for write_trades in [false, true] {
+        run_once(&stack, &topic, count, write_trades).await;
+    }
+}
