@@ -241,7 +241,9 @@ pub struct Candle {
     pub last_trade_time: Micros,
     /// False for early (in-progress) firings.
     pub is_final: bool,
-    /// 0 for the first emission of this window, +1 for each later one.
+    /// 0 for the first emission of this window, +1 for each later one. It counts emissions and
+    /// may restart after a crash: a window's current value is its last write (Cassandra) or its
+    /// last record in the partition (Kafka), not its highest revision.
     pub revision: i32,
 }
 

@@ -273,6 +273,65 @@ async fn candles_after_repeated_kill_9_equal_a_batch_recomputation() {
     }
     assert_eq!(seen, too_late);
 
+    // The candle topic carries the same final values: for each window, its last record in the
+    // partition's order. A replay after a crash appends records again (with revisions that may
+    // restart), always after the ones before the crash, so "last wins", as in Cassandra.
+    let consumer = kafka::stream_consumer(
+        &stack.kafka,
+        "it",
+        &testkit::unique_name("it", "candles", '-'),
+    )
+    .unwrap();
+    consumer.subscribe(&[&agg.candles_topic]).unwrap();
+    let mut on_kafka: BTreeMap<(String, String, i64), Candle> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let settled = on_kafka.len() == expected.len()
+            && expected.iter().all(|(k, want)| {
+                on_kafka
+                    .get(k)
+                    .is_some_and(|got| got.is_final && same_values(got, want))
+            });
+        if settled {
+            break;
+        }
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await
+        else {
+            continue;
+        };
+        let candle = codec
+            .decode_candle(message.payload().unwrap())
+            .await
+            .unwrap();
+        let key = (
+            candle.instrument.clone(),
+            candle.venue.clone(),
+            candle.window_start,
+        );
+        let newer = on_kafka
+            .get(&key)
+            .is_none_or(|old| (candle.revision, candle.is_final) >= (old.revision, old.is_final));
+        if newer {
+            on_kafka.insert(key, candle);
+        }
+    }
+    let differing: Vec<_> = expected
+        .iter()
+        .filter(|(k, want)| {
+            !on_kafka
+                .get(*k)
+                .is_some_and(|got| got.is_final && same_values(got, want))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} candles on Kafka differ, e.g. {:?}",
+        differing.len(),
+        differing.first()
+    );
+    assert_eq!(on_kafka.len(), expected.len(), "no extra windows on Kafka");
+
     let (code, _) = service.terminate(Duration::from_secs(15));
     assert_eq!(code, Some(0), "{}", service.log());
     session
