@@ -13,6 +13,7 @@ pub mod operator;
 pub mod pipeline;
 pub mod query;
 pub mod reference;
+pub mod rollup;
 pub mod sink;
 pub mod window;
 

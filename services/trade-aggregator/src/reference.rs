@@ -16,25 +16,46 @@ pub type CandleMap = BTreeMap<(String, String, Micros), Candle>;
 /// keyed by (instrument, venue, window start). Trades the streaming operator must call too late
 /// are returned apart.
 pub fn batch_candles(trades: &[Trade], timing: &Timing) -> (CandleMap, Vec<Trade>) {
+    let (accepted, too_late) = classify(trades, timing);
+    (fold(&accepted, timing.window, "1m"), too_late)
+}
+
+/// The final roll-up candles of an interval: every trade the minute windows accepted, grouped
+/// directly by the longer window (not through the minutes).
+pub fn batch_rollups(trades: &[Trade], timing: &Timing, length: Micros, label: &str) -> CandleMap {
+    let (accepted, _) = classify(trades, timing);
+    fold(&accepted, length, label)
+}
+
+/// Which trades the minute windows take, and which are too late, replaying the watermark.
+fn classify<'a>(trades: &'a [Trade], timing: &Timing) -> (Vec<&'a Trade>, Vec<Trade>) {
     let mut watermark = Micros::MIN;
-    let mut windows: BTreeMap<(String, String, Micros), Vec<&Trade>> = BTreeMap::new();
+    let mut accepted = Vec::new();
     let mut too_late = Vec::new();
     for trade in trades {
-        let start = trade.event_time.div_euclid(timing.window) * timing.window;
-        let end = start + timing.window;
+        let end = trade.event_time.div_euclid(timing.window) * timing.window + timing.window;
         if end.saturating_add(timing.allowed_lateness) <= watermark {
             too_late.push(trade.clone());
         } else {
-            for venue in [trade.exchange.as_str(), CONSOLIDATED_VENUE] {
-                windows
-                    .entry((trade.instrument.clone(), venue.to_string(), start))
-                    .or_default()
-                    .push(trade);
-            }
+            accepted.push(trade);
         }
         watermark = watermark.max(trade.event_time.saturating_sub(timing.out_of_orderness));
     }
-    let candles = windows
+    (accepted, too_late)
+}
+
+fn fold(trades: &[&Trade], length: Micros, label: &str) -> CandleMap {
+    let mut windows: BTreeMap<(String, String, Micros), Vec<&Trade>> = BTreeMap::new();
+    for trade in trades {
+        let start = trade.event_time.div_euclid(length) * length;
+        for venue in [trade.exchange.as_str(), CONSOLIDATED_VENUE] {
+            windows
+                .entry((trade.instrument.clone(), venue.to_string(), start))
+                .or_default()
+                .push(trade);
+        }
+    }
+    windows
         .into_iter()
         .map(|((instrument, venue, start), mut trades)| {
             trades.sort_by(|a, b| {
@@ -53,9 +74,9 @@ pub fn batch_candles(trades: &[Trade], timing: &Timing) -> (CandleMap, Vec<Trade
             let candle = Candle {
                 instrument: instrument.clone(),
                 venue: venue.clone(),
-                interval: "1m".into(),
+                interval: label.into(),
                 window_start: start,
-                window_end: start + timing.window,
+                window_end: start + length,
                 open: first.price,
                 high: trades.iter().map(|t| t.price).max().unwrap_or_default(),
                 low: trades.iter().map(|t| t.price).min().unwrap_or_default(),
@@ -90,8 +111,7 @@ pub fn batch_candles(trades: &[Trade], timing: &Timing) -> (CandleMap, Vec<Trade
             };
             ((instrument, venue, start), candle)
         })
-        .collect();
-    (candles, too_late)
+        .collect()
 }
 
 /// The same candle ignoring how often it was emitted (revisions differ between runs).

@@ -188,6 +188,39 @@ impl CandleState {
         self.dirty = true;
     }
 
+    /// Adds everything another window holds (a roll-up of minutes), all or nothing. Emission
+    /// bookkeeping (`emitted`, `fired`) stays this window's own.
+    pub fn merge(&mut self, other: &CandleState) -> Result<(), Rejection> {
+        let add = |a: Decimal, b: Decimal| a.checked_add(b).ok_or(Rejection::Overflow);
+        let notional = add(self.notional, other.notional)?;
+        let volume = add(self.volume, other.volume)?;
+        let price_sum = add(self.price_sum, other.price_sum)?;
+        let buy_volume = add(self.buy_volume, other.buy_volume)?;
+        let sell_volume = add(self.sell_volume, other.sell_volume)?;
+        let count = self
+            .count
+            .checked_add(other.count)
+            .ok_or(Rejection::Overflow)?;
+        if other.open_at < self.open_at {
+            self.open = other.open;
+            self.open_at = other.open_at.clone();
+        }
+        if other.close_at > self.close_at {
+            self.close = other.close;
+            self.close_at = other.close_at.clone();
+        }
+        self.high = self.high.max(other.high);
+        self.low = self.low.min(other.low);
+        self.notional = notional;
+        self.volume = volume;
+        self.price_sum = price_sum;
+        self.buy_volume = buy_volume;
+        self.sell_volume = sell_volume;
+        self.count = count;
+        self.dirty = true;
+        Ok(())
+    }
+
     /// The candle as it stands; does not change the state (see [`CandleState::mark_emitted`]).
     pub fn candle(&self, key: &WindowKey, interval: &str, is_final: bool) -> Candle {
         let vwap = if self.volume.is_zero() {
@@ -343,6 +376,24 @@ mod tests {
         state.add(&trade("b", 2, "2", "3", Side::Sell)).unwrap();
         let c = state.candle(&key(), "1m", false);
         assert_eq!(c.volume, c.buy_volume + c.sell_volume);
+    }
+
+    #[test]
+    fn merging_windows_equals_one_window_over_all_trades() {
+        let trades = [
+            trade("a", 10, "100", "1", Side::Buy),
+            trade("b", 70, "105", "2", Side::Sell),
+            trade("c", 65, "95", "1", Side::Unknown),
+            trade("d", 130, "101", "0.5", Side::Buy),
+        ];
+        let whole = build(&trades);
+        let mut first = CandleState::new(&trades[0]).unwrap();
+        let mut second = CandleState::new(&trades[1]).unwrap();
+        second.add(&trades[2]).unwrap();
+        let third = CandleState::new(&trades[3]).unwrap();
+        first.merge(&third).unwrap();
+        first.merge(&second).unwrap();
+        assert_eq!(first.candle(&key(), "1m", true), whole);
     }
 
     #[test]

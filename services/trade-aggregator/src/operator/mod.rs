@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{Candle, Micros, Trade, CONSOLIDATED_VENUE, MICROS_PER_SECOND};
 
+use crate::rollup::{Interval, Rollups};
 use crate::window::{window_start, CandleState, WindowKey};
 
 /// The operator's timing, in microseconds.
@@ -62,6 +63,9 @@ pub struct PartitionState {
     /// `&str` at each level need no allocation on the hot path.
     #[serde(with = "window_list")]
     pub windows: BTreeMap<Micros, Bin>,
+    /// Roll-ups derived from this partition's minutes.
+    #[serde(default)]
+    pub rollups: Rollups,
     /// Processing time of the last record; not checkpointed meaningfully (reset on restore).
     #[serde(skip)]
     pub last_record_at: Micros,
@@ -76,6 +80,7 @@ pub const STATE_FORMAT: i32 = 1;
 pub struct Aggregator {
     timing: Timing,
     interval: String,
+    rollups: Vec<Interval>,
     partitions: BTreeMap<i32, PartitionState>,
     last_early_firing: Micros,
 }
@@ -85,9 +90,16 @@ impl Aggregator {
         Self {
             timing,
             interval: "1m".into(),
+            rollups: Vec::new(),
             partitions: BTreeMap::new(),
             last_early_firing: Micros::MIN,
         }
+    }
+
+    /// Also derive these longer intervals from the minutes.
+    pub fn with_rollups(mut self, intervals: Vec<Interval>) -> Self {
+        self.rollups = intervals;
+        self
     }
 
     pub fn timing(&self) -> Timing {
@@ -98,6 +110,7 @@ impl Aggregator {
     pub fn on_trade(&mut self, partition: i32, trade: &Trade, now: Micros, out: &mut Vec<Output>) {
         let timing = self.timing;
         let interval = self.interval.clone();
+        let rollup_intervals = self.rollups.clone();
         let state = self.partition(partition);
         state.last_record_at = now;
         state.max_event_time = Some(
@@ -119,13 +132,21 @@ impl Aggregator {
                 bin.insert(trade.instrument.clone(), HashMap::with_capacity(2));
             }
             if let Some(venues) = bin.get_mut(trade.instrument.as_str()) {
-                add_to_windows(
-                    venues,
-                    trade,
-                    WindowSpan { start, end, late },
-                    &interval,
-                    out,
-                );
+                let span = WindowSpan { start, end, late };
+                if add_to_windows(venues, trade, span, &interval, out) && late {
+                    // Corrected minutes flow into their roll-ups (emitted by the next advance).
+                    for venue in [trade.exchange.as_str(), CONSOLIDATED_VENUE] {
+                        if let Some(window) = venues.get(venue) {
+                            let key = WindowKey {
+                                end,
+                                instrument: trade.instrument.clone(),
+                                venue: venue.to_string(),
+                                start,
+                            };
+                            state.rollups.on_minute(&key, window, &rollup_intervals);
+                        }
+                    }
+                }
             }
         }
         let watermark = trade.event_time.saturating_sub(timing.out_of_orderness);
@@ -143,6 +164,7 @@ impl Aggregator {
             }
             _ => false,
         };
+        let intervals = &self.rollups;
         for state in self.partitions.values_mut() {
             if state.max_event_time.is_some()
                 && now.saturating_sub(state.last_record_at) >= timing.idle_timeout
@@ -175,10 +197,16 @@ impl Aggregator {
                             };
                             out.push(Output::Candle(window.candle(&key, &self.interval, closed)));
                             window.mark_emitted(closed);
+                            if closed {
+                                state.rollups.on_minute(&key, window, intervals);
+                            }
                         }
                     }
                 }
             }
+            state
+                .rollups
+                .advance(watermark, timing.allowed_lateness, intervals, out);
             // Keep windows until the allowed lateness after their end has passed too.
             let keep_from = watermark.saturating_sub(timing.allowed_lateness);
             state.windows = state.windows.split_off(&keep_from.saturating_add(1));
@@ -279,7 +307,7 @@ fn add_to_windows(
     span: WindowSpan,
     interval: &str,
     out: &mut Vec<Output>,
-) {
+) -> bool {
     let names = [trade.exchange.as_str(), CONSOLIDATED_VENUE];
     let mut sums = [None, None];
     for (slot, venue) in sums.iter_mut().zip(names) {
@@ -291,7 +319,7 @@ fn add_to_windows(
                         trade: trade.clone(),
                         reason: rejection.reason(),
                     });
-                    return;
+                    return false;
                 }
             }
         }
@@ -313,7 +341,7 @@ fn add_to_windows(
                         trade: trade.clone(),
                         reason: rejection.reason(),
                     });
-                    return;
+                    return false;
                 }
             },
         }
@@ -333,6 +361,7 @@ fn add_to_windows(
             }
         }
     }
+    true
 }
 
 /// JSON maps need string keys; windows are stored as a list of (key, state) pairs.

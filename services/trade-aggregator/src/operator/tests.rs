@@ -4,7 +4,8 @@ use tickflow_shared::domain::{Side, MICROS_PER_SECOND as S};
 use tickflow_shared::testkit::sample_trade;
 
 use super::*;
-use crate::reference::{batch_candles, same_values};
+use crate::reference::{batch_candles, batch_rollups, same_values};
+use crate::rollup::Interval;
 
 const MIN: Micros = 60 * S;
 const T0: Micros = 1_763_769_600_000_000; // a minute boundary
@@ -36,15 +37,21 @@ fn trade(id: &str, exchange: &str, at: Micros, price: &str, size: &str) -> Trade
     }
 }
 
-/// What a reader of the upserted candles sees at the end: the last emission of each window.
+/// What a reader of the upserted 1-minute candles sees at the end: each window's last emission.
 fn latest(outputs: &[Output]) -> BTreeMap<(String, String, Micros), Candle> {
+    latest_of(outputs, "1m")
+}
+
+fn latest_of(outputs: &[Output], interval: &str) -> BTreeMap<(String, String, Micros), Candle> {
     let mut out = BTreeMap::new();
     for o in outputs {
         if let Output::Candle(c) = o {
-            out.insert(
-                (c.instrument.clone(), c.venue.clone(), c.window_start),
-                c.clone(),
-            );
+            if c.interval == interval {
+                out.insert(
+                    (c.instrument.clone(), c.venue.clone(), c.window_start),
+                    c.clone(),
+                );
+            }
         }
     }
     out
@@ -263,4 +270,63 @@ fn overflowing_trades_are_rejected_with_a_reason() {
         ),
         "{out:?}"
     );
+}
+
+#[test]
+fn rollups_equal_a_batch_over_the_longer_window() {
+    // A longer stream spread over several 5-minute windows, with the nasty cases in it.
+    let mut trades = nasty_stream();
+    for i in 0..40 {
+        let at = T0 + 6 * MIN + i * 17 * S;
+        trades.push(trade(
+            &format!("k{i}"),
+            if i % 3 == 0 { "x" } else { "y" },
+            at,
+            &format!("{}", 100 + i % 7),
+            "0.25",
+        ));
+    }
+    trades.push(trade("late5", "x", T0 + 13 * MIN + 30 * S, "90", "2")); // late within lateness
+    let intervals = vec![
+        Interval::parse("5m").unwrap(),
+        Interval::parse("15m").unwrap(),
+    ];
+    let mut op = Aggregator::new(timing()).with_rollups(intervals.clone());
+    let mut out = run(&mut op, &trades, T0);
+    op.advance(T0 + 3600 * S, &mut out);
+    for interval in &intervals {
+        let expected = batch_rollups(&trades, &timing(), interval.length, &interval.label);
+        let got = latest_of(&out, &interval.label);
+        assert_eq!(got.len(), expected.len(), "{}", interval.label);
+        for (key, candle) in &expected {
+            assert!(
+                same_values(&got[key], candle),
+                "{} {key:?}\n got {:?}\nwant {candle:?}",
+                interval.label,
+                got[key]
+            );
+        }
+    }
+}
+
+#[test]
+fn rollups_survive_snapshot_and_restore() {
+    let trades = nasty_stream();
+    let intervals = vec![Interval::parse("5m").unwrap()];
+    let mut whole = Aggregator::new(timing()).with_rollups(intervals.clone());
+    let mut expected = run(&mut whole, &trades, T0);
+    whole.advance(T0 + 3600 * S, &mut expected);
+    for cut in 0..trades.len() {
+        let mut before = Aggregator::new(timing()).with_rollups(intervals.clone());
+        let mut out = run(&mut before, &trades[..cut], T0);
+        let mut after = Aggregator::new(timing()).with_rollups(intervals.clone());
+        after.restore(0, &before.snapshot(0).unwrap(), T0).unwrap();
+        out.extend(run(&mut after, &trades[cut..], T0));
+        after.advance(T0 + 3600 * S, &mut out);
+        let (a, b) = (latest_of(&out, "5m"), latest_of(&expected, "5m"));
+        assert_eq!(a.len(), b.len(), "cut at {cut}");
+        for (key, candle) in &b {
+            assert!(same_values(&a[key], candle), "cut at {cut}: {key:?}");
+        }
+    }
 }

@@ -1,0 +1,177 @@
+//! Roll-ups (5m, 15m, 1h, ...) derived from the 1-minute windows: when a minute closes (or is
+//! corrected by a late trade), its exact state replaces that minute's part of every roll-up
+//! window containing it; a roll-up fires when the partition's watermark passes its end and is
+//! re-emitted, with a higher revision, when one of its minutes is corrected later. Because the
+//! minutes' exact sums are merged (not their rounded candles), a roll-up equals a candle computed
+//! directly over the same trades.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tickflow_shared::domain::Micros;
+
+use crate::operator::Output;
+use crate::window::{window_start, CandleState, WindowKey};
+
+/// A roll-up interval: its length and its label (`5m`, `1h`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interval {
+    pub length: Micros,
+    pub label: String,
+}
+
+impl Interval {
+    /// Parses `5m`, `15m`, `1h`, `4h`, `1d`. Only whole multiples of a minute make sense here.
+    pub fn parse(label: &str) -> Option<Interval> {
+        let (number, unit) = label.split_at(label.find(|c: char| !c.is_ascii_digit())?);
+        let n: Micros = number.parse().ok().filter(|n| *n > 0)?;
+        let minutes = match unit {
+            "m" => n,
+            "h" => n.checked_mul(60)?,
+            "d" => n.checked_mul(24 * 60)?,
+            _ => return None,
+        };
+        Some(Interval {
+            length: minutes.checked_mul(60_000_000)?,
+            label: label.to_string(),
+        })
+    }
+}
+
+/// Identity of a roll-up window; sorted by end first, like the minute windows.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RollupKey {
+    pub end: Micros,
+    pub length: Micros,
+    pub instrument: String,
+    pub venue: String,
+}
+
+/// One roll-up window: the exact state of each of its minutes that had trades.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RollupWindow {
+    minutes: BTreeMap<Micros, CandleState>,
+    emitted: i32,
+    fired: bool,
+    dirty: bool,
+}
+
+/// Every roll-up window of one input partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rollups {
+    #[serde(with = "pairs")]
+    windows: BTreeMap<RollupKey, RollupWindow>,
+}
+
+impl Rollups {
+    /// A minute window closed or was corrected: put its state into every roll-up holding it.
+    /// The roll-ups are emitted by the next [`Rollups::advance`], after every minute closing at
+    /// the same time has been put in, so no partial roll-up is ever emitted as final.
+    pub fn on_minute(&mut self, minute: &WindowKey, state: &CandleState, intervals: &[Interval]) {
+        for interval in intervals {
+            let start = window_start(minute.start, interval.length);
+            let key = RollupKey {
+                end: start + interval.length,
+                length: interval.length,
+                instrument: minute.instrument.clone(),
+                venue: minute.venue.clone(),
+            };
+            let window = self.windows.entry(key).or_default();
+            window.minutes.insert(minute.start, state.clone());
+            window.dirty = true;
+        }
+    }
+
+    /// Fires the roll-ups the watermark has passed and forgets those past the allowed lateness.
+    pub fn advance(
+        &mut self,
+        watermark: Micros,
+        allowed_lateness: Micros,
+        intervals: &[Interval],
+        out: &mut Vec<Output>,
+    ) {
+        for (key, window) in self.windows.iter_mut() {
+            if key.end > watermark {
+                break;
+            }
+            if window.dirty || !window.fired {
+                if let Some(interval) = intervals.iter().find(|i| i.length == key.length) {
+                    emit(key, window, &interval.label, out);
+                }
+            }
+        }
+        let keep_from = watermark.saturating_sub(allowed_lateness);
+        self.windows.retain(|key, _| key.end > keep_from);
+    }
+
+    pub fn len(&self) -> usize {
+        self.windows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+}
+
+fn emit(key: &RollupKey, window: &mut RollupWindow, label: &str, out: &mut Vec<Output>) {
+    let mut minutes = window.minutes.values();
+    let Some(first) = minutes.next() else { return };
+    let mut merged = first.clone();
+    for minute in minutes {
+        if merged.merge(minute).is_err() {
+            // Each minute was accepted, but their sum overflows: say so instead of a wrong value.
+            tracing::error!(instrument = %key.instrument, venue = %key.venue, interval = label, end = key.end, "roll-up overflows; not emitted");
+            return;
+        }
+    }
+    merged.emitted = window.emitted;
+    let window_key = WindowKey {
+        end: key.end,
+        instrument: key.instrument.clone(),
+        venue: key.venue.clone(),
+        start: key.end - key.length,
+    };
+    out.push(Output::Candle(merged.candle(&window_key, label, true)));
+    window.emitted += 1;
+    window.fired = true;
+    window.dirty = false;
+}
+
+/// JSON maps need string keys: stored as a list of (key, window) pairs.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{RollupKey, RollupWindow};
+
+    pub fn serialize<S: Serializer>(
+        windows: &BTreeMap<RollupKey, RollupWindow>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(windows.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<RollupKey, RollupWindow>, D::Error> {
+        Ok(Vec::<(RollupKey, RollupWindow)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_parse() {
+        assert_eq!(Interval::parse("5m").unwrap().length, 300_000_000);
+        assert_eq!(Interval::parse("1h").unwrap().length, 3_600_000_000);
+        assert_eq!(Interval::parse("1d").unwrap().length, 86_400_000_000);
+        for bad in ["", "m", "0m", "5", "5s", "-5m", "1.5h"] {
+            assert!(Interval::parse(bad).is_none(), "{bad}");
+        }
+    }
+}
