@@ -3,8 +3,9 @@
 //! Cassandra `candles_1m` and Kafka `md.candles.1m`, with checkpoints that give the effect of
 //! exactly-once across crashes.
 //!
-//! Not built yet (issue 5): roll-ups to longer intervals, state hand-over on consumer-group
-//! rebalances (instances own configured partition sets instead), benchmarks.
+//! Not built yet (issue 5): roll-ups are computed by the operator (`rollup.rs`) but not yet wired
+//! to configuration, tables and topics; no state hand-over on consumer-group rebalances
+//! (instances own configured partition sets instead).
 #![forbid(unsafe_code)]
 
 pub mod config;
