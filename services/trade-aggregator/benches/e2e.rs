@@ -9,35 +9,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::FutureRecord;
-use rust_decimal::Decimal;
-use tickflow_shared::avro::{self, AvroCodec, Registry};
+use tickflow_shared::avro::{self, Registry};
 use tickflow_shared::cassandra;
-use tickflow_shared::domain::{Side, Trade};
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
+use tickflow_shared::testkit::{self, ServiceProcess, Stack};
 
 const PARTITIONS: i32 = 4;
-
-fn trades(count: usize) -> Vec<Trade> {
-    let venues = ["coinbase", "kraken", "binance"];
-    (0..count)
-        .map(|i| {
-            let r = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            Trade {
-                instrument: format!("I{:03}", r % 100),
-                exchange: venues[(r >> 8) as usize % 3].into(),
-                trade_id: i.to_string(),
-                // 20,000 trades per simulated minute, up to 1 s out of order.
-                event_time: 1_763_769_600_000_000 + i as i64 * 3_000 - (r >> 16) as i64 % 1_000_000,
-                price: Decimal::new(6_700_000 + (r >> 24) as i64 % 10_000, 2),
-                size: Decimal::new(1 + (r >> 40) as i64 % 100_000, 6),
-                side: if r & 1 == 0 { Side::Buy } else { Side::Sell },
-                ..sample_trade()
-            }
-        })
-        .collect()
-}
 
 /// (utime + stime seconds, VmHWM bytes) of a process.
 fn usage(pid: u32) -> (f64, u64) {
@@ -160,36 +137,19 @@ async fn main() {
     )
     .await
     .unwrap();
-    let registry = Registry::new(&stack.registry).unwrap();
-    registry.register(&topic, avro::TRADE).await.unwrap();
-    let codec = AvroCodec::new(&registry, &[(topic.as_str(), avro::TRADE)]);
-    let producer = kafka::producer(&stack.kafka, "bench").unwrap();
+    Registry::new(&stack.registry)
+        .unwrap()
+        .register(&topic, avro::TRADE)
+        .await
+        .unwrap();
     let filling = Instant::now();
-    let mut pending = Vec::new();
-    for trade in trades(count) {
-        let bytes = codec.encode_trade(&topic, &trade).await.unwrap();
-        loop {
-            match producer.send_result(
-                FutureRecord::to(&topic)
-                    .key(&trade.instrument)
-                    .payload(&bytes),
-            ) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err((_, _)) => tokio::time::sleep(Duration::from_millis(5)).await, // queue full
-            }
-        }
-        if pending.len() >= 10_000 {
-            for d in pending.drain(..) {
-                d.await.unwrap().map_err(|(e, _)| e).unwrap();
-            }
-        }
-    }
-    for d in pending.drain(..) {
-        d.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
+    // 20,000 trades per simulated minute over 100 instruments.
+    let trades = testkit::synthetic_trades(count, 100, 3_000)
+        .into_iter()
+        .map(|t| (None, t));
+    testkit::produce_trades(&stack, &topic, trades)
+        .await
+        .unwrap();
     println!(
         "pre-filled {topic} with {count} trades in {:.1} s",
         filling.elapsed().as_secs_f64()

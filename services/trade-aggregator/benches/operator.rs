@@ -7,38 +7,15 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rust_decimal::Decimal;
-use tickflow_shared::domain::{Side, Trade};
-use tickflow_shared::testkit::sample_trade;
+use tickflow_shared::domain::Trade;
+use tickflow_shared::testkit::synthetic_trades;
 use trade_aggregator::operator::{Aggregator, Output, Timing};
 
 const TRADES: usize = 200_000;
 
+/// 100k trades per simulated minute over 1,000 instruments × 3 venues.
 fn workload() -> Vec<Trade> {
-    let venues = ["coinbase", "kraken", "binance"];
-    let mut seed: u64 = 42;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    (0..TRADES)
-        .map(|i| {
-            let r = next();
-            Trade {
-                instrument: format!("I{:04}", r % 1000),
-                exchange: venues[(r >> 10) as usize % 3].into(),
-                trade_id: i.to_string(),
-                // 100k trades per simulated minute; up to 1 s out of order.
-                event_time: 1_763_769_600_000_000 + i as i64 * 600 - (r >> 20) as i64 % 1_000_000,
-                price: Decimal::new(6_700_000 + (r >> 30) as i64 % 10_000, 2),
-                size: Decimal::new(1 + (r >> 40) as i64 % 100_000, 6),
-                side: if r & 1 == 0 { Side::Buy } else { Side::Sell },
-                ..sample_trade()
-            }
-        })
-        .collect()
+    synthetic_trades(TRADES, 1000, 600)
 }
 
 fn operator(c: &mut Criterion) {

@@ -10,7 +10,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::FutureRecord;
 use rust_decimal::Decimal;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra::{self, CandleStore};
@@ -103,8 +102,7 @@ async fn candles_after_repeated_kill_9_equal_a_batch_recomputation() {
     );
 
     // Produce at a steady pace in the background, partition by partition in order.
-    let producer_config = stack.kafka.clone();
-    let registry_for_producer = registry.clone();
+    let producer_stack = Stack::require().await;
     let input_for_producer = input.clone();
     let to_send: Vec<(i32, Trade)> = {
         let mut merged: Vec<(usize, i32, Trade)> = Vec::new();
@@ -117,29 +115,12 @@ async fn candles_after_repeated_kill_9_equal_a_batch_recomputation() {
         merged.into_iter().map(|(_, p, t)| (p, t)).collect()
     };
     let producing = tokio::spawn(async move {
-        let codec = AvroCodec::new(
-            &registry_for_producer,
-            &[(input_for_producer.as_str(), avro::TRADE)],
-        );
-        let producer = kafka::producer(&producer_config, "it-producer").unwrap();
         for chunk in to_send.chunks(100) {
-            for (partition, trade) in chunk {
-                let bytes = codec
-                    .encode_trade(&input_for_producer, trade)
-                    .await
-                    .unwrap();
-                producer
-                    .send(
-                        FutureRecord::to(&input_for_producer)
-                            .partition(*partition)
-                            .key(&trade.instrument)
-                            .payload(&bytes),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .map_err(|(e, _)| e)
-                    .unwrap();
-            }
+            let chunk: Vec<(Option<i32>, Trade)> =
+                chunk.iter().map(|(p, t)| (Some(*p), t.clone())).collect();
+            testkit::produce_trades(&producer_stack, &input_for_producer, chunk)
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
