@@ -59,7 +59,19 @@ pub const ANOMALY: SchemaDef = SchemaDef {
 };
 
 /// Every schema, for tools that register or check them all.
-pub const ALL_SCHEMAS: [SchemaDef; 5] = [RAW_ENVELOPE, TRADE, CANDLE, FAIR_PRICE, ANOMALY];
+pub const INSTRUMENT: SchemaDef = SchemaDef {
+    name: "dev.tickflow.md.Instrument",
+    avsc: include_str!("../schemas/instrument.avsc"),
+};
+
+pub const ALL_SCHEMAS: [SchemaDef; 6] = [
+    RAW_ENVELOPE,
+    TRADE,
+    CANDLE,
+    FAIR_PRICE,
+    ANOMALY,
+    INSTRUMENT,
+];
 
 impl SchemaDef {
     pub fn parse(&self) -> Result<Schema> {

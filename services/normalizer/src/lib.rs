@@ -4,6 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod dedup;
+pub mod normalize;
+pub mod providers;
+pub mod reason;
 
 use std::time::Duration;
 

@@ -129,8 +129,9 @@ pub mod names {
     pub const ANOMALIES: &str = "md.anomalies";
 
     /// The Avro schema of each fixed topic's values (raw topics use RawEnvelope).
-    pub const SCHEMA_OF_TOPIC: [(&str, SchemaDef); 6] = [
+    pub const SCHEMA_OF_TOPIC: [(&str, SchemaDef); 7] = [
         ("md.raw.simulator", avro::RAW_ENVELOPE),
+        (INSTRUMENTS, avro::INSTRUMENT),
         (TRADES, avro::TRADE),
         (CANDLES_1M, avro::CANDLE),
         (TRADES_LATE, avro::TRADE),

@@ -1,0 +1,160 @@
+//! The duplicate filter: a trade whose (provider, exchange, trade id) was kept within the
+//! horizon is dropped.
+//!
+//! State is per input partition (a trade and its repeats share a partition: the raw topics are
+//! keyed by provider symbol). Identities are 128-bit hashes, so memory is ~50 bytes per trade
+//! held. Entries leave when they are older than the horizon, measured in receive time against the
+//! newest receive time seen, and only at a commit, so an aborted batch is undone exactly by
+//! forgetting what it inserted. After a restart or a rebalance the state is rebuilt by reading
+//! the partition back over the horizon (see `warmup`), so exactly-once survives crashes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use tickflow_shared::domain::Micros;
+
+/// A trade's identity.
+pub type TradeKey = u128;
+
+pub fn trade_key(provider: &str, exchange: &str, trade_id: &str) -> TradeKey {
+    let half = |salt: u8| {
+        let mut h = std::hash::DefaultHasher::new();
+        salt.hash(&mut h);
+        provider.hash(&mut h);
+        exchange.hash(&mut h);
+        trade_id.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+/// The filter of one partition.
+#[derive(Debug, Default)]
+pub struct Dedup {
+    seen: HashSet<TradeKey>,
+    /// Insertion order with receive times, for eviction.
+    order: VecDeque<(Micros, TradeKey)>,
+    newest: Micros,
+    /// Inserted since the last commit.
+    journal: Vec<TradeKey>,
+}
+
+impl Dedup {
+    /// True when `key` is new (and now remembered); false for a duplicate.
+    pub fn insert(&mut self, key: TradeKey, received_at: Micros) -> bool {
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.order.push_back((received_at, key));
+        self.newest = self.newest.max(received_at);
+        self.journal.push(key);
+        true
+    }
+
+    /// Makes the batch's insertions permanent and evicts what is older than `horizon`.
+    pub fn commit(&mut self, horizon: Micros) {
+        self.journal.clear();
+        let oldest_kept = self.newest.saturating_sub(horizon);
+        while let Some(&(time, key)) = self.order.front() {
+            if time >= oldest_kept {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+
+    /// Forgets the insertions since the last commit.
+    pub fn rollback(&mut self) {
+        for key in self.journal.drain(..) {
+            self.seen.remove(&key);
+        }
+        let committed = self.seen.len();
+        // Insertions are at the back of `order`, in the same order.
+        while self.order.len() > committed {
+            self.order.pop_back();
+        }
+        self.newest = self.order.iter().map(|(t, _)| *t).max().unwrap_or(0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// The filters of all owned partitions.
+#[derive(Debug, Default)]
+pub struct DedupSet {
+    partitions: HashMap<(String, i32), Dedup>,
+}
+
+impl DedupSet {
+    pub fn partition(&mut self, topic: &str, partition: i32) -> &mut Dedup {
+        if !self.partitions.contains_key(&(topic.to_string(), partition)) {
+            self.partitions
+                .insert((topic.to_string(), partition), Dedup::default());
+        }
+        self.partitions
+            .get_mut(&(topic.to_string(), partition))
+            .expect("inserted above")
+    }
+
+    pub fn commit(&mut self, horizon: Micros) {
+        self.partitions.values_mut().for_each(|d| d.commit(horizon));
+    }
+
+    pub fn rollback(&mut self) {
+        self.partitions.values_mut().for_each(Dedup::rollback);
+    }
+
+    pub fn retain(&mut self, keep: impl Fn(&str, i32) -> bool) {
+        self.partitions.retain(|(t, p), _| keep(t, *p));
+    }
+
+    pub fn contains_partition(&self, topic: &str, partition: i32) -> bool {
+        self.partitions.contains_key(&(topic.to_string(), partition))
+    }
+
+    pub fn held(&self) -> usize {
+        self.partitions.values().map(Dedup::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_within_horizon_are_caught_and_old_ones_evicted_at_commit() {
+        let mut d = Dedup::default();
+        let a = trade_key("coinbase", "coinbase", "1");
+        let b = trade_key("coinbase", "coinbase", "2");
+        assert_ne!(a, trade_key("kraken", "coinbase", "1"), "provider is part of the key");
+        assert!(d.insert(a, 1_000));
+        assert!(!d.insert(a, 2_000));
+        d.commit(10_000);
+        assert!(d.insert(b, 20_000));
+        assert!(!d.insert(a, 20_000), "not evicted before a commit");
+        d.commit(10_000);
+        assert!(d.insert(a, 20_001), "evicted: older than the horizon");
+    }
+
+    #[test]
+    fn rollback_forgets_exactly_the_batch() {
+        let mut d = Dedup::default();
+        let keys: Vec<_> = (0..5).map(|i| trade_key("p", "e", &i.to_string())).collect();
+        d.insert(keys[0], 10);
+        d.insert(keys[1], 20);
+        d.commit(1_000);
+        d.insert(keys[2], 30);
+        d.insert(keys[3], 40);
+        d.rollback();
+        assert_eq!(d.len(), 2);
+        assert!(!d.insert(keys[1], 50));
+        assert!(d.insert(keys[3], 50), "rolled back, so new again");
+    }
+}
