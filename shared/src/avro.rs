@@ -64,14 +64,8 @@ pub const INSTRUMENT: SchemaDef = SchemaDef {
     avsc: include_str!("../schemas/instrument.avsc"),
 };
 
-pub const ALL_SCHEMAS: [SchemaDef; 6] = [
-    RAW_ENVELOPE,
-    TRADE,
-    CANDLE,
-    FAIR_PRICE,
-    ANOMALY,
-    INSTRUMENT,
-];
+pub const ALL_SCHEMAS: [SchemaDef; 6] =
+    [RAW_ENVELOPE, TRADE, CANDLE, FAIR_PRICE, ANOMALY, INSTRUMENT];
 
 impl SchemaDef {
     pub fn parse(&self) -> Result<Schema> {

@@ -159,16 +159,18 @@ impl InstrumentIndex {
         self.remove(&instrument.instrument.clone());
         let instrument = Arc::new(instrument);
         for listing in &instrument.listings {
-            self.by_symbol.entry(listing.provider.clone()).or_default().insert(
-                listing.symbol.clone(),
-                Resolved {
-                    instrument: instrument.clone(),
-                    exchange: listing.exchange.clone(),
-                },
-            );
+            self.by_symbol
+                .entry(listing.provider.clone())
+                .or_default()
+                .insert(
+                    listing.symbol.clone(),
+                    Resolved {
+                        instrument: instrument.clone(),
+                        exchange: listing.exchange.clone(),
+                    },
+                );
         }
-        self.by_id
-            .insert(instrument.instrument.clone(), instrument);
+        self.by_id.insert(instrument.instrument.clone(), instrument);
     }
 
     pub fn remove(&mut self, id: &str) {
@@ -286,7 +288,9 @@ fn field_map(value: Value, what: &str) -> Result<HashMap<String, Value>> {
             .into_iter()
             .map(|(k, v)| (k, unwrap_union(v)))
             .collect()),
-        other => Err(Error::Avro(format!("{what}: expected a record, got {other:?}"))),
+        other => Err(Error::Avro(format!(
+            "{what}: expected a record, got {other:?}"
+        ))),
     }
 }
 
@@ -348,6 +352,47 @@ pub fn instrument_from_value(value: Value) -> Result<Instrument> {
     })
 }
 
+/// Publishes instruments to the compacted topic (key = instrument, Avro `Instrument`), and a
+/// tombstone for each id in `remove`; waits for every acknowledgement.
+pub async fn publish(
+    kafka: &crate::config::KafkaConfig,
+    registry: &crate::config::RegistryConfig,
+    topic: &str,
+    instruments: &[Instrument],
+    remove: &[String],
+) -> Result<usize> {
+    use rdkafka::producer::FutureRecord;
+    let registry = crate::avro::Registry::new(registry)?;
+    registry.register(topic, crate::avro::INSTRUMENT).await?;
+    let codec = crate::avro::AvroCodec::new(&registry, &[(topic, crate::avro::INSTRUMENT)]);
+    let producer = crate::kafka::producer(kafka, "admin")?;
+    let timeout = std::time::Duration::from_secs(30);
+    for instrument in instruments {
+        let bytes = codec
+            .encode(topic, instrument_to_value(instrument)?)
+            .await?;
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(&instrument.instrument)
+                    .payload(&bytes),
+                timeout,
+            )
+            .await
+            .map_err(|(e, _)| Error::Kafka(e))?;
+    }
+    for id in remove {
+        producer
+            .send(
+                FutureRecord::<str, [u8]>::to(topic).key(id.as_str()),
+                timeout,
+            )
+            .await
+            .map_err(|(e, _)| Error::Kafka(e))?;
+    }
+    Ok(instruments.len() + remove.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,12 +427,19 @@ listings = [{ provider = "finnhub", symbol = "AAPL", exchange = "nasdaq" }]
         assert_eq!(r.instrument.tick_size.unwrap().to_string(), "0.01");
         assert_eq!(r.exchange, None);
         assert_eq!(
-            index.resolve("finnhub", "COINBASE:BTC-USD").unwrap().exchange.as_deref(),
+            index
+                .resolve("finnhub", "COINBASE:BTC-USD")
+                .unwrap()
+                .exchange
+                .as_deref(),
             Some("coinbase")
         );
         assert!(index.resolve("kraken", "XBT/USD").is_none());
         // Inactive instruments are not subscribed.
-        assert_eq!(index.symbols_of("finnhub"), vec![("BTC-USD".into(), "COINBASE:BTC-USD".into())]);
+        assert_eq!(
+            index.symbols_of("finnhub"),
+            vec![("BTC-USD".into(), "COINBASE:BTC-USD".into())]
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub mod instruments;
 pub mod kafka;
 pub mod retry;
 pub mod service;
-pub mod simfeed;
 pub mod shutdown;
+pub mod simfeed;
 pub mod telemetry;
 pub mod testkit;
 

@@ -135,7 +135,7 @@ impl NormalizerConfig {
         }
         if let Some(path) = &self.instruments_file {
             if let Err(e) = tickflow_shared::instruments::load_file(path) {
-                problems.check(false, "normalizer.instruments_file", &e.to_string());
+                problems.check(false, "normalizer.instruments_file", e);
             }
         }
         problems.check(self.max_batch > 0, "normalizer.max_batch", "must be > 0");

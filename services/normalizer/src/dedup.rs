@@ -94,13 +94,9 @@ pub struct DedupSet {
 
 impl DedupSet {
     pub fn partition(&mut self, topic: &str, partition: i32) -> &mut Dedup {
-        if !self.partitions.contains_key(&(topic.to_string(), partition)) {
-            self.partitions
-                .insert((topic.to_string(), partition), Dedup::default());
-        }
         self.partitions
-            .get_mut(&(topic.to_string(), partition))
-            .expect("inserted above")
+            .entry((topic.to_string(), partition))
+            .or_default()
     }
 
     pub fn commit(&mut self, horizon: Micros) {
@@ -116,7 +112,8 @@ impl DedupSet {
     }
 
     pub fn contains_partition(&self, topic: &str, partition: i32) -> bool {
-        self.partitions.contains_key(&(topic.to_string(), partition))
+        self.partitions
+            .contains_key(&(topic.to_string(), partition))
     }
 
     pub fn held(&self) -> usize {
@@ -133,7 +130,11 @@ mod tests {
         let mut d = Dedup::default();
         let a = trade_key("coinbase", "coinbase", "1");
         let b = trade_key("coinbase", "coinbase", "2");
-        assert_ne!(a, trade_key("kraken", "coinbase", "1"), "provider is part of the key");
+        assert_ne!(
+            a,
+            trade_key("kraken", "coinbase", "1"),
+            "provider is part of the key"
+        );
         assert!(d.insert(a, 1_000));
         assert!(!d.insert(a, 2_000));
         d.commit(10_000);
@@ -146,7 +147,9 @@ mod tests {
     #[test]
     fn rollback_forgets_exactly_the_batch() {
         let mut d = Dedup::default();
-        let keys: Vec<_> = (0..5).map(|i| trade_key("p", "e", &i.to_string())).collect();
+        let keys: Vec<_> = (0..5)
+            .map(|i| trade_key("p", "e", &i.to_string()))
+            .collect();
         d.insert(keys[0], 10);
         d.insert(keys[1], 20);
         d.commit(1_000);

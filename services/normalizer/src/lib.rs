@@ -1,19 +1,25 @@
-//! normalizer: Turns every provider's raw frames into one exact Avro trade stream on md.trades, exactly once.
-//!
-//! Normalization is not implemented yet (issue 4): today the binary loads its configuration, creates md.trades and md.dlq.normalizer, registers the Trade schema, serves /metrics, /healthz and /readyz, and shuts down cleanly.
+//! normalizer: turns every provider's raw frames (`md.raw.*`, RawEnvelope) into one exact Avro
+//! trade stream on `md.trades`, exactly once, with bad input dead-lettered on
+//! `md.dlq.normalizer` and reference data joined live from `md.instruments`.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod dedup;
+pub mod metrics;
 pub mod normalize;
+pub mod pipeline;
 pub mod providers;
 pub mod reason;
+pub mod reference;
+pub mod warmup;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use tickflow_shared::avro::{self, SchemaDef};
-use tickflow_shared::kafka::{names, TopicSpec};
+use tickflow_shared::avro::{self, AvroCodec, SchemaDef};
+use tickflow_shared::instruments;
+use tickflow_shared::kafka::TopicSpec;
 use tickflow_shared::service::Startup;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
@@ -25,18 +31,27 @@ pub const NAME: &str = "normalizer";
 pub const DEFAULT_HTTP_PORT: u16 = 9102;
 
 /// The topics this service writes, as created when missing.
-pub fn topics() -> Vec<TopicSpec> {
+pub fn topics(config: &Config) -> Vec<TopicSpec> {
+    let n = &config.normalizer;
     vec![
-        TopicSpec::new(names::TRADES, 6).retention(Duration::from_secs(7 * 24 * 3600)),
-        TopicSpec::new(names::DLQ_NORMALIZER, 1).retention(Duration::from_secs(14 * 24 * 3600)),
+        TopicSpec::new(&n.output_topic, 6).retention(Duration::from_secs(7 * 24 * 3600)),
+        TopicSpec::new(&n.dlq_topic, 1).retention(Duration::from_secs(14 * 24 * 3600)),
+        TopicSpec::new(&n.instruments_topic, 1).compacted(),
     ]
 }
 
-/// The schemas this service registers, by topic.
-pub const SCHEMAS: [(&str, SchemaDef); 1] = [(names::TRADES, avro::TRADE)];
-
 /// Runs the service until `shutdown` is triggered.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
+    metrics::describe();
+    let n = config.normalizer.clone();
+    let initial = match &n.instruments_file {
+        Some(path) => instruments::load_file(path)?,
+        None => Vec::new(),
+    };
+    let schemas: [(&str, SchemaDef); 2] = [
+        (n.output_topic.as_str(), avro::TRADE),
+        (n.instruments_topic.as_str(), avro::INSTRUMENT),
+    ];
     let startup = Startup {
         name: NAME,
         default_http_port: DEFAULT_HTTP_PORT,
@@ -44,17 +59,32 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         kafka: &config.kafka,
         registry: &config.registry,
         cassandra: None,
-        topics: topics(),
-        schemas: &SCHEMAS,
+        topics: topics(&config),
+        schemas: &schemas,
         routes: Router::new(),
     };
     let Some(started) = startup.start(&shutdown).await? else {
         return Ok(());
     };
-    tracing::info!(
-        http = %started.telemetry.http_addr,
-        "started; the processing pipeline of this service is not implemented yet (issue 4)"
-    );
-    shutdown.triggered().await;
-    Ok(())
+    let codec = Arc::new(AvroCodec::new(&started.registry, &schemas));
+    tracing::info!(instruments = initial.len(), input = %n.input_topics, output = %n.output_topic, "normalizing");
+    let reference = reference::start(
+        &config.kafka,
+        &n.instruments_topic,
+        &n.group_id,
+        initial,
+        codec.clone(),
+        &shutdown,
+    )?;
+    let labels = started.telemetry.instruments.clone();
+    let Some(pipeline) =
+        pipeline::Pipeline::new(config, codec, reference, labels, &shutdown).await?
+    else {
+        return Ok(());
+    };
+    let outcome = pipeline.run(&shutdown).await;
+    if outcome.is_err() {
+        shutdown.trigger();
+    }
+    outcome
 }

@@ -23,11 +23,15 @@ pub struct Limits {
 }
 
 /// What became of one input (a frame, or one trade of a frame).
+// Trades are the common case; boxing them would cost an allocation each for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Trade(Trade),
     /// Seen within the dedup horizon: dropped and counted.
-    Duplicate { exchange: String },
+    Duplicate {
+        exchange: String,
+    },
     /// To the DLQ. `trade_index` is the trade's position in a frame carrying several.
     Rejected {
         trade_index: Option<usize>,
@@ -41,14 +45,21 @@ pub enum Outcome {
 /// Largest fractional precision the Avro `decimal(38,18)` holds.
 const MAX_SCALE: u32 = 18;
 
+/// What a frame is checked against: the reference data, the limits, and the time stamped as
+/// `normalized_time`.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    pub index: &'a InstrumentIndex,
+    pub limits: &'a Limits,
+    pub now: Micros,
+}
+
 /// Turns one parsed frame into outcomes, appended to `out`.
 pub fn normalize(
     provider: Provider,
     envelope: &RawEnvelope,
     parsed: ParseResult<'_>,
-    index: &InstrumentIndex,
-    limits: &Limits,
-    now: Micros,
+    rules: Rules<'_>,
     dedup: &mut Dedup,
     out: &mut Vec<Outcome>,
 ) {
@@ -69,7 +80,7 @@ pub fn normalize(
     };
     let several = trades.len() > 1;
     for (i, raw) in trades.into_iter().enumerate() {
-        let outcome = match unify(provider, envelope, raw, index, limits, now) {
+        let outcome = match unify(provider, envelope, raw, rules) {
             Ok(trade) => {
                 let key = trade_key(&trade.provider, &trade.exchange, &trade.trade_id);
                 if dedup.insert(key, envelope.received_at) {
@@ -96,10 +107,9 @@ fn unify(
     provider: Provider,
     envelope: &RawEnvelope,
     raw: ProviderTrade<'_>,
-    index: &InstrumentIndex,
-    limits: &Limits,
-    now: Micros,
+    rules: Rules<'_>,
 ) -> Result<Trade, Refusal> {
+    let Rules { index, limits, now } = rules;
     let resolved = index.resolve(provider.id(), &raw.symbol).ok_or_else(|| {
         (
             Reason::UnknownSymbol,
@@ -198,7 +208,10 @@ fn amount(
         ));
     }
     if value > max {
-        return Err((too_large, format!("{what} {text} is above the maximum {max}")));
+        return Err((
+            too_large,
+            format!("{what} {text} is above the maximum {max}"),
+        ));
     }
     Ok(value)
 }

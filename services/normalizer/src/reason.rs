@@ -29,10 +29,12 @@ pub enum Reason {
     EventTimeFuture,
     /// Event time older than the allowed age at receive time.
     EventTimePast,
+    /// A valid trade the Avro schema cannot hold (a limit configured beyond decimal(38,18)).
+    Unencodable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::BadEnvelope,
         Reason::UnknownProvider,
         Reason::UnparsablePayload,
@@ -46,6 +48,7 @@ impl Reason {
         Reason::SizeOutOfRange,
         Reason::EventTimeFuture,
         Reason::EventTimePast,
+        Reason::Unencodable,
     ];
 
     pub const fn code(self) -> &'static str {
@@ -63,6 +66,7 @@ impl Reason {
             Reason::SizeOutOfRange => "size_out_of_range",
             Reason::EventTimeFuture => "event_time_future",
             Reason::EventTimePast => "event_time_past",
+            Reason::Unencodable => "unencodable",
         }
     }
 

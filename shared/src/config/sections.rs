@@ -129,7 +129,9 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     /// Per-topic overrides of the built-in topic settings, keyed by topic name.
     pub topics: BTreeMap<String, TopicOverride>,
-    /// Extra librdkafka properties passed through verbatim (for what no key above covers).
+    /// Extra librdkafka properties passed through (for what no key above covers). librdkafka
+    /// names never contain `_`, so `_` may stand for `.`: that is how an environment variable
+    /// sets one, e.g. `TICKFLOW_KAFKA__LIBRDKAFKA__SESSION_TIMEOUT_MS=6000`.
     pub librdkafka: BTreeMap<String, String>,
 }
 

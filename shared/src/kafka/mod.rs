@@ -46,10 +46,15 @@ pub fn base_client_config(config: &KafkaConfig, role: &str) -> ClientConfig {
             client.set(key, path.display().to_string());
         }
     }
-    for (key, value) in &config.librdkafka {
-        client.set(key, value);
-    }
+    passthrough(config, &mut client);
     client
+}
+
+/// The `[kafka.librdkafka]` properties, `_` read as `.` (see `KafkaConfig::librdkafka`).
+fn passthrough(config: &KafkaConfig, client: &mut ClientConfig) {
+    for (key, value) in &config.librdkafka {
+        client.set(key.replace('_', "."), value);
+    }
 }
 
 /// The producer configuration: idempotent, acks=all, compression and linger from config.
@@ -61,9 +66,7 @@ pub fn producer_config(config: &KafkaConfig, role: &str) -> ClientConfig {
         .set("compression.type", config.compression.as_librdkafka())
         .set("linger.ms", config.linger_ms.to_string());
     // Extra properties win over the defaults above.
-    for (key, value) in &config.librdkafka {
-        client.set(key, value);
-    }
+    passthrough(config, &mut client);
     client
 }
 
@@ -78,9 +81,7 @@ pub fn consumer_config(config: &KafkaConfig, role: &str, group_id: &str) -> Clie
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    for (key, value) in &config.librdkafka {
-        client.set(key, value);
-    }
+    passthrough(config, &mut client);
     client
 }
 
@@ -189,6 +190,13 @@ mod tests {
     fn passthrough_properties_win() {
         let mut config = KafkaConfig::default();
         config.librdkafka.insert("linger.ms".into(), "50".into());
+        config
+            .librdkafka
+            .insert("session_timeout_ms".into(), "6000".into());
         assert_eq!(producer_config(&config, "x").get("linger.ms"), Some("50"));
+        assert_eq!(
+            consumer_config(&config, "x", "g").get("session.timeout.ms"),
+            Some("6000")
+        );
     }
 }

@@ -59,9 +59,11 @@ fn run(provider: Provider, payload: &str, dedup: &mut Dedup) -> Vec<Outcome> {
         provider,
         &env,
         provider.parse(&env.payload),
-        &index(),
-        &limits(),
-        NOW + 5,
+        Rules {
+            index: &index(),
+            limits: &limits(),
+            now: NOW + 5,
+        },
         dedup,
         &mut out,
     );
@@ -91,11 +93,17 @@ fn a_valid_trade_is_unified_exactly() {
         ("BTC-USD", "BTC", "USD")
     );
     assert_eq!(t.asset_class, AssetClass::Crypto);
-    assert_eq!((t.exchange.as_str(), t.provider.as_str()), ("coinbase", "coinbase"));
+    assert_eq!(
+        (t.exchange.as_str(), t.provider.as_str()),
+        ("coinbase", "coinbase")
+    );
     assert_eq!(t.price.to_string(), "67012.34000000");
     assert_eq!(t.size.to_string(), "0.000012345678");
     assert_eq!(t.side, Side::Buy);
-    assert_eq!((t.event_time, t.ingest_time, t.normalized_time), (NOW + 1, NOW, NOW + 5));
+    assert_eq!(
+        (t.event_time, t.ingest_time, t.normalized_time),
+        (NOW + 1, NOW, NOW + 5)
+    );
     assert_eq!(t.trade_id, "7");
     assert_eq!(t.provider_sequence, Some(50));
 }
@@ -145,7 +153,10 @@ fn symbols_control_frames_and_garbage() {
         (inactive.as_str(), Some(Reason::InactiveInstrument)),
         (r#"{"type":"heartbeat"}"#, None),
         ("\u{fffd}garbage", Some(Reason::UnparsablePayload)),
-        (r#"{"type":"full_snapshot"}"#, Some(Reason::UnsupportedMessage)),
+        (
+            r#"{"type":"full_snapshot"}"#,
+            Some(Reason::UnsupportedMessage),
+        ),
     ] {
         let out = run(Provider::Coinbase, payload, &mut dedup);
         match (want, out.as_slice()) {
@@ -164,9 +175,11 @@ fn symbols_control_frames_and_garbage() {
         Provider::Coinbase,
         &env,
         Provider::Coinbase.parse(&env.payload),
-        &index(),
-        &limits(),
-        NOW,
+        Rules {
+            index: &index(),
+            limits: &limits(),
+            now: NOW,
+        },
         &mut dedup,
         &mut out,
     );
@@ -183,7 +196,10 @@ fn symbols_control_frames_and_garbage() {
 fn duplicates_are_dropped_per_provider_and_identity_derived_for_finnhub() {
     let mut dedup = Dedup::default();
     let frame = coinbase("1", "1", T, 9);
-    assert!(matches!(run(Provider::Coinbase, &frame, &mut dedup)[0], Outcome::Trade(_)));
+    assert!(matches!(
+        run(Provider::Coinbase, &frame, &mut dedup)[0],
+        Outcome::Trade(_)
+    ));
     assert!(matches!(
         run(Provider::Coinbase, &frame, &mut dedup)[0],
         Outcome::Duplicate { .. }
@@ -205,7 +221,10 @@ fn duplicates_are_dropped_per_provider_and_identity_derived_for_finnhub() {
         ));
     }
     let other = fh.replace("0.25", "0.26");
-    assert!(matches!(run(Provider::Finnhub, &other, &mut dedup)[0], Outcome::Trade(_)));
+    assert!(matches!(
+        run(Provider::Finnhub, &other, &mut dedup)[0],
+        Outcome::Trade(_)
+    ));
 }
 
 #[test]
@@ -225,7 +244,10 @@ fn one_bad_trade_in_a_batch_frame_does_not_sink_the_others() {
         }
     ));
     let Outcome::Trade(t) = &out[2] else { panic!() };
-    assert_eq!((t.exchange.as_str(), t.price.to_string().as_str()), ("kraken", "67000.2"));
+    assert_eq!(
+        (t.exchange.as_str(), t.price.to_string().as_str()),
+        ("kraken", "67000.2")
+    );
 }
 
 #[test]

@@ -122,10 +122,20 @@ mod tests {
         assert_eq!(trades[0].event_time, 1_672_515_782_136_123, "µs kept");
         for (frame, kind) in [
             (r#"{"result":null,"id":1}"#, kind::ACK),
-            (r#"{"error":{"code":2,"msg":"Invalid request"},"id":1}"#, kind::PROVIDER_ERROR),
-            (r#"{"code":1008,"msg":"Too many requests"}"#, kind::PROVIDER_ERROR),
+            (
+                r#"{"error":{"code":2,"msg":"Invalid request"},"id":1}"#,
+                kind::PROVIDER_ERROR,
+            ),
+            (
+                r#"{"code":1008,"msg":"Too many requests"}"#,
+                kind::PROVIDER_ERROR,
+            ),
         ] {
-            assert_eq!(parse(frame.as_bytes()).unwrap(), Frame::NonTrade(kind), "{frame}");
+            assert_eq!(
+                parse(frame.as_bytes()).unwrap(),
+                Frame::NonTrade(kind),
+                "{frame}"
+            );
         }
     }
 
@@ -133,12 +143,25 @@ mod tests {
     fn bad_frames_say_why() {
         for (frame, reason) in [
             ("not json", Reason::UnparsablePayload),
-            (r#"{"stream":"x","data":{"e":"kline","s":"BTCUSDT"}}"#, Reason::UnsupportedMessage),
-            (r#"{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"q":"1","T":1}}"#, Reason::MissingField),
-            (r#"{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":1.5,"q":"1","T":1}}"#, Reason::UnparsablePayload),
+            (
+                r#"{"stream":"x","data":{"e":"kline","s":"BTCUSDT"}}"#,
+                Reason::UnsupportedMessage,
+            ),
+            (
+                r#"{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"q":"1","T":1}}"#,
+                Reason::MissingField,
+            ),
+            (
+                r#"{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":1.5,"q":"1","T":1}}"#,
+                Reason::UnparsablePayload,
+            ),
             (r#"{"hello":1}"#, Reason::MissingField),
         ] {
-            assert_eq!(parse(frame.as_bytes()).unwrap_err().reason, reason, "{frame}");
+            assert_eq!(
+                parse(frame.as_bytes()).unwrap_err().reason,
+                reason,
+                "{frame}"
+            );
         }
     }
 }

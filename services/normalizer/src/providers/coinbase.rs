@@ -51,7 +51,9 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
     }
     let time = m.time.ok_or_else(|| FrameError::missing("time"))?;
     Ok(Frame::Trades(vec![ProviderTrade {
-        symbol: m.product_id.ok_or_else(|| FrameError::missing("product_id"))?,
+        symbol: m
+            .product_id
+            .ok_or_else(|| FrameError::missing("product_id"))?,
         venue: None,
         trade_id: Some(
             m.trade_id
@@ -97,19 +99,38 @@ mod tests {
     #[test]
     fn control_and_bad_frames() {
         for (frame, kind) in [
-            (r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD"]}]}"#, kind::ACK),
-            (r#"{"type":"heartbeat","sequence":90,"last_trade_id":20,"product_id":"BTC-USD","time":"2014-11-07T08:19:28.464459Z"}"#, kind::HEARTBEAT),
-            (r#"{"type":"error","message":"Failed to subscribe","reason":"BTC-XYZ is not a valid product"}"#, kind::PROVIDER_ERROR),
+            (
+                r#"{"type":"subscriptions","channels":[{"name":"matches","product_ids":["BTC-USD"]}]}"#,
+                kind::ACK,
+            ),
+            (
+                r#"{"type":"heartbeat","sequence":90,"last_trade_id":20,"product_id":"BTC-USD","time":"2014-11-07T08:19:28.464459Z"}"#,
+                kind::HEARTBEAT,
+            ),
+            (
+                r#"{"type":"error","message":"Failed to subscribe","reason":"BTC-XYZ is not a valid product"}"#,
+                kind::PROVIDER_ERROR,
+            ),
         ] {
             assert_eq!(parse(frame.as_bytes()).unwrap(), Frame::NonTrade(kind));
         }
         for (frame, reason) in [
             (r#"{"type":"l2update"}"#, Reason::UnsupportedMessage),
-            (&DOC.replace(r#""price":"400.23","#, "") as &str, Reason::MissingField),
-            (&DOC.replace("2014-11-07T08:19:27.028459Z", "yesterday"), Reason::UnparsablePayload),
+            (
+                &DOC.replace(r#""price":"400.23","#, "") as &str,
+                Reason::MissingField,
+            ),
+            (
+                &DOC.replace("2014-11-07T08:19:27.028459Z", "yesterday"),
+                Reason::UnparsablePayload,
+            ),
             ("[1,2]", Reason::UnparsablePayload),
         ] {
-            assert_eq!(parse(frame.as_bytes()).unwrap_err().reason, reason, "{frame}");
+            assert_eq!(
+                parse(frame.as_bytes()).unwrap_err().reason,
+                reason,
+                "{frame}"
+            );
         }
     }
 }

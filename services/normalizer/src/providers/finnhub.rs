@@ -89,12 +89,18 @@ mod tests {
         assert_eq!((t.price.as_ref(), t.size.as_ref()), ("7296.89", "0.011467"));
         assert_eq!(t.event_time, 1_575_526_691_134_000);
         assert_eq!((t.side, t.trade_id.as_deref()), (Side::Unknown, None));
-        assert_eq!(trades[1].identity_extra.as_deref(), Some(r#"["1","8","24","12"]"#));
+        assert_eq!(
+            trades[1].identity_extra.as_deref(),
+            Some(r#"["1","8","24","12"]"#)
+        );
     }
 
     #[test]
     fn control_and_bad_frames() {
-        assert_eq!(parse(br#"{"type":"ping"}"#).unwrap(), Frame::NonTrade(kind::HEARTBEAT));
+        assert_eq!(
+            parse(br#"{"type":"ping"}"#).unwrap(),
+            Frame::NonTrade(kind::HEARTBEAT)
+        );
         assert_eq!(
             parse(br#"{"type":"error","msg":"Invalid token"}"#).unwrap(),
             Frame::NonTrade(kind::PROVIDER_ERROR)
@@ -102,10 +108,17 @@ mod tests {
         for (frame, reason) in [
             (r#"{"type":"news"}"#, Reason::UnsupportedMessage),
             (r#"{"type":"trade"}"#, Reason::MissingField),
-            (r#"{"type":"trade","data":[{"s":"AAPL","t":1,"v":1}]}"#, Reason::MissingField),
+            (
+                r#"{"type":"trade","data":[{"s":"AAPL","t":1,"v":1}]}"#,
+                Reason::MissingField,
+            ),
             ("\u{0}\u{1}", Reason::UnparsablePayload),
         ] {
-            assert_eq!(parse(frame.as_bytes()).unwrap_err().reason, reason, "{frame}");
+            assert_eq!(
+                parse(frame.as_bytes()).unwrap_err().reason,
+                reason,
+                "{frame}"
+            );
         }
     }
 }

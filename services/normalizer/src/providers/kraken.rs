@@ -72,8 +72,12 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
     let items = m.data.ok_or_else(|| FrameError::missing("data"))?;
     let mut trades = Vec::with_capacity(items.len());
     for item in items {
-        let trade_id = item.trade_id.ok_or_else(|| FrameError::missing("trade_id"))?;
-        let time = item.timestamp.ok_or_else(|| FrameError::missing("timestamp"))?;
+        let trade_id = item
+            .trade_id
+            .ok_or_else(|| FrameError::missing("trade_id"))?;
+        let time = item
+            .timestamp
+            .ok_or_else(|| FrameError::missing("timestamp"))?;
         trades.push(ProviderTrade {
             symbol: item.symbol.ok_or_else(|| FrameError::missing("symbol"))?,
             venue: None,
@@ -128,11 +132,17 @@ mod tests {
         };
         assert_eq!(trades.len(), 2);
         assert_eq!(trades[0].symbol, "MATIC/USD");
-        assert_eq!((trades[0].price.as_ref(), trades[0].size.as_ref()), ("0.5147", "6423.46326"));
+        assert_eq!(
+            (trades[0].price.as_ref(), trades[0].size.as_ref()),
+            ("0.5147", "6423.46326")
+        );
         assert_eq!(trades[0].side, Side::Buy);
         assert_eq!(trades[0].trade_id.as_deref(), Some("4665846"));
         assert_eq!(trades[0].event_time, 1_695_628_116_925_533);
-        assert_eq!(trades[1].price, "0.51470000", "trailing zeros are the provider's text");
+        assert_eq!(
+            trades[1].price, "0.51470000",
+            "trailing zeros are the provider's text"
+        );
         assert_eq!(trades[1].size, "1.2e-7");
         assert_eq!(trades[1].side, Side::Sell);
     }
@@ -140,20 +150,46 @@ mod tests {
     #[test]
     fn control_and_bad_frames() {
         for (frame, kind) in [
-            (r#"{"method":"subscribe","result":{"channel":"trade","snapshot":true,"symbol":"MATIC/USD"},"success":true,"time_in":"2023-09-25T09:04:31.742599Z","time_out":"2023-09-25T09:04:31.742648Z"}"#, kind::ACK),
-            (r#"{"method":"subscribe","error":"Currency pair not supported","success":false,"symbol":"X/Y"}"#, kind::PROVIDER_ERROR),
+            (
+                r#"{"method":"subscribe","result":{"channel":"trade","snapshot":true,"symbol":"MATIC/USD"},"success":true,"time_in":"2023-09-25T09:04:31.742599Z","time_out":"2023-09-25T09:04:31.742648Z"}"#,
+                kind::ACK,
+            ),
+            (
+                r#"{"method":"subscribe","error":"Currency pair not supported","success":false,"symbol":"X/Y"}"#,
+                kind::PROVIDER_ERROR,
+            ),
             (r#"{"channel":"heartbeat"}"#, kind::HEARTBEAT),
-            (r#"{"channel":"status","type":"update","data":[{"api_version":"v2","connection_id":1,"system":"online","version":"2.0.0"}]}"#, kind::STATUS),
+            (
+                r#"{"channel":"status","type":"update","data":[{"api_version":"v2","connection_id":1,"system":"online","version":"2.0.0"}]}"#,
+                kind::STATUS,
+            ),
         ] {
-            assert_eq!(parse(frame.as_bytes()).unwrap(), Frame::NonTrade(kind), "{frame}");
+            assert_eq!(
+                parse(frame.as_bytes()).unwrap(),
+                Frame::NonTrade(kind),
+                "{frame}"
+            );
         }
         for (frame, reason) in [
-            (r#"{"channel":"book","type":"update","data":[]}"#, Reason::UnsupportedMessage),
-            (r#"{"channel":"trade","type":"update","data":[{"symbol":"X/Y","side":"buy","qty":1,"trade_id":1,"timestamp":"2023-09-25T07:48:36Z"}]}"#, Reason::MissingField),
-            (r#"{"channel":"trade","type":"update","data":[{"symbol":"X/Y","price":NaN}]}"#, Reason::UnparsablePayload),
+            (
+                r#"{"channel":"book","type":"update","data":[]}"#,
+                Reason::UnsupportedMessage,
+            ),
+            (
+                r#"{"channel":"trade","type":"update","data":[{"symbol":"X/Y","side":"buy","qty":1,"trade_id":1,"timestamp":"2023-09-25T07:48:36Z"}]}"#,
+                Reason::MissingField,
+            ),
+            (
+                r#"{"channel":"trade","type":"update","data":[{"symbol":"X/Y","price":NaN}]}"#,
+                Reason::UnparsablePayload,
+            ),
             (r#"{}"#, Reason::MissingField),
         ] {
-            assert_eq!(parse(frame.as_bytes()).unwrap_err().reason, reason, "{frame}");
+            assert_eq!(
+                parse(frame.as_bytes()).unwrap_err().reason,
+                reason,
+                "{frame}"
+            );
         }
     }
 }

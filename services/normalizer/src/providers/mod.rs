@@ -169,8 +169,14 @@ mod tests {
     #[test]
     fn decimals_from_provider_text() {
         assert_eq!(provider_decimal("0.5147").unwrap().to_string(), "0.5147");
-        assert_eq!(provider_decimal("1.5e-7").unwrap().to_string(), "0.00000015");
-        assert_eq!(provider_decimal("67012.34000000").unwrap().to_string(), "67012.34000000");
+        assert_eq!(
+            provider_decimal("1.5e-7").unwrap().to_string(),
+            "0.00000015"
+        );
+        assert_eq!(
+            provider_decimal("67012.34000000").unwrap().to_string(),
+            "67012.34000000"
+        );
         for bad in ["NaN", "inf", "Infinity", "", "1.2.3", "e5"] {
             assert!(provider_decimal(bad).is_err(), "{bad}");
         }
@@ -188,6 +194,9 @@ mod tests {
         );
         assert!(rfc3339_micros("yesterday").is_err());
         assert_eq!(epoch_to_micros(1_672_515_782_136), 1_672_515_782_136_000);
-        assert_eq!(epoch_to_micros(1_672_515_782_136_123), 1_672_515_782_136_123);
+        assert_eq!(
+            epoch_to_micros(1_672_515_782_136_123),
+            1_672_515_782_136_123
+        );
     }
 }

@@ -83,11 +83,16 @@ mod tests {
         let t = &trades[0];
         assert_eq!(t.venue.as_deref(), Some("sim-a"));
         assert_eq!((t.price.as_ref(), t.side), ("67012.340", Side::Sell));
-        assert_eq!((t.event_time, t.provider_sequence), (1_763_769_600_000_001, Some(42)));
+        assert_eq!(
+            (t.event_time, t.provider_sequence),
+            (1_763_769_600_000_001, Some(42))
+        );
         let beat = serde_json::to_vec(&SimMessage::Heartbeat { ts_us: 1 }).unwrap();
         assert_eq!(parse(&beat).unwrap(), Frame::NonTrade(kind::HEARTBEAT));
         assert_eq!(
-            parse(br#"{"type":"trade","symbol":"X"}"#).unwrap_err().reason,
+            parse(br#"{"type":"trade","symbol":"X"}"#)
+                .unwrap_err()
+                .reason,
             Reason::MissingField
         );
     }

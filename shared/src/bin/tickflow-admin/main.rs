@@ -4,6 +4,7 @@
 //!   tickflow-admin register-schemas   register every Avro schema under its topic's subject
 //!   tickflow-admin check              check that Kafka, the registry and Cassandra answer
 //!   tickflow-admin feed-trades        random-walk trades to md.trades (the demo's stand-in feed)
+//!   tickflow-admin publish-instruments   instruments from a file to md.instruments (live update)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,19 @@ enum Command {
         /// Comma-separated canonical instruments.
         #[arg(long, default_value = "BTC-USD,ETH-USD,SOL-USD")]
         instruments: String,
+    },
+    /// Publish instruments to the compacted reference-data topic; running normalizers apply them
+    /// from their next record on, without restart. Also removes instruments (tombstones).
+    PublishInstruments {
+        /// An instruments file (`[[instrument]]` tables, see config/instruments.toml).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Remove this instrument (repeatable).
+        #[arg(long, value_name = "INSTRUMENT")]
+        remove: Vec<String>,
+        /// The reference-data topic.
+        #[arg(long, default_value = names::INSTRUMENTS)]
+        topic: String,
     },
 }
 
@@ -124,6 +138,34 @@ async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<(
                 .filter(|s| !s.is_empty())
                 .collect();
             feed::run(&config.kafka, &config.registry, &instruments, rate, seconds).await?;
+        }
+        Command::PublishInstruments {
+            file,
+            remove,
+            topic,
+        } => {
+            let instruments = match &file {
+                Some(path) => tickflow_shared::instruments::load_file(path)?,
+                None => Vec::new(),
+            };
+            if instruments.is_empty() && remove.is_empty() {
+                return Err(tickflow_shared::Error::Config(
+                    "nothing to publish: give --file with instruments and/or --remove".into(),
+                ));
+            }
+            let n = tickflow_shared::instruments::publish(
+                &config.kafka,
+                &config.registry,
+                &topic,
+                &instruments,
+                &remove,
+            )
+            .await?;
+            println!(
+                "{topic}: published {} instrument(s), removed {}",
+                instruments.len(),
+                n - instruments.len()
+            );
         }
         Command::Migrate => {
             let session = tickflow_shared::cassandra::connect(&config.cassandra).await?;

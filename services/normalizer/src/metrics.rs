@@ -1,0 +1,65 @@
+//! The normalizer's metrics: names in one place, described at start.
+
+pub const RECORDS_IN: &str = "tickflow_normalizer_records_total";
+pub const TRADES_OUT: &str = "tickflow_normalizer_trades_total";
+pub const DLQ: &str = "tickflow_normalizer_dead_letters_total";
+pub const SKIPPED: &str = "tickflow_normalizer_skipped_frames_total";
+pub const DUPLICATES: &str = "tickflow_normalizer_duplicates_total";
+pub const EVENT_TO_NORMALIZED: &str = "tickflow_normalizer_event_to_normalized_seconds";
+pub const INGEST_TO_NORMALIZED: &str = "tickflow_normalizer_ingest_to_normalized_seconds";
+pub const TRANSACTIONS: &str = "tickflow_normalizer_transactions_total";
+pub const TRANSACTION_SECONDS: &str = "tickflow_normalizer_transaction_duration_seconds";
+pub const CONSUMER_LAG: &str = "tickflow_normalizer_consumer_lag_messages";
+pub const INSTRUMENTS: &str = "tickflow_normalizer_instruments";
+pub const DEDUP_HELD: &str = "tickflow_normalizer_dedup_entries";
+pub const REBALANCES: &str = "tickflow_normalizer_rebalances_total";
+
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(RECORDS_IN, "Raw records consumed, by provider.");
+    describe_counter!(
+        TRADES_OUT,
+        "Trades written to the output topic, by provider, exchange and instrument."
+    );
+    describe_counter!(
+        DLQ,
+        "Inputs sent to the dead-letter topic, by provider and reason."
+    );
+    describe_counter!(
+        SKIPPED,
+        "Documented non-trade frames skipped, by provider and kind."
+    );
+    describe_counter!(
+        DUPLICATES,
+        "Trades dropped as duplicates within the horizon, by provider and exchange."
+    );
+    describe_histogram!(
+        EVENT_TO_NORMALIZED,
+        Unit::Seconds,
+        "Exchange event time to normalization, by provider."
+    );
+    describe_histogram!(
+        INGEST_TO_NORMALIZED,
+        Unit::Seconds,
+        "Gateway receive time to normalization, by provider."
+    );
+    describe_counter!(
+        TRANSACTIONS,
+        "Kafka transactions, by outcome: committed, aborted, producer_reset."
+    );
+    describe_histogram!(
+        TRANSACTION_SECONDS,
+        Unit::Seconds,
+        "Time from a batch's first record to its committed transaction."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records behind the end of each input partition, by topic and partition."
+    );
+    describe_gauge!(INSTRUMENTS, "Instruments in the reference data.");
+    describe_gauge!(DEDUP_HELD, "Trade identities held by the duplicate filter.");
+    describe_counter!(
+        REBALANCES,
+        "Consumer group rebalances seen by this instance."
+    );
+}

@@ -1,0 +1,141 @@
+//! Rebuilds a partition's duplicate filter after a restart or a rebalance: the partition is read
+//! back from the records received within the dedup horizon before the committed offset, up to
+//! that offset, and each valid trade's identity is remembered exactly as live processing does.
+//! Nothing is produced. Without this a trade repeated across a crash would pass twice.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tickflow_shared::avro::AvroCodec;
+use tickflow_shared::config::KafkaConfig;
+use tickflow_shared::domain::{now_micros, Micros};
+use tickflow_shared::instruments::InstrumentIndex;
+use tickflow_shared::kafka;
+use tickflow_shared::Result;
+
+use crate::dedup::Dedup;
+use crate::normalize::{normalize, Limits, Rules};
+use crate::providers::Provider;
+
+/// Extra time read back beyond the horizon: receive times and Kafka timestamps differ by the
+/// gateway's produce delay, and connections interleave slightly out of order.
+const SLACK_MS: i64 = 30_000;
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a warm-up read.
+#[derive(Debug, Default)]
+pub struct Warmed {
+    pub records: u64,
+    pub remembered: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn warm_up(
+    kafka_config: &KafkaConfig,
+    group_id: &str,
+    topic: &str,
+    partition: i32,
+    committed: i64,
+    horizon: Micros,
+    limits: &Limits,
+    index: &InstrumentIndex,
+    codec: &AvroCodec,
+    dedup: &mut Dedup,
+) -> Result<Warmed> {
+    let mut warmed = Warmed::default();
+    if committed <= 0 {
+        return Ok(warmed);
+    }
+    let started = Instant::now();
+    let consumer: StreamConsumer = kafka::stream_consumer(
+        kafka_config,
+        "normalizer-warmup",
+        &format!("{group_id}-warmup"),
+    )?;
+    // The time of the last committed record fixes where the horizon begins.
+    let last = committed - 1;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(last))?;
+    consumer.assign(&tpl)?;
+    let Some(last_time) = read_one(&consumer, last).await? else {
+        return Ok(warmed);
+    };
+    let from_ms = last_time - horizon / 1000 - SLACK_MS;
+    let mut query = TopicPartitionList::new();
+    query.add_partition_offset(topic, partition, Offset::Offset(from_ms))?;
+    let found = tokio::task::block_in_place(|| consumer.offsets_for_times(query, READ_TIMEOUT))?;
+    let start = found
+        .find_partition(topic, partition)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .unwrap_or(last)
+        .min(last);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
+    consumer.assign(&tpl)?;
+    let mut scratch = Vec::new();
+    loop {
+        let message = tokio::time::timeout(READ_TIMEOUT, consumer.recv())
+            .await
+            .map_err(|_| {
+                tickflow_shared::Error::Config(format!(
+                    "dedup warm-up of {topic}/{partition}: no record within {READ_TIMEOUT:?}"
+                ))
+            })??;
+        if message.offset() >= committed {
+            break;
+        }
+        warmed.records += 1;
+        if let Some(bytes) = message.payload() {
+            if let Ok(envelope) = codec.decode_raw(bytes).await {
+                if let Some(provider) = Provider::from_id(&envelope.provider) {
+                    scratch.clear();
+                    let parsed = provider.parse(&envelope.payload);
+                    normalize(
+                        provider,
+                        &envelope,
+                        parsed,
+                        Rules {
+                            index,
+                            limits,
+                            now: now_micros(),
+                        },
+                        dedup,
+                        &mut scratch,
+                    );
+                }
+            }
+        }
+        if message.offset() >= last {
+            break;
+        }
+    }
+    dedup.commit(horizon);
+    warmed.remembered = dedup.len();
+    tracing::info!(
+        topic,
+        partition,
+        from_offset = start,
+        to_offset = last,
+        records = warmed.records,
+        remembered = warmed.remembered,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "duplicate filter rebuilt"
+    );
+    Ok(warmed)
+}
+
+/// The Kafka timestamp (ms) of the record at `offset`, or `None` if it is gone (retention).
+async fn read_one(consumer: &StreamConsumer, offset: i64) -> Result<Option<i64>> {
+    let message = tokio::time::timeout(READ_TIMEOUT, consumer.recv()).await;
+    match message {
+        Ok(Ok(m)) if m.offset() == offset => Ok(m.timestamp().to_millis()),
+        Ok(Ok(_)) => Ok(None),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Ok(None),
+    }
+}
