@@ -7,7 +7,10 @@ use tickflow_shared::service::{self, CommonArgs};
 
 /// Holds live connections to market-data providers and puts every frame on Kafka untouched, with its receive time.
 ///
-/// Provider connections are not implemented yet (issue 3): today the binary loads its configuration, creates its raw topic, registers the RawEnvelope schema, serves /metrics, /healthz and /readyz, and shuts down cleanly.
+/// Runs the built-in simulated provider ([gateway.simulator]: venues, rate, seed, faults) and
+/// writes every frame as a RawEnvelope to md.raw.<provider> through a bounded queue and the
+/// idempotent producer (acks=all). The WebSocket and gRPC providers are not implemented yet.
+/// Serves /metrics, /healthz and /readyz.
 #[derive(Parser)]
 #[command(name = "ingest-gateway", version, verbatim_doc_comment)]
 struct Args {

@@ -1,0 +1,41 @@
+//! The gateway's metrics: names in one place, described at start.
+
+pub const MESSAGES: &str = "tickflow_gateway_messages_total";
+pub const BYTES: &str = "tickflow_gateway_received_bytes_total";
+pub const MALFORMED: &str = "tickflow_gateway_malformed_frames_total";
+pub const DROPPED: &str = "tickflow_gateway_dropped_frames_total";
+pub const QUEUE_DEPTH: &str = "tickflow_gateway_queue_depth";
+pub const PRODUCE_LATENCY: &str = "tickflow_gateway_receive_to_ack_seconds";
+pub const PRODUCE_ERRORS: &str = "tickflow_gateway_kafka_errors_total";
+pub const LAST_MESSAGE_AGE: &str = "tickflow_gateway_last_message_age_seconds";
+pub const ACTIVE_SUBSCRIPTIONS: &str = "tickflow_gateway_active_subscriptions";
+
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(MESSAGES, "Frames received, by provider.");
+    describe_counter!(BYTES, Unit::Bytes, "Bytes received, by provider.");
+    describe_counter!(
+        MALFORMED,
+        "Frames not forwarded (oversized, empty), by provider and reason."
+    );
+    describe_counter!(
+        DROPPED,
+        "Frames dropped because the queue was full (only with gateway.drop_when_full), by provider."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Frames waiting for the Kafka producer.");
+    describe_histogram!(
+        PRODUCE_LATENCY,
+        Unit::Seconds,
+        "Gateway receive time to Kafka acknowledgement (acks=all), by provider."
+    );
+    describe_counter!(
+        PRODUCE_ERRORS,
+        "Frames Kafka did not take (after the producer's own retries), by provider and error_type."
+    );
+    describe_gauge!(
+        LAST_MESSAGE_AGE,
+        Unit::Seconds,
+        "Seconds since the provider's last frame."
+    );
+    describe_gauge!(ACTIVE_SUBSCRIPTIONS, "Instruments subscribed, by provider.");
+}

@@ -1,0 +1,182 @@
+//! The way out: every frame, wrapped in a RawEnvelope, to `md.raw.<provider>` through the
+//! idempotent producer (acks=all). Connections hand frames over through one bounded queue: when
+//! Kafka is slow the queue fills and connections wait (backpressure) — or, if configured, frames
+//! are dropped, each drop counted and logged. A frame Kafka refuses after the producer's own
+//! retries is counted and logged with its provider and sequence: never a silent loss.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use tickflow_shared::avro::AvroCodec;
+use tickflow_shared::domain::{now_micros, Micros, RawEnvelope};
+use tickflow_shared::shutdown::Shutdown;
+use tickflow_shared::Result;
+use tokio::sync::mpsc;
+
+use crate::metrics::*;
+
+/// One frame as received.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub provider: &'static str,
+    pub connection_id: Arc<str>,
+    /// Position within the connection, from 0, without gaps.
+    pub sequence: i64,
+    pub received_at: Micros,
+    pub channel: Arc<str>,
+    /// The provider symbol when known: the Kafka key.
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// Where connections put frames.
+#[derive(Clone)]
+pub struct Output {
+    tx: mpsc::Sender<Frame>,
+    drop_when_full: bool,
+}
+
+impl Output {
+    /// Hands a frame to the producer: waits while the queue is full, unless dropping is
+    /// configured. `false` once the sink has stopped.
+    pub async fn send(&self, frame: Frame) -> bool {
+        if !self.drop_when_full {
+            return self.tx.send(frame).await.is_ok();
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                metrics::counter!(DROPPED, "provider" => frame.provider).increment(1);
+                tracing::warn!(provider = frame.provider, connection = %frame.connection_id, sequence = frame.sequence, "queue full: frame dropped (gateway.drop_when_full)");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+pub fn queue(capacity: usize, drop_when_full: bool) -> (Output, mpsc::Receiver<Frame>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (Output { tx, drop_when_full }, rx)
+}
+
+/// What a delivery report needs to know about its frame.
+pub struct Sent {
+    provider: &'static str,
+    received_at: Micros,
+    sequence: i64,
+}
+
+/// Records receive→ack latency and failed deliveries.
+pub struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Sent>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                let seconds = (now_micros() - sent.received_at) as f64 / 1e6;
+                metrics::histogram!(PRODUCE_LATENCY, "provider" => sent.provider).record(seconds);
+            }
+            Err((e, message)) => {
+                let error_type = e
+                    .rdkafka_error_code()
+                    .map_or("unknown".to_string(), |c| format!("{c:?}"));
+                metrics::counter!(PRODUCE_ERRORS, "provider" => sent.provider, "error_type" => error_type).increment(1);
+                tracing::error!(provider = sent.provider, sequence = sent.sequence, topic = message.topic(), error = %e, "kafka did not take a frame after retries: it is lost");
+            }
+        }
+    }
+}
+
+pub type RawProducer = ThreadedProducer<Deliveries>;
+
+/// Runs until the queue is closed (every connection stopped) and drained, then flushes.
+pub async fn run(
+    mut rx: mpsc::Receiver<Frame>,
+    producer: RawProducer,
+    codec: Arc<AvroCodec>,
+    topic_prefix: String,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let capacity = rx.max_capacity();
+    let mut last_gauge = Instant::now();
+    while let Some(frame) = rx.recv().await {
+        let topic = format!("{topic_prefix}{}", frame.provider);
+        let envelope = RawEnvelope {
+            provider: frame.provider.to_string(),
+            connection_id: frame.connection_id.to_string(),
+            sequence: frame.sequence,
+            received_at: frame.received_at,
+            channel: frame.channel.to_string(),
+            payload: frame.payload,
+        };
+        let bytes = encode(&codec, &topic, &envelope, &shutdown).await?;
+        let mut record = BaseRecord::with_opaque_to(
+            &topic,
+            Box::new(Sent {
+                provider: frame.provider,
+                received_at: frame.received_at,
+                sequence: frame.sequence,
+            }),
+        )
+        .payload(&bytes);
+        if let Some(key) = &frame.key {
+            record = record.key(key.as_bytes());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // librdkafka's own buffer is full: Kafka is slow. Wait; the bounded queue in
+                    // front of us then pushes back on the connections.
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, back)) => {
+                    let sent = back.delivery_opaque;
+                    metrics::counter!(PRODUCE_ERRORS, "provider" => sent.provider, "error_type" => "send").increment(1);
+                    tracing::error!(provider = sent.provider, sequence = sent.sequence, error = %e, "cannot hand a frame to the producer: it is lost");
+                    break;
+                }
+            }
+        }
+        if last_gauge.elapsed() > Duration::from_millis(500) {
+            last_gauge = Instant::now();
+            metrics::gauge!(QUEUE_DEPTH).set((capacity - rx.capacity()) as f64);
+        }
+    }
+    let flushed = tokio::task::block_in_place(|| producer.flush(Duration::from_secs(10)));
+    if let Err(e) = flushed {
+        tracing::error!(error = %e, in_flight = producer.in_flight_count(), "frames still unacknowledged at shutdown");
+    }
+    Ok(())
+}
+
+/// Encodes an envelope, waiting out a registry that is briefly down (backpressure meanwhile).
+async fn encode(
+    codec: &AvroCodec,
+    topic: &str,
+    envelope: &RawEnvelope,
+    shutdown: &Shutdown,
+) -> Result<Vec<u8>> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match codec.encode_raw(topic, envelope).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) if e.is_retryable() && !shutdown.is_triggered() => {
+                tracing::warn!(topic, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot encode a frame yet; holding it");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
