@@ -287,6 +287,105 @@ impl AvroCodec {
     }
 }
 
+/// Encodes trades without building an Avro `Value` per trade: the record is serialized straight
+/// from the typed fields against the schema (apache-avro's schema-aware serde path), after the
+/// Confluent header with the id the registry gave the schema. Byte-identical to
+/// [`AvroCodec::encode_trade`] (tested) and several times faster; the normalizer's hot path.
+pub struct TradeEncoder {
+    writer: apache_avro::writer::datum::GenericDatumWriter<'static>,
+    header: [u8; 5],
+}
+
+/// The Trade schema, parsed once for the process (`every_schema_parses` guards the text).
+static TRADE_SCHEMA: std::sync::LazyLock<Option<Schema>> =
+    std::sync::LazyLock::new(|| TRADE.parse().ok());
+
+#[derive(serde::Serialize)]
+struct TradeRecord<'a> {
+    instrument: &'a str,
+    base: &'a str,
+    quote: &'a str,
+    asset_class: Symbol,
+    exchange: &'a str,
+    provider: &'a str,
+    provider_symbol: &'a str,
+    trade_id: &'a str,
+    #[serde(with = "apache_avro::serde::bytes")]
+    price: Vec<u8>,
+    #[serde(with = "apache_avro::serde::bytes")]
+    size: Vec<u8>,
+    side: Symbol,
+    event_time: i64,
+    ingest_time: i64,
+    normalized_time: i64,
+    provider_sequence: Option<i64>,
+}
+
+/// An Avro enum value: its index in the schema's symbols and its name.
+struct Symbol {
+    index: u32,
+    name: &'static str,
+}
+
+impl serde::Serialize for Symbol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_unit_variant("enum", self.index, self.name)
+    }
+}
+
+fn symbol<T: Copy + PartialEq>(symbols: &[T], v: T, name: fn(T) -> &'static str) -> Symbol {
+    Symbol {
+        index: symbols.iter().position(|s| *s == v).unwrap_or(0) as u32,
+        name: name(v),
+    }
+}
+
+impl TradeEncoder {
+    /// An encoder for the Trade schema registered under `schema_id`.
+    pub fn new(schema_id: u32) -> Result<Self> {
+        let mut header = [0u8; 5];
+        header[1..].copy_from_slice(&schema_id.to_be_bytes());
+        let schema = TRADE_SCHEMA
+            .as_ref()
+            .ok_or_else(|| Error::Avro("the Trade schema does not parse".into()))?;
+        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .map_err(|e| Error::Avro(e.to_string()))?;
+        Ok(Self { writer, header })
+    }
+
+    /// Registers the Trade schema for `topic` (idempotent) and returns an encoder with its id.
+    pub async fn registered(registry: &Registry, topic: &str) -> Result<Self> {
+        Self::new(registry.register(topic, TRADE).await?)
+    }
+
+    pub fn encode(&self, t: &Trade) -> Result<Vec<u8>> {
+        let record = TradeRecord {
+            instrument: &t.instrument,
+            base: &t.base,
+            quote: &t.quote,
+            asset_class: symbol(&ASSET_CLASSES, t.asset_class, AssetClass::as_str),
+            exchange: &t.exchange,
+            provider: &t.provider,
+            provider_symbol: &t.provider_symbol,
+            trade_id: &t.trade_id,
+            price: decimal_to_avro_bytes(&t.price)?,
+            size: decimal_to_avro_bytes(&t.size)?,
+            side: symbol(&SIDES, t.side, Side::as_str),
+            event_time: t.event_time,
+            ingest_time: t.ingest_time,
+            normalized_time: t.normalized_time,
+            provider_sequence: t.provider_sequence,
+        };
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(&self.header);
+        self.writer
+            .write_ser(&mut out, &record)
+            .map_err(|e| Error::Avro(format!("encode trade: {e}")))?;
+        Ok(out)
+    }
+}
+
 const SIDES: [Side; 3] = [Side::Buy, Side::Sell, Side::Unknown];
 const ASSET_CLASSES: [AssetClass; 4] = [
     AssetClass::Crypto,
@@ -550,6 +649,30 @@ mod tests {
             .unwrap()
             .read_value(&mut body.as_slice())
             .unwrap()
+    }
+
+    #[test]
+    fn fast_trade_encoder_is_byte_identical_to_the_value_path() {
+        let schema = TRADE.parse().unwrap();
+        let encoder = TradeEncoder::new(7).unwrap();
+        let mut trades = vec![sample_trade()];
+        let mut t = sample_trade();
+        t.provider_sequence = None;
+        t.side = Side::Unknown;
+        t.asset_class = AssetClass::Fx;
+        t.price = parse_decimal("0.000000000000000001").unwrap();
+        t.size = parse_decimal("99999999999999999999").unwrap();
+        trades.push(t);
+        for trade in trades {
+            let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+                .build()
+                .unwrap()
+                .write_value_to_vec(trade_to_value(&trade).unwrap())
+                .unwrap();
+            let fast = encoder.encode(&trade).unwrap();
+            assert_eq!(&fast[..5], &[0, 0, 0, 0, 7]);
+            assert_eq!(&fast[5..], &body[..], "{trade:?}");
+        }
     }
 
     #[test]

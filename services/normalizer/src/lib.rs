@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use tickflow_shared::avro::{self, AvroCodec, SchemaDef};
+use tickflow_shared::avro::{self, AvroCodec, SchemaDef, TradeEncoder};
 use tickflow_shared::instruments;
 use tickflow_shared::kafka::TopicSpec;
 use tickflow_shared::service::Startup;
@@ -67,6 +67,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         return Ok(());
     };
     let codec = Arc::new(AvroCodec::new(&started.registry, &schemas));
+    // The output schema was registered at start; registering again returns its id.
+    let encoder = TradeEncoder::registered(&started.registry, &n.output_topic).await?;
     tracing::info!(instruments = initial.len(), input = %n.input_topics, output = %n.output_topic, "normalizing");
     let reference = reference::start(
         &config.kafka,
@@ -78,7 +80,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     )?;
     let labels = started.telemetry.instruments.clone();
     let Some(pipeline) =
-        pipeline::Pipeline::new(config, codec, reference, labels, &shutdown).await?
+        pipeline::Pipeline::new(config, codec, encoder, reference, labels, &shutdown).await?
     else {
         return Ok(());
     };

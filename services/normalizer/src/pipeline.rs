@@ -23,7 +23,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tickflow_shared::avro::AvroCodec;
+use tickflow_shared::avro::{AvroCodec, TradeEncoder};
 use tickflow_shared::domain::{now_micros, RawEnvelope};
 use tickflow_shared::kafka;
 use tickflow_shared::shutdown::Shutdown;
@@ -119,6 +119,7 @@ fn classify(e: KafkaError) -> Failure {
 pub struct Pipeline {
     config: Config,
     codec: Arc<AvroCodec>,
+    encoder: TradeEncoder,
     reference: Reference,
     labels: InstrumentLabels,
     consumer: Input,
@@ -132,6 +133,7 @@ impl Pipeline {
     pub async fn new(
         config: Config,
         codec: Arc<AvroCodec>,
+        encoder: TradeEncoder,
         reference: Reference,
         labels: InstrumentLabels,
         shutdown: &Shutdown,
@@ -147,6 +149,7 @@ impl Pipeline {
         Ok(Some(Self {
             config,
             codec,
+            encoder,
             reference,
             labels,
             consumer,
@@ -428,11 +431,8 @@ impl Pipeline {
             for outcome in outcomes.drain(..) {
                 match outcome {
                     Outcome::Trade(trade) => {
-                        let bytes = match self.codec.encode_trade(&n.output_topic, &trade).await {
+                        let bytes = match self.encoder.encode(&trade) {
                             Ok(b) => b,
-                            Err(e) if e.is_retryable() => {
-                                return Err(Failure::Retry(e.to_string()))
-                            }
                             Err(e) => {
                                 // Validation passed, so the limits allow more than the schema
                                 // holds: keep the record in the DLQ rather than lose it.

@@ -1,0 +1,139 @@
+//! Parse + validate + Avro encode, per provider format, on one core: the normalizer's CPU work
+//! per trade without Kafka. Target: >= 200,000 trades/s per core.
+//!
+//!   cargo bench -p normalizer --bench normalize
+//!
+//! Encoding is the service's own: `TradeEncoder` (schema-aware serde, Confluent header with the
+//! registered id), byte-identical to the registry converter's output.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use normalizer::dedup::Dedup;
+use normalizer::normalize::{normalize, Limits, Outcome, Rules};
+use normalizer::providers::Provider;
+use rust_decimal::Decimal;
+use tickflow_shared::avro::TradeEncoder;
+use tickflow_shared::domain::RawEnvelope;
+use tickflow_shared::instruments::{parse_toml, InstrumentIndex};
+
+const FRAMES: usize = 1_000;
+const T0_MS: i64 = 1_763_769_600_000;
+
+fn frame(provider: Provider, i: usize) -> String {
+    let price = format!("67{:03}.{:02}", i % 1000, i % 100);
+    let t = T0_MS + i as i64;
+    match provider {
+        Provider::Binance => format!(
+            r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":{t},"s":"BTCUSDT","t":{i},"p":"{price}","q":"0.00150000","T":{t},"m":true,"M":true}}}}"#
+        ),
+        Provider::Coinbase => format!(
+            r#"{{"type":"match","trade_id":{i},"sequence":{i},"maker_order_id":"ac928c66-ca53-498f-9c13-a110027a60e8","taker_order_id":"132fb6ae-456b-4654-b4e0-d681ac05cea1","time":"2025-11-22T00:00:00.{:06}Z","product_id":"BTC-USD","size":"0.0015","price":"{price}","side":"sell"}}"#,
+            i % 1_000_000
+        ),
+        Provider::Kraken => format!(
+            r#"{{"channel":"trade","type":"update","data":[{{"symbol":"BTC/USD","side":"buy","price":{price},"qty":0.0015,"ord_type":"limit","trade_id":{i},"timestamp":"2025-11-22T00:00:00.{:06}Z"}}]}}"#,
+            i % 1_000_000
+        ),
+        Provider::Finnhub => format!(
+            r#"{{"data":[{{"p":{price},"s":"BINANCE:BTCUSDT","t":{t},"v":0.0015,"c":null}}],"type":"trade"}}"#
+        ),
+        Provider::Simulator => format!(
+            r#"{{"type":"trade","venue":"sim-a","symbol":"BTC-USD","trade_id":"sim-a-{i}","price":"{price}","size":"0.0015","side":"buy","ts_us":{},"seq":{i}}}"#,
+            t * 1000
+        ),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let index = InstrumentIndex::new(
+        parse_toml(
+            r#"
+[[instrument]]
+instrument = "BTC-USD"
+base = "BTC"
+quote = "USD"
+asset_class = "CRYPTO"
+listings = [
+  { provider = "coinbase", symbol = "BTC-USD" },
+  { provider = "kraken", symbol = "BTC/USD" },
+  { provider = "simulator", symbol = "BTC-USD" },
+]
+[[instrument]]
+instrument = "BTC-USDT"
+base = "BTC"
+quote = "USDT"
+asset_class = "CRYPTO"
+listings = [
+  { provider = "binance", symbol = "BTCUSDT" },
+  { provider = "finnhub", symbol = "BINANCE:BTCUSDT", exchange = "binance" },
+]
+"#,
+        )
+        .expect("instruments"),
+    );
+    let limits = Limits {
+        max_future: 10_000_000,
+        max_age: i64::MAX / 2,
+        max_price: Decimal::new(1_000_000_000, 0),
+        max_size: Decimal::new(1_000_000_000, 0),
+    };
+    let encoder = TradeEncoder::new(1).expect("encoder");
+    for (name, encode) in [("parse_validate_encode", true), ("parse_validate", false)] {
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Elements(FRAMES as u64));
+        for provider in Provider::ALL {
+            let envelopes: Vec<RawEnvelope> = (0..FRAMES)
+                .map(|i| RawEnvelope {
+                    provider: provider.id().into(),
+                    connection_id: "c".into(),
+                    sequence: i as i64,
+                    received_at: T0_MS * 1000 + 1_000_000,
+                    channel: "trades".into(),
+                    payload: frame(provider, i).into_bytes(),
+                })
+                .collect();
+            group.bench_with_input(
+                BenchmarkId::from_parameter(provider.id()),
+                &envelopes,
+                |b, envelopes| {
+                    let mut out = Vec::with_capacity(4);
+                    b.iter(|| {
+                        // A fresh filter per pass, so every trade is new (as in a live stream).
+                        let mut dedup = Dedup::default();
+                        let mut bytes = 0usize;
+                        for env in envelopes {
+                            out.clear();
+                            let rules = Rules {
+                                index: &index,
+                                limits: &limits,
+                                now: env.received_at,
+                            };
+                            normalize(
+                                provider,
+                                env,
+                                provider.parse(&env.payload),
+                                rules,
+                                &mut dedup,
+                                &mut out,
+                            );
+                            for outcome in out.drain(..) {
+                                let Outcome::Trade(trade) = outcome else {
+                                    panic!("bench input must be valid: {outcome:?}")
+                                };
+                                if encode {
+                                    bytes += encoder.encode(&trade).expect("encode").len();
+                                } else {
+                                    bytes += trade.trade_id.len();
+                                }
+                            }
+                        }
+                        bytes
+                    });
+                },
+            );
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
