@@ -31,6 +31,44 @@ pub fn sample_trade() -> Trade {
     }
 }
 
+/// Reference data for tests and benches: every provider format, an inactive instrument.
+pub const INSTRUMENTS_FIXTURE: &str = r#"
+[[instrument]]
+instrument = "BTC-USD"
+base = "BTC"
+quote = "USD"
+asset_class = "CRYPTO"
+listings = [
+  { provider = "coinbase", symbol = "BTC-USD" },
+  { provider = "kraken", symbol = "BTC/USD" },
+  { provider = "finnhub", symbol = "COINBASE:BTC-USD", exchange = "coinbase" },
+  { provider = "binance", symbol = "BTCUSD" },
+  { provider = "simulator", symbol = "BTC-USD" },
+]
+[[instrument]]
+instrument = "ETH-USD"
+base = "ETH"
+quote = "USD"
+asset_class = "CRYPTO"
+listings = [{ provider = "simulator", symbol = "ETH-USD" }, { provider = "kraken", symbol = "ETH/USD" }]
+[[instrument]]
+instrument = "BTC-USDT"
+base = "BTC"
+quote = "USDT"
+asset_class = "CRYPTO"
+listings = [
+  { provider = "binance", symbol = "BTCUSDT" },
+  { provider = "finnhub", symbol = "BINANCE:BTCUSDT", exchange = "binance" },
+]
+[[instrument]]
+instrument = "OLD-USD"
+base = "OLD"
+quote = "USD"
+asset_class = "CRYPTO"
+active = false
+listings = [{ provider = "coinbase", symbol = "OLD-USD" }]
+"#;
+
 /// The stack's endpoints, from the same `TICKFLOW_*` variables the services read, defaulting to
 /// the ports `scripts/stack` uses.
 pub struct Stack {

@@ -45,30 +45,7 @@ fn frame(provider: Provider, i: usize) -> String {
 
 fn bench(c: &mut Criterion) {
     let index = InstrumentIndex::new(
-        parse_toml(
-            r#"
-[[instrument]]
-instrument = "BTC-USD"
-base = "BTC"
-quote = "USD"
-asset_class = "CRYPTO"
-listings = [
-  { provider = "coinbase", symbol = "BTC-USD" },
-  { provider = "kraken", symbol = "BTC/USD" },
-  { provider = "simulator", symbol = "BTC-USD" },
-]
-[[instrument]]
-instrument = "BTC-USDT"
-base = "BTC"
-quote = "USDT"
-asset_class = "CRYPTO"
-listings = [
-  { provider = "binance", symbol = "BTCUSDT" },
-  { provider = "finnhub", symbol = "BINANCE:BTCUSDT", exchange = "binance" },
-]
-"#,
-        )
-        .expect("instruments"),
+        parse_toml(tickflow_shared::testkit::INSTRUMENTS_FIXTURE).expect("instruments"),
     );
     let limits = Limits {
         max_future: 10_000_000,

@@ -20,27 +20,6 @@ use tickflow_shared::instruments::{self, Instrument};
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::testkit::{self, ServiceProcess, Stack};
 
-const INSTRUMENTS: &str = r#"
-[[instrument]]
-instrument = "BTC-USD"
-base = "BTC"
-quote = "USD"
-asset_class = "CRYPTO"
-listings = [
-  { provider = "coinbase", symbol = "BTC-USD" },
-  { provider = "kraken", symbol = "BTC/USD" },
-  { provider = "finnhub", symbol = "COINBASE:BTC-USD", exchange = "coinbase" },
-  { provider = "binance", symbol = "BTCUSD" },
-  { provider = "simulator", symbol = "BTC-USD" },
-]
-[[instrument]]
-instrument = "ETH-USD"
-base = "ETH"
-quote = "USD"
-asset_class = "CRYPTO"
-listings = [{ provider = "simulator", symbol = "ETH-USD" }, { provider = "kraken", symbol = "ETH/USD" }]
-"#;
-
 type TradeKey = (String, String, String);
 
 /// What the test expects of one generated frame: its trades ((provider, exchange, trade id) →
@@ -276,7 +255,7 @@ async fn every_valid_trade_once_every_bad_input_once_across_kills_and_a_rebalanc
     let codec = AvroCodec::new(&registry, &[(raw.as_str(), avro::RAW_ENVELOPE)]);
 
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), INSTRUMENTS).unwrap();
+    std::fs::write(file.path(), testkit::INSTRUMENTS_FIXTURE).unwrap();
     let env_for = |instance: &str| -> Vec<(&'static str, String)> {
         vec![
             ("TICKFLOW_NORMALIZER__INPUT_TOPICS", raw.clone()),

@@ -5,31 +5,7 @@ use tickflow_shared::instruments::parse_toml;
 const NOW: Micros = 1_763_769_600_000_000;
 
 fn index() -> InstrumentIndex {
-    InstrumentIndex::new(
-        parse_toml(
-            r#"
-[[instrument]]
-instrument = "BTC-USD"
-base = "BTC"
-quote = "USD"
-asset_class = "CRYPTO"
-listings = [
-  { provider = "coinbase", symbol = "BTC-USD" },
-  { provider = "kraken", symbol = "BTC/USD" },
-  { provider = "finnhub", symbol = "COINBASE:BTC-USD", exchange = "coinbase" },
-  { provider = "simulator", symbol = "BTC-USD" },
-]
-[[instrument]]
-instrument = "OLD-USD"
-base = "OLD"
-quote = "USD"
-asset_class = "CRYPTO"
-active = false
-listings = [{ provider = "coinbase", symbol = "OLD-USD" }]
-"#,
-        )
-        .unwrap(),
-    )
+    InstrumentIndex::new(parse_toml(tickflow_shared::testkit::INSTRUMENTS_FIXTURE).unwrap())
 }
 
 fn limits() -> Limits {
