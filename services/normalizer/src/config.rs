@@ -85,7 +85,7 @@ impl Default for NormalizerConfig {
             instruments_file: None,
             group_id: "normalizer".into(),
             transactional_id: None,
-            max_batch: 2_000,
+            max_batch: 10_000,
             commit_interval_ms: 100,
             max_future_ms: 10_000,
             max_age_ms: 24 * 3_600_000,

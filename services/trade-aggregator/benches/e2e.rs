@@ -16,30 +16,6 @@ use tickflow_shared::testkit::{self, ServiceProcess, Stack};
 
 const PARTITIONS: i32 = 4;
 
-/// (utime + stime seconds, VmHWM bytes) of a process.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    ((ticks(11) + ticks(12)) / 100.0, hwm_kib * 1024)
-}
-
 /// The sum of `tickflow_aggregator_trades_total` over its label sets.
 fn processed(metrics: &str) -> f64 {
     metrics
@@ -88,7 +64,7 @@ async fn run_once(stack: &Stack, topic: &str, count: usize, write_trades: bool) 
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
         .await;
-    let (cpu_before, _) = usage(service.pid());
+    let (cpu_before, _) = testkit::process_usage(service.pid());
     let started = Instant::now();
     loop {
         let (_, metrics) = service.get("/metrics").await.unwrap_or_default();
@@ -103,7 +79,7 @@ async fn run_once(stack: &Stack, topic: &str, count: usize, write_trades: bool) 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_after, peak_rss) = usage(service.pid());
+    let (cpu_after, peak_rss) = testkit::process_usage(service.pid());
     let cpu = cpu_after - cpu_before;
     service.terminate(Duration::from_secs(30));
     println!(
