@@ -74,7 +74,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let codec = Arc::new(AvroCodec::new(&started.registry, &schemas));
     let producer: sink::RawProducer =
         kafka::producer_config(&config.kafka, "gateway").create_with_context(sink::Deliveries)?;
-    let (output, frames) = sink::queue(g.queue_capacity, g.drop_when_full);
+    let (output, frames) = sink::queue(g.queue_capacity, g.drop_when_full, g.max_frame_bytes);
 
     // Connections stop on shutdown; the sink then drains what they handed over and flushes.
     let connections = Shutdown::new();

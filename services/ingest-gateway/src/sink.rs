@@ -38,12 +38,30 @@ pub struct Frame {
 pub struct Output {
     tx: mpsc::Sender<Frame>,
     drop_when_full: bool,
+    max_frame_bytes: usize,
 }
 
 impl Output {
     /// Hands a frame to the producer: waits while the queue is full, unless dropping is
-    /// configured. `false` once the sink has stopped.
+    /// configured. Empty and oversized frames are not forwarded: counted by reason and logged
+    /// with a sample. `false` once the sink has stopped.
     pub async fn send(&self, frame: Frame) -> bool {
+        let refused = if frame.payload.is_empty() {
+            Some("empty")
+        } else if frame.payload.len() > self.max_frame_bytes {
+            Some("oversized")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            metrics::counter!(MALFORMED, "provider" => frame.provider, "reason" => reason)
+                .increment(1);
+            let sample: String =
+                String::from_utf8_lossy(&frame.payload[..frame.payload.len().min(200)])
+                    .into_owned();
+            tracing::warn!(provider = frame.provider, connection = %frame.connection_id, sequence = frame.sequence, bytes = frame.payload.len(), max = self.max_frame_bytes, reason, sample, "frame not forwarded");
+            return true;
+        }
         if !self.drop_when_full {
             return self.tx.send(frame).await.is_ok();
         }
@@ -59,9 +77,18 @@ impl Output {
     }
 }
 
-pub fn queue(capacity: usize, drop_when_full: bool) -> (Output, mpsc::Receiver<Frame>) {
+pub fn queue(
+    capacity: usize,
+    drop_when_full: bool,
+    max_frame_bytes: usize,
+) -> (Output, mpsc::Receiver<Frame>) {
     let (tx, rx) = mpsc::channel(capacity);
-    (Output { tx, drop_when_full }, rx)
+    let output = Output {
+        tx,
+        drop_when_full,
+        max_frame_bytes,
+    };
+    (output, rx)
 }
 
 /// What a delivery report needs to know about its frame.
@@ -178,5 +205,54 @@ async fn encode(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(sequence: i64, payload: &[u8]) -> Frame {
+        Frame {
+            provider: "simulator",
+            connection_id: "c".into(),
+            sequence,
+            received_at: 0,
+            channel: "t".into(),
+            key: None,
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_and_empty_frames_stay_out_and_full_queue_drops_only_when_asked() {
+        let (output, mut rx) = queue(2, true, 8);
+        assert!(output.send(frame(0, b"12345678")).await);
+        assert!(
+            output.send(frame(1, b"123456789")).await,
+            "oversized: refused, not fatal"
+        );
+        assert!(output.send(frame(2, b"")).await);
+        assert!(output.send(frame(3, b"ok")).await);
+        assert!(
+            output.send(frame(4, b"dropped")).await,
+            "queue full: dropped"
+        );
+        drop(output);
+        let mut got = Vec::new();
+        while let Some(f) = rx.recv().await {
+            got.push(f.sequence);
+        }
+        assert_eq!(got, vec![0, 3]);
+
+        // Without dropping, a full queue makes the sender wait instead.
+        let (output, mut rx) = queue(1, false, 8);
+        assert!(output.send(frame(0, b"a")).await);
+        let waiting = tokio::spawn(async move { output.send(frame(1, b"b")).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(rx.recv().await.map(|f| f.sequence), Some(0));
+        assert!(waiting.await.unwrap());
+        assert_eq!(rx.recv().await.map(|f| f.sequence), Some(1));
     }
 }

@@ -220,7 +220,7 @@ impl Pipeline {
                         }
                     }
                     pause = (pause * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
-                    self.rewind(&batch)?;
+                    self.rewind(&batch).await?;
                 }
             }
         }
@@ -304,7 +304,7 @@ impl Pipeline {
                 _ => None,
             };
             let seek_to = offset.map_or(Offset::Beginning, Offset::Offset);
-            self.seek(topic, partition, seek_to)?;
+            self.seek(topic, partition, seek_to).await?;
             if !self.dedup.contains_partition(topic, partition) {
                 let dedup = self.dedup.partition(topic, partition);
                 if let Some(committed) = offset {
@@ -327,7 +327,7 @@ impl Pipeline {
         Ok(())
     }
 
-    fn seek(&self, topic: &str, partition: i32, offset: Offset) -> Result<()> {
+    async fn seek(&self, topic: &str, partition: i32, offset: Offset) -> Result<()> {
         let mut attempt = 0;
         loop {
             match self
@@ -338,7 +338,7 @@ impl Pipeline {
                 Err(e) if attempt < 20 => {
                     attempt += 1;
                     tracing::debug!(topic, partition, error = %e, "seek not possible yet; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -346,13 +346,13 @@ impl Pipeline {
     }
 
     /// Seeks the batch's partitions back to its first offsets.
-    fn rewind(&self, batch: &[Record]) -> Result<()> {
+    async fn rewind(&self, batch: &[Record]) -> Result<()> {
         let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in batch {
             first.entry((&r.topic, r.partition)).or_insert(r.offset);
         }
         for ((topic, partition), offset) in first {
-            self.seek(topic, partition, Offset::Offset(offset))?;
+            self.seek(topic, partition, Offset::Offset(offset)).await?;
         }
         Ok(())
     }

@@ -252,7 +252,6 @@ async fn every_valid_trade_once_every_bad_input_once_across_kills_and_a_rebalanc
     .unwrap();
     let registry = Registry::new(&stack.registry).unwrap();
     registry.register(&raw, avro::RAW_ENVELOPE).await.unwrap();
-    let codec = AvroCodec::new(&registry, &[(raw.as_str(), avro::RAW_ENVELOPE)]);
 
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), testkit::INSTRUMENTS_FIXTURE).unwrap();
@@ -385,7 +384,6 @@ listings = [{ provider = "simulator", symbol = "NEW-USD" }]
             }
         })
     };
-    let _ = codec;
 
     let binary = env!("CARGO_BIN_EXE_normalizer");
     let mut rng = StdRng::seed_from_u64(7);
