@@ -278,6 +278,32 @@ impl AvroCodec {
         candle_from_value(self.decode(bytes).await?)
     }
 
+    pub async fn encode_fair_price(
+        &self,
+        topic: &str,
+        fp: &crate::fairprice::FairPrice,
+    ) -> Result<Vec<u8>> {
+        self.encode(topic, crate::fairprice::fair_price_to_value(fp)?)
+            .await
+    }
+
+    pub async fn decode_fair_price(&self, bytes: &[u8]) -> Result<crate::fairprice::FairPrice> {
+        crate::fairprice::fair_price_from_value(self.decode(bytes).await?)
+    }
+
+    pub async fn encode_anomaly(
+        &self,
+        topic: &str,
+        a: &crate::fairprice::Anomaly,
+    ) -> Result<Vec<u8>> {
+        self.encode(topic, crate::fairprice::anomaly_to_value(a))
+            .await
+    }
+
+    pub async fn decode_anomaly(&self, bytes: &[u8]) -> Result<crate::fairprice::Anomaly> {
+        crate::fairprice::anomaly_from_value(self.decode(bytes).await?)
+    }
+
     pub async fn encode_raw(&self, topic: &str, raw: &RawEnvelope) -> Result<Vec<u8>> {
         self.encode(topic, raw_envelope_to_value(raw)).await
     }
@@ -445,10 +471,10 @@ pub fn trade_to_value(t: &Trade) -> Result<Value> {
 }
 
 /// Field access on a decoded record, with errors that name the field.
-struct Fields(HashMap<String, Value>);
+pub(crate) struct Fields(HashMap<String, Value>);
 
 impl Fields {
-    fn of(value: Value, record: &str) -> Result<Self> {
+    pub(crate) fn of(value: Value, record: &str) -> Result<Self> {
         match value {
             Value::Record(fields) => Ok(Self(fields.into_iter().collect())),
             other => Err(Error::Avro(format!(
@@ -469,14 +495,14 @@ impl Fields {
         })
     }
 
-    fn string(&mut self, name: &str) -> Result<String> {
+    pub(crate) fn string(&mut self, name: &str) -> Result<String> {
         match self.take(name)? {
             Value::String(s) | Value::Enum(_, s) => Ok(s),
             other => Err(wrong(name, "string", &other)),
         }
     }
 
-    fn long(&mut self, name: &str) -> Result<i64> {
+    pub(crate) fn long(&mut self, name: &str) -> Result<i64> {
         match self.take(name)? {
             Value::Long(v)
             | Value::TimestampMicros(v)
@@ -487,35 +513,61 @@ impl Fields {
         }
     }
 
-    fn opt_long(&mut self, name: &str) -> Result<Option<i64>> {
+    pub(crate) fn opt_long(&mut self, name: &str) -> Result<Option<i64>> {
         match self.take(name)? {
             Value::Null => Ok(None),
-            Value::Long(v) => Ok(Some(v)),
+            Value::Long(v) | Value::TimestampMicros(v) => Ok(Some(v)),
             other => Err(wrong(name, "null or long", &other)),
         }
     }
 
-    fn boolean(&mut self, name: &str) -> Result<bool> {
+    pub(crate) fn boolean(&mut self, name: &str) -> Result<bool> {
         match self.take(name)? {
             Value::Boolean(b) => Ok(b),
             other => Err(wrong(name, "boolean", &other)),
         }
     }
 
-    fn bytes(&mut self, name: &str) -> Result<Vec<u8>> {
+    pub(crate) fn bytes(&mut self, name: &str) -> Result<Vec<u8>> {
         match self.take(name)? {
             Value::Bytes(b) => Ok(b),
             other => Err(wrong(name, "bytes", &other)),
         }
     }
 
-    fn decimal(&mut self, name: &str) -> Result<rust_decimal::Decimal> {
+    pub(crate) fn decimal(&mut self, name: &str) -> Result<rust_decimal::Decimal> {
         match self.take(name)? {
             Value::Decimal(d) => {
                 let bytes = <Vec<u8>>::try_from(&d).map_err(|e| Error::Avro(e.to_string()))?;
                 decimal_from_avro_bytes(&bytes, AVRO_DECIMAL_SCALE)
             }
             other => Err(wrong(name, "decimal", &other)),
+        }
+    }
+
+    pub(crate) fn opt_decimal(&mut self, name: &str) -> Result<Option<rust_decimal::Decimal>> {
+        match self.take(name)? {
+            Value::Null => Ok(None),
+            Value::Decimal(d) => {
+                let bytes = <Vec<u8>>::try_from(&d).map_err(|e| Error::Avro(e.to_string()))?;
+                decimal_from_avro_bytes(&bytes, AVRO_DECIMAL_SCALE).map(Some)
+            }
+            other => Err(wrong(name, "null or decimal", &other)),
+        }
+    }
+
+    pub(crate) fn double(&mut self, name: &str) -> Result<f64> {
+        match self.take(name)? {
+            Value::Double(v) => Ok(v),
+            Value::Float(v) => Ok(f64::from(v)),
+            other => Err(wrong(name, "double", &other)),
+        }
+    }
+
+    pub(crate) fn array(&mut self, name: &str) -> Result<Vec<Value>> {
+        match self.take(name)? {
+            Value::Array(items) => Ok(items),
+            other => Err(wrong(name, "array", &other)),
         }
     }
 }

@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "candles_checkpoints",
         cql: include_str!("../../cql/V002__candles_checkpoints.cql"),
     },
+    Migration {
+        version: 3,
+        name: "fair_prices",
+        cql: include_str!("../../cql/V003__fair_prices.cql"),
+    },
 ];
 
 /// What a run did.

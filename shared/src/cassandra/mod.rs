@@ -3,6 +3,7 @@
 
 mod candles;
 mod checkpoints;
+mod fair_prices;
 mod migrate;
 mod trades;
 
@@ -17,6 +18,7 @@ use secrecy::ExposeSecret;
 
 pub use candles::CandleStore;
 pub use checkpoints::{Checkpoint, CheckpointStore};
+pub use fair_prices::{FairPriceRow, FairPriceStore};
 pub use migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};
 pub use trades::{day_of, from_cql_decimal, to_cql_decimal, TradeStore};
 

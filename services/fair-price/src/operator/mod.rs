@@ -1,0 +1,586 @@
+//! The fair-price operator: pure and synchronous. Trades go in with their input partition; fair
+//! prices and anomalies come out. Everything it publishes is a function of the trades it has seen
+//! and an instant of event time, so tests can recompute it.
+//!
+//! Time. Each instrument has its own clock (its newest trade time); the operator has a global
+//! event-time clock, the minimum over active input partitions of their newest trade time, which
+//! follows the wall clock once every partition has been idle for `idle_after` (so heartbeats go
+//! on, and show staleness, when all data stops).
+//!
+//! Publication. A trade that changes an instrument's result (price, stale flag, or which sources
+//! count) publishes it as of the instrument's clock, at most once per `throttle`; a change held
+//! back by the throttle is published when the global clock passes the end of the throttle. Every
+//! `heartbeat` boundary of the global clock publishes each instrument not published during the
+//! last heartbeat, and runs the data-quality checks.
+
+pub mod compute;
+pub mod quality;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
+use tickflow_shared::domain::{Micros, Trade, MICROS_PER_SECOND};
+use tickflow_shared::fairprice::{
+    Anomaly, AnomalyKind, Exclusion, FairPrice, Method, Trigger, ANY,
+};
+
+use compute::{SourceTicks, Tick};
+use quality::{Detector, Observation, Scope};
+
+/// How outliers are told apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OutlierRule {
+    /// Farther than `pct` percent from the median.
+    Band { pct: f64 },
+    /// Farther than `k` median absolute deviations, and at least `floor_pct` percent.
+    Mad { k: f64, floor_pct: f64 },
+}
+
+impl OutlierRule {
+    /// The spread, in percent, at which confidence reaches zero.
+    pub fn scale_pct(&self) -> f64 {
+        match *self {
+            OutlierRule::Band { pct } => pct,
+            OutlierRule::Mad { floor_pct, .. } => floor_pct * 4.0,
+        }
+    }
+}
+
+/// Data-quality thresholds of one asset class, in microseconds of event time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quality {
+    pub no_data_after: Micros,
+    pub divergence_pct: f64,
+    pub divergence_for: Micros,
+    pub rate_drop_fraction: f64,
+    pub rate_window: Micros,
+    pub rate_trailing: Micros,
+    pub rate_min_trailing_per_s: f64,
+}
+
+/// The operator's settings, in microseconds of event time.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub method: Method,
+    pub trimmed_share: f64,
+    pub lookback: Micros,
+    pub staleness: Micros,
+    pub outliers: OutlierRule,
+    pub min_sources_for_outliers: usize,
+    pub throttle: Micros,
+    pub heartbeat: Micros,
+    pub idle_after: Micros,
+    /// By asset class name (`CRYPTO`, `EQUITY`, `FX`, `OTHER`).
+    pub quality_by_class: BTreeMap<&'static str, Quality>,
+}
+
+/// What the operator emits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    FairPrice(FairPrice),
+    Anomaly(Anomaly),
+}
+
+/// Heartbeats a jump of the global clock replays at most; beyond, only the newest boundaries.
+const MAX_BOUNDARIES_PER_ADVANCE: i64 = 600;
+
+#[derive(Debug, Default)]
+struct Source {
+    ticks: VecDeque<Tick>,
+    first_event_time: Micros,
+    last_event_time: Option<Micros>,
+    last_price: Option<Decimal>,
+    /// Trade counts per second of event time, for the rate.
+    counts: VecDeque<(Micros, u32)>,
+    detector: Detector,
+}
+
+#[derive(Debug)]
+struct Instrument {
+    name: String,
+    partition: i32,
+    asset_class: &'static str,
+    sources: BTreeMap<(String, String), Source>,
+    clock: Micros,
+    last: Option<FairPrice>,
+    /// A change is waiting for the throttle to end.
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartitionClock {
+    newest: Micros,
+    last_arrival: Micros,
+}
+
+/// The operator. See the module documentation for its time and publication rules.
+pub struct Operator {
+    settings: Settings,
+    instruments: Vec<Instrument>,
+    index: HashMap<String, usize>,
+    partitions: BTreeMap<i32, PartitionClock>,
+    replaying: BTreeSet<i32>,
+    /// The global event-time clock; `None` before the first trade.
+    clock: Option<Micros>,
+    next_boundary: Micros,
+    /// (due, instrument) of held-back changes.
+    throttled: BTreeSet<(Micros, usize)>,
+    groups: BTreeMap<(String, String), Option<Micros>>,
+    /// Boundaries skipped because the clock jumped too far at once.
+    pub skipped_boundaries: u64,
+}
+
+impl Operator {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            instruments: Vec::new(),
+            index: HashMap::new(),
+            partitions: BTreeMap::new(),
+            replaying: BTreeSet::new(),
+            clock: None,
+            next_boundary: 0,
+            throttled: BTreeSet::new(),
+            groups: BTreeMap::new(),
+            skipped_boundaries: 0,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// While a partition replays, its instruments' outputs are computed but not emitted.
+    pub fn set_replaying(&mut self, partition: i32, replaying: bool) {
+        if replaying {
+            self.replaying.insert(partition);
+        } else {
+            self.replaying.remove(&partition);
+        }
+    }
+
+    /// Forgets a partition that is no longer this instance's, with its instruments.
+    pub fn remove_partition(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+        self.replaying.remove(&partition);
+        let keep: Vec<Instrument> = std::mem::take(&mut self.instruments)
+            .into_iter()
+            .filter(|i| i.partition != partition)
+            .collect();
+        self.instruments = keep;
+        self.index = self
+            .instruments
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| (inst.name.clone(), i))
+            .collect();
+        self.throttled.clear();
+        for (i, inst) in self.instruments.iter().enumerate() {
+            if inst.dirty {
+                let due = inst.last.as_ref().map_or(inst.clock, |l| l.computed_at)
+                    + self.settings.throttle;
+                self.throttled.insert((due, i));
+            }
+        }
+    }
+
+    /// The global event-time clock.
+    pub fn clock(&self) -> Option<Micros> {
+        self.clock
+    }
+
+    pub fn instrument_count(&self) -> usize {
+        self.instruments.len()
+    }
+
+    /// The latest published fair price of every instrument.
+    pub fn latest(&self) -> impl Iterator<Item = &FairPrice> {
+        self.instruments.iter().filter_map(|i| i.last.as_ref())
+    }
+
+    /// Feeds one trade that arrived (wall clock `now`) on `partition`.
+    pub fn on_trade(&mut self, partition: i32, trade: &Trade, now: Micros, out: &mut Vec<Output>) {
+        let idx = self.instrument_index(partition, trade);
+        let throttle = self.settings.throttle;
+        let inst = &mut self.instruments[idx];
+        let source = inst
+            .sources
+            .entry((trade.provider.clone(), trade.exchange.clone()))
+            .or_insert_with(|| Source {
+                first_event_time: trade.event_time,
+                ..Source::default()
+            });
+        source.first_event_time = source.first_event_time.min(trade.event_time);
+        source.ticks.push_back(Tick {
+            event_time: trade.event_time,
+            price: trade.price,
+            size: trade.size,
+        });
+        if source.last_event_time.is_none_or(|t| trade.event_time >= t) {
+            source.last_event_time = Some(trade.event_time);
+            source.last_price = Some(trade.price);
+        }
+        let second = trade.event_time.div_euclid(MICROS_PER_SECOND);
+        match source.counts.iter_mut().rev().find(|(s, _)| *s == second) {
+            Some((_, n)) => *n += 1,
+            None => {
+                let at = source.counts.partition_point(|(s, _)| *s < second);
+                source.counts.insert(at, (second, 1));
+            }
+        }
+        inst.clock = inst.clock.max(trade.event_time);
+
+        // A change held back until an instant this trade has passed goes out first, as of
+        // that instant.
+        let as_of = inst.clock;
+        if inst.dirty {
+            let due = inst.last.as_ref().map_or(as_of, |l| l.computed_at) + throttle;
+            if due < as_of {
+                inst.dirty = false;
+                self.throttled.remove(&(due, idx));
+                self.publish_if_changed(idx, due, Trigger::Change, out);
+            }
+        }
+
+        // Change-driven publication, throttled in event time.
+        let inst = &mut self.instruments[idx];
+        match inst.last.as_ref().map(|l| l.computed_at) {
+            Some(last) if as_of - last < throttle => {
+                if !inst.dirty {
+                    inst.dirty = true;
+                    self.throttled.insert((last + throttle, idx));
+                }
+            }
+            _ => {
+                self.publish_if_changed(idx, as_of, Trigger::Change, out);
+            }
+        }
+
+        let clock = self.partitions.entry(partition).or_insert(PartitionClock {
+            newest: trade.event_time,
+            last_arrival: now,
+        });
+        clock.newest = clock.newest.max(trade.event_time);
+        clock.last_arrival = now;
+        self.advance(now, out);
+    }
+
+    /// Moves the global clock to what the partitions and the wall clock (`now`) allow, firing
+    /// throttled changes and heartbeats on the way. Call it regularly even without trades.
+    pub fn advance(&mut self, now: Micros, out: &mut Vec<Output>) {
+        let Some(target) = self.global_time(now) else {
+            return;
+        };
+        match self.clock {
+            Some(c) if target <= c => return,
+            Some(_) => {}
+            None => {
+                self.clock = Some(target);
+                self.next_boundary = next_multiple(target, self.settings.heartbeat);
+                return;
+            }
+        }
+        // Boundaries b with b < target fire (strictly: every trade at b has been seen).
+        let hb = self.settings.heartbeat;
+        let pending = (target - self.next_boundary + hb - 1).div_euclid(hb);
+        if pending > MAX_BOUNDARIES_PER_ADVANCE {
+            let skip = pending - MAX_BOUNDARIES_PER_ADVANCE;
+            self.skipped_boundaries += skip as u64;
+            self.next_boundary += skip * hb;
+        }
+        loop {
+            let next_throttle = self
+                .throttled
+                .first()
+                .copied()
+                .filter(|(due, _)| *due < target);
+            let boundary = (self.next_boundary < target).then_some(self.next_boundary);
+            match (next_throttle, boundary) {
+                (Some((due, idx)), b) if b.is_none_or(|b| due < b) => {
+                    self.throttled.pop_first();
+                    self.instruments[idx].dirty = false;
+                    self.publish_if_changed(idx, due, Trigger::Change, out);
+                }
+                (_, Some(b)) => {
+                    self.next_boundary += hb;
+                    self.on_boundary(b, out);
+                }
+                _ => break,
+            }
+        }
+        self.clock = Some(target);
+        self.prune(target);
+    }
+
+    fn global_time(&self, now: Micros) -> Option<Micros> {
+        let idle_after = self.settings.idle_after;
+        let active = self
+            .partitions
+            .values()
+            .filter(|p| now - p.last_arrival < idle_after)
+            .map(|p| p.newest)
+            .min();
+        let base = match active {
+            Some(t) => t,
+            None => {
+                // Every partition idle: the clock runs on with the wall clock from the newest
+                // trade seen.
+                let newest = self.partitions.values().max_by_key(|p| p.last_arrival)?;
+                let all_newest = self.partitions.values().map(|p| p.newest).max()?;
+                all_newest.max(newest.newest + (now - newest.last_arrival))
+            }
+        };
+        Some(self.clock.map_or(base, |c| c.max(base)))
+    }
+
+    fn instrument_index(&mut self, partition: i32, trade: &Trade) -> usize {
+        if let Some(&i) = self.index.get(&trade.instrument) {
+            self.instruments[i].partition = partition;
+            return i;
+        }
+        let i = self.instruments.len();
+        self.instruments.push(Instrument {
+            name: trade.instrument.clone(),
+            partition,
+            asset_class: trade.asset_class.as_str(),
+            sources: BTreeMap::new(),
+            clock: trade.event_time,
+            last: None,
+            dirty: false,
+        });
+        self.index.insert(trade.instrument.clone(), i);
+        i
+    }
+
+    /// The fair price of instrument `idx` as of `as_of`.
+    fn compute(&self, idx: usize, as_of: Micros, trigger: Trigger) -> FairPrice {
+        let inst = &self.instruments[idx];
+        let views: Vec<SourceTicks> = inst
+            .sources
+            .iter()
+            .map(|((provider, exchange), s)| SourceTicks {
+                provider,
+                exchange,
+                ticks: &s.ticks,
+                first_event_time: s.first_event_time,
+            })
+            .collect();
+        compute::compute(&inst.name, &views, as_of, &self.settings, trigger)
+    }
+
+    fn publish_if_changed(
+        &mut self,
+        idx: usize,
+        as_of: Micros,
+        trigger: Trigger,
+        out: &mut Vec<Output>,
+    ) {
+        if self.instruments[idx]
+            .last
+            .as_ref()
+            .is_some_and(|l| as_of <= l.computed_at)
+        {
+            return;
+        }
+        let fp = self.compute(idx, as_of, trigger);
+        let inst = &mut self.instruments[idx];
+        let changed = inst.last.as_ref().is_none_or(|l| !l.same_result(&fp));
+        if changed || trigger == Trigger::Heartbeat {
+            if !self.replaying.contains(&inst.partition) {
+                out.push(Output::FairPrice(fp.clone()));
+            }
+            inst.last = Some(fp);
+        }
+    }
+
+    fn on_boundary(&mut self, at: Micros, out: &mut Vec<Output>) {
+        let heartbeat = self.settings.heartbeat;
+        let mut anomalies = Vec::new();
+        for idx in 0..self.instruments.len() {
+            let fp = self.compute(idx, at, Trigger::Heartbeat);
+            let inst = &mut self.instruments[idx];
+            let quiet = inst
+                .last
+                .as_ref()
+                .is_none_or(|l| at - l.computed_at >= heartbeat);
+            let replaying = self.replaying.contains(&inst.partition);
+            let quality = &self.settings.quality_by_class[inst.asset_class];
+            let window_s = quality.rate_window as f64 / MICROS_PER_SECOND as f64;
+            let start = anomalies.len();
+            for ((provider, exchange), source) in inst.sources.iter_mut() {
+                let from = (at - quality.rate_window).div_euclid(MICROS_PER_SECOND);
+                let to = at.div_euclid(MICROS_PER_SECOND);
+                let count: u32 = source
+                    .counts
+                    .iter()
+                    .filter(|(s, _)| *s > from && *s <= to)
+                    .map(|(_, n)| n)
+                    .sum();
+                let fresh = fp
+                    .sources_used
+                    .iter()
+                    .any(|u| &u.provider == provider && &u.exchange == exchange)
+                    || fp.sources_excluded.iter().any(|e| {
+                        &e.provider == provider
+                            && &e.exchange == exchange
+                            && e.reason == Exclusion::Outlier
+                    });
+                let divergence_pct = match (fresh, fp.price, source.last_price) {
+                    (true, Some(fair), Some(p)) if !fair.is_zero() => {
+                        ((p - fair) / fair).to_f64().map(|r| r.abs() * 100.0)
+                    }
+                    _ => None,
+                };
+                source.detector.observe(
+                    &Observation {
+                        at,
+                        last_event_time: source.last_event_time,
+                        rate: f64::from(count) / window_s,
+                        divergence_pct,
+                        step: heartbeat,
+                    },
+                    quality,
+                    &Scope {
+                        provider,
+                        exchange,
+                        instrument: &inst.name,
+                    },
+                    &mut anomalies,
+                );
+            }
+            if replaying {
+                anomalies.truncate(start);
+            }
+            if quiet && at > inst.last.as_ref().map_or(Micros::MIN, |l| l.computed_at) {
+                if !replaying {
+                    out.push(Output::FairPrice(fp.clone()));
+                }
+                inst.last = Some(fp);
+            }
+        }
+        self.group_checks(at, &mut anomalies);
+        out.extend(anomalies.into_iter().map(Output::Anomaly));
+    }
+
+    /// NO_DATA for a whole provider or exchange: every one of its sources silent.
+    fn group_checks(&mut self, at: Micros, out: &mut Vec<Anomaly>) {
+        let mut silent: BTreeMap<(String, String), Option<Micros>> = BTreeMap::new();
+        for inst in &self.instruments {
+            for ((provider, exchange), source) in &inst.sources {
+                let since = source.detector.active.get(&AnomalyKind::NoData).copied();
+                for key in [
+                    (provider.clone(), ANY.to_string()),
+                    (ANY.to_string(), exchange.clone()),
+                ] {
+                    let entry = silent.entry(key).or_insert(Some(Micros::MIN));
+                    *entry = match (*entry, since) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
+                }
+            }
+        }
+        if !self.replaying.is_empty() {
+            return;
+        }
+        for ((provider, exchange), all_silent) in silent {
+            let active = self
+                .groups
+                .entry((provider.clone(), exchange.clone()))
+                .or_default();
+            quality::group_transition(
+                active,
+                all_silent,
+                at,
+                &Scope {
+                    provider: &provider,
+                    exchange: &exchange,
+                    instrument: ANY,
+                },
+                out,
+            );
+        }
+    }
+
+    /// Drops trades no computation can need any more.
+    fn prune(&mut self, clock: Micros) {
+        let keep_from =
+            clock - self.settings.lookback - self.settings.heartbeat - self.settings.throttle;
+        for inst in &mut self.instruments {
+            let rate_window = self.settings.quality_by_class[inst.asset_class].rate_window;
+            let counts_from =
+                (clock - rate_window - self.settings.heartbeat).div_euclid(MICROS_PER_SECOND);
+            for source in inst.sources.values_mut() {
+                while source
+                    .ticks
+                    .front()
+                    .is_some_and(|t| t.event_time <= keep_from)
+                {
+                    source.ticks.pop_front();
+                }
+                while source.counts.front().is_some_and(|(s, _)| *s < counts_from) {
+                    source.counts.pop_front();
+                }
+            }
+        }
+    }
+
+    /// (instrument, provider, exchange, last trade age s, rate /s, price / fair price) of every
+    /// source, for the gauges.
+    pub fn source_stats(&self, mut f: impl FnMut(&str, &str, &str, f64, f64, Option<f64>)) {
+        let Some(clock) = self.clock else { return };
+        for inst in &self.instruments {
+            let q = &self.settings.quality_by_class[inst.asset_class];
+            let fair = inst.last.as_ref().and_then(|l| l.price);
+            for ((provider, exchange), s) in &inst.sources {
+                let age = s
+                    .last_event_time
+                    .map_or(f64::NAN, |t| (clock - t).max(0) as f64 / 1e6);
+                let from = (clock - q.rate_window).div_euclid(MICROS_PER_SECOND);
+                let count: u32 = s
+                    .counts
+                    .iter()
+                    .filter(|(sec, _)| *sec > from)
+                    .map(|(_, n)| n)
+                    .sum();
+                let rate = f64::from(count) * MICROS_PER_SECOND as f64 / q.rate_window as f64;
+                let ratio = match (fair, s.last_price) {
+                    (Some(fair), Some(p)) if !fair.is_zero() => (p / fair).to_f64(),
+                    _ => None,
+                };
+                f(&inst.name, provider, exchange, age, rate, ratio);
+            }
+        }
+    }
+
+    /// Active anomalies: (kind, provider, exchange, instrument).
+    pub fn active_anomalies(&self) -> Vec<(AnomalyKind, String, String, String)> {
+        let mut all = Vec::new();
+        for inst in &self.instruments {
+            for ((provider, exchange), s) in &inst.sources {
+                for kind in s.detector.active.keys() {
+                    all.push((*kind, provider.clone(), exchange.clone(), inst.name.clone()));
+                }
+            }
+        }
+        for ((provider, exchange), active) in &self.groups {
+            if active.is_some() {
+                all.push((
+                    AnomalyKind::NoData,
+                    provider.clone(),
+                    exchange.clone(),
+                    ANY.into(),
+                ));
+            }
+        }
+        all
+    }
+}
+
+/// The smallest multiple of `step` greater than `t`.
+fn next_multiple(t: Micros, step: Micros) -> Micros {
+    (t.div_euclid(step) + 1) * step
+}

@@ -1,0 +1,476 @@
+//! Case tables for the methods, and scenarios for publication and data quality.
+
+use std::collections::VecDeque;
+
+use rust_decimal::Decimal;
+use tickflow_shared::domain::{parse_decimal, AssetClass, Micros, Trade};
+use tickflow_shared::fairprice::{AnomalyKind, Exclusion, FairPrice, Method, Trigger};
+use tickflow_shared::testkit::sample_trade;
+
+use super::compute::{compute, median, SourceTicks, Tick};
+use super::*;
+use crate::config::FairPriceConfig;
+
+const T0: Micros = 1_763_769_600_000_000;
+const S: Micros = 1_000_000;
+const MS: Micros = 1_000;
+
+fn d(text: &str) -> Decimal {
+    parse_decimal(text).unwrap()
+}
+
+fn settings() -> Settings {
+    FairPriceConfig::default().settings()
+}
+
+fn trade(provider: &str, exchange: &str, at: Micros, price: &str, size: &str) -> Trade {
+    Trade {
+        instrument: "BTC-USD".into(),
+        asset_class: AssetClass::Crypto,
+        provider: provider.into(),
+        exchange: exchange.into(),
+        event_time: at,
+        price: d(price),
+        size: d(size),
+        ..sample_trade()
+    }
+}
+
+fn ticks(list: &[(Micros, &str, &str)]) -> VecDeque<Tick> {
+    list.iter()
+        .map(|(t, p, q)| Tick {
+            event_time: *t,
+            price: d(p),
+            size: d(q),
+        })
+        .collect()
+}
+
+fn fair(sources: &[(&str, VecDeque<Tick>)], as_of: Micros, settings: &Settings) -> FairPrice {
+    let views: Vec<SourceTicks> = sources
+        .iter()
+        .map(|(name, ticks)| SourceTicks {
+            provider: name,
+            exchange: name,
+            ticks,
+            first_event_time: ticks.front().map_or(Micros::MIN, |t| t.event_time),
+        })
+        .collect();
+    compute("BTC-USD", &views, as_of, settings, Trigger::Change)
+}
+
+fn prices(out: &[Output]) -> Vec<&FairPrice> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::FairPrice(fp) => Some(fp),
+            Output::Anomaly(_) => None,
+        })
+        .collect()
+}
+
+fn anomalies(out: &[Output]) -> Vec<(AnomalyKind, String, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Anomaly(a) => Some((a.kind, a.provider.clone(), a.detail.clone())),
+            Output::FairPrice(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn median_of_odd_and_even_counts_is_exact() {
+    assert_eq!(median(vec![d("3"), d("1"), d("2")]), Some(d("2")));
+    assert_eq!(median(vec![d("1"), d("2")]), Some(d("1.5")));
+    assert_eq!(median(vec![d("0.1"), d("0.2")]), Some(d("0.15")));
+    assert_eq!(median(vec![]), None);
+}
+
+#[test]
+fn each_method_on_the_same_trades() {
+    // a: 100 ×1, 101 ×1 (last 101); b: 102 ×4 (last 102); c: 99 ×1 (last 99).
+    let sources = [
+        (
+            "a",
+            ticks(&[(T0 - 2 * S, "100", "1"), (T0 - S, "101", "1")]),
+        ),
+        ("b", ticks(&[(T0 - S, "102", "4")])),
+        ("c", ticks(&[(T0, "99", "1")])),
+    ];
+    let cases: [(Method, &str); 4] = [
+        // Sorted by price: 99(1) 100(1) 101(1) 102(4); half of 7 is reached at 102.
+        (Method::VwMedian, "102"),
+        // Last prices 101, 102, 99.
+        (Method::Median, "101"),
+        // (100 + 101 + 408 + 99) / 7 = 708 / 7.
+        (Method::Vwap, "101.14285714285714285714285714"),
+        // 20% of 3 trims nothing: (99 + 101 + 102) / 3.
+        (Method::TrimmedMean, "100.66666666666666666666666667"),
+    ];
+    for (method, expected) in cases {
+        let mut s = settings();
+        s.method = method;
+        let fp = fair(&sources, T0, &s);
+        let want = match method {
+            Method::Vwap | Method::TrimmedMean => {
+                tickflow_shared::domain::round_derived(d(expected))
+            }
+            _ => d(expected),
+        };
+        assert_eq!(fp.price, Some(want), "{method}");
+        assert_eq!(fp.lookback_volume, d("7"), "{method}");
+        assert_eq!(fp.sources_used.len(), 3);
+        assert_eq!(fp.newest_event_time, Some(T0));
+    }
+}
+
+#[test]
+fn trades_outside_the_lookback_or_after_the_instant_do_not_count() {
+    let sources = [(
+        "a",
+        ticks(&[
+            (T0 - 6 * S, "90", "5"),
+            (T0 - S, "100", "1"),
+            (T0 + S, "200", "9"),
+        ]),
+    )];
+    let fp = fair(&sources, T0, &settings());
+    assert_eq!(fp.price, Some(d("100")));
+    assert_eq!(fp.lookback_volume, d("1"));
+}
+
+#[test]
+fn an_outlier_is_excluded_among_three_but_not_between_two() {
+    let s = settings();
+    let three = [
+        ("a", ticks(&[(T0, "100", "1")])),
+        ("b", ticks(&[(T0, "100.5", "1")])),
+        ("c", ticks(&[(T0, "106", "1")])),
+    ];
+    let fp = fair(&three, T0, &s);
+    assert_eq!(fp.sources_used.len(), 2);
+    assert_eq!(fp.sources_excluded.len(), 1);
+    assert_eq!(fp.sources_excluded[0].reason, Exclusion::Outlier);
+    assert_eq!(fp.sources_excluded[0].provider, "c");
+    assert!(fp.sources_excluded[0].detail.contains("5.47%"), "{fp:?}");
+    let two = [
+        ("a", ticks(&[(T0, "100", "1")])),
+        ("c", ticks(&[(T0, "106", "1")])),
+    ];
+    let fp = fair(&two, T0, &s);
+    assert_eq!(
+        fp.sources_used.len(),
+        2,
+        "two sources cannot outvote each other"
+    );
+    assert!(fp.confidence < 0.01, "{fp:?}");
+}
+
+#[test]
+fn mad_rule_keeps_close_sources_and_drops_far_ones() {
+    let mut s = settings();
+    s.outliers = OutlierRule::Mad {
+        k: 5.0,
+        floor_pct: 0.5,
+    };
+    let sources = [
+        ("a", ticks(&[(T0, "100", "1")])),
+        ("b", ticks(&[(T0, "100.1", "1")])),
+        ("c", ticks(&[(T0, "99.9", "1")])),
+        ("d", ticks(&[(T0, "100.2", "1")])),
+        ("e", ticks(&[(T0, "103", "1")])),
+    ];
+    let fp = fair(&sources, T0, &s);
+    let excluded: Vec<&str> = fp
+        .sources_excluded
+        .iter()
+        .map(|e| e.provider.as_str())
+        .collect();
+    assert_eq!(excluded, ["e"]);
+}
+
+#[test]
+fn stale_sources_are_excluded_and_all_stale_has_no_price() {
+    let s = settings();
+    let sources = [
+        ("a", ticks(&[(T0 - 6 * S, "100", "1")])),
+        ("b", ticks(&[(T0 - S, "101", "1")])),
+        ("never", VecDeque::new()),
+    ];
+    let fp = fair(&sources, T0, &s);
+    assert_eq!(fp.price, Some(d("101")));
+    let reasons: Vec<(&str, Exclusion)> = fp
+        .sources_excluded
+        .iter()
+        .map(|e| (e.provider.as_str(), e.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [("a", Exclusion::Stale), ("never", Exclusion::Stale)]
+    );
+    // A source whose first trade is after the instant did not exist yet.
+    let later = [
+        ("a", ticks(&[(T0 - S, "100", "1")])),
+        ("b", ticks(&[(T0 + S, "101", "1")])),
+    ];
+    let fp = fair(&later, T0, &s);
+    assert!(fp.sources_excluded.is_empty(), "{fp:?}");
+    let fp = fair(&sources, T0 + 10 * S, &s);
+    assert!(fp.stale && fp.price.is_none() && fp.confidence == 0.0);
+}
+
+#[test]
+fn changes_are_throttled_in_event_time_and_released_by_the_clock() {
+    let mut s = settings();
+    s.method = Method::Median;
+    let mut op = Operator::new(s);
+    let mut out = Vec::new();
+    op.on_trade(0, &trade("a", "a", T0, "100", "1"), 0, &mut out);
+    assert_eq!(prices(&out).len(), 1);
+    // 50 ms later a new price: held back by the 100 ms throttle.
+    op.on_trade(0, &trade("a", "a", T0 + 50 * MS, "101", "1"), 0, &mut out);
+    assert_eq!(prices(&out).len(), 1);
+    // A trade at +150 ms (a new source) passes the end of the throttle: the held change goes out
+    // first, as of T0 + 100 ms; the new trade is itself within the throttle of that publication.
+    op.on_trade(0, &trade("b", "b", T0 + 150 * MS, "101", "1"), 0, &mut out);
+    let published = prices(&out);
+    assert_eq!(published.len(), 2, "{published:#?}");
+    assert_eq!(published[1].computed_at, T0 + 100 * MS);
+    assert_eq!(published[1].price, Some(d("101")), "{published:#?}");
+    assert_eq!(published[1].sources_used.len(), 1);
+    // Another source moves the clock past T0 + 200 ms: b's arrival is published as of then.
+    let mut other = trade("a", "a", T0 + 250 * MS, "1", "1");
+    other.instrument = "ETH-USD".into();
+    op.on_trade(0, &other, 0, &mut out);
+    let published = prices(&out);
+    let btc: Vec<&&FairPrice> = published
+        .iter()
+        .filter(|p| p.instrument == "BTC-USD")
+        .collect();
+    assert_eq!(btc.len(), 3, "{btc:#?}");
+    assert_eq!(btc[2].computed_at, T0 + 200 * MS);
+    assert_eq!(btc[2].sources_used.len(), 2);
+}
+
+#[test]
+fn an_unchanged_result_is_not_published_until_the_heartbeat() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    for i in 0..30 {
+        op.on_trade(
+            0,
+            &trade("a", "a", T0 + i * 200 * MS, "100", "1"),
+            0,
+            &mut out,
+        );
+    }
+    let published = prices(&out);
+    // One change at T0, then one heartbeat per second of event time.
+    assert_eq!(published[0].trigger, Trigger::Change);
+    assert!(published[1..]
+        .iter()
+        .all(|p| p.trigger == Trigger::Heartbeat));
+    let times: Vec<Micros> = published[1..].iter().map(|p| p.computed_at - T0).collect();
+    assert_eq!(times, [S, 2 * S, 3 * S, 4 * S, 5 * S]);
+}
+
+#[test]
+fn when_every_partition_is_idle_the_clock_follows_the_wall_clock_into_staleness() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    let wall = 5_000 * S;
+    op.on_trade(0, &trade("a", "a", T0, "100", "1"), wall, &mut out);
+    out.clear();
+    // 1 s of wall time: below idle_after (2 s), the clock waits for data.
+    op.advance(wall + S, &mut out);
+    assert!(out.is_empty());
+    // 10 s later: the clock has run on to T0 + 10 s; heartbeats turn stale after 5 s.
+    op.advance(wall + 10 * S, &mut out);
+    let published = prices(&out);
+    assert!(!published.is_empty());
+    let last = published.last().unwrap();
+    assert!(last.stale && last.price.is_none(), "{last:?}");
+    assert!(published.iter().any(|p| !p.stale));
+    assert_eq!(op.clock(), Some(T0 + 10 * S));
+}
+
+#[test]
+fn the_global_clock_waits_for_the_slowest_active_partition() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    op.on_trade(0, &trade("a", "a", T0, "100", "1"), 0, &mut out);
+    let mut other = trade("a", "a", T0 + 5 * S, "100", "1");
+    other.instrument = "ETH-USD".into();
+    op.on_trade(1, &other, 0, &mut out);
+    assert_eq!(
+        op.clock(),
+        Some(T0),
+        "partition 0 is active and still at T0"
+    );
+    op.on_trade(0, &trade("a", "a", T0 + 3 * S, "100", "1"), 0, &mut out);
+    assert_eq!(op.clock(), Some(T0 + 3 * S));
+}
+
+#[test]
+fn a_drifting_source_diverges_is_excluded_and_recovers() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    let mut t = T0;
+    let mut step = |op: &mut Operator, c_price: &str, out: &mut Vec<Output>| {
+        for (name, price) in [("a", "100"), ("b", "100.1"), ("c", c_price)] {
+            t += 100 * MS;
+            op.on_trade(0, &trade(name, name, t, price, "1"), 0, out);
+        }
+    };
+    for _ in 0..30 {
+        step(&mut op, "99.9", &mut out);
+    }
+    for _ in 0..40 {
+        step(&mut op, "106", &mut out);
+    }
+    let drift = anomalies(&out);
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].0, AnomalyKind::PriceDivergence);
+    assert_eq!(drift[0].1, "c");
+    let last = prices(&out).last().copied().cloned().unwrap();
+    assert_eq!(last.sources_excluded[0].reason, Exclusion::Outlier);
+    let price = last.price.unwrap();
+    assert!(
+        price == d("100") || price == d("100.1"),
+        "a and b only: {price}"
+    );
+    for _ in 0..20 {
+        step(&mut op, "100", &mut out);
+    }
+    let all = anomalies(&out);
+    assert_eq!(all.last().unwrap().0, AnomalyKind::Recovered, "{all:?}");
+    assert!(all.last().unwrap().2.contains("PRICE_DIVERGENCE"));
+}
+
+#[test]
+fn a_silent_source_raises_no_data_for_it_and_its_provider_then_recovers() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    let mut t = T0;
+    for i in 0..300 {
+        t += 100 * MS;
+        // "c" falls silent between 10 s and 25 s.
+        let silent = (100..250).contains(&i);
+        for name in ["a", "b", "c"] {
+            if name == "c" && silent {
+                continue;
+            }
+            op.on_trade(0, &trade(name, name, t, "100", "1"), 0, &mut out);
+        }
+    }
+    let kinds: Vec<(AnomalyKind, String)> = anomalies(&out)
+        .into_iter()
+        .map(|(k, p, _)| (k, p))
+        .collect();
+    assert!(
+        kinds.contains(&(AnomalyKind::NoData, "c".into())),
+        "{kinds:?}"
+    );
+    // c is the only source of provider c: the provider is silent too (scope c/*/*).
+    let provider_level = out.iter().any(|o| {
+        matches!(o, Output::Anomaly(a) if a.kind == AnomalyKind::NoData && a.provider == "c" && a.instrument == "*")
+    });
+    assert!(provider_level);
+    assert!(
+        kinds.contains(&(AnomalyKind::Recovered, "c".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        prices(&out).iter().all(|p| p.price.is_some()),
+        "a and b carry the price"
+    );
+}
+
+#[test]
+fn a_source_slowing_down_raises_rate_drop() {
+    let mut s = settings();
+    s.quality_by_class.get_mut("CRYPTO").unwrap().rate_trailing = 60 * S;
+    let mut op = Operator::new(s);
+    let mut out = Vec::new();
+    // 10 trades/s for 60 s, then 1 trade per 2 s: more than NO_DATA's silence, less than normal.
+    let mut t = T0;
+    for _ in 0..600 {
+        t += 100 * MS;
+        op.on_trade(0, &trade("a", "a", t, "100", "1"), 0, &mut out);
+        op.on_trade(0, &trade("b", "b", t, "100", "1"), 0, &mut out);
+    }
+    for i in 0..200 {
+        t += 100 * MS;
+        op.on_trade(0, &trade("b", "b", t, "100", "1"), 0, &mut out);
+        if i % 20 == 0 {
+            op.on_trade(0, &trade("a", "a", t, "100", "1"), 0, &mut out);
+        }
+    }
+    let kinds = anomalies(&out);
+    assert!(
+        kinds
+            .iter()
+            .any(|(k, p, _)| *k == AnomalyKind::RateDrop && p == "a"),
+        "{kinds:?}"
+    );
+    assert!(!kinds.iter().any(|(_, p, _)| p == "b"), "{kinds:?}");
+}
+
+#[test]
+fn replaying_partitions_build_state_without_emitting() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    op.set_replaying(0, true);
+    for i in 0..50 {
+        op.on_trade(
+            0,
+            &trade("a", "a", T0 + i * 100 * MS, "100", "1"),
+            0,
+            &mut out,
+        );
+    }
+    assert!(out.is_empty());
+    op.set_replaying(0, false);
+    op.on_trade(
+        0,
+        &trade("a", "a", T0 + 5_500 * MS, "101", "1"),
+        0,
+        &mut out,
+    );
+    let published = prices(&out);
+    assert_eq!(published.len(), 1, "{published:#?}");
+    // The new trade leaves the (volume-weighted) price unchanged; the heartbeat at T0 + 5 s is
+    // the first publication, over the replayed trades at 0.1 s .. 4.9 s.
+    assert_eq!(published[0].computed_at, T0 + 5 * S);
+    assert_eq!(
+        published[0].lookback_volume,
+        d("49"),
+        "the replayed lookback counts"
+    );
+}
+
+#[test]
+fn the_same_input_gives_the_same_output() {
+    let run = || {
+        let mut op = Operator::new(settings());
+        let mut out = Vec::new();
+        let mut seed: u64 = 7;
+        for i in 0..2_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let name = ["a", "b", "c", "d"][(seed % 4) as usize];
+            let price = format!("{}.{}", 100 + seed % 3, seed % 100);
+            let jitter = (seed >> 8) as i64 % 300_000;
+            op.on_trade(
+                0,
+                &trade(name, name, T0 + i * 50 * MS - jitter, &price, "0.5"),
+                0,
+                &mut out,
+            );
+        }
+        out
+    };
+    let first = run();
+    assert!(prices(&first).len() > 100);
+    assert_eq!(first, run());
+}
