@@ -311,8 +311,17 @@ impl Drop for ServiceProcess {
 /// dependencies answer, its topics and schemas are in place), exports the shared metrics, and
 /// exits 0 within its shutdown deadline on SIGTERM.
 pub async fn check_service_lifecycle(binary: &str, dependencies: &[&str]) {
+    check_service_lifecycle_with(binary, dependencies, &[]).await;
+}
+
+/// [`check_service_lifecycle`] with extra environment (e.g. a free port for a second listener).
+pub async fn check_service_lifecycle_with(
+    binary: &str,
+    dependencies: &[&str],
+    extra_env: &[(&str, String)],
+) {
     let stack = Stack::require().await;
-    let mut env = Vec::new();
+    let mut env: Vec<(&str, String)> = extra_env.to_vec();
     if dependencies.contains(&"cassandra") {
         // A fresh, migrated keyspace, as `tickflow-admin migrate` leaves it.
         let mut cassandra = stack.cassandra.clone();

@@ -1,16 +1,24 @@
-//! fair-price: Computes a robust cross-provider fair price per instrument and watches data quality.
+//! fair-price: a robust cross-provider fair price per instrument, and data-quality monitoring.
 //!
-//! The fair-price operator is not implemented yet (issue 6): today the binary loads its configuration, creates md.fairprice (compacted) and md.anomalies, registers their schemas, connects to Cassandra, serves /metrics, /healthz and /readyz, and shuts down cleanly.
+//! Reads `md.trades`; publishes FairPrice records to `md.fairprice` (compacted) and Cassandra
+//! `fair_prices` / `fair_price_latest`, Anomaly records to `md.anomalies` and Cassandra
+//! `anomalies`; serves the latest prices over HTTP (`/v1/fairprice`) and gRPC.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod operator;
+pub mod pipeline;
+pub mod sink;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use tickflow_shared::avro::{self, SchemaDef};
-use tickflow_shared::kafka::{names, TopicSpec};
+use tickflow_shared::error::Error;
+use tickflow_shared::kafka::TopicSpec;
+use tickflow_shared::proto::fairprice::fair_price_service_server::FairPriceServiceServer;
 use tickflow_shared::service::Startup;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
@@ -18,43 +26,88 @@ use tickflow_shared::Result;
 pub use config::Config;
 
 pub const NAME: &str = "fair-price";
-/// Port of `/metrics`, `/healthz`, `/readyz` unless `service.http_listen` says otherwise.
+/// Port of `/metrics`, `/healthz`, `/readyz`, `/v1/fairprice` unless `service.http_listen` says
+/// otherwise.
 pub const DEFAULT_HTTP_PORT: u16 = 9104;
 
 /// The topics this service writes, as created when missing.
-pub fn topics() -> Vec<TopicSpec> {
+pub fn topics(config: &config::FairPriceConfig) -> Vec<TopicSpec> {
     vec![
-        TopicSpec::new(names::FAIR_PRICE, 6).compacted(),
-        TopicSpec::new(names::ANOMALIES, 1).retention(Duration::from_secs(30 * 24 * 3600)),
+        TopicSpec::new(&config.output_topic, 6).compacted(),
+        TopicSpec::new(&config.anomalies_topic, 1).retention(Duration::from_secs(30 * 24 * 3600)),
     ]
 }
 
 /// The schemas this service registers, by topic.
-pub const SCHEMAS: [(&str, SchemaDef); 2] = [
-    (names::FAIR_PRICE, avro::FAIR_PRICE),
-    (names::ANOMALIES, avro::ANOMALY),
-];
+pub fn schemas(config: &config::FairPriceConfig) -> Vec<(&str, SchemaDef)> {
+    vec![
+        (config.output_topic.as_str(), avro::FAIR_PRICE),
+        (config.anomalies_topic.as_str(), avro::ANOMALY),
+    ]
+}
 
 /// Runs the service until `shutdown` is triggered.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
+    let latest = Arc::new(api::Latest::default());
+    let schemas = schemas(&config.fair_price);
     let startup = Startup {
         name: NAME,
         default_http_port: DEFAULT_HTTP_PORT,
         service: &config.service,
         kafka: &config.kafka,
         registry: &config.registry,
-        cassandra: Some(&config.cassandra),
-        topics: topics(),
-        schemas: &SCHEMAS,
-        routes: Router::new(),
+        cassandra: config
+            .fair_price
+            .write_cassandra
+            .then_some(&config.cassandra),
+        topics: topics(&config.fair_price),
+        schemas: &schemas,
+        routes: api::routes(latest.clone()),
     };
     let Some(started) = startup.start(&shutdown).await? else {
         return Ok(());
     };
-    tracing::info!(
-        http = %started.telemetry.http_addr,
-        "started; the processing pipeline of this service is not implemented yet (issue 6)"
-    );
-    shutdown.triggered().await;
-    Ok(())
+    metrics::describe();
+
+    let grpc_addr: std::net::SocketAddr = config
+        .fair_price
+        .grpc_listen
+        .parse()
+        .map_err(|e| Error::Config(format!("`fair_price.grpc_listen`: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "`fair_price.grpc_listen`: cannot listen on {grpc_addr}: {e}"
+            ))
+        })?;
+    let grpc_addr = listener.local_addr().unwrap_or(grpc_addr);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(FairPriceServiceServer::new(api::Grpc {
+            latest: latest.clone(),
+            shutdown: shutdown.clone(),
+        }))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), {
+            let shutdown = shutdown.clone();
+            async move { shutdown.triggered().await }
+        });
+    let grpc = tokio::spawn(grpc);
+    tracing::info!(http = %started.telemetry.http_addr, grpc = %grpc_addr, "started");
+
+    let result = pipeline::run(
+        &config,
+        &started.registry,
+        started.cassandra.as_ref(),
+        started.telemetry.instruments.clone(),
+        latest,
+        &shutdown,
+    )
+    .await;
+    shutdown.trigger();
+    match tokio::time::timeout(Duration::from_secs(3), grpc).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
+        Err(_) => tracing::warn!("gRPC connections still open after 3 s; closing them"),
+        _ => {}
+    }
+    result
 }

@@ -5,9 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use tickflow_shared::service::{self, CommonArgs};
 
-/// Computes a robust cross-provider fair price per instrument and watches data quality.
+/// Computes a robust cross-provider fair price per instrument from md.trades and watches data
+/// quality.
 ///
-/// The fair-price operator is not implemented yet (issue 6): today the binary loads its configuration, creates md.fairprice (compacted) and md.anomalies, registers their schemas, connects to Cassandra, serves /metrics, /healthz and /readyz, and shuts down cleanly.
+/// Publishes FairPrice records to md.fairprice and Cassandra (fair_prices, fair_price_latest),
+/// anomalies (NO_DATA, PRICE_DIVERGENCE, RATE_DROP, RECOVERED) to md.anomalies and Cassandra,
+/// and serves the latest prices over HTTP (GET /v1/fairprice[/{instrument}]) and gRPC
+/// (proto/tickflow/fairprice/v1/fair_price.proto, default 127.0.0.1:9204).
+/// Configuration: [fair_price] in the config file or TICKFLOW_FAIR_PRICE__<KEY>; see README.
 #[derive(Parser)]
 #[command(name = "fair-price", version, verbatim_doc_comment)]
 struct Args {

@@ -7,9 +7,10 @@ use tickflow_shared::testkit::{self, ServiceProcess, Stack};
 
 #[tokio::test]
 async fn starts_ready_and_stops_cleanly_on_sigterm() {
-    testkit::check_service_lifecycle(
+    testkit::check_service_lifecycle_with(
         env!("CARGO_BIN_EXE_fair-price"),
         &["kafka", "schema_registry", "cassandra"],
+        &[("TICKFLOW_FAIR_PRICE__GRPC_LISTEN", "127.0.0.1:0".into())],
     )
     .await;
 }
@@ -28,6 +29,7 @@ async fn unreachable_dependencies_are_reported_not_fatal() {
         &[
             ("TICKFLOW_REGISTRY__URL", dead_registry),
             ("TICKFLOW_CASSANDRA__CONTACT_POINTS", dead_cassandra),
+            ("TICKFLOW_FAIR_PRICE__GRPC_LISTEN", "127.0.0.1:0".into()),
         ],
     );
     service

@@ -213,7 +213,7 @@ fn vw_median(fresh: &[Fresh], from: Micros, as_of: Micros) -> Option<Decimal> {
         .filter(|t| t.event_time > from && t.event_time <= as_of)
         .map(|t| (t.price, t.size))
         .collect();
-    trades.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    trades.sort_unstable_by_key(|t| t.0);
     let total = trades
         .iter()
         .try_fold(Decimal::ZERO, |acc, t| acc.checked_add(t.1))?;
