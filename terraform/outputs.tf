@@ -1,0 +1,47 @@
+# Read by Ansible (ansible/inventory/terraform.py runs `tofu output -json`).
+
+output "project_id" {
+  description = "The GCP project."
+  value       = var.project_id
+}
+
+output "region" {
+  description = "Region of the cluster and the registry."
+  value       = var.region
+}
+
+output "environment" {
+  description = "dev or prod: the kustomize overlay Ansible deploys."
+  value       = var.environment
+}
+
+output "cluster_name" {
+  description = "GKE cluster name (gcloud container clusters get-credentials NAME --region REGION)."
+  value       = google_container_cluster.main.name
+}
+
+output "cluster_location" {
+  description = "GKE cluster location (the region: a regional cluster)."
+  value       = google_container_cluster.main.location
+}
+
+output "cluster_endpoint" {
+  description = "Public IP of the cluster's control plane (reachable from authorized_networks only)."
+  value       = google_container_cluster.main.endpoint
+  sensitive   = true
+}
+
+output "image_repository" {
+  description = "Artifact Registry path the images are pushed to: <repository>/<service>:<tag>."
+  value       = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}"
+}
+
+output "node_service_account" {
+  description = "Email of the nodes' service account."
+  value       = google_service_account.nodes.email
+}
+
+output "network" {
+  description = "VPC name."
+  value       = google_compute_network.vpc.name
+}
