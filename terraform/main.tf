@@ -1,5 +1,6 @@
 locals {
-  name = "tickflow-${var.environment}"
+  name             = "tickflow-${var.environment}"
+  cluster_location = var.regional_cluster ? var.region : var.node_zones[0]
   labels = merge({
     app         = "tickflow"
     environment = var.environment

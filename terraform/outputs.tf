@@ -21,7 +21,7 @@ output "cluster_name" {
 }
 
 output "cluster_location" {
-  description = "GKE cluster location (the region: a regional cluster)."
+  description = "GKE cluster location: the region (regional cluster) or a zone (zonal)."
   value       = google_container_cluster.main.location
 }
 

@@ -30,6 +30,12 @@ variable "environment" {
   }
 }
 
+variable "regional_cluster" {
+  description = "true: a regional control plane (replicated over the region's zones, prod). false: a zonal one in node_zones[0], which GKE's free tier covers (dev)."
+  type        = bool
+  default     = false
+}
+
 variable "node_zones" {
   description = "Zones (within region) for the nodes. Three zones let Kafka and Cassandra spread their replicas; one zone costs less (dev)."
   type        = list(string)
