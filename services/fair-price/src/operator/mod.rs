@@ -312,7 +312,6 @@ impl Operator {
             }
         }
         self.clock = Some(target);
-        self.prune(target);
     }
 
     fn global_time(&self, now: Micros) -> Option<Micros> {
@@ -463,6 +462,8 @@ impl Operator {
         }
         self.group_checks(at, &mut anomalies);
         out.extend(anomalies.into_iter().map(Output::Anomaly));
+        // Once per heartbeat: cheap enough, and trades stay at most one heartbeat longer.
+        self.prune(at);
     }
 
     /// NO_DATA for a whole provider or exchange: every one of its sources silent.
