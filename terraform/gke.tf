@@ -1,17 +1,18 @@
-# A GKE Standard cluster (regional for prod, zonal for dev: var.regional_cluster): private nodes (no public IPs), a public control-plane endpoint
-# restricted to var.authorized_networks, Dataplane V2 (enforces NetworkPolicies), Workload
-# Identity, Shielded Nodes, and one autoscaled node pool run by a least-privilege service
-# account. The default node pool is removed at creation.
+# A GKE Standard cluster (regional for prod, zonal for dev: var.regional_cluster): private nodes
+# (no public IPs), a public control-plane endpoint restricted to var.authorized_networks,
+# Dataplane V2 (enforces NetworkPolicies), Workload Identity, Shielded Nodes, and one autoscaled
+# node pool run by a least-privilege service account. The default node pool is removed at
+# creation.
 
 resource "google_container_cluster" "main" {
   # checkov:skip=CKV_GCP_12:NetworkPolicies are enforced by Dataplane V2 (datapath_provider), which replaces the network_policy addon checkov looks for
   # checkov:skip=CKV_GCP_66:Binary Authorization needs an attestation pipeline; images come only from the project's own Artifact Registry (see deploy/README.md, hardening)
   # checkov:skip=CKV_GCP_69:the GKE metadata server is enabled on the managed node pool below; the default pool is removed at creation
+  # checkov:skip=CKV_GCP_21:labels are set (resource_labels = local.labels); checkov cannot evaluate them once location and node_locations are conditional
   # checkov:skip=CKV_GCP_65:Google Groups for RBAC needs a Workspace domain, which this project does not assume
-  name     = local.name
-  location = local.cluster_location
-  # A zonal cluster lists only the zones beyond its own.
-  node_locations      = var.regional_cluster ? var.node_zones : slice(var.node_zones, 1, length(var.node_zones))
+  name                = local.name
+  location            = local.cluster_location
+  node_locations      = local.node_locations
   network             = google_compute_network.vpc.id
   subnetwork          = google_compute_subnetwork.nodes.id
   deletion_protection = var.deletion_protection
