@@ -501,6 +501,19 @@ async fn fair_prices_survive_drift_and_silence_and_equal_a_recomputation() {
         .unwrap();
     assert!(next.computed_at_us > first.computed_at_us);
 
+    // Every promised metric is exported (the error counters appear with their first error).
+    let (_, exported) = service.get("/metrics").await.unwrap();
+    for name in fair_price::metrics::ALL {
+        if name == fair_price::metrics::INPUT_ERRORS || name == fair_price::metrics::SINK_ERRORS {
+            continue;
+        }
+        assert!(
+            exported.contains(&format!("{name}{{")) || exported.contains(&format!("{name} ")),
+            "{name} missing from /metrics"
+        );
+    }
+    assert!(exported.contains("tickflow_fairprice_anomaly_active{kind=\"NO_DATA\",provider=\"kraken\",exchange=\"kraken\",instrument=\"BTC-USD\"} 1"), "{exported}");
+
     // Stop, then Cassandra holds what Kafka holds.
     let (code, _) = service.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", service.log());
