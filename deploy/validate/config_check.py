@@ -5,12 +5,14 @@ from the rendered overlay plus the container's TICKFLOW_* environment.
     config_check.py OVERLAY RENDERED.yaml TARGET_DIR
 
 One line per service: PASS, FAIL (the service's message), or SKIP when no built binary is in
-TARGET_DIR (a fresh clone builds them later, in `cargo test`) or when the only complaint is a key
+TARGET_DIR (a fresh clone builds them later, in `cargo test`), when the binary is older than the
+crate's or shared/'s sources (its answer could be stale), or when the only complaint is a key
 announced for the service but not implemented yet (PENDING below: the line says so).
 Values the kubelet fills in are given samples: the pod-index label "0", the pod name
 "<service>-0". Secrets are left out (they are optional and hold credentials only).
 """
 
+import glob
 import os
 import re
 import subprocess
@@ -55,6 +57,12 @@ def main(argv):
                        if os.access(p, os.X_OK)), None)
         if binary is None:
             print(f"SKIP {name}: no built {service} binary in {target_dir} to run --check-config with")
+            continue
+        sources = glob.glob(os.path.join(ROOT, "services", service, "src", "**", "*.rs"), recursive=True) + \
+            glob.glob(os.path.join(ROOT, "shared", "src", "**", "*.rs"), recursive=True)
+        newest = max((os.path.getmtime(p) for p in sources), default=0)
+        if os.path.getmtime(binary) < newest:
+            print(f"SKIP {name}: {binary} is older than the sources (cargo test rebuilds it later)")
             continue
         pod = workloads[service]["spec"]["template"]["spec"]
         container = pod["containers"][0]
