@@ -52,7 +52,8 @@ pub struct FairPriceConfig {
     pub output_topic: String,
     /// Data-quality events out (Avro `Anomaly`, key = instrument or `*`).
     pub anomalies_topic: String,
-    /// Consumer group: instances of the service in one group share the input partitions.
+    /// The consumer group the input offsets are committed under. One instance reads every input
+    /// partition (splitting them across instances is not built yet).
     pub group_id: String,
     /// vw_median (default), median, vwap or trimmed_mean.
     pub method: Method,
