@@ -313,6 +313,30 @@ impl AvroCodec {
     }
 }
 
+/// Decodes a trade, waiting (with backoff) while the registry cannot be reached: an outage
+/// pauses consumption instead of skipping records. `None` if shutdown came first.
+pub async fn decode_trade_waiting(
+    codec: &AvroCodec,
+    payload: &[u8],
+    shutdown: &crate::shutdown::Shutdown,
+) -> Option<Result<Trade>> {
+    let policy = crate::retry::RetryPolicy::DEPENDENCY;
+    let mut delays = policy.delays();
+    loop {
+        match codec.decode_trade(payload).await {
+            Err(e) if e.is_retryable() => {
+                let delay = delays.next().unwrap_or(policy.ceiling);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot decode yet, will retry");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.triggered() => return None,
+                }
+            }
+            other => return Some(other),
+        }
+    }
+}
+
 /// Encodes trades without building an Avro `Value` per trade: the record is serialized straight
 /// from the typed fields against the schema (apache-avro's schema-aware serde path), after the
 /// Confluent header with the id the registry gave the schema. Byte-identical to

@@ -86,7 +86,8 @@ pub async fn run(
 
     let consumer: StreamConsumer =
         kafka::stream_consumer(&config.kafka, "fair-price", &fp.group_id)?;
-    let Some(partitions) = partitions_of(&consumer, &fp.input_topic, shutdown).await else {
+    let Some(partitions) = kafka::topic_partitions(&consumer, &fp.input_topic, shutdown).await
+    else {
         return Ok(());
     };
     let Some(positions) = retry::until_ok(
@@ -157,7 +158,7 @@ pub async fn run(
                     input_error("empty", partition, offset, "record without a value");
                     continue;
                 };
-                let trade = match decode(&codec, payload, shutdown).await {
+                let trade = match avro::decode_trade_waiting(&codec, payload, shutdown).await {
                     Some(Ok(t)) => t,
                     Some(Err(e)) => {
                         input_error("undecodable", partition, offset, &e.to_string());
@@ -352,57 +353,6 @@ fn positions(
         );
     }
     Ok(out)
-}
-
-/// The input topic's partitions, once it exists.
-async fn partitions_of(
-    consumer: &StreamConsumer,
-    topic: &str,
-    shutdown: &Shutdown,
-) -> Option<Vec<i32>> {
-    retry::until_ok(
-        "read input topic metadata",
-        RetryPolicy::DEPENDENCY,
-        shutdown,
-        || async {
-            let metadata = tokio::task::block_in_place(|| {
-                consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
-            })?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
-                Err(Error::TopicAdmin {
-                    topic: topic.to_string(),
-                    message: "does not exist yet".into(),
-                })
-            } else {
-                Ok(partitions)
-            }
-        },
-    )
-    .await
-}
-
-/// Decodes a trade, waiting (with backoff) while the registry cannot be reached.
-async fn decode(codec: &AvroCodec, payload: &[u8], shutdown: &Shutdown) -> Option<Result<Trade>> {
-    let mut delays = RetryPolicy::DEPENDENCY.delays();
-    loop {
-        match codec.decode_trade(payload).await {
-            Err(e) if e.is_retryable() => {
-                let delay = delays.next().unwrap_or(RetryPolicy::DEPENDENCY.ceiling);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot decode yet, will retry");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.triggered() => return None,
-                }
-            }
-            other => return Some(other),
-        }
-    }
 }
 
 fn input_error(reason: &'static str, partition: i32, offset: i64, detail: &str) {

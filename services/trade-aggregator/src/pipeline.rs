@@ -157,7 +157,7 @@ pub async fn run(
                     input_error("empty", partition, offset, "record without a value");
                     continue;
                 };
-                let trade = match decode(&codec, payload, shutdown).await {
+                let trade = match avro::decode_trade_waiting(&codec, payload, shutdown).await {
                     Some(Ok(t)) => t,
                     Some(Err(e)) => {
                         input_error("undecodable", partition, offset, &e.to_string());
@@ -209,29 +209,6 @@ pub async fn run(
                 tracing::info!("stopped consuming; outputs flushed and checkpointed");
                 return Ok(());
             }
-        }
-    }
-}
-
-/// Decodes a trade, waiting (with backoff) while the registry cannot be reached: an outage pauses
-/// consumption instead of skipping records. `None` if shutdown came first.
-async fn decode(
-    codec: &AvroCodec,
-    payload: &[u8],
-    shutdown: &Shutdown,
-) -> Option<Result<tickflow_shared::domain::Trade>> {
-    let mut delays = RetryPolicy::DEPENDENCY.delays();
-    loop {
-        match codec.decode_trade(payload).await {
-            Err(e) if e.is_retryable() => {
-                let delay = delays.next().unwrap_or(RetryPolicy::DEPENDENCY.ceiling);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot decode yet, will retry");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.triggered() => return None,
-                }
-            }
-            other => return Some(other),
         }
     }
 }
@@ -324,35 +301,7 @@ async fn owned_partitions(
     config: &Config,
     shutdown: &Shutdown,
 ) -> Option<Vec<i32>> {
-    let topic = config.aggregator.input_topic.clone();
-    let all = retry::until_ok(
-        "read input topic metadata",
-        RetryPolicy::DEPENDENCY,
-        shutdown,
-        || {
-            let topic = topic.clone();
-            async move {
-                let metadata = tokio::task::block_in_place(|| {
-                    consumer.fetch_metadata(Some(&topic), Duration::from_secs(5))
-                })?;
-                let partitions: Vec<i32> = metadata
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == topic && t.error().is_none())
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect();
-                if partitions.is_empty() {
-                    Err(Error::TopicAdmin {
-                        topic: topic.clone(),
-                        message: "does not exist yet".into(),
-                    })
-                } else {
-                    Ok(partitions)
-                }
-            }
-        },
-    )
-    .await?;
+    let all = kafka::topic_partitions(consumer, &config.aggregator.input_topic, shutdown).await?;
     let configured = &config.aggregator.partitions;
     Some(if configured.is_empty() {
         all

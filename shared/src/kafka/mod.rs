@@ -93,6 +93,40 @@ pub fn stream_consumer(config: &KafkaConfig, role: &str, group_id: &str) -> Resu
     Ok(consumer_config(config, role, group_id).create()?)
 }
 
+/// The partitions of `topic`, waiting (with backoff) until it exists; `None` if shutdown comes
+/// first.
+pub async fn topic_partitions(
+    consumer: &StreamConsumer,
+    topic: &str,
+    shutdown: &crate::shutdown::Shutdown,
+) -> Option<Vec<i32>> {
+    crate::retry::until_ok(
+        "read input topic metadata",
+        crate::retry::RetryPolicy::DEPENDENCY,
+        shutdown,
+        || async {
+            let metadata = tokio::task::block_in_place(|| {
+                consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
+            })?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                Err(Error::TopicAdmin {
+                    topic: topic.to_string(),
+                    message: "does not exist yet".into(),
+                })
+            } else {
+                Ok(partitions)
+            }
+        },
+    )
+    .await
+}
+
 pub fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>> {
     Ok(base_client_config(config, "admin").create()?)
 }
