@@ -709,12 +709,13 @@ pub fn raw_envelope_from_value(value: Value) -> Result<RawEnvelope> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::parse_decimal;
     use crate::testkit::sample_trade;
 
-    fn avro_round_trip(schema: &Schema, value: Value) -> Value {
+    /// Writes `value` with `schema` and reads it back.
+    pub(crate) fn avro_round_trip(schema: &Schema, value: Value) -> Value {
         let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
             .build()
             .unwrap()

@@ -358,21 +358,9 @@ pub fn anomaly_from_value(value: Value) -> Result<Anomaly> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::avro::tests::avro_round_trip as round_trip;
     use crate::avro::{ANOMALY, FAIR_PRICE};
     use crate::domain::parse_decimal;
-
-    fn round_trip(schema: &apache_avro::Schema, value: Value) -> Value {
-        let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-            .build()
-            .unwrap()
-            .write_value_to_vec(value)
-            .unwrap();
-        apache_avro::reader::datum::GenericDatumReader::builder(schema)
-            .build()
-            .unwrap()
-            .read_value(&mut body.as_slice())
-            .unwrap()
-    }
 
     #[test]
     fn fair_price_round_trips_through_avro_bytes() {

@@ -60,12 +60,6 @@ impl Latest {
         let prices = self.prices.read().unwrap_or_else(|p| p.into_inner());
         prices.values().cloned().collect()
     }
-
-    /// Forgets instruments no longer served here.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut prices = self.prices.write().unwrap_or_else(|p| p.into_inner());
-        prices.retain(|k, _| keep(k));
-    }
 }
 
 pub fn routes(latest: Arc<Latest>) -> Router {

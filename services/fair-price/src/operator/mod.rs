@@ -129,8 +129,6 @@ pub struct Operator {
     /// (due, instrument) of held-back changes.
     throttled: BTreeSet<(Micros, usize)>,
     groups: BTreeMap<(String, String), Option<Micros>>,
-    /// Boundaries skipped because the clock jumped too far at once.
-    pub skipped_boundaries: u64,
 }
 
 impl Operator {
@@ -145,12 +143,7 @@ impl Operator {
             next_boundary: 0,
             throttled: BTreeSet::new(),
             groups: BTreeMap::new(),
-            skipped_boundaries: 0,
         }
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
     }
 
     /// While a partition replays, its instruments' outputs are computed but not emitted.
@@ -162,43 +155,9 @@ impl Operator {
         }
     }
 
-    /// Forgets a partition that is no longer this instance's, with its instruments.
-    pub fn remove_partition(&mut self, partition: i32) {
-        self.partitions.remove(&partition);
-        self.replaying.remove(&partition);
-        let keep: Vec<Instrument> = std::mem::take(&mut self.instruments)
-            .into_iter()
-            .filter(|i| i.partition != partition)
-            .collect();
-        self.instruments = keep;
-        self.index = self
-            .instruments
-            .iter()
-            .enumerate()
-            .map(|(i, inst)| (inst.name.clone(), i))
-            .collect();
-        self.throttled.clear();
-        for (i, inst) in self.instruments.iter().enumerate() {
-            if inst.dirty {
-                let due = inst.last.as_ref().map_or(inst.clock, |l| l.computed_at)
-                    + self.settings.throttle;
-                self.throttled.insert((due, i));
-            }
-        }
-    }
-
     /// The global event-time clock.
     pub fn clock(&self) -> Option<Micros> {
         self.clock
-    }
-
-    pub fn instrument_count(&self) -> usize {
-        self.instruments.len()
-    }
-
-    /// The latest published fair price of every instrument.
-    pub fn latest(&self) -> impl Iterator<Item = &FairPrice> {
-        self.instruments.iter().filter_map(|i| i.last.as_ref())
     }
 
     /// Feeds one trade that arrived (wall clock `now`) on `partition`.
@@ -288,7 +247,10 @@ impl Operator {
         let pending = (target - self.next_boundary + hb - 1).div_euclid(hb);
         if pending > MAX_BOUNDARIES_PER_ADVANCE {
             let skip = pending - MAX_BOUNDARIES_PER_ADVANCE;
-            self.skipped_boundaries += skip as u64;
+            tracing::warn!(
+                skipped = skip,
+                "the event-time clock jumped; only the newest heartbeats are evaluated"
+            );
             self.next_boundary += skip * hb;
         }
         loop {
