@@ -1,7 +1,10 @@
 //! ingest-gateway's configuration: `[service]`, `[kafka]`, `[registry]` and `[gateway]` (with
-//! `[gateway.simulator]`). Layering and error reporting come from `tickflow_shared::config`.
+//! `[gateway.admin]`, one table per provider and `[gateway.simulator]`). Layering and error
+//! reporting come from `tickflow_shared::config`.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use tickflow_shared::config::{KafkaConfig, Problems, RegistryConfig, ServiceConfig, Validate};
@@ -24,6 +27,11 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
+    /// This replica's shard, from 0, and the number of replicas: an instrument belongs to the
+    /// replica `hash(instrument) mod replica_count`, so replicas share the work with no overlap
+    /// and no gap. In Kubernetes the StatefulSet passes the pod's ordinal.
+    pub replica_index: u32,
+    pub replica_count: u32,
     /// Instruments file (`[[instrument]]` tables): which symbols each provider is subscribed to.
     pub instruments_file: Option<PathBuf>,
     /// Frames held between the connections and the Kafka producer. When full, connections wait
@@ -35,18 +43,208 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Raw topics are `<raw_topic_prefix><provider>`.
     pub raw_topic_prefix: String,
+    /// Where malformed frames (not JSON, invalid UTF-8, oversized, not a known message) are kept,
+    /// with the reason in headers; empty = counted and logged only.
+    pub dlq_topic: String,
+    /// A dead-lettered frame keeps at most this many bytes of its payload (the header
+    /// `tickflow.original_length` says how long it was). Bytes.
+    pub dlq_max_payload_bytes: usize,
+    /// The config file (and the instruments file) are checked for changes this often; a change
+    /// updates the subscriptions without restart. 0 = never.
+    pub reload_interval_ms: u64,
+    /// `[gateway.admin]`: the admin HTTP API.
+    pub admin: AdminConfig,
+    /// One table per provider: `[gateway.binance]`, `[gateway.coinbase]`, `[gateway.kraken]`,
+    /// `[gateway.finnhub]`, `[gateway.grpc]`.
+    pub binance: ProviderConfig,
+    pub coinbase: ProviderConfig,
+    pub kraken: ProviderConfig,
+    pub finnhub: ProviderConfig,
+    pub grpc: ProviderConfig,
     /// `[gateway.simulator]`: the built-in simulated provider.
     pub simulator: SimulatorConfig,
+}
+
+/// `[gateway.admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin API; bound to localhost unless configured. Empty = no admin API.
+    pub listen: String,
+    /// Environment variable holding the bearer token.
+    pub token_env: String,
+    /// File holding the bearer token (a mounted secret); read when the variable is unset.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9111".into(),
+            token_env: "TICKFLOW_GATEWAY_ADMIN_TOKEN".into(),
+            token_file: None,
+        }
+    }
+}
+
+/// One provider's table. Unset values take the provider's own default (see README).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    pub enabled: bool,
+    /// Endpoint (`wss://...` for WebSocket providers, `http(s)://host:port` for gRPC).
+    pub url: Option<String>,
+    /// Canonical instruments to subscribe; empty = every active instrument that the instruments
+    /// file lists for this provider.
+    pub instruments: Vec<String>,
+    /// Streams per connection before another connection is opened (Binance allows 1024).
+    pub max_streams_per_connection: Option<usize>,
+    /// Messages the gateway sends per second and connection, subscriptions and pings together
+    /// (Binance allows 5).
+    pub max_messages_per_s: Option<f64>,
+    /// A WebSocket ping is sent this often. ms.
+    pub ping_interval_ms: Option<u64>,
+    /// No frame at all for this long: the connection is dead, reconnect. ms.
+    pub silence_timeout_ms: Option<u64>,
+    /// No market data (pings and heartbeats do not count) for this long while subscribed:
+    /// reconnect. 0 = never. ms.
+    pub data_silence_timeout_ms: Option<u64>,
+    /// Reconnect backoff: first delay, ceiling (exponential, with full jitter). ms.
+    pub reconnect_initial_ms: Option<u64>,
+    pub reconnect_max_ms: Option<u64>,
+    /// After the provider says "too many requests", wait at least this long. ms.
+    pub rate_limit_backoff_ms: Option<u64>,
+    /// Connect (TCP + TLS + handshake) must finish within this. ms.
+    pub connect_timeout_ms: Option<u64>,
+    /// Environment variable with the API token (Finnhub), and a file read when it is unset.
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// A provider's settings with its defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderSettings {
+    pub url: String,
+    pub max_streams_per_connection: usize,
+    pub max_messages_per_s: f64,
+    pub ping_interval: Duration,
+    pub silence_timeout: Duration,
+    pub data_silence_timeout: Option<Duration>,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    pub rate_limit_backoff: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// What a provider chooses where its table is silent.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderDefaults {
+    pub url: &'static str,
+    pub max_streams_per_connection: usize,
+    pub max_messages_per_s: f64,
+    pub data_silence_timeout_ms: u64,
+}
+
+impl ProviderConfig {
+    pub fn settings(&self, d: &ProviderDefaults) -> ProviderSettings {
+        let ms = Duration::from_millis;
+        ProviderSettings {
+            url: self.url.clone().unwrap_or_else(|| d.url.to_string()),
+            max_streams_per_connection: self
+                .max_streams_per_connection
+                .unwrap_or(d.max_streams_per_connection),
+            max_messages_per_s: self.max_messages_per_s.unwrap_or(d.max_messages_per_s),
+            ping_interval: ms(self.ping_interval_ms.unwrap_or(15_000)),
+            silence_timeout: ms(self.silence_timeout_ms.unwrap_or(45_000)),
+            data_silence_timeout: Some(
+                self.data_silence_timeout_ms
+                    .unwrap_or(d.data_silence_timeout_ms),
+            )
+            .filter(|&v| v > 0)
+            .map(ms),
+            reconnect_initial: ms(self.reconnect_initial_ms.unwrap_or(500)),
+            reconnect_max: ms(self.reconnect_max_ms.unwrap_or(30_000)),
+            rate_limit_backoff: ms(self.rate_limit_backoff_ms.unwrap_or(60_000)),
+            connect_timeout: ms(self.connect_timeout_ms.unwrap_or(10_000)),
+        }
+    }
+
+    fn validate(&self, name: &str, problems: &mut Problems) {
+        let key = |k: &str| format!("gateway.{name}.{k}");
+        if let Some(url) = &self.url {
+            let ok = if name == "grpc" {
+                url.starts_with("http://") || url.starts_with("https://")
+            } else {
+                url.starts_with("ws://") || url.starts_with("wss://")
+            };
+            problems.check(
+                ok,
+                &key("url"),
+                if name == "grpc" {
+                    "must start with http:// or https://"
+                } else {
+                    "must start with ws:// or wss://"
+                },
+            );
+        }
+        if let Some(n) = self.max_streams_per_connection {
+            problems.check(n >= 1, &key("max_streams_per_connection"), "must be >= 1");
+        }
+        if let Some(r) = self.max_messages_per_s {
+            problems.check(
+                r.is_finite() && r > 0.0,
+                &key("max_messages_per_s"),
+                "must be > 0",
+            );
+        }
+        for (k, v, min) in [
+            ("ping_interval_ms", self.ping_interval_ms, 100),
+            ("silence_timeout_ms", self.silence_timeout_ms, 100),
+            ("reconnect_initial_ms", self.reconnect_initial_ms, 1),
+            ("reconnect_max_ms", self.reconnect_max_ms, 1),
+            ("connect_timeout_ms", self.connect_timeout_ms, 100),
+        ] {
+            if let Some(v) = v {
+                problems.check(v >= min, &key(k), format!("must be >= {min}"));
+            }
+        }
+        if let (Some(a), Some(b)) = (self.reconnect_initial_ms, self.reconnect_max_ms) {
+            problems.check(
+                a <= b,
+                &key("reconnect_max_ms"),
+                "must be >= reconnect_initial_ms",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for i in &self.instruments {
+            problems.check(
+                seen.insert(i),
+                &key("instruments"),
+                format!("{i:?} is listed twice"),
+            );
+        }
+    }
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
+            replica_index: 0,
+            replica_count: 1,
             instruments_file: None,
             queue_capacity: 65_536,
             drop_when_full: false,
             max_frame_bytes: 1 << 20,
             raw_topic_prefix: tickflow_shared::kafka::names::RAW_PREFIX.into(),
+            dlq_topic: tickflow_shared::kafka::names::DLQ_GATEWAY.into(),
+            dlq_max_payload_bytes: 64 * 1024,
+            reload_interval_ms: 2_000,
+            admin: AdminConfig::default(),
+            binance: ProviderConfig::default(),
+            coinbase: ProviderConfig::default(),
+            kraken: ProviderConfig::default(),
+            finnhub: ProviderConfig::default(),
+            grpc: ProviderConfig::default(),
             simulator: SimulatorConfig::default(),
         }
     }
@@ -103,7 +301,53 @@ impl Default for SimulatorConfig {
 }
 
 impl GatewayConfig {
+    /// The provider tables by provider id.
+    pub fn providers(&self) -> [(&'static str, &ProviderConfig); 5] {
+        [
+            ("binance", &self.binance),
+            ("coinbase", &self.coinbase),
+            ("kraken", &self.kraken),
+            ("finnhub", &self.finnhub),
+            ("grpc", &self.grpc),
+        ]
+    }
+
     fn validate(&self, problems: &mut Problems) {
+        problems.check(
+            self.replica_count >= 1,
+            "gateway.replica_count",
+            "must be >= 1",
+        );
+        problems.check(
+            self.replica_index < self.replica_count.max(1),
+            "gateway.replica_index",
+            format!(
+                "must be below gateway.replica_count ({})",
+                self.replica_count
+            ),
+        );
+        problems.check(
+            self.dlq_max_payload_bytes >= 256,
+            "gateway.dlq_max_payload_bytes",
+            "must be >= 256",
+        );
+        if !self.admin.listen.is_empty() {
+            problems.check(
+                self.admin.listen.parse::<std::net::SocketAddr>().is_ok(),
+                "gateway.admin.listen",
+                "must be an address like 127.0.0.1:9111 (or empty to turn the admin API off)",
+            );
+        }
+        for (name, provider) in self.providers() {
+            provider.validate(name, problems);
+        }
+        if self.grpc.enabled {
+            problems.check(
+                self.grpc.url.is_some(),
+                "gateway.grpc.url",
+                "is required when gateway.grpc.enabled: the feed server's address",
+            );
+        }
         if let Some(path) = &self.instruments_file {
             if let Err(e) = tickflow_shared::instruments::load_file(path) {
                 problems.check(false, "gateway.instruments_file", e);

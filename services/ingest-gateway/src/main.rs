@@ -20,9 +20,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let path = args.common.config.clone();
     service::main::<ingest_gateway::Config, _, _>(
         ingest_gateway::NAME,
         args.common,
-        ingest_gateway::run,
+        move |config, shutdown| ingest_gateway::run(config, shutdown, path),
     )
 }

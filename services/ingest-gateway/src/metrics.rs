@@ -9,14 +9,32 @@ pub const PRODUCE_LATENCY: &str = "tickflow_gateway_receive_to_ack_seconds";
 pub const PRODUCE_ERRORS: &str = "tickflow_gateway_kafka_errors_total";
 pub const LAST_MESSAGE_AGE: &str = "tickflow_gateway_last_message_age_seconds";
 pub const ACTIVE_SUBSCRIPTIONS: &str = "tickflow_gateway_active_subscriptions";
+pub const FRAMES: &str = "tickflow_gateway_frames_total";
+pub const CONNECTION_STATE: &str = "tickflow_gateway_connection_state";
+pub const RECONNECTS: &str = "tickflow_gateway_reconnects_total";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(MESSAGES, "Frames received, by provider.");
+    describe_counter!(
+        MESSAGES,
+        "Market-data messages received, by provider and instrument (the simulator: every frame)."
+    );
+    describe_counter!(
+        FRAMES,
+        "WebSocket frames received, by provider and type (data, heartbeat, subscribed, rejected, error, malformed, ping, pong, ...)."
+    );
+    describe_gauge!(
+        CONNECTION_STATE,
+        "1 while the connection is up, 0 while it is down or reconnecting, by provider and connection."
+    );
+    describe_counter!(
+        RECONNECTS,
+        "Connections lost and re-established, by provider and reason (silent, no_data, closed, rate_limited, connect_failed, ...)."
+    );
     describe_counter!(BYTES, Unit::Bytes, "Bytes received, by provider.");
     describe_counter!(
         MALFORMED,
-        "Frames not forwarded (oversized, empty), by provider and reason."
+        "Frames not forwarded but dead-lettered (malformed, invalid_utf8, oversized, empty), by provider and reason."
     );
     describe_counter!(
         DROPPED,
@@ -35,7 +53,10 @@ pub fn describe() {
     describe_gauge!(
         LAST_MESSAGE_AGE,
         Unit::Seconds,
-        "Seconds since the provider's last frame."
+        "Seconds since the provider's last market-data message."
     );
-    describe_gauge!(ACTIVE_SUBSCRIPTIONS, "Instruments subscribed, by provider.");
+    describe_gauge!(
+        ACTIVE_SUBSCRIPTIONS,
+        "Subscriptions confirmed by the provider (or with data), by provider."
+    );
 }

@@ -3,12 +3,17 @@
 //! Kafka is slow the queue fills and connections wait (backpressure) — or, if configured, frames
 //! are dropped, each drop counted and logged. A frame Kafka refuses after the producer's own
 //! retries is counted and logged with its provider and sequence: never a silent loss.
+//!
+//! Frames that cannot be forwarded (empty, oversized, not UTF-8, not a message of the provider)
+//! are dead letters: counted by reason, logged with a sample, and written as they came (up to
+//! `dlq_max_payload_bytes`) to the dead-letter topic with the reason in headers.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 use tickflow_shared::avro::AvroCodec;
@@ -30,7 +35,26 @@ pub struct Frame {
     pub channel: Arc<str>,
     /// The provider symbol when known: the Kafka key.
     pub key: Option<String>,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
+    /// Set when the frame goes to the dead-letter topic instead of the raw topic.
+    pub dead_letter: Option<DeadLetter>,
+}
+
+/// Why a frame is not forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// A bounded code: the `reason` label and the `tickflow.reason` header.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl DeadLetter {
+    pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
 }
 
 /// Where connections put frames.
@@ -39,28 +63,44 @@ pub struct Output {
     tx: mpsc::Sender<Frame>,
     drop_when_full: bool,
     max_frame_bytes: usize,
+    keep_dead_letters: bool,
 }
 
 impl Output {
+    /// Frames larger than this are dead letters.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
     /// Hands a frame to the producer: waits while the queue is full, unless dropping is
-    /// configured. Empty and oversized frames are not forwarded: counted by reason and logged
-    /// with a sample. `false` once the sink has stopped.
-    pub async fn send(&self, frame: Frame) -> bool {
-        let refused = if frame.payload.is_empty() {
-            Some("empty")
-        } else if frame.payload.len() > self.max_frame_bytes {
-            Some("oversized")
-        } else {
-            None
-        };
-        if let Some(reason) = refused {
-            metrics::counter!(MALFORMED, "provider" => frame.provider, "reason" => reason)
+    /// configured. Empty and oversized frames become dead letters; every dead letter is counted
+    /// by reason and logged with a sample, and kept on the dead-letter topic when one is
+    /// configured. `false` once the sink has stopped.
+    pub async fn send(&self, mut frame: Frame) -> bool {
+        if frame.dead_letter.is_none() {
+            if frame.payload.is_empty() {
+                frame.dead_letter = Some(DeadLetter::new("empty", "empty frame"));
+            } else if frame.payload.len() > self.max_frame_bytes {
+                frame.dead_letter = Some(DeadLetter::new(
+                    "oversized",
+                    format!(
+                        "{} bytes, more than gateway.max_frame_bytes = {}",
+                        frame.payload.len(),
+                        self.max_frame_bytes
+                    ),
+                ));
+            }
+        }
+        if let Some(dead) = &frame.dead_letter {
+            metrics::counter!(MALFORMED, "provider" => frame.provider, "reason" => dead.reason)
                 .increment(1);
             let sample: String =
                 String::from_utf8_lossy(&frame.payload[..frame.payload.len().min(200)])
                     .into_owned();
-            tracing::warn!(provider = frame.provider, connection = %frame.connection_id, sequence = frame.sequence, bytes = frame.payload.len(), max = self.max_frame_bytes, reason, sample, "frame not forwarded");
-            return true;
+            tracing::warn!(provider = frame.provider, connection = %frame.connection_id, sequence = frame.sequence, bytes = frame.payload.len(), reason = dead.reason, detail = %dead.detail, sample, kept = self.keep_dead_letters, "frame not forwarded");
+            if !self.keep_dead_letters {
+                return true;
+            }
         }
         if !self.drop_when_full {
             return self.tx.send(frame).await.is_ok();
@@ -81,12 +121,14 @@ pub fn queue(
     capacity: usize,
     drop_when_full: bool,
     max_frame_bytes: usize,
+    keep_dead_letters: bool,
 ) -> (Output, mpsc::Receiver<Frame>) {
     let (tx, rx) = mpsc::channel(capacity);
     let output = Output {
         tx,
         drop_when_full,
         max_frame_bytes,
+        keep_dead_letters,
     };
     (output, rx)
 }
@@ -125,36 +167,65 @@ impl ProducerContext for Deliveries {
 
 pub type RawProducer = ThreadedProducer<Deliveries>;
 
+/// Where the sink writes.
+pub struct Topics {
+    /// Raw topics are `<raw_prefix><provider>`.
+    pub raw_prefix: String,
+    /// Dead letters; `None`: counted and logged only (the output never queues them then).
+    pub dlq: Option<String>,
+    pub dlq_max_payload_bytes: usize,
+}
+
 /// Runs until the queue is closed (every connection stopped) and drained, then flushes.
 pub async fn run(
     mut rx: mpsc::Receiver<Frame>,
     producer: RawProducer,
     codec: Arc<AvroCodec>,
-    topic_prefix: String,
+    topics: Topics,
     shutdown: Shutdown,
 ) -> Result<()> {
     let capacity = rx.max_capacity();
     let mut last_gauge = Instant::now();
+    let mut raw_topics: std::collections::HashMap<&'static str, String> = Default::default();
     while let Some(frame) = rx.recv().await {
-        let topic = format!("{topic_prefix}{}", frame.provider);
-        let envelope = RawEnvelope {
-            provider: frame.provider.to_string(),
-            connection_id: frame.connection_id.to_string(),
-            sequence: frame.sequence,
+        let sent = Box::new(Sent {
+            provider: frame.provider,
             received_at: frame.received_at,
-            channel: frame.channel.to_string(),
-            payload: frame.payload,
+            sequence: frame.sequence,
+        });
+        let (topic, bytes, headers) = match &frame.dead_letter {
+            None => {
+                let topic = raw_topics
+                    .entry(frame.provider)
+                    .or_insert_with(|| format!("{}{}", topics.raw_prefix, frame.provider))
+                    .as_str();
+                let envelope = RawEnvelope {
+                    provider: frame.provider.to_string(),
+                    connection_id: frame.connection_id.to_string(),
+                    sequence: frame.sequence,
+                    received_at: frame.received_at,
+                    channel: frame.channel.to_string(),
+                    payload: frame.payload.to_vec(),
+                };
+                let bytes = encode(&codec, topic, &envelope, &shutdown).await?;
+                (topic, bytes, None)
+            }
+            Some(dead) => {
+                let Some(topic) = topics.dlq.as_deref() else {
+                    continue;
+                };
+                let kept = frame.payload.len().min(topics.dlq_max_payload_bytes);
+                (
+                    topic,
+                    frame.payload[..kept].to_vec(),
+                    Some(dead_letter_headers(&frame, dead)),
+                )
+            }
         };
-        let bytes = encode(&codec, &topic, &envelope, &shutdown).await?;
-        let mut record = BaseRecord::with_opaque_to(
-            &topic,
-            Box::new(Sent {
-                provider: frame.provider,
-                received_at: frame.received_at,
-                sequence: frame.sequence,
-            }),
-        )
-        .payload(&bytes);
+        let mut record = BaseRecord::with_opaque_to(topic, sent).payload(&bytes);
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
         if let Some(key) = &frame.key {
             record = record.key(key.as_bytes());
         }
@@ -185,6 +256,28 @@ pub async fn run(
         tracing::error!(error = %e, in_flight = producer.in_flight_count(), "frames still unacknowledged at shutdown");
     }
     Ok(())
+}
+
+fn dead_letter_headers(frame: &Frame, dead: &DeadLetter) -> OwnedHeaders {
+    let sequence = frame.sequence.to_string();
+    let received_at = frame.received_at.to_string();
+    let length = frame.payload.len().to_string();
+    [
+        ("tickflow.reason", dead.reason),
+        ("tickflow.reason.text", dead.detail.as_str()),
+        ("tickflow.provider", frame.provider),
+        ("tickflow.connection_id", &frame.connection_id),
+        ("tickflow.sequence", &sequence),
+        ("tickflow.received_at", &received_at),
+        ("tickflow.original_length", &length),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
 }
 
 /// Encodes an envelope, waiting out a registry that is briefly down (backpressure meanwhile).
@@ -220,13 +313,14 @@ mod tests {
             received_at: 0,
             channel: "t".into(),
             key: None,
-            payload: payload.to_vec(),
+            payload: Bytes::copy_from_slice(payload),
+            dead_letter: None,
         }
     }
 
     #[tokio::test]
     async fn oversized_and_empty_frames_stay_out_and_full_queue_drops_only_when_asked() {
-        let (output, mut rx) = queue(2, true, 8);
+        let (output, mut rx) = queue(2, true, 8, false);
         assert!(output.send(frame(0, b"12345678")).await);
         assert!(
             output.send(frame(1, b"123456789")).await,
@@ -246,7 +340,7 @@ mod tests {
         assert_eq!(got, vec![0, 3]);
 
         // Without dropping, a full queue makes the sender wait instead.
-        let (output, mut rx) = queue(1, false, 8);
+        let (output, mut rx) = queue(1, false, 8, false);
         assert!(output.send(frame(0, b"a")).await);
         let waiting = tokio::spawn(async move { output.send(frame(1, b"b")).await });
         tokio::task::yield_now().await;
@@ -254,5 +348,28 @@ mod tests {
         assert_eq!(rx.recv().await.map(|f| f.sequence), Some(0));
         assert!(waiting.await.unwrap());
         assert_eq!(rx.recv().await.map(|f| f.sequence), Some(1));
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_queued_with_their_reason_when_kept() {
+        let (output, mut rx) = queue(8, false, 8, true);
+        assert!(output.send(frame(0, b"123456789")).await);
+        assert!(output.send(frame(1, b"")).await);
+        let mut bad = frame(2, b"{");
+        bad.dead_letter = Some(DeadLetter::new("malformed", "not JSON"));
+        assert!(output.send(bad).await);
+        drop(output);
+        let mut got = Vec::new();
+        while let Some(f) = rx.recv().await {
+            got.push((f.sequence, f.dead_letter.map(|d| d.reason)));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (0, Some("oversized")),
+                (1, Some("empty")),
+                (2, Some("malformed"))
+            ]
+        );
     }
 }

@@ -64,7 +64,8 @@ pub async fn run_simulator(
                 received_at: now,
                 channel: channel.clone(),
                 key,
-                payload,
+                payload: payload.into(),
+                dead_letter: None,
             };
             sequence += 1;
             sent += 1;

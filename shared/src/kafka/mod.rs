@@ -157,6 +157,8 @@ pub mod names {
     pub const RAW_PREFIX: &str = "md.raw.";
     pub const TRADES: &str = "md.trades";
     pub const DLQ_NORMALIZER: &str = "md.dlq.normalizer";
+    /// Frames the gateway could not forward (malformed, oversized), with the reason in headers.
+    pub const DLQ_GATEWAY: &str = "md.dlq.gateway";
     pub const INSTRUMENTS: &str = "md.instruments";
     pub const CANDLES_1M: &str = "md.candles.1m";
     pub const TRADES_LATE: &str = "md.trades.late";

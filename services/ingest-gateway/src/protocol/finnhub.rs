@@ -1,0 +1,151 @@
+//! Finnhub, real-time trades.
+//!
+//! <https://finnhub.io/docs/api/websocket-trades>
+//!
+//! - Endpoint `wss://ws.finnhub.io?token=<API key>`; the key comes from an environment variable
+//!   or a secret file, never from the committed config, and never appears in a log.
+//! - One message per symbol: `{"type":"subscribe","symbol":"BINANCE:BTCUSDT"}`; no
+//!   acknowledgement (a subscription counts as live once its first trade arrives).
+//! - Data: `{"type":"trade","data":[{"s":"AAPL","p":7296.89,"t":1575526691134,"v":0.011467,
+//!   "c":["1","12"]}]}`; `{"type":"ping"}` keeps the connection open; `{"type":"error","msg":..}`.
+//! - Finnhub sometimes keeps sending pings while no trade comes for subscribed symbols: the
+//!   gateway watches for data, not just for frames (`data_silence_timeout_ms`).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::{read, says_rate_limited, Inbound, Protocol};
+use crate::config::ProviderDefaults;
+
+pub struct Finnhub;
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    msg: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<Vec<Item<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Item<'a> {
+    #[serde(borrow, default)]
+    s: Option<Cow<'a, str>>,
+}
+
+impl Protocol for Finnhub {
+    fn provider(&self) -> &'static str {
+        "finnhub"
+    }
+
+    fn defaults(&self) -> ProviderDefaults {
+        ProviderDefaults {
+            url: "wss://ws.finnhub.io",
+            max_streams_per_connection: 50,
+            max_messages_per_s: 5.0,
+            data_silence_timeout_ms: 60_000,
+        }
+    }
+
+    fn connect_url(&self, url: &str, token: Option<&str>) -> String {
+        match token {
+            Some(t) if url.contains('?') => format!("{url}&token={t}"),
+            Some(t) => format!("{url}?token={t}"),
+            None => url.to_string(),
+        }
+    }
+
+    fn needs_token(&self) -> bool {
+        true
+    }
+
+    fn symbols_per_request(&self) -> usize {
+        1
+    }
+
+    fn subscribe(&self, symbols: &[String], _request_id: u64) -> Vec<String> {
+        symbols
+            .iter()
+            .map(|s| serde_json::json!({"type": "subscribe", "symbol": s}).to_string())
+            .collect()
+    }
+
+    fn unsubscribe(&self, symbols: &[String], _request_id: u64) -> Vec<String> {
+        symbols
+            .iter()
+            .map(|s| serde_json::json!({"type": "unsubscribe", "symbol": s}).to_string())
+            .collect()
+    }
+
+    fn classify(&self, text: &str) -> Inbound {
+        let m: Message = match read(text) {
+            Ok(m) => m,
+            Err(e) => return e,
+        };
+        match m.kind.as_ref() {
+            "trade" => Inbound::Data {
+                symbol: m
+                    .data
+                    .and_then(|d| d.into_iter().next())
+                    .and_then(|i| i.s)
+                    .map(Cow::into_owned),
+            },
+            "ping" => Inbound::Control("ping"),
+            "error" => {
+                let message = m.msg.map(Cow::into_owned).unwrap_or_default();
+                Inbound::Error {
+                    rate_limited: says_rate_limited(&message),
+                    message,
+                }
+            }
+            other => Inbound::Malformed(format!("unknown message type {other:?}")),
+        }
+    }
+
+    fn data_channel(&self) -> &'static str {
+        "trade"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_frames() {
+        let p = Finnhub;
+        let t = r#"{"data":[{"p":7296.89,"s":"BINANCE:BTCUSDT","t":1575526691134,"v":0.011467}],"type":"trade"}"#;
+        assert_eq!(
+            p.classify(t),
+            Inbound::Data {
+                symbol: Some("BINANCE:BTCUSDT".into())
+            }
+        );
+        assert_eq!(p.classify(r#"{"type":"ping"}"#), Inbound::Control("ping"));
+        assert!(matches!(
+            p.classify(r#"{"type":"error","msg":"Subscribing to too many symbols"}"#),
+            Inbound::Error {
+                rate_limited: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            p.classify(r#"{"type":"news"}"#),
+            Inbound::Malformed(_)
+        ));
+        assert_eq!(
+            p.connect_url("wss://ws.finnhub.io", Some("k")),
+            "wss://ws.finnhub.io?token=k"
+        );
+        assert_eq!(
+            p.subscribe(&["AAPL".into(), "MSFT".into()], 0),
+            vec![
+                r#"{"symbol":"AAPL","type":"subscribe"}"#,
+                r#"{"symbol":"MSFT","type":"subscribe"}"#
+            ]
+        );
+    }
+}
