@@ -2,7 +2,10 @@
 //! has to be installed) and generates their tonic code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["../proto/tickflow/fairprice/v1/fair_price.proto"];
+    let protos = [
+        "../proto/tickflow/fairprice/v1/fair_price.proto",
+        "../proto/tickflow/feed/v1/feed.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
