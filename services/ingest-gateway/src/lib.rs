@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod control;
+pub mod grpc;
 pub mod metrics;
 pub mod plan;
 pub mod protocol;
@@ -117,7 +118,7 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
         enabled.push(sources::SIMULATOR);
     }
     for (name, p) in g.providers() {
-        if p.enabled && name != "grpc" {
+        if p.enabled {
             enabled.push(name);
         }
     }
@@ -210,6 +211,19 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
         };
         let desired = control.register(provider);
         sources.push(tokio::spawn(provider::run(ctx, desired)));
+    }
+    if g.grpc.enabled {
+        let ctx = grpc::Context {
+            settings: g.grpc.settings(&grpc::DEFAULTS),
+            token: provider_token(grpc::PROVIDER, &g.grpc),
+            output: output.clone(),
+            book: book.clone(),
+            labels: started.telemetry.instruments.clone(),
+            shutdown: connections.clone(),
+        };
+        tracing::info!(provider = grpc::PROVIDER, url = %ctx.settings.url, "provider enabled");
+        let desired = control.register(grpc::PROVIDER);
+        sources.push(tokio::spawn(grpc::run(ctx, desired)));
     }
     if enabled.is_empty() {
         tracing::warn!("no provider is enabled: nothing will be received");
