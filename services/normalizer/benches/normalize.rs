@@ -14,14 +14,25 @@ use rust_decimal::Decimal;
 use tickflow_shared::avro::TradeEncoder;
 use tickflow_shared::domain::RawEnvelope;
 use tickflow_shared::instruments::{parse_toml, InstrumentIndex};
+use tickflow_shared::proto::feed::{self, server_message, ServerMessage};
+use tickflow_shared::proto::Message as _;
 
 const FRAMES: usize = 1_000;
 const T0_MS: i64 = 1_763_769_600_000;
+/// The fixture has no listing for the gRPC feed: one instrument for it.
+const GRPC_INSTRUMENT: &str = r#"
+[[instrument]]
+instrument = "SOL-USD"
+base = "SOL"
+quote = "USD"
+asset_class = "CRYPTO"
+listings = [{ provider = "grpc", symbol = "SOL/USD" }]
+"#;
 
-fn frame(provider: Provider, i: usize) -> String {
+fn frame(provider: Provider, i: usize) -> Vec<u8> {
     let price = format!("67{:03}.{:02}", i % 1000, i % 100);
     let t = T0_MS + i as i64;
-    match provider {
+    let text = match provider {
         Provider::Binance => format!(
             r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":{t},"s":"BTCUSDT","t":{i},"p":"{price}","q":"0.00150000","T":{t},"m":true,"M":true}}}}"#
         ),
@@ -40,12 +51,31 @@ fn frame(provider: Provider, i: usize) -> String {
             r#"{{"type":"trade","venue":"sim-a","symbol":"BTC-USD","trade_id":"sim-a-{i}","price":"{price}","size":"0.0015","side":"buy","ts_us":{},"seq":{i}}}"#,
             t * 1000
         ),
-    }
+        Provider::Grpc => {
+            let trade = feed::Trade {
+                symbol: "SOL/USD".into(),
+                exchange: Some("xnas".into()),
+                trade_id: i.to_string(),
+                price,
+                size: "0.0015".into(),
+                side: feed::Side::Buy as i32,
+                event_time_us: t * 1000,
+                sequence: Some(i as i64),
+            };
+            let kind = server_message::Kind::Trade(trade);
+            return ServerMessage { kind: Some(kind) }.encode_to_vec();
+        }
+    };
+    text.into_bytes()
 }
 
 fn bench(c: &mut Criterion) {
     let index = InstrumentIndex::new(
-        parse_toml(tickflow_shared::testkit::INSTRUMENTS_FIXTURE).expect("instruments"),
+        parse_toml(&format!(
+            "{}{GRPC_INSTRUMENT}",
+            tickflow_shared::testkit::INSTRUMENTS_FIXTURE
+        ))
+        .expect("instruments"),
     );
     let limits = Limits {
         max_future: 10_000_000,
@@ -65,7 +95,7 @@ fn bench(c: &mut Criterion) {
                     sequence: i as i64,
                     received_at: T0_MS * 1000 + 1_000_000,
                     channel: "trades".into(),
-                    payload: frame(provider, i).into_bytes(),
+                    payload: frame(provider, i),
                 })
                 .collect();
             group.bench_with_input(

@@ -9,6 +9,7 @@
 pub mod binance;
 pub mod coinbase;
 pub mod finnhub;
+pub mod grpc;
 pub mod kraken;
 pub mod simulator;
 
@@ -94,15 +95,17 @@ pub enum Provider {
     Coinbase,
     Kraken,
     Finnhub,
+    Grpc,
     Simulator,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 5] = [
+    pub const ALL: [Provider; 6] = [
         Provider::Binance,
         Provider::Coinbase,
         Provider::Kraken,
         Provider::Finnhub,
+        Provider::Grpc,
         Provider::Simulator,
     ];
 
@@ -117,6 +120,7 @@ impl Provider {
             Provider::Coinbase => "coinbase",
             Provider::Kraken => "kraken",
             Provider::Finnhub => "finnhub",
+            Provider::Grpc => "grpc",
             Provider::Simulator => "simulator",
         }
     }
@@ -127,6 +131,7 @@ impl Provider {
             Provider::Coinbase => coinbase::parse(payload),
             Provider::Kraken => kraken::parse(payload),
             Provider::Finnhub => finnhub::parse(payload),
+            Provider::Grpc => grpc::parse(payload),
             Provider::Simulator => simulator::parse(payload),
         }
     }
