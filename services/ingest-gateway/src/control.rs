@@ -277,12 +277,14 @@ async fn change(
     }
     let request: ChangeRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(
-            StatusCode::BAD_REQUEST,
-            format!(
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
                 "body must be {{\"add\": [instrument, ...], \"remove\": [instrument, ...]}}: {e}"
             ),
-        ),
+            )
+        }
     };
     match api.control.change(&provider, &request.add, &request.remove) {
         Ok(wanted) => {

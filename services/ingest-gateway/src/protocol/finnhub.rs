@@ -51,10 +51,20 @@ impl Protocol for Finnhub {
     }
 
     fn connect_url(&self, url: &str, token: Option<&str>) -> String {
-        match token {
-            Some(t) if url.contains('?') => format!("{url}&token={t}"),
-            Some(t) => format!("{url}?token={t}"),
-            None => url.to_string(),
+        let Some(t) = token else {
+            return url.to_string();
+        };
+        // `wss://ws.finnhub.io?token=..` has an empty path, which the handshake request line
+        // cannot carry: make it `/`.
+        let has_path = url
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.split('?').next().unwrap_or("").contains('/'));
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let slash = if has_path { "" } else { "/" };
+        if query.is_empty() {
+            format!("{base}{slash}?token={t}")
+        } else {
+            format!("{base}{slash}?{query}&token={t}")
         }
     }
 
