@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use metrics::Counter;
 use tickflow_shared::domain::now_micros;
-use tickflow_shared::proto::feed::{client_message, ClientMessage};
+use tickflow_shared::proto::feed::{self, client_message, ClientMessage};
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
 use tokio::sync::{mpsc, watch};
@@ -128,11 +128,9 @@ impl Outbox {
         for chunk in symbols.chunks(SYMBOLS_PER_MESSAGE) {
             let symbols = chunk.to_vec();
             let kind = if subscribe {
-                client_message::Kind::Subscribe(tickflow_shared::proto::feed::Subscribe { symbols })
+                client_message::Kind::Subscribe(feed::Subscribe { symbols })
             } else {
-                client_message::Kind::Unsubscribe(tickflow_shared::proto::feed::Unsubscribe {
-                    symbols,
-                })
+                client_message::Kind::Unsubscribe(feed::Unsubscribe { symbols })
             };
             self.queue.push_back(ClientMessage { kind: Some(kind) });
         }
@@ -449,7 +447,7 @@ async fn session(
             _ = ping.tick() => {
                 ping_id += 1;
                 let message = ClientMessage {
-                    kind: Some(client_message::Kind::Ping(tickflow_shared::proto::feed::Ping { id: ping_id })),
+                    kind: Some(client_message::Kind::Ping(feed::Ping { id: ping_id })),
                 };
                 if tx.send(message).is_err() {
                     return lost("send_failed", "the request stream is closed".into(), rate_limited, healthy);
