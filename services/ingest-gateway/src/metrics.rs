@@ -9,6 +9,7 @@ pub const PRODUCE_LATENCY: &str = "tickflow_gateway_receive_to_ack_seconds";
 pub const PRODUCE_ERRORS: &str = "tickflow_gateway_kafka_errors_total";
 pub const LAST_MESSAGE_AGE: &str = "tickflow_gateway_last_message_age_seconds";
 pub const ACTIVE_SUBSCRIPTIONS: &str = "tickflow_gateway_active_subscriptions";
+pub const DELIVERED: &str = "tickflow_gateway_delivered_total";
 pub const FRAMES: &str = "tickflow_gateway_frames_total";
 pub const CONNECTION_STATE: &str = "tickflow_gateway_connection_state";
 pub const RECONNECTS: &str = "tickflow_gateway_reconnects_total";
@@ -22,6 +23,10 @@ pub fn describe() {
     describe_counter!(
         FRAMES,
         "WebSocket frames received, by provider and type (data, heartbeat, subscribed, rejected, error, malformed, ping, pong, ...)."
+    );
+    describe_counter!(
+        DELIVERED,
+        "Frames Kafka acknowledged (acks=all), raw and dead-letter topics together, by provider."
     );
     describe_gauge!(
         CONNECTION_STATE,

@@ -72,11 +72,9 @@ impl Output {
         self.max_frame_bytes
     }
 
-    /// Hands a frame to the producer: waits while the queue is full, unless dropping is
-    /// configured. Empty and oversized frames become dead letters; every dead letter is counted
-    /// by reason and logged with a sample, and kept on the dead-letter topic when one is
-    /// configured. `false` once the sink has stopped.
-    pub async fn send(&self, mut frame: Frame) -> bool {
+    /// Counts, logs and (unless kept) swallows dead letters: `None` when nothing is left to
+    /// queue. Empty and oversized frames become dead letters here.
+    fn screen(&self, mut frame: Frame) -> Option<Frame> {
         if frame.dead_letter.is_none() {
             if frame.payload.is_empty() {
                 frame.dead_letter = Some(DeadLetter::new("empty", "empty frame"));
@@ -99,22 +97,57 @@ impl Output {
                     .into_owned();
             tracing::warn!(provider = frame.provider, connection = %frame.connection_id, sequence = frame.sequence, bytes = frame.payload.len(), reason = dead.reason, detail = %dead.detail, sample, kept = self.keep_dead_letters, "frame not forwarded");
             if !self.keep_dead_letters {
-                return true;
+                return None;
             }
         }
-        if !self.drop_when_full {
-            return self.tx.send(frame).await.is_ok();
-        }
+        Some(frame)
+    }
+
+    /// Hands a frame over without waiting. `Full` gives the frame back when the queue is full
+    /// and dropping is not configured: the caller then waits with [`Output::wait_send`].
+    pub fn offer(&self, frame: Frame) -> Offer {
+        let Some(frame) = self.screen(frame) else {
+            return Offer::Taken;
+        };
         match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(frame)) => {
+            Ok(()) => Offer::Taken,
+            Err(mpsc::error::TrySendError::Full(frame)) if self.drop_when_full => {
                 metrics::counter!(DROPPED, "provider" => frame.provider).increment(1);
                 tracing::warn!(provider = frame.provider, connection = %frame.connection_id, sequence = frame.sequence, "queue full: frame dropped (gateway.drop_when_full)");
-                true
+                Offer::Taken
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(frame)) => Offer::Full(frame),
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
         }
     }
+
+    /// Waits for room for a frame that [`Output::offer`] gave back. `false` once the sink has
+    /// stopped.
+    pub async fn wait_send(&self, frame: Frame) -> bool {
+        self.tx.send(frame).await.is_ok()
+    }
+
+    /// Hands a frame to the producer: waits while the queue is full, unless dropping is
+    /// configured. Empty and oversized frames become dead letters; every dead letter is counted
+    /// by reason and logged with a sample, and kept on the dead-letter topic when one is
+    /// configured. `false` once the sink has stopped.
+    pub async fn send(&self, frame: Frame) -> bool {
+        match self.offer(frame) {
+            Offer::Taken => true,
+            Offer::Closed => false,
+            Offer::Full(frame) => self.wait_send(frame).await,
+        }
+    }
+}
+
+/// What [`Output::offer`] did with a frame.
+pub enum Offer {
+    /// Queued, or dropped as configured (counted and logged).
+    Taken,
+    /// The queue is full: wait for room.
+    Full(Frame),
+    /// The sink has stopped.
+    Closed,
 }
 
 pub fn queue(
@@ -151,6 +184,7 @@ impl ProducerContext for Deliveries {
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
         match result {
             Ok(_) => {
+                metrics::counter!(DELIVERED, "provider" => sent.provider).increment(1);
                 let seconds = (now_micros() - sent.received_at) as f64 / 1e6;
                 metrics::histogram!(PRODUCE_LATENCY, "provider" => sent.provider).record(seconds);
             }

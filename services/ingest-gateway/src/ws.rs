@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::config::ProviderSettings;
 use crate::metrics::*;
 use crate::protocol::{Inbound, Protocol};
-use crate::sink::{DeadLetter, Frame, Output};
+use crate::sink::{DeadLetter, Frame, Offer, Output};
 use crate::state::{Book, SubState};
 
 /// A change to what one connection carries: (provider symbol, canonical instrument) pairs.
@@ -553,11 +553,19 @@ async fn session(
             payload,
             dead_letter: dead,
         };
-        // Backpressure: wait for room, flushing the socket meanwhile so queued pongs still go.
-        let send = ctx.output.send(frame);
+        // Backpressure: when the queue is full, wait for room, flushing the socket meanwhile
+        // so that queued pongs still go out.
+        let frame = match ctx.output.offer(frame) {
+            Offer::Taken => continue,
+            Offer::Closed => return Ended::Shutdown,
+            Offer::Full(frame) => frame,
+        };
+        let send = ctx.output.wait_send(frame);
         tokio::pin!(send);
-        let mut flush = tokio::time::interval(Duration::from_secs(1));
-        flush.tick().await;
+        let mut flush = tokio::time::interval_at(
+            Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         loop {
             tokio::select! {
                 delivered = &mut send => {

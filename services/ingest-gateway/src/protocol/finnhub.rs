@@ -148,7 +148,11 @@ mod tests {
         ));
         assert_eq!(
             p.connect_url("wss://ws.finnhub.io", Some("k")),
-            "wss://ws.finnhub.io?token=k"
+            "wss://ws.finnhub.io/?token=k"
+        );
+        assert_eq!(
+            p.connect_url("ws://127.0.0.1:1/feed?a=b", Some("k")),
+            "ws://127.0.0.1:1/feed?a=b&token=k"
         );
         assert_eq!(
             p.subscribe(&["AAPL".into(), "MSFT".into()], 0),

@@ -3,6 +3,8 @@
 //! demand, and a record of every frame they sent during a live connection.
 
 #![allow(dead_code)]
+// The handshake callback's error type is tungstenite's own.
+#![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -332,7 +334,7 @@ fn trade(dialect: Dialect, symbol: &str, n: u64) -> String {
     let price = format!("{}.{:02}", 100 + n % 50, n % 100);
     match dialect {
         Dialect::Binance => json!({"stream": format!("{}@trade", symbol.to_ascii_lowercase()), "data": {
-            "e": "trade", "E": ms, "s": symbol, "t": n, "p": price, "q": "0.01000000", "T": ms, "m": n % 2 == 0, "M": true}}).to_string(),
+            "e": "trade", "E": ms, "s": symbol, "t": n, "p": price, "q": "0.01000000", "T": ms, "m": n.is_multiple_of(2), "M": true}}).to_string(),
         Dialect::Coinbase => json!({"type": "match", "trade_id": n, "sequence": n, "maker_order_id": "ac928c66-ca53-498f-9c13-a110027a60e8",
             "taker_order_id": "132fb6ae-456b-4654-b4e0-d681ac05cea1", "time": "2023-11-14T22:13:20.000000Z",
             "product_id": symbol, "size": "0.01", "price": price, "side": "sell"}).to_string(),
