@@ -2,7 +2,8 @@
 //!
 //! <https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams>
 //!
-//! - Endpoint `wss://stream.binance.com:9443/stream`; streams are named `<symbol lowercase>@trade`.
+//! - Endpoint `wss://stream.binance.com:443/stream` (or port 9443; 443 passes the cluster's egress
+//!   policy); streams are named `<symbol lowercase>@trade`.
 //! - `{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}` is answered by
 //!   `{"result":null,"id":1}`; an error by `{"code":2,"msg":"Invalid request ...","id":1}` (or
 //!   the same inside `"error"`).
@@ -67,7 +68,7 @@ impl Protocol for Binance {
 
     fn defaults(&self) -> ProviderDefaults {
         ProviderDefaults {
-            url: "wss://stream.binance.com:9443/stream",
+            url: "wss://stream.binance.com:443/stream",
             max_streams_per_connection: 1024,
             // Below the documented 5/s, leaving room for pongs.
             max_messages_per_s: 4.0,
