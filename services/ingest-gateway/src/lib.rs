@@ -2,7 +2,7 @@
 //! untouched, with its receive time, as a RawEnvelope on `md.raw.<provider>`.
 //!
 //! Providers: Binance, Coinbase, Kraken v2 and Finnhub over WebSocket (`protocol`, `ws`,
-//! `provider`), and the built-in simulator. Subscriptions are split across replicas (`plan`) and
+//! `provider`), the tickflow.feed.v1 gRPC feed (`grpc`), and the built-in simulator. Subscriptions are split across replicas (`plan`) and
 //! change at runtime through the admin API or a config file edit (`control`). Frames go through
 //! one bounded queue to the idempotent producer (`sink`); frames that cannot be forwarded go to
 //! the dead-letter topic with the reason.

@@ -7,9 +7,13 @@ use tickflow_shared::service::{self, CommonArgs};
 
 /// Holds live connections to market-data providers and puts every frame on Kafka untouched, with its receive time.
 ///
-/// Runs the built-in simulated provider ([gateway.simulator]: venues, rate, seed, faults) and
-/// writes every frame as a RawEnvelope to md.raw.<provider> through a bounded queue and the
-/// idempotent producer (acks=all). The WebSocket and gRPC providers are not implemented yet.
+/// Providers: binance, coinbase, kraken, finnhub (WebSocket), grpc (the tickflow.feed.v1 feed)
+/// and the built-in simulator ([gateway.<provider>] enabled = true; the simulator is on by
+/// default). Subscriptions come from the instruments file or [gateway.<provider>] instruments,
+/// split over replicas by gateway.replica_index / replica_count, and change at runtime through
+/// the admin API (gateway.admin.listen, bearer token from TICKFLOW_GATEWAY_ADMIN_TOKEN) or by
+/// editing the config file. Every frame goes as a RawEnvelope to md.raw.<provider> (idempotent
+/// producer, acks=all); frames that cannot be forwarded go to md.dlq.gateway with the reason.
 /// Serves /metrics, /healthz and /readyz.
 #[derive(Parser)]
 #[command(name = "ingest-gateway", version, verbatim_doc_comment)]
