@@ -11,13 +11,12 @@
 //! Liveness is watched with the feed's own Ping/Pong, not HTTP/2 keepalive pings: servers built
 //! on grpc-go close connections that ping more often than every five minutes by default.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use metrics::Counter;
 use tickflow_shared::domain::now_micros;
 use tickflow_shared::proto::feed::{self, client_message, ClientMessage};
 use tickflow_shared::shutdown::Shutdown;
@@ -32,6 +31,7 @@ use tonic::{Code, Status};
 use crate::config::{ProviderDefaults, ProviderSettings};
 use crate::metrics::*;
 use crate::plan::Desired;
+use crate::session::{frame_type, lost, Counters, Ended};
 use crate::sink::{DeadLetter, Frame, Output};
 use crate::state::{Book, SubState};
 
@@ -148,31 +148,6 @@ impl Outbox {
     }
 }
 
-/// Why a session ended.
-#[derive(Debug)]
-enum Ended {
-    Shutdown,
-    /// Nothing is wanted any more: the stream is closed until something is.
-    Idle,
-    Lost {
-        /// A bounded code: the `reason` label of the reconnect counter.
-        reason: &'static str,
-        detail: String,
-        rate_limited: bool,
-        /// Data flowed: the next reconnect starts from the first backoff step again.
-        healthy: bool,
-    },
-}
-
-fn lost(reason: &'static str, detail: String, rate_limited: bool, healthy: bool) -> Ended {
-    Ended::Lost {
-        reason,
-        detail,
-        rate_limited,
-        healthy,
-    }
-}
-
 /// Runs the feed until shutdown: follows `desired`, holding the stream while anything is wanted.
 pub async fn run(ctx: Context, mut desired: watch::Receiver<Desired>) {
     let state =
@@ -224,7 +199,7 @@ pub async fn run(ctx: Context, mut desired: watch::Receiver<Desired>) {
         });
         match outcome {
             Ended::Shutdown => return retire(&ctx),
-            Ended::Idle => {
+            Ended::Stopped => {
                 tracing::info!(
                     provider = PROVIDER,
                     "nothing to subscribe any more: stream closed"
@@ -287,46 +262,6 @@ fn status_lost(status: &Status, rate_limited: bool, healthy: bool, opening: bool
     };
     let detail = format!("{:?}: {}", status.code(), status.message());
     lost(reason, detail, limited, healthy)
-}
-
-/// Per-session counters, looked up once per symbol rather than once per message.
-struct Counters {
-    labels: InstrumentLabels,
-    by_symbol: HashMap<String, Counter>,
-    unknown: Counter,
-    bytes: Counter,
-}
-
-impl Counters {
-    fn new(labels: InstrumentLabels) -> Self {
-        Self {
-            labels,
-            by_symbol: HashMap::new(),
-            unknown: metrics::counter!(MESSAGES, "provider" => PROVIDER, "instrument" => "unknown"),
-            bytes: metrics::counter!(BYTES, "provider" => PROVIDER),
-        }
-    }
-
-    fn trade(&mut self, symbol: Option<&str>, symbols: &Desired) {
-        let counter = match symbol {
-            Some(s) => {
-                if !self.by_symbol.contains_key(s) {
-                    let instrument = symbols.get(s).map_or("unknown", String::as_str);
-                    let label = self.labels.label(instrument);
-                    let c =
-                        metrics::counter!(MESSAGES, "provider" => PROVIDER, "instrument" => label);
-                    self.by_symbol.insert(s.to_string(), c);
-                }
-                &self.by_symbol[s]
-            }
-            None => &self.unknown,
-        };
-        counter.increment(1);
-    }
-}
-
-fn frame_type(kind: &'static str) {
-    metrics::counter!(FRAMES, "provider" => PROVIDER, "type" => kind).increment(1);
 }
 
 /// One stream, from dial to loss.
@@ -398,7 +333,7 @@ async fn session(
     tracing::info!(provider = PROVIDER, connection = CONNECTION, session = %session_id, url = %s.url, symbols = symbols.len(), "connected");
 
     let mut active: BTreeSet<String> = BTreeSet::new();
-    let mut counters = Counters::new(ctx.labels.clone());
+    let mut counters = Counters::new(PROVIDER, ctx.labels.clone());
     let last_data: Arc<AtomicI64> = ctx.book.last_data(PROVIDER);
     let mut sequence: i64 = 0;
     let mut rate_limited = false;
@@ -426,7 +361,7 @@ async fn session(
                 let wanted = desired.borrow_and_update().clone();
                 let change = follow(ctx, symbols, &wanted);
                 if symbols.is_empty() {
-                    return Ended::Idle;
+                    return Ended::Stopped;
                 }
                 for gone in &change.removed {
                     active.remove(gone);
@@ -514,8 +449,8 @@ async fn session(
         let mut dead = None;
         match received {
             Some(Received::Trade { symbol }) => {
-                frame_type("data");
-                counters.trade(symbol.as_deref(), symbols);
+                frame_type(PROVIDER, "data");
+                counters.message(symbol.as_deref(), symbols);
                 last_trade = last_message;
                 last_data.store(received_at, Ordering::Relaxed);
                 healthy = true;
@@ -528,14 +463,14 @@ async fn session(
                 key = symbol;
             }
             Some(Received::Subscribed(symbol)) => {
-                frame_type("subscribed");
+                frame_type(PROVIDER, "subscribed");
                 if symbols.contains_key(&symbol) {
                     active.insert(symbol.clone());
                     ctx.book.set(PROVIDER, [&symbol], SubState::Active, None);
                 }
             }
             Some(Received::Unsubscribed { symbol, message }) => {
-                frame_type("unsubscribed");
+                frame_type(PROVIDER, "unsubscribed");
                 // Still wanted: the server ended it on its own. The next stream asks again.
                 if symbols.contains_key(&symbol) {
                     active.remove(&symbol);
@@ -546,7 +481,7 @@ async fn session(
                 }
             }
             Some(Received::Rejected { symbol, message }) => {
-                frame_type("rejected");
+                frame_type(PROVIDER, "rejected");
                 tracing::warn!(provider = PROVIDER, connection = CONNECTION, symbol, error = %message, "the server refused a subscription");
                 if symbols.contains_key(&symbol) {
                     active.remove(&symbol);
@@ -554,13 +489,13 @@ async fn session(
                         .set(PROVIDER, [&symbol], SubState::Failed, Some(&message));
                 }
             }
-            Some(Received::Control(kind)) => frame_type(kind),
+            Some(Received::Control(kind)) => frame_type(PROVIDER, kind),
             Some(Received::Error {
                 code,
                 message,
                 rate_limited: limited,
             }) => {
-                frame_type("error");
+                frame_type(PROVIDER, "error");
                 rate_limited |= limited;
                 tracing::error!(provider = PROVIDER, connection = CONNECTION, code, error = %message, rate_limited = limited, "the server reports an error");
                 ctx.book.connection(PROVIDER, CONNECTION, |c| {
@@ -568,10 +503,10 @@ async fn session(
                 });
             }
             Some(Received::Malformed(reason)) => {
-                frame_type("malformed");
+                frame_type(PROVIDER, "malformed");
                 dead = Some(DeadLetter::new("malformed", reason));
             }
-            None => frame_type("oversized"),
+            None => frame_type(PROVIDER, "oversized"),
         }
         let frame = Frame {
             provider: PROVIDER,

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod plan;
 pub mod protocol;
 pub mod provider;
+mod session;
 pub mod simulator;
 pub mod sink;
 pub mod sources;

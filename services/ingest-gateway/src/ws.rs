@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use metrics::Counter;
 use rand::Rng;
 use tickflow_shared::domain::now_micros;
 use tickflow_shared::shutdown::Shutdown;
@@ -37,6 +36,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::config::ProviderSettings;
 use crate::metrics::*;
 use crate::protocol::{Inbound, Protocol};
+use crate::session::{frame_type, lost, Counters, Ended};
 use crate::sink::{DeadLetter, Frame, Offer, Output};
 use crate::state::{Book, SubState};
 
@@ -57,22 +57,6 @@ pub struct Context {
     pub book: Book,
     pub labels: InstrumentLabels,
     pub shutdown: Shutdown,
-}
-
-/// Why a session ended.
-#[derive(Debug)]
-enum Ended {
-    Shutdown,
-    /// The manager dropped the connection (it carries nothing any more).
-    Retired,
-    Lost {
-        /// A bounded code: the `reason` label of the reconnect counter.
-        reason: &'static str,
-        detail: String,
-        rate_limited: bool,
-        /// Data flowed: the next reconnect starts from the first backoff step again.
-        healthy: bool,
-    },
 }
 
 /// Runs connection `index` of the provider until it is retired (its command channel closes)
@@ -108,7 +92,7 @@ pub async fn run(ctx: Context, index: usize, mut commands: mpsc::UnboundedReceiv
         let outcome = session(&ctx, &name, &mut symbols, &mut commands).await;
         state.set(0.0);
         match outcome {
-            Ended::Shutdown | Ended::Retired => return retire(&ctx, &name),
+            Ended::Shutdown | Ended::Stopped => return retire(&ctx, &name),
             Ended::Lost {
                 reason,
                 detail,
@@ -221,38 +205,6 @@ impl Outbox {
     }
 }
 
-/// Per-session counters, looked up once per symbol rather than once per frame.
-struct Counters {
-    provider: &'static str,
-    labels: InstrumentLabels,
-    by_symbol: HashMap<String, Counter>,
-    unknown: Counter,
-    bytes: Counter,
-}
-
-impl Counters {
-    fn message(&mut self, symbol: Option<&str>, symbols: &BTreeMap<String, String>) {
-        let counter = match symbol {
-            Some(s) => {
-                if let Some(c) = self.by_symbol.get(s) {
-                    c
-                } else {
-                    let instrument = symbols.get(s).map_or("unknown", String::as_str);
-                    let label = self.labels.label(instrument);
-                    let c = metrics::counter!(MESSAGES, "provider" => self.provider, "instrument" => label);
-                    self.by_symbol.entry(s.to_string()).or_insert(c)
-                }
-            }
-            None => &self.unknown,
-        };
-        counter.increment(1);
-    }
-}
-
-fn frame_type(provider: &'static str, kind: &'static str) {
-    metrics::counter!(FRAMES, "provider" => provider, "type" => kind).increment(1);
-}
-
 /// One connected session, from dial to loss.
 async fn session(
     ctx: &Context,
@@ -303,13 +255,7 @@ async fn session(
     ctx.book.set(provider, &wanted, SubState::Pending, None);
     let mut requests: HashMap<u64, Vec<String>> = HashMap::new();
     let mut active: BTreeSet<String> = BTreeSet::new();
-    let mut counters = Counters {
-        provider,
-        labels: ctx.labels.clone(),
-        by_symbol: HashMap::new(),
-        unknown: metrics::counter!(MESSAGES, "provider" => provider, "instrument" => "unknown"),
-        bytes: metrics::counter!(BYTES, "provider" => provider),
-    };
+    let mut counters = Counters::new(provider, ctx.labels.clone());
     let last_data: Arc<AtomicI64> = ctx.book.last_data(provider);
     let mut sequence: i64 = 0;
     let mut rate_limited = false;
@@ -336,7 +282,7 @@ async fn session(
                 match command {
                     None => {
                         let _ = ws.close(None).await;
-                        return Ended::Retired;
+                        return Ended::Stopped;
                     }
                     Some(Command::Subscribe(pairs)) => {
                         let new: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
@@ -579,15 +525,6 @@ async fn session(
                 }
             }
         }
-    }
-}
-
-fn lost(reason: &'static str, detail: String, rate_limited: bool, healthy: bool) -> Ended {
-    Ended::Lost {
-        reason,
-        detail,
-        rate_limited,
-        healthy,
     }
 }
 
