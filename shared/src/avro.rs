@@ -139,7 +139,15 @@ impl Registry {
         schema.parse()?;
         let subject = value_subject(topic);
         self.set_compatibility(&subject).await?;
-        match post_schema(&self.settings, subject.clone(), schema.supplied()).await {
+        let mut result = post_schema(&self.settings, subject.clone(), schema.supplied()).await;
+        if result.as_ref().is_err_and(is_conflict) {
+            // Two instances starting together (gateway replicas) create the subject at the same
+            // moment, and the loser gets 409 "already exists". Asked again, the registry finds
+            // the same schema and answers its id; a second 409 is a real incompatibility.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            result = post_schema(&self.settings, subject.clone(), schema.supplied()).await;
+        }
+        match result {
             Ok(registered) => Ok(registered.id),
             Err(e) if is_conflict(&e) => Err(Error::IncompatibleSchema {
                 subject,

@@ -262,6 +262,10 @@ async fn session(
     let mut healthy = false;
     let mut last_frame = Instant::now();
     let mut last_market_data = Instant::now();
+    // Set once the gateway decided to close (shutdown, retired, silent): what the session will
+    // end with, after the closing handshake or `CLOSE_WAIT`.
+    let mut closing: Option<Ended> = None;
+    let mut close_deadline = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + s.ping_interval, s.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -272,17 +276,21 @@ async fn session(
             .map(|d| last_market_data + d)
             .filter(|_| !symbols.is_empty());
         let send_at = (!outbox.queue.is_empty()).then_some(outbox.next_at);
+        let open = closing.is_none();
         let received = tokio::select! {
             biased;
-            () = ctx.shutdown.triggered() => {
-                let _ = ws.close(None).await;
-                return Ended::Shutdown;
+            () = ctx.shutdown.triggered(), if open => {
+                close_deadline = begin_close(&mut ws, &mut closing, Ended::Shutdown).await;
+                continue;
             }
-            command = commands.recv() => {
+            () = sleep_until(close_deadline), if !open => {
+                return closing.take().unwrap_or(Ended::Shutdown);
+            }
+            command = commands.recv(), if open => {
                 match command {
                     None => {
-                        let _ = ws.close(None).await;
-                        return Ended::Stopped;
+                        close_deadline = begin_close(&mut ws, &mut closing, Ended::Stopped).await;
+                        continue;
                     }
                     Some(Command::Subscribe(pairs)) => {
                         let new: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
@@ -301,7 +309,7 @@ async fn session(
                 }
                 continue;
             }
-            () = async { sleep_until(send_at.unwrap_or_else(Instant::now)).await }, if send_at.is_some() => {
+            () = async { sleep_until(send_at.unwrap_or_else(Instant::now)).await }, if open && send_at.is_some() => {
                 if let Some((text, tracked)) = outbox.queue.pop_front() {
                     if let Some((id, list)) = tracked {
                         requests.insert(id, list);
@@ -313,21 +321,33 @@ async fn session(
                 }
                 continue;
             }
-            _ = ping.tick() => {
+            _ = ping.tick(), if open => {
                 if let Err(e) = ws.send(Message::Ping(Bytes::from_static(b"tickflow"))).await {
                     return lost("send_failed", e.to_string(), rate_limited, healthy);
                 }
                 continue;
             }
-            () = sleep_until(silence_at) => {
-                return lost("silent", format!("no frame for {:?}", s.silence_timeout), rate_limited, healthy);
+            () = sleep_until(silence_at), if open => {
+                let ended = lost("silent", format!("no frame for {:?}", s.silence_timeout), rate_limited, healthy);
+                close_deadline = begin_close(&mut ws, &mut closing, ended).await;
+                continue;
             }
-            () = async { sleep_until(data_silence_at.unwrap_or_else(Instant::now)).await }, if data_silence_at.is_some() => {
-                return lost("no_data", format!("no market data for {:?} (frames still arrive)", s.data_silence_timeout.unwrap_or_default()), rate_limited, healthy);
+            () = async { sleep_until(data_silence_at.unwrap_or_else(Instant::now)).await }, if open && data_silence_at.is_some() => {
+                let ended = lost("no_data", format!("no market data for {:?} (frames still arrive)", s.data_silence_timeout.unwrap_or_default()), rate_limited, healthy);
+                close_deadline = begin_close(&mut ws, &mut closing, ended).await;
+                continue;
             }
             received = ws.next() => received,
         };
         let received_at = now_micros();
+        if let Some(ended) = closing.take() {
+            // Closing: frames still come until the provider has seen our close frame; they are
+            // forwarded like any other. Its close (or the end of the stream) ends the session.
+            if matches!(received, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+                return ended;
+            }
+            closing = Some(ended);
+        }
         let message = match received {
             None => {
                 return lost(
@@ -526,6 +546,23 @@ async fn session(
             }
         }
     }
+}
+
+/// How long a closing connection waits for the provider to answer our close frame, forwarding
+/// what still arrives meanwhile.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Starts the closing handshake: sends a close frame; the session keeps reading until the
+/// provider answers it (or `CLOSE_WAIT`), so nothing the provider sent before it saw our close
+/// is left unread.
+/// Returns when to stop waiting.
+async fn begin_close<S>(ws: &mut S, closing: &mut Option<Ended>, ended: Ended) -> Instant
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_WAIT, ws.send(Message::Close(None))).await;
+    *closing = Some(ended);
+    Instant::now() + CLOSE_WAIT
 }
 
 fn dead_frame(

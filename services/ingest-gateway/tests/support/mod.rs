@@ -356,21 +356,17 @@ fn heartbeat(dialect: Dialect) -> Option<String> {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// Sends a text frame and records it as sent.
+/// Sends a text frame and records it as sent, once the socket took it (after the peer's close
+/// frame it no longer does: such a frame never left).
 async fn send_recorded(
     ws: &mut Ws,
     record: &Mutex<Record>,
     id: u64,
     text: String,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    record
-        .lock()
-        .unwrap()
-        .sent
-        .entry(id)
-        .or_default()
-        .push(Sent::Text(text.clone()));
-    ws.send(Message::text(text)).await
+    ws.send(Message::text(text.clone())).await?;
+    record.lock().unwrap().sent.entry(id).or_default().push(Sent::Text(text));
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
