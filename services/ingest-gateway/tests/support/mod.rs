@@ -365,7 +365,13 @@ async fn send_recorded(
     text: String,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     ws.send(Message::text(text.clone())).await?;
-    record.lock().unwrap().sent.entry(id).or_default().push(Sent::Text(text));
+    record
+        .lock()
+        .unwrap()
+        .sent
+        .entry(id)
+        .or_default()
+        .push(Sent::Text(text));
     Ok(())
 }
 
