@@ -31,7 +31,7 @@ use tonic::{Code, Status};
 use crate::config::{ProviderDefaults, ProviderSettings};
 use crate::metrics::*;
 use crate::plan::Desired;
-use crate::session::{frame_type, lost, Counters, Ended};
+use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended};
 use crate::sink::{DeadLetter, Frame, Output};
 use crate::state::{Book, SubState};
 
@@ -172,15 +172,9 @@ pub async fn run(ctx: Context, mut desired: watch::Receiver<Desired>) {
         // Wait out a backoff (or, with nothing to carry, for work), keeping up with changes.
         let mut until = delay.take().map(|d| Instant::now() + d);
         while until.is_some() || symbols.is_empty() {
-            let sleep = async move {
-                match until {
-                    Some(u) => sleep_until(u).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = ctx.shutdown.triggered() => return retire(&ctx),
-                () = sleep => until = None,
+                () = sleep_until_some(until) => until = None,
                 changed = desired.changed() => {
                     if changed.is_err() {
                         return retire(&ctx);
@@ -211,24 +205,15 @@ pub async fn run(ctx: Context, mut desired: watch::Receiver<Desired>) {
                 rate_limited,
                 healthy,
             } => {
-                metrics::counter!(RECONNECTS, "provider" => PROVIDER, "reason" => reason)
-                    .increment(1);
-                if healthy {
-                    attempt = 0;
-                }
-                let mut wait = crate::ws::backoff(&ctx.settings, attempt);
-                attempt = attempt.saturating_add(1);
-                if rate_limited {
-                    wait = wait.max(ctx.settings.rate_limit_backoff);
-                }
-                tracing::warn!(provider = PROVIDER, connection = CONNECTION, reason, detail = %detail, rate_limited, retry_in_ms = wait.as_millis() as u64, "connection lost; reconnecting");
-                ctx.book.connection(PROVIDER, CONNECTION, |c| {
-                    c.reconnects += 1;
-                    c.last_error = Some(format!("{reason}: {detail}"));
-                });
-                ctx.book
-                    .set(PROVIDER, symbols.keys(), SubState::Connecting, None);
-                delay = Some(wait);
+                delay = Some(after_loss(
+                    &ctx.book,
+                    &ctx.settings,
+                    PROVIDER,
+                    CONNECTION,
+                    symbols.keys(),
+                    &mut attempt,
+                    (reason, detail, rate_limited, healthy),
+                ));
             }
         }
     }

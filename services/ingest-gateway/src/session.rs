@@ -1,12 +1,16 @@
 //! What the WebSocket connections (`ws`) and the gRPC feed (`grpc`) share about one session:
-//! why it ended, and its counters.
+//! why it ended, its counters, and what happens after a loss.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use metrics::Counter;
+use tickflow_shared::domain::now_micros;
 use tickflow_shared::telemetry::InstrumentLabels;
 
-use crate::metrics::{BYTES, FRAMES, MESSAGES};
+use crate::config::ProviderSettings;
+use crate::metrics::{BYTES, FRAMES, MESSAGES, RECONNECTS};
+use crate::state::{Book, SubState};
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -79,4 +83,51 @@ impl Counters {
 
 pub(crate) fn frame_type(provider: &'static str, kind: &'static str) {
     metrics::counter!(FRAMES, "provider" => provider, "type" => kind).increment(1);
+}
+
+/// Sleeps until `until`, or forever without one (a `select!` branch that never fires).
+pub(crate) async fn sleep_until_some(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(u) => tokio::time::sleep_until(u).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After a lost session: counts the reconnect, logs it, records it in the book (the connection's
+/// last error, its subscriptions back to connecting) and says how long to wait before the next
+/// attempt. `attempt` is the backoff step; a healthy session (data flowed) resets it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn after_loss<'a>(
+    book: &Book,
+    settings: &ProviderSettings,
+    provider: &'static str,
+    connection: &str,
+    symbols: impl IntoIterator<Item = &'a String>,
+    attempt: &mut u32,
+    ended: (&'static str, String, bool, bool),
+) -> Duration {
+    let (reason, detail, rate_limited, healthy) = ended;
+    metrics::counter!(RECONNECTS, "provider" => provider, "reason" => reason).increment(1);
+    if healthy {
+        *attempt = 0;
+    }
+    let mut wait = crate::ws::backoff(settings, *attempt);
+    *attempt = attempt.saturating_add(1);
+    if reason == "invalid_utf8" && healthy {
+        // The connection failed on one frame, not on the provider: come back at once.
+        wait = Duration::ZERO;
+    }
+    if rate_limited {
+        wait = wait.max(settings.rate_limit_backoff);
+    }
+    tracing::warn!(provider, connection, reason, detail = %detail, rate_limited, retry_in_ms = wait.as_millis() as u64, "connection lost; reconnecting");
+    book.connection(provider, connection, |c| {
+        c.up = false;
+        c.session = None;
+        c.since_us = now_micros();
+        c.reconnects += 1;
+        c.last_error = Some(format!("{reason}: {detail}"));
+    });
+    book.set(provider, symbols, SubState::Connecting, None);
+    wait
 }

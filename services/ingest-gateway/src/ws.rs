@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::config::ProviderSettings;
 use crate::metrics::*;
 use crate::protocol::{Inbound, Protocol};
-use crate::session::{frame_type, lost, Counters, Ended};
+use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended};
 use crate::sink::{DeadLetter, Frame, Offer, Output};
 use crate::state::{Book, SubState};
 
@@ -74,15 +74,9 @@ pub async fn run(ctx: Context, index: usize, mut commands: mpsc::UnboundedReceiv
         // Wait out a backoff (or, with nothing to carry, for work), keeping up with commands.
         let mut until = delay.take().map(|d| Instant::now() + d);
         while until.is_some() || symbols.is_empty() {
-            let sleep = async move {
-                match until {
-                    Some(u) => sleep_until(u).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 () = ctx.shutdown.triggered() => return retire(&ctx, &name),
-                () = sleep => until = None,
+                () = sleep_until_some(until) => until = None,
                 command = commands.recv() => match command {
                     Some(c) => apply(&ctx, &name, &mut symbols, &c),
                     None => return retire(&ctx, &name),
@@ -99,30 +93,15 @@ pub async fn run(ctx: Context, index: usize, mut commands: mpsc::UnboundedReceiv
                 rate_limited,
                 healthy,
             } => {
-                metrics::counter!(RECONNECTS, "provider" => provider, "reason" => reason)
-                    .increment(1);
-                if healthy {
-                    attempt = 0;
-                }
-                let mut wait = backoff(&ctx.settings, attempt);
-                attempt = attempt.saturating_add(1);
-                if reason == "invalid_utf8" && healthy {
-                    wait = Duration::ZERO;
-                }
-                if rate_limited {
-                    wait = wait.max(ctx.settings.rate_limit_backoff);
-                }
-                tracing::warn!(provider, connection = %name, reason, detail = %detail, rate_limited, retry_in_ms = wait.as_millis() as u64, "connection lost; reconnecting");
-                ctx.book.connection(provider, &name, |c| {
-                    c.up = false;
-                    c.session = None;
-                    c.since_us = now_micros();
-                    c.reconnects += 1;
-                    c.last_error = Some(format!("{reason}: {detail}"));
-                });
-                ctx.book
-                    .set(provider, symbols.keys(), SubState::Connecting, None);
-                delay = Some(wait);
+                delay = Some(after_loss(
+                    &ctx.book,
+                    &ctx.settings,
+                    provider,
+                    &name,
+                    symbols.keys(),
+                    &mut attempt,
+                    (reason, detail, rate_limited, healthy),
+                ));
             }
         }
     }
