@@ -11,7 +11,7 @@
 //! Liveness is watched with the feed's own Ping/Pong, not HTTP/2 keepalive pings: servers built
 //! on grpc-go close connections that ping more often than every five minutes by default.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,7 @@ use tonic::{Code, Status};
 use crate::config::{ProviderDefaults, ProviderSettings};
 use crate::metrics::*;
 use crate::plan::Desired;
-use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended};
+use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Paced};
 use crate::sink::{DeadLetter, Frame, Output};
 use crate::state::{Book, SubState};
 
@@ -110,17 +110,13 @@ fn follow(ctx: &Context, symbols: &mut Desired, wanted: &Desired) -> Diff {
 
 /// Subscribe and Unsubscribe messages, paced to `max_messages_per_s`. Pings go out directly.
 struct Outbox {
-    queue: VecDeque<ClientMessage>,
-    interval: Duration,
-    next_at: Instant,
+    paced: Paced<ClientMessage>,
 }
 
 impl Outbox {
     fn new(per_second: f64) -> Self {
         Self {
-            queue: VecDeque::new(),
-            interval: Duration::from_secs_f64(1.0 / per_second),
-            next_at: Instant::now(),
+            paced: Paced::new(per_second),
         }
     }
 
@@ -132,19 +128,13 @@ impl Outbox {
             } else {
                 client_message::Kind::Unsubscribe(feed::Unsubscribe { symbols })
             };
-            self.queue.push_back(ClientMessage { kind: Some(kind) });
+            self.paced.push(ClientMessage { kind: Some(kind) });
         }
     }
 
     /// The next message, if one is queued and its turn has come.
     fn pop_due(&mut self) -> Option<ClientMessage> {
-        let now = Instant::now();
-        if now < self.next_at {
-            return None;
-        }
-        let message = self.queue.pop_front()?;
-        self.next_at = now + self.interval;
-        Some(message)
+        self.paced.pop_due()
     }
 }
 
@@ -335,7 +325,7 @@ async fn session(
             .data_silence_timeout
             .map(|d| last_trade + d)
             .filter(|_| !symbols.is_empty());
-        let send_at = (!outbox.queue.is_empty()).then_some(outbox.next_at);
+        let send_at = outbox.paced.due_at();
         let received = tokio::select! {
             biased;
             () = ctx.shutdown.triggered() => return Ended::Shutdown,

@@ -16,7 +16,7 @@
 //! (with the decoder's description: the bytes themselves are not handed out), then the connection
 //! is re-established at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::config::ProviderSettings;
 use crate::metrics::*;
 use crate::protocol::{Inbound, Protocol};
-use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended};
+use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Paced};
 use crate::sink::{DeadLetter, Frame, Offer, Output};
 use crate::state::{Book, SubState};
 
@@ -149,20 +149,16 @@ fn apply(ctx: &Context, name: &str, symbols: &mut BTreeMap<String, String>, comm
 /// A subscribe request waiting for its acknowledgement: request id and symbols.
 type Tracked = Option<(u64, Vec<String>)>;
 
-/// What goes out, paced to the provider's limit.
+/// Subscribe and unsubscribe requests, paced to the provider's limit.
 struct Outbox {
-    queue: VecDeque<(String, Tracked)>,
-    interval: Duration,
-    next_at: Instant,
+    paced: Paced<(String, Tracked)>,
     next_request: u64,
 }
 
 impl Outbox {
     fn new(per_second: f64) -> Self {
         Self {
-            queue: VecDeque::new(),
-            interval: Duration::from_secs_f64(1.0 / per_second),
-            next_at: Instant::now(),
+            paced: Paced::new(per_second),
             next_request: 1,
         }
     }
@@ -178,7 +174,7 @@ impl Outbox {
             };
             for m in messages {
                 let tracked = subscribe.then(|| (id, chunk.to_vec()));
-                self.queue.push_back((m, tracked));
+                self.paced.push((m, tracked));
             }
         }
     }
@@ -254,7 +250,7 @@ async fn session(
             .data_silence_timeout
             .map(|d| last_market_data + d)
             .filter(|_| !symbols.is_empty());
-        let send_at = (!outbox.queue.is_empty()).then_some(outbox.next_at);
+        let send_at = outbox.paced.due_at();
         let open = closing.is_none();
         let received = tokio::select! {
             biased;
@@ -289,14 +285,13 @@ async fn session(
                 continue;
             }
             () = async { sleep_until(send_at.unwrap_or_else(Instant::now)).await }, if open && send_at.is_some() => {
-                if let Some((text, tracked)) = outbox.queue.pop_front() {
+                if let Some((text, tracked)) = outbox.paced.pop_due() {
                     if let Some((id, list)) = tracked {
                         requests.insert(id, list);
                     }
                     if let Err(e) = ws.send(Message::text(text)).await {
                         return lost("send_failed", e.to_string(), rate_limited, healthy);
                     }
-                    outbox.next_at = Instant::now() + outbox.interval;
                 }
                 continue;
             }

@@ -133,8 +133,8 @@ async fn outbox_splits_large_sets_and_paces_them() {
     outbox.push(&symbols, true);
     outbox.push(&symbols[..1], false);
     let sizes: Vec<(bool, usize)> = outbox
-        .queue
-        .iter()
+        .paced
+        .queued()
         .map(|m| match &m.kind {
             Some(client_message::Kind::Subscribe(s)) => (true, s.symbols.len()),
             Some(client_message::Kind::Unsubscribe(u)) => (false, u.symbols.len()),
