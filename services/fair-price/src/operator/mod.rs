@@ -7,9 +7,12 @@
 //! follows the wall clock once every partition has been idle for `idle_after` (so heartbeats go
 //! on, and show staleness, when all data stops).
 //!
-//! Publication. A trade that changes an instrument's result (price, stale flag, or which sources
-//! count) publishes it as of the instrument's clock, at most once per `throttle`; a change held
-//! back by the throttle is published when the global clock passes the end of the throttle. Every
+//! Publication. A trade makes the operator compute its instrument's result as of the
+//! instrument's clock, at most once per `throttle` (counted from the last such computation or
+//! publication, whichever is later); the result is published if it changed (price, stale flag,
+//! or which sources count). A trade within the throttle defers the computation to the end of
+//! the throttle, which runs when the global clock passes it. So however fast an instrument
+//! trades, it costs at most one computation per throttle plus one per heartbeat. Every
 //! `heartbeat` boundary of the global clock publishes each instrument not published during the
 //! last heartbeat, and runs the data-quality checks.
 
@@ -23,11 +26,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use tickflow_shared::domain::{Micros, Trade, MICROS_PER_SECOND};
-use tickflow_shared::fairprice::{
-    Anomaly, AnomalyKind, Exclusion, FairPrice, Method, Trigger, ANY,
-};
+use tickflow_shared::fairprice::{Anomaly, AnomalyKind, FairPrice, Method, Trigger, ANY};
 
-use compute::{SourceTicks, Tick};
+use compute::{Entry, Outcome, SourceView, Tick};
 use quality::{Detector, Observation, Scope};
 
 /// How outliers are told apart.
@@ -89,7 +90,8 @@ const MAX_BOUNDARIES_PER_ADVANCE: i64 = 600;
 
 #[derive(Debug, Default)]
 struct Source {
-    ticks: VecDeque<Tick>,
+    provider: String,
+    exchange: String,
     first_event_time: Micros,
     last_event_time: Option<Micros>,
     last_price: Option<Decimal>,
@@ -98,16 +100,51 @@ struct Source {
     detector: Detector,
 }
 
+impl SourceView for Source {
+    fn provider(&self) -> &str {
+        &self.provider
+    }
+    fn exchange(&self) -> &str {
+        &self.exchange
+    }
+    fn first_event_time(&self) -> Micros {
+        self.first_event_time
+    }
+}
+
 #[derive(Debug)]
 struct Instrument {
     name: String,
     partition: i32,
     asset_class: &'static str,
-    sources: BTreeMap<(String, String), Source>,
+    /// In order of appearance: a source's index never changes.
+    sources: Vec<Source>,
+    /// The operator-wide id of each source in `sources` (same index): finding a trade's source
+    /// compares integers in one cache line instead of strings behind pointers.
+    source_ids: Vec<u32>,
+    /// Indices into `sources`, sorted by (provider, exchange): the evaluation order.
+    order: Vec<usize>,
+    /// Every source's recent trades in arrival order, in one buffer: a computation reads
+    /// memory in sequence.
+    entries: VecDeque<Entry>,
+    /// When a trade last made the operator compute this instrument's price (published or not):
+    /// the throttle runs from it, so an instrument is computed at most once per throttle
+    /// however fast it trades.
+    evaluated_at: Option<Micros>,
     clock: Micros,
-    last: Option<FairPrice>,
+    /// The last result published (or computed during replay).
+    last: Option<Outcome>,
     /// A change is waiting for the throttle to end.
     dirty: bool,
+}
+
+impl Instrument {
+    /// The instant the throttle runs from: the last change-driven computation or the last
+    /// publication, whichever is later.
+    fn throttle_from(&self) -> Option<Micros> {
+        self.evaluated_at
+            .max(self.last.as_ref().map(|l| l.computed_at))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -120,7 +157,15 @@ struct PartitionClock {
 pub struct Operator {
     settings: Settings,
     instruments: Vec<Instrument>,
-    index: HashMap<String, usize>,
+    /// Instrument name → index into `instruments`; foldhash, since SipHash was a tenth of the
+    /// time per trade.
+    index: HashMap<String, usize, foldhash::fast::FixedState>,
+    /// provider → exchange → source id, operator-wide.
+    source_ids: HashMap<
+        String,
+        HashMap<String, u32, foldhash::fast::FixedState>,
+        foldhash::fast::FixedState,
+    >,
     partitions: BTreeMap<i32, PartitionClock>,
     replaying: BTreeSet<i32>,
     /// The global event-time clock; `None` before the first trade.
@@ -136,7 +181,8 @@ impl Operator {
         Self {
             settings,
             instruments: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
+            source_ids: HashMap::default(),
             partitions: BTreeMap::new(),
             replaying: BTreeSet::new(),
             clock: None,
@@ -163,21 +209,39 @@ impl Operator {
     /// Feeds one trade that arrived (wall clock `now`) on `partition`.
     pub fn on_trade(&mut self, partition: i32, trade: &Trade, now: Micros, out: &mut Vec<Output>) {
         let idx = self.instrument_index(partition, trade);
+        let source_id = self.source_id(trade);
         let throttle = self.settings.throttle;
         let inst = &mut self.instruments[idx];
-        let source = inst
-            .sources
-            .entry((trade.provider.clone(), trade.exchange.clone()))
-            .or_insert_with(|| Source {
-                first_event_time: trade.event_time,
-                ..Source::default()
-            });
-        source.first_event_time = source.first_event_time.min(trade.event_time);
-        source.ticks.push_back(Tick {
-            event_time: trade.event_time,
-            price: trade.price,
-            size: trade.size,
+        let index = match inst.source_ids.iter().position(|&id| id == source_id) {
+            Some(index) => index,
+            None => {
+                let key = (trade.provider.as_str(), trade.exchange.as_str());
+                let sources = &inst.sources;
+                let at = inst
+                    .order
+                    .binary_search_by(|&i| (sources[i].provider(), sources[i].exchange()).cmp(&key))
+                    .unwrap_err();
+                inst.order.insert(at, inst.sources.len());
+                inst.source_ids.push(source_id);
+                inst.sources.push(Source {
+                    provider: trade.provider.clone(),
+                    exchange: trade.exchange.clone(),
+                    first_event_time: trade.event_time,
+                    ..Source::default()
+                });
+                inst.sources.len() - 1
+            }
+        };
+        inst.entries.push_back(Entry {
+            source: u32::try_from(index).expect("fewer than 2^32 sources"),
+            tick: Tick {
+                event_time: trade.event_time,
+                price: trade.price,
+                size: trade.size,
+            },
         });
+        let source = &mut inst.sources[index];
+        source.first_event_time = source.first_event_time.min(trade.event_time);
         if source.last_event_time.is_none_or(|t| trade.event_time >= t) {
             source.last_event_time = Some(trade.event_time);
             source.last_price = Some(trade.price);
@@ -196,7 +260,7 @@ impl Operator {
         // that instant.
         let as_of = inst.clock;
         if inst.dirty {
-            let due = inst.last.as_ref().map_or(as_of, |l| l.computed_at) + throttle;
+            let due = inst.throttle_from().unwrap_or(as_of) + throttle;
             if due < as_of {
                 inst.dirty = false;
                 self.throttled.remove(&(due, idx));
@@ -206,7 +270,7 @@ impl Operator {
 
         // Change-driven publication, throttled in event time.
         let inst = &mut self.instruments[idx];
-        match inst.last.as_ref().map(|l| l.computed_at) {
+        match inst.throttle_from() {
             Some(last) if as_of - last < throttle => {
                 if !inst.dirty {
                     inst.dirty = true;
@@ -297,6 +361,24 @@ impl Operator {
         Some(self.clock.map_or(base, |c| c.max(base)))
     }
 
+    /// The operator-wide id of the trade's (provider, exchange).
+    fn source_id(&mut self, trade: &Trade) -> u32 {
+        if let Some(&id) = self
+            .source_ids
+            .get(trade.provider.as_str())
+            .and_then(|m| m.get(trade.exchange.as_str()))
+        {
+            return id;
+        }
+        let id = u32::try_from(self.source_ids.values().map(HashMap::len).sum::<usize>())
+            .expect("fewer than 2^32 sources");
+        self.source_ids
+            .entry(trade.provider.clone())
+            .or_default()
+            .insert(trade.exchange.clone(), id);
+        id
+    }
+
     fn instrument_index(&mut self, partition: i32, trade: &Trade) -> usize {
         if let Some(&i) = self.index.get(&trade.instrument) {
             self.instruments[i].partition = partition;
@@ -307,7 +389,11 @@ impl Operator {
             name: trade.instrument.clone(),
             partition,
             asset_class: trade.asset_class.as_str(),
-            sources: BTreeMap::new(),
+            sources: Vec::new(),
+            source_ids: Vec::new(),
+            order: Vec::new(),
+            entries: VecDeque::new(),
+            evaluated_at: None,
             clock: trade.event_time,
             last: None,
             dirty: false,
@@ -317,19 +403,22 @@ impl Operator {
     }
 
     /// The fair price of instrument `idx` as of `as_of`.
-    fn compute(&self, idx: usize, as_of: Micros, trigger: Trigger) -> FairPrice {
+    fn compute(&self, idx: usize, as_of: Micros, trigger: Trigger) -> Outcome {
         let inst = &self.instruments[idx];
-        let views: Vec<SourceTicks> = inst
-            .sources
-            .iter()
-            .map(|((provider, exchange), s)| SourceTicks {
-                provider,
-                exchange,
-                ticks: &s.ticks,
-                first_event_time: s.first_event_time,
-            })
-            .collect();
-        compute::compute(&inst.name, &views, as_of, &self.settings, trigger)
+        compute::evaluate(
+            &inst.sources,
+            inst.order.iter().copied(),
+            inst.entries.iter(),
+            as_of,
+            &self.settings,
+            trigger,
+        )
+    }
+
+    /// The record of an outcome of instrument `idx`.
+    fn record(&self, idx: usize, outcome: &Outcome) -> FairPrice {
+        let inst = &self.instruments[idx];
+        outcome.to_fair_price(&inst.name, &inst.sources, &self.settings)
     }
 
     fn publish_if_changed(
@@ -346,14 +435,18 @@ impl Operator {
         {
             return;
         }
-        let fp = self.compute(idx, as_of, trigger);
-        let inst = &mut self.instruments[idx];
-        let changed = inst.last.as_ref().is_none_or(|l| !l.same_result(&fp));
+        let outcome = self.compute(idx, as_of, trigger);
+        if trigger == Trigger::Change {
+            let inst = &mut self.instruments[idx];
+            inst.evaluated_at = inst.evaluated_at.max(Some(as_of));
+        }
+        let inst = &self.instruments[idx];
+        let changed = inst.last.as_ref().is_none_or(|l| !l.same_result(&outcome));
         if changed || trigger == Trigger::Heartbeat {
             if !self.replaying.contains(&inst.partition) {
-                out.push(Output::FairPrice(fp.clone()));
+                out.push(Output::FairPrice(self.record(idx, &outcome)));
             }
-            inst.last = Some(fp);
+            self.instruments[idx].last = Some(outcome);
         }
     }
 
@@ -362,6 +455,14 @@ impl Operator {
         let mut anomalies = Vec::new();
         for idx in 0..self.instruments.len() {
             let fp = self.compute(idx, at, Trigger::Heartbeat);
+            let record = {
+                let inst = &self.instruments[idx];
+                let quiet = inst
+                    .last
+                    .as_ref()
+                    .is_none_or(|l| at - l.computed_at >= heartbeat && at > l.computed_at);
+                (quiet && !self.replaying.contains(&inst.partition)).then(|| self.record(idx, &fp))
+            };
             let inst = &mut self.instruments[idx];
             let quiet = inst
                 .last
@@ -371,7 +472,8 @@ impl Operator {
             let quality = &self.settings.quality_by_class[inst.asset_class];
             let window_s = quality.rate_window as f64 / MICROS_PER_SECOND as f64;
             let start = anomalies.len();
-            for ((provider, exchange), source) in inst.sources.iter_mut() {
+            for &i in &inst.order {
+                let source = &mut inst.sources[i];
                 let from = (at - quality.rate_window).div_euclid(MICROS_PER_SECOND);
                 let to = at.div_euclid(MICROS_PER_SECOND);
                 let count: u32 = source
@@ -380,15 +482,7 @@ impl Operator {
                     .filter(|(s, _)| *s > from && *s <= to)
                     .map(|(_, n)| n)
                     .sum();
-                let fresh = fp
-                    .sources_used
-                    .iter()
-                    .any(|u| &u.provider == provider && &u.exchange == exchange)
-                    || fp.sources_excluded.iter().any(|e| {
-                        &e.provider == provider
-                            && &e.exchange == exchange
-                            && e.reason == Exclusion::Outlier
-                    });
+                let fresh = fp.fresh(i);
                 let divergence_pct = match (fresh, fp.price, source.last_price) {
                     (true, Some(fair), Some(p)) if !fair.is_zero() => {
                         ((p - fair) / fair).to_f64().map(|r| r.abs() * 100.0)
@@ -405,8 +499,8 @@ impl Operator {
                     },
                     quality,
                     &Scope {
-                        provider,
-                        exchange,
+                        provider: &source.provider,
+                        exchange: &source.exchange,
                         instrument: &inst.name,
                     },
                     &mut anomalies,
@@ -416,9 +510,7 @@ impl Operator {
                 anomalies.truncate(start);
             }
             if quiet && at > inst.last.as_ref().map_or(Micros::MIN, |l| l.computed_at) {
-                if !replaying {
-                    out.push(Output::FairPrice(fp.clone()));
-                }
+                out.extend(record.map(Output::FairPrice));
                 inst.last = Some(fp);
             }
         }
@@ -432,7 +524,8 @@ impl Operator {
     fn group_checks(&mut self, at: Micros, out: &mut Vec<Anomaly>) {
         let mut silent: BTreeMap<(String, String), Option<Micros>> = BTreeMap::new();
         for inst in &self.instruments {
-            for ((provider, exchange), source) in &inst.sources {
+            for source in &inst.sources {
+                let (provider, exchange) = (&source.provider, &source.exchange);
                 let since = source.detector.active.get(&AnomalyKind::NoData).copied();
                 for key in [
                     (provider.clone(), ANY.to_string()),
@@ -476,14 +569,10 @@ impl Operator {
             let rate_window = self.settings.quality_by_class[inst.asset_class].rate_window;
             let counts_from =
                 (clock - rate_window - self.settings.heartbeat).div_euclid(MICROS_PER_SECOND);
-            for source in inst.sources.values_mut() {
-                while source
-                    .ticks
-                    .front()
-                    .is_some_and(|t| t.event_time <= keep_from)
-                {
-                    source.ticks.pop_front();
-                }
+            // Not just from the front: a trade far ahead in event time must not keep the
+            // ones behind it alive.
+            inst.entries.retain(|e| e.tick.event_time > keep_from);
+            for source in &mut inst.sources {
                 while source.counts.front().is_some_and(|(s, _)| *s < counts_from) {
                     source.counts.pop_front();
                 }
@@ -498,7 +587,8 @@ impl Operator {
         for inst in &self.instruments {
             let q = &self.settings.quality_by_class[inst.asset_class];
             let fair = inst.last.as_ref().and_then(|l| l.price);
-            for ((provider, exchange), s) in &inst.sources {
+            for s in inst.order.iter().map(|&i| &inst.sources[i]) {
+                let (provider, exchange) = (&s.provider, &s.exchange);
                 let age = s
                     .last_event_time
                     .map_or(f64::NAN, |t| (clock - t).max(0) as f64 / 1e6);
@@ -523,7 +613,8 @@ impl Operator {
     pub fn active_anomalies(&self) -> Vec<(AnomalyKind, String, String, String)> {
         let mut all = Vec::new();
         for inst in &self.instruments {
-            for ((provider, exchange), s) in &inst.sources {
+            for s in inst.order.iter().map(|&i| &inst.sources[i]) {
+                let (provider, exchange) = (&s.provider, &s.exchange);
                 for kind in s.detector.active.keys() {
                     all.push((*kind, provider.clone(), exchange.clone(), inst.name.clone()));
                 }
