@@ -10,6 +10,7 @@ use tickflow_shared::kafka::names;
 use tickflow_shared::service::ServiceRoot;
 
 use crate::operator::Timing;
+use crate::rollup::Interval;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,6 +61,10 @@ pub struct AggregatorConfig {
     pub max_in_flight: usize,
     /// Records processed between two flushes of the sinks at most.
     pub max_batch: usize,
+    /// Longer candles derived exactly from the 1-minute windows, written to Cassandra
+    /// `candles_rollup`: whole minutes, hours or days (`5m`, `15m`, `1h`, `4h`, `1d`), each a
+    /// multiple of a minute that divides a day. Empty turns roll-ups off.
+    pub rollups: Vec<String>,
 }
 
 impl Default for AggregatorConfig {
@@ -78,6 +83,7 @@ impl Default for AggregatorConfig {
             write_trades: true,
             max_in_flight: 64,
             max_batch: 5_000,
+            rollups: vec!["5m".into(), "15m".into(), "1h".into()],
         }
     }
 }
@@ -95,7 +101,36 @@ impl AggregatorConfig {
         }
     }
 
+    /// The roll-up intervals (those that parse; `validate` reports the others).
+    pub fn rollup_intervals(&self) -> Vec<Interval> {
+        self.rollups
+            .iter()
+            .filter_map(|label| Interval::parse(label))
+            .collect()
+    }
+
     fn validate(&self, problems: &mut Problems) {
+        let day = 86_400_000_000;
+        for (i, label) in self.rollups.iter().enumerate() {
+            let key = format!("aggregator.rollups[{i}]");
+            match Interval::parse(label) {
+                None => problems.check(
+                    false,
+                    &key,
+                    format!("{label:?} is not an interval like 5m, 1h or 1d"),
+                ),
+                Some(interval) => problems.check(
+                    interval.length > 60_000_000 && day % interval.length == 0,
+                    &key,
+                    format!("{label} must be longer than 1m and divide a day evenly"),
+                ),
+            }
+            problems.check(
+                !self.rollups[..i].contains(label),
+                &key,
+                format!("{label} is listed twice"),
+            );
+        }
         for (key, topic) in [
             ("aggregator.input_topic", &self.input_topic),
             ("aggregator.candles_topic", &self.candles_topic),
@@ -149,5 +184,50 @@ impl ServiceRoot for Config {
 
     fn service_mut(&mut self) -> &mut ServiceConfig {
         &mut self.service
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(aggregator: &str) -> String {
+        let config: Config = toml::from_str(&format!("[aggregator]\n{aggregator}")).unwrap();
+        let mut problems = Problems::new();
+        config.validate(&mut problems);
+        match problems.into_result() {
+            Ok(()) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn rollups_default_to_5m_15m_1h() {
+        let labels: Vec<String> = AggregatorConfig::default()
+            .rollup_intervals()
+            .into_iter()
+            .map(|i| i.label)
+            .collect();
+        assert_eq!(labels, ["5m", "15m", "1h"]);
+        assert_eq!(problems(""), "");
+        assert_eq!(problems("rollups = []"), "");
+    }
+
+    #[test]
+    fn bad_rollups_name_the_entry() {
+        let p = problems(r#"rollups = ["5m", "7x"]"#);
+        assert!(
+            p.contains("aggregator.rollups[1]") && p.contains("7x"),
+            "{p}"
+        );
+        let p = problems(r#"rollups = ["1m"]"#);
+        assert!(p.contains("aggregator.rollups[0]"), "{p}");
+        let p = problems(r#"rollups = ["7m"]"#);
+        assert!(p.contains("divide a day"), "{p}");
+        let p = problems(r#"rollups = ["5m", "5m"]"#);
+        assert!(
+            p.contains("aggregator.rollups[1]") && p.contains("twice"),
+            "{p}"
+        );
     }
 }

@@ -95,7 +95,7 @@ pub async fn run(
     };
 
     // Restore each owned partition and resume its input where its checkpoint says.
-    let mut operator = Aggregator::new(agg.timing());
+    let mut operator = Aggregator::new(agg.timing()).with_rollups(agg.rollup_intervals());
     let Some(saved) = retry::until_ok(
         "load checkpoints",
         RetryPolicy::DEPENDENCY,

@@ -1,4 +1,5 @@
-//! Where the operator's outputs go: candles to Cassandra `candles_1m` and Kafka, trades to
+//! Where the operator's outputs go: 1-minute candles to Cassandra `candles_1m` and Kafka,
+//! roll-ups to Cassandra `candles_rollup` (not to Kafka: the candle topic is 1-minute), trades to
 //! Cassandra `trades`, too-late and rejected trades to the late topic. Every write is an
 //! idempotent upsert (or a keyed record) retried with backoff until it lands; while a sink is
 //! down the flush waits, so consumption pauses and memory stays bounded.
@@ -11,7 +12,7 @@ use futures::stream::{self, StreamExt};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tickflow_shared::avro::AvroCodec;
-use tickflow_shared::cassandra::{CandleStore, TradeStore};
+use tickflow_shared::cassandra::{CandleStore, TradeStore, ONE_MINUTE};
 use tickflow_shared::domain::{Candle, Micros, Trade};
 use tickflow_shared::retry::{self, RetryPolicy};
 use tickflow_shared::shutdown::Shutdown;
@@ -25,8 +26,9 @@ pub const REASON_HEADER: &str = "tickflow.reason";
 /// Outputs collected since the last flush.
 #[derive(Default)]
 pub struct Batch {
-    /// The latest emission of each window: a later one replaces an earlier one.
-    pub candles: BTreeMap<(String, String, Micros), Candle>,
+    /// The latest emission of each window (instrument, venue, interval, start): a later one
+    /// replaces an earlier one.
+    pub candles: BTreeMap<(String, String, String, Micros), Candle>,
     pub late: Vec<(Trade, &'static str)>,
     pub trades: Vec<Trade>,
 }
@@ -41,6 +43,7 @@ impl Batch {
             (
                 candle.instrument.clone(),
                 candle.venue.clone(),
+                candle.interval.clone(),
                 candle.window_start,
             ),
             candle,
@@ -84,8 +87,15 @@ impl Sinks {
         {
             return Ok(false);
         }
+        let one_minute: Vec<&Candle> = candles
+            .iter()
+            .copied()
+            .filter(|c| c.interval == ONE_MINUTE)
+            .collect();
         if !self
-            .each(&candles, "kafka_candles", shutdown, |c| self.send_candle(c))
+            .each(&one_minute, "kafka_candles", shutdown, |c| {
+                self.send_candle(c)
+            })
             .await
         {
             return Ok(false);

@@ -1,7 +1,8 @@
 //! The exactly-once effect, against the real stack: a stream with out-of-order, late and
 //! too-late trades; the aggregator is killed with SIGKILL several times while it runs; at the end
-//! every candle in Cassandra equals a batch recomputation of the same input done here, not one
-//! trade lost or counted twice, and the too-late trades are on the late topic.
+//! every candle in Cassandra (1-minute and every roll-up interval) equals a batch recomputation
+//! of the same input done here, not one trade lost or counted twice, and the too-late trades are
+//! on the late topic.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tickflow_shared::domain::{Candle, Side, Trade, MICROS_PER_SECOND as S};
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
-use trade_aggregator::reference::{batch_candles, same_values};
+use trade_aggregator::reference::{batch_candles, batch_rollups, same_values};
 
 const T0: i64 = 1_763_769_600_000_000; // 2025-11-22T00:00:00Z
 const INSTRUMENTS: [&str; 4] = ["BTC-USD", "ETH-USD", "SOL-USD", "AAPL"];
@@ -91,11 +92,27 @@ async fn candles_after_repeated_kill_9_equal_a_batch_recomputation() {
     let timing = agg.timing();
     let mut expected: BTreeMap<(String, String, i64), Candle> = BTreeMap::new();
     let mut too_late = BTreeSet::new();
+    // Roll-ups by (instrument, venue, interval, start).
+    let mut expected_rollups: BTreeMap<(String, String, String, i64), Candle> = BTreeMap::new();
     for partition_trades in trades.values() {
         let (candles, late) = batch_candles(partition_trades, &timing);
         expected.extend(candles);
         too_late.extend(late.into_iter().map(|t| t.trade_id));
+        for interval in agg.rollup_intervals() {
+            let rollups =
+                batch_rollups(partition_trades, &timing, interval.length, &interval.label);
+            expected_rollups.extend(
+                rollups
+                    .into_iter()
+                    .map(|((i, v, start), c)| ((i, v, interval.label.clone(), start), c)),
+            );
+        }
     }
+    assert_eq!(
+        agg.rollup_intervals().len(),
+        3,
+        "the default roll-ups are on"
+    );
     assert!(
         !too_late.is_empty(),
         "the stream must contain too-late trades"
@@ -194,18 +211,32 @@ async fn candles_after_repeated_kill_9_equal_a_batch_recomputation() {
                 }
             }
         }
-        for (key, want) in &expected {
-            match stored.get(key) {
-                Some(got) if same_values(got, want) && got.is_final => {}
-                Some(got) => mismatches.push(format!("{key:?}: got {got:?}\n want {want:?}")),
-                None => mismatches.push(format!("{key:?}: missing")),
+        compare(&expected, &stored, &mut mismatches);
+        let mut stored_rollups: BTreeMap<(String, String, String, i64), Candle> = BTreeMap::new();
+        for instrument in INSTRUMENTS {
+            for venue in EXCHANGES.iter().copied().chain(["*"]) {
+                for interval in agg.rollup_intervals() {
+                    for day in &days {
+                        for c in store
+                            .rollup_day(instrument, venue, &interval.label, day * 86_400 * S)
+                            .await
+                            .unwrap()
+                        {
+                            stored_rollups.insert(
+                                (
+                                    c.instrument.clone(),
+                                    c.venue.clone(),
+                                    c.interval.clone(),
+                                    c.window_start,
+                                ),
+                                c,
+                            );
+                        }
+                    }
+                }
             }
         }
-        for key in stored.keys() {
-            if !expected.contains_key(key) {
-                mismatches.push(format!("{key:?}: unexpected candle"));
-            }
-        }
+        compare(&expected_rollups, &stored_rollups, &mut mismatches);
         if mismatches.is_empty() || std::time::Instant::now() > deadline {
             break;
         }
@@ -213,9 +244,9 @@ async fn candles_after_repeated_kill_9_equal_a_batch_recomputation() {
     }
     assert!(
         mismatches.is_empty(),
-        "{} of {} candles differ after {kills} kills, e.g.:\n{}\nlog:\n{}",
+        "{} of {} candles and roll-ups differ after {kills} kills, e.g.:\n{}\nlog:\n{}",
         mismatches.len(),
-        expected.len(),
+        expected.len() + expected_rollups.len(),
         mismatches
             .iter()
             .take(3)
@@ -319,4 +350,24 @@ async fn candles_after_repeated_kill_9_equal_a_batch_recomputation() {
         .query_unpaged(format!("DROP KEYSPACE {}", cassandra_config.keyspace), &[])
         .await
         .unwrap();
+}
+
+/// Every expected candle is stored, final and equal; nothing else is stored.
+fn compare<K: Ord + std::fmt::Debug>(
+    expected: &BTreeMap<K, Candle>,
+    stored: &BTreeMap<K, Candle>,
+    mismatches: &mut Vec<String>,
+) {
+    for (key, want) in expected {
+        match stored.get(key) {
+            Some(got) if same_values(got, want) && got.is_final => {}
+            Some(got) => mismatches.push(format!("{key:?}: got {got:?}\n want {want:?}")),
+            None => mismatches.push(format!("{key:?}: missing")),
+        }
+    }
+    for key in stored.keys() {
+        if !expected.contains_key(key) {
+            mismatches.push(format!("{key:?}: unexpected candle"));
+        }
+    }
 }

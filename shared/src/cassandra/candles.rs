@@ -1,5 +1,6 @@
-//! The `candles_1m` table: idempotent upserts keyed by (instrument, venue, day, window_start),
-//! and the single-partition read of an instrument's recent candles.
+//! The `candles_1m` and `candles_rollup` tables: idempotent upserts keyed by (instrument, venue,
+//! [interval,] day, window_start), and the single-partition read of an instrument's candles of
+//! one day.
 
 use std::sync::Arc;
 
@@ -16,7 +17,8 @@ const COLUMNS: &str = "instrument, venue, day, window_start, window_end, open, h
     count, volume, notional, vwap, avg_price, buy_volume, sell_volume, first_trade_us, \
     last_trade_us, is_final, revision";
 
-/// One row of `candles_1m`; fields match the columns by name.
+/// One row of `candles_1m` (and, with the interval, of `candles_rollup`); fields match the
+/// columns by name.
 #[derive(Debug, scylla::SerializeRow, scylla::DeserializeRow)]
 struct CandleRow {
     instrument: String,
@@ -41,11 +43,24 @@ struct CandleRow {
     revision: i32,
 }
 
+/// One row of `candles_rollup`.
+#[derive(Debug, scylla::SerializeRow)]
+struct RollupRow {
+    interval: String,
+    #[scylla(flatten)]
+    row: CandleRow,
+}
+
+/// The interval of the candles in `candles_1m`; every other interval is a roll-up.
+pub const ONE_MINUTE: &str = "1m";
+
 #[derive(Clone)]
 pub struct CandleStore {
     session: Arc<Session>,
     upsert: PreparedStatement,
     select_day: PreparedStatement,
+    upsert_rollup: PreparedStatement,
+    select_rollup_day: PreparedStatement,
 }
 
 impl CandleStore {
@@ -64,15 +79,47 @@ impl CandleStore {
             "candles select",
         )
         .await?;
+        let upsert_rollup = prepare(
+            &session,
+            format!(
+                "INSERT INTO {keyspace}.candles_rollup (interval, {COLUMNS}) VALUES (?, {marks})"
+            ),
+            "roll-up upsert",
+        )
+        .await?;
+        let select_rollup_day = prepare(
+            &session,
+            format!("SELECT {COLUMNS} FROM {keyspace}.candles_rollup WHERE instrument = ? AND venue = ? AND interval = ? AND day = ?"),
+            "roll-up select",
+        )
+        .await?;
         Ok(Self {
             session,
             upsert,
             select_day,
+            upsert_rollup,
+            select_rollup_day,
         })
     }
 
+    /// Upserts a 1-minute candle into `candles_1m`, any other interval into `candles_rollup`.
     pub async fn upsert(&self, c: &Candle) -> Result<()> {
-        let row = CandleRow {
+        let row = Self::row(c)?;
+        let result = if c.interval == ONE_MINUTE {
+            self.session.execute_unpaged(&self.upsert, row).await
+        } else {
+            let row = RollupRow {
+                interval: c.interval.clone(),
+                row,
+            };
+            self.session.execute_unpaged(&self.upsert_rollup, row).await
+        };
+        result.map_err(|e| err("upsert candle", e))?;
+        Ok(())
+    }
+
+    fn row(c: &Candle) -> Result<CandleRow> {
+        Ok(CandleRow {
             instrument: c.instrument.clone(),
             venue: c.venue.clone(),
             day: day_of(c.window_start)?,
@@ -93,12 +140,7 @@ impl CandleStore {
             last_trade_us: c.last_trade_time,
             is_final: c.is_final,
             revision: c.revision,
-        };
-        self.session
-            .execute_unpaged(&self.upsert, row)
-            .await
-            .map_err(|e| err("upsert candle", e))?;
-        Ok(())
+        })
     }
 
     /// Every 1-minute candle of (instrument, venue) in the UTC day containing `time`, newest first.
@@ -110,12 +152,35 @@ impl CandleStore {
             "select candles",
         )
         .await?;
+        Self::candles(rows, ONE_MINUTE)
+    }
+
+    /// Every `interval` roll-up of (instrument, venue) starting in the UTC day containing
+    /// `time`, newest first.
+    pub async fn rollup_day(
+        &self,
+        instrument: &str,
+        venue: &str,
+        interval: &str,
+        time: Micros,
+    ) -> Result<Vec<Candle>> {
+        let rows: Vec<CandleRow> = select(
+            &self.session,
+            &self.select_rollup_day,
+            (instrument, venue, interval, day_of(time)?),
+            "select roll-ups",
+        )
+        .await?;
+        Self::candles(rows, interval)
+    }
+
+    fn candles(rows: Vec<CandleRow>, interval: &str) -> Result<Vec<Candle>> {
         let mut candles = Vec::new();
         for r in rows {
             candles.push(Candle {
                 instrument: r.instrument,
                 venue: r.venue,
-                interval: "1m".into(),
+                interval: interval.into(),
                 window_start: r.window_start.0 * 1000,
                 window_end: r.window_end.0 * 1000,
                 open: from_cql_decimal(&r.open)?,

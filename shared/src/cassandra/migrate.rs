@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fair_prices",
         cql: include_str!("../../cql/V003__fair_prices.cql"),
     },
+    Migration {
+        version: 4,
+        name: "candles_rollup",
+        cql: include_str!("../../cql/V004__candles_rollup.cql"),
+    },
 ];
 
 /// What a run did.

@@ -16,7 +16,7 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
 use secrecy::ExposeSecret;
 
-pub use candles::CandleStore;
+pub use candles::{CandleStore, ONE_MINUTE};
 pub use checkpoints::{Checkpoint, CheckpointStore};
 pub use fair_prices::{FairPriceRow, FairPriceStore};
 pub use migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};

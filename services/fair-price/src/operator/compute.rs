@@ -390,7 +390,7 @@ fn sort_by_decimal<T>(items: &mut [T], key: impl Fn(&T) -> Decimal) {
     if items.iter().all(|t| rescaled(key(t)).is_some()) {
         items.sort_unstable_by_key(|t| rescaled(key(t)).unwrap_or(0));
     } else {
-        items.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
+        items.sort_unstable_by_key(|t| key(t));
     }
 }
 
@@ -618,7 +618,7 @@ mod tests {
     /// The definition, by sorting: the reference the fast versions must equal.
     fn reference(ticks: &[Tick]) -> Option<Decimal> {
         let mut sorted = ticks.to_vec();
-        sorted.sort_by(|a, b| a.price.cmp(&b.price));
+        sorted.sort_by_key(|t| t.price);
         let total: Decimal = sorted.iter().map(|t| t.size).sum();
         let mut cumulative = Decimal::ZERO;
         for t in sorted {
