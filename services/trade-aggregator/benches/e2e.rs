@@ -3,16 +3,29 @@
 //! CPU-seconds per million trades and peak RSS of the aggregator process (Kafka and Cassandra
 //! are not counted), once with every trade also written to Cassandra `trades` and once without.
 //!
-//!     cargo bench -p trade-aggregator --bench e2e              # 100,000 trades
+//! Then a live run for latency: trades produced at a steady rate with event time = the wall
+//! clock, so a window can close at (window end + out-of-orderness) of wall time; for every final
+//! candle on Kafka the latency is its record timestamp minus that instant. Prints p50/p99/max.
+//!
+//!     cargo bench -p trade-aggregator --bench e2e              # 100,000 trades, 150 s live
 //!     TICKFLOW_BENCH_TRADES=300000 cargo bench -p trade-aggregator --bench e2e
+//!     TICKFLOW_BENCH_LIVE_S=0 ...                              # skip the live run
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tickflow_shared::avro::{self, Registry};
+use std::sync::Arc;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use scylla::client::session::Session;
+use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra;
+use tickflow_shared::domain::Trade;
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use trade_aggregator::config::AggregatorConfig;
 
 const PARTITIONS: i32 = 4;
 
@@ -25,26 +38,35 @@ fn processed(metrics: &str) -> f64 {
         .sum()
 }
 
-async fn run_once(stack: &Stack, topic: &str, count: usize, write_trades: bool) {
+/// A fresh keyspace, migrated.
+async fn fresh_keyspace(stack: &Stack) -> (Arc<Session>, String) {
     let mut cassandra_config = stack.cassandra.clone();
     cassandra_config.keyspace = testkit::unique_keyspace("bench");
     let session = cassandra::connect(&cassandra_config).await.unwrap();
     cassandra::migrate(&session, &cassandra_config)
         .await
         .unwrap();
-    let env: Vec<(&str, String)> = vec![
+    (session, cassandra_config.keyspace)
+}
+
+/// The aggregator's environment for a bench run.
+fn service_env(
+    stack: &Stack,
+    keyspace: &str,
+    topic: &str,
+    candles_topic: &str,
+    write_trades: bool,
+) -> Vec<(&'static str, String)> {
+    vec![
         (
             "TICKFLOW_CASSANDRA__CONTACT_POINTS",
             stack.cassandra.contact_points.join(","),
         ),
-        (
-            "TICKFLOW_CASSANDRA__KEYSPACE",
-            cassandra_config.keyspace.clone(),
-        ),
+        ("TICKFLOW_CASSANDRA__KEYSPACE", keyspace.to_string()),
         ("TICKFLOW_AGGREGATOR__INPUT_TOPIC", topic.to_string()),
         (
             "TICKFLOW_AGGREGATOR__CANDLES_TOPIC",
-            testkit::unique_topic("bench-candles"),
+            candles_topic.to_string(),
         ),
         (
             "TICKFLOW_AGGREGATOR__LATE_TOPIC",
@@ -59,7 +81,13 @@ async fn run_once(stack: &Stack, topic: &str, count: usize, write_trades: bool) 
             write_trades.to_string(),
         ),
         ("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()),
-    ];
+    ]
+}
+
+async fn run_once(stack: &Stack, topic: &str, count: usize, write_trades: bool) {
+    let (session, keyspace) = fresh_keyspace(stack).await;
+    let candles_topic = testkit::unique_topic("bench-candles");
+    let env = service_env(stack, &keyspace, topic, &candles_topic, write_trades);
     let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_trade-aggregator"), stack, &env);
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
@@ -89,7 +117,104 @@ async fn run_once(stack: &Stack, topic: &str, count: usize, write_trades: bool) 
         peak_rss as f64 / (1024.0 * 1024.0)
     );
     let _ = session
-        .query_unpaged(format!("DROP KEYSPACE {}", cassandra_config.keyspace), &[])
+        .query_unpaged(format!("DROP KEYSPACE {keyspace}"), &[])
+        .await;
+}
+
+/// Trades at `rate` per second for `seconds`, event time = now, over 100 instruments; then the
+/// latency of every final candle from the instant its window could close.
+async fn run_live(stack: &Stack, rate: u64, seconds: u64) {
+    let (session, keyspace) = fresh_keyspace(stack).await;
+    let topic = testkit::unique_topic("bench-live");
+    let candles_topic = testkit::unique_topic("bench-live-candles");
+    let admin = kafka::admin(&stack.kafka).unwrap();
+    kafka::ensure_topics(
+        &admin,
+        &[
+            TopicSpec::new(&topic, PARTITIONS),
+            TopicSpec::new(&candles_topic, 1),
+        ],
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
+    let registry = Registry::new(&stack.registry).unwrap();
+    registry.register(&topic, avro::TRADE).await.unwrap();
+    let env = service_env(stack, &keyspace, &topic, &candles_topic, true);
+    let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_trade-aggregator"), stack, &env);
+    service
+        .wait_for("/readyz", 200, Duration::from_secs(60))
+        .await;
+    let out_of_orderness = AggregatorConfig::default().timing().out_of_orderness;
+
+    let consumer = kafka::stream_consumer(
+        &stack.kafka,
+        "bench",
+        &testkit::unique_name("bench", "live", '-'),
+    )
+    .unwrap();
+    consumer.subscribe(&[&candles_topic]).unwrap();
+    let codec = AvroCodec::new(&registry, &[(&topic, avro::TRADE)]);
+    let producer = kafka::producer(&stack.kafka, "bench-live").unwrap();
+    println!("live: {rate} trades/s for {seconds} s, event time = wall clock");
+
+    let started = Instant::now();
+    let tick = Duration::from_millis(50);
+    let per_tick = (rate / 20).max(1);
+    let mut sent = 0u64;
+    let mut latencies_ms: Vec<f64> = Vec::new();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        for t in testkit::synthetic_trades(per_tick as usize, 100, 0) {
+            let trade = Trade {
+                event_time: now,
+                trade_id: format!("live-{sent}"),
+                ..t
+            };
+            let bytes = codec.encode_trade(&topic, &trade).await.unwrap();
+            let record = FutureRecord::to(&topic)
+                .key(&trade.instrument)
+                .payload(&bytes);
+            // Fire and forget: the producer's queue holds far more than a tick's worth.
+            let _ = producer.send_result(record);
+            sent += 1;
+        }
+        // Read whatever candles arrived during this tick.
+        let deadline = tokio::time::Instant::now() + tick;
+        while let Ok(Ok(message)) = tokio::time::timeout_at(deadline, consumer.recv()).await {
+            let candle = codec
+                .decode_candle(message.payload().unwrap_or_default())
+                .await
+                .unwrap();
+            if let (true, Some(at_ms)) = (candle.is_final, message.timestamp().to_millis()) {
+                let could_close = candle.window_end + out_of_orderness;
+                latencies_ms.push((at_ms * 1000 - could_close) as f64 / 1000.0);
+            }
+        }
+    }
+    let (cpu, peak_rss) = testkit::process_usage(service.pid());
+    service.terminate(Duration::from_secs(30));
+    latencies_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies_ms
+            .get(((latencies_ms.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "live: {sent} trades, {} final candles; window closable -> candle on Kafka: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms   {:.1} CPU-s per million   peak RSS {:.0} MiB",
+        latencies_ms.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        cpu / sent.max(1) as f64 * 1e6,
+        peak_rss as f64 / (1024.0 * 1024.0)
+    );
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE {keyspace}"), &[])
         .await;
 }
 
@@ -132,5 +257,12 @@ async fn main() {
     );
     for write_trades in [false, true] {
         run_once(&stack, &topic, count, write_trades).await;
+    }
+    let live_s: u64 = std::env::var("TICKFLOW_BENCH_LIVE_S")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    if live_s > 0 {
+        run_live(&stack, 5_000, live_s).await;
     }
 }
