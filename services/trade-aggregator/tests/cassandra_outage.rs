@@ -6,18 +6,20 @@
 //!
 //! Its own test binary, so no other test shares the outage.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use tickflow_shared::avro::{self, Registry};
 use tickflow_shared::cassandra::{self, CandleStore};
-use tickflow_shared::domain::{Candle, Trade, MICROS_PER_SECOND as S};
+use tickflow_shared::domain::Trade;
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, same_values};
+
+mod support;
 
 const T0: i64 = 1_763_769_600_000_000; // 2025-11-22T00:00:00Z
 const INSTRUMENTS: [&str; 2] = ["BTC-USD", "ETH-USD"];
@@ -111,26 +113,17 @@ async fn pauses_while_cassandra_is_away_and_loses_nothing() {
         .await
         .unwrap();
 
-    let env: Vec<(&str, String)> = vec![
-        (
-            "TICKFLOW_CASSANDRA__CONTACT_POINTS",
-            stack.cassandra.contact_points.join(","),
-        ),
-        (
-            "TICKFLOW_CASSANDRA__KEYSPACE",
-            cassandra_config.keyspace.clone(),
-        ),
-        ("TICKFLOW_AGGREGATOR__INPUT_TOPIC", agg.input_topic.clone()),
-        (
-            "TICKFLOW_AGGREGATOR__CANDLES_TOPIC",
-            agg.candles_topic.clone(),
-        ),
-        ("TICKFLOW_AGGREGATOR__LATE_TOPIC", agg.late_topic.clone()),
-        ("TICKFLOW_AGGREGATOR__OPERATOR_ID", agg.operator_id.clone()),
-        ("TICKFLOW_AGGREGATOR__CHECKPOINT_INTERVAL_MS", "500".into()),
-        ("TICKFLOW_AGGREGATOR__IDLE_TIMEOUT_MS", "3000".into()),
-        ("TICKFLOW_AGGREGATOR__MAX_BATCH", MAX_BATCH.to_string()),
-    ];
+    let max_batch = MAX_BATCH.to_string();
+    let env = support::aggregator_env(
+        &stack,
+        &cassandra_config.keyspace,
+        &agg,
+        &[
+            ("TICKFLOW_AGGREGATOR__CHECKPOINT_INTERVAL_MS", "500"),
+            ("TICKFLOW_AGGREGATOR__IDLE_TIMEOUT_MS", "3000"),
+            ("TICKFLOW_AGGREGATOR__MAX_BATCH", &max_batch),
+        ],
+    );
     let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_trade-aggregator"), &stack, &env);
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
@@ -202,23 +195,16 @@ async fn pauses_while_cassandra_is_away_and_loses_nothing() {
         let Ok(store) = CandleStore::new(session.clone(), &cassandra_config.keyspace).await else {
             continue;
         };
-        let mut stored: BTreeMap<(String, String, i64), Candle> = BTreeMap::new();
-        let days: BTreeSet<i64> = expected
-            .keys()
-            .map(|(_, _, start)| start.div_euclid(86_400 * S))
-            .collect();
-        for instrument in INSTRUMENTS {
-            for venue in ["coinbase", "kraken", "*"] {
-                for day in &days {
-                    let Ok(candles) = store.day(instrument, venue, day * 86_400 * S).await else {
-                        continue;
-                    };
-                    for c in candles {
-                        stored.insert((c.instrument.clone(), c.venue.clone(), c.window_start), c);
-                    }
-                }
-            }
-        }
+        let Ok(stored) = support::stored_candles(
+            &store,
+            &INSTRUMENTS,
+            &["coinbase", "kraken", "*"],
+            &support::days_of(&expected),
+        )
+        .await
+        else {
+            continue;
+        };
         problems = expected
             .iter()
             .filter(|(k, want)| {

@@ -20,6 +20,8 @@ use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, batch_rollups, same_values};
 
+mod support;
+
 const T0: i64 = 1_763_769_600_000_000; // 2025-11-22T00:00:00Z
 const INSTRUMENTS: [&str; 4] = ["BTC-USD", "ETH-USD", "SOL-USD", "AAPL"];
 const EXCHANGES: [&str; 2] = ["coinbase", "kraken"];
@@ -142,30 +144,17 @@ async fn candles_after_repeated_kill_9_equal_a_batch_recomputation() {
         }
     });
 
-    let env: Vec<(&str, String)> = vec![
-        (
-            "TICKFLOW_CASSANDRA__CONTACT_POINTS",
-            stack.cassandra.contact_points.join(","),
-        ),
-        (
-            "TICKFLOW_CASSANDRA__KEYSPACE",
-            cassandra_config.keyspace.clone(),
-        ),
-        ("TICKFLOW_AGGREGATOR__INPUT_TOPIC", agg.input_topic.clone()),
-        (
-            "TICKFLOW_AGGREGATOR__CANDLES_TOPIC",
-            agg.candles_topic.clone(),
-        ),
-        ("TICKFLOW_AGGREGATOR__LATE_TOPIC", agg.late_topic.clone()),
-        ("TICKFLOW_AGGREGATOR__OPERATOR_ID", agg.operator_id.clone()),
-        ("TICKFLOW_AGGREGATOR__CHECKPOINT_INTERVAL_MS", "300".into()),
-        ("TICKFLOW_AGGREGATOR__IDLE_TIMEOUT_MS", "3000".into()),
-        (
-            "TICKFLOW_AGGREGATOR__EARLY_FIRING_INTERVAL_MS",
-            "200".into(),
-        ),
-        ("TICKFLOW_AGGREGATOR__MAX_BATCH", "200".into()),
-    ];
+    let env = support::aggregator_env(
+        &stack,
+        &cassandra_config.keyspace,
+        &agg,
+        &[
+            ("TICKFLOW_AGGREGATOR__CHECKPOINT_INTERVAL_MS", "300"),
+            ("TICKFLOW_AGGREGATOR__IDLE_TIMEOUT_MS", "3000"),
+            ("TICKFLOW_AGGREGATOR__EARLY_FIRING_INTERVAL_MS", "200"),
+            ("TICKFLOW_AGGREGATOR__MAX_BATCH", "200"),
+        ],
+    );
     let binary = env!("CARGO_BIN_EXE_trade-aggregator");
     let mut rng = StdRng::seed_from_u64(7);
     let mut kills = 0;
@@ -193,24 +182,11 @@ async fn candles_after_repeated_kill_9_equal_a_batch_recomputation() {
     let mut mismatches: Vec<String>;
     loop {
         mismatches = Vec::new();
-        let mut stored: BTreeMap<(String, String, i64), Candle> = BTreeMap::new();
-        let days: BTreeSet<i64> = expected
-            .keys()
-            .map(|(_, _, start)| start.div_euclid(86_400 * S))
-            .collect();
-        for instrument in INSTRUMENTS {
-            for venue in EXCHANGES.iter().copied().chain(["*"]) {
-                for day in &days {
-                    for c in store
-                        .day(instrument, venue, day * 86_400 * S)
-                        .await
-                        .unwrap()
-                    {
-                        stored.insert((c.instrument.clone(), c.venue.clone(), c.window_start), c);
-                    }
-                }
-            }
-        }
+        let days = support::days_of(&expected);
+        let venues: Vec<&str> = EXCHANGES.iter().copied().chain(["*"]).collect();
+        let stored = support::stored_candles(&store, &INSTRUMENTS, &venues, &days)
+            .await
+            .unwrap();
         compare(&expected, &stored, &mut mismatches);
         let mut stored_rollups: BTreeMap<(String, String, String, i64), Candle> = BTreeMap::new();
         for instrument in INSTRUMENTS {
