@@ -175,11 +175,17 @@ async fn run_live(stack: &Stack, rate: u64, seconds: u64) {
                 ..t
             };
             let bytes = codec.encode_trade(&topic, &trade).await.unwrap();
-            let record = FutureRecord::to(&topic)
-                .key(&trade.instrument)
-                .payload(&bytes);
-            // Fire and forget: the producer's queue holds far more than a tick's worth.
-            let _ = producer.send_result(record);
+            // Deliveries are not awaited (the rate must hold), but a full local queue is
+            // waited out, so every trade counted was handed to the producer.
+            loop {
+                let record = FutureRecord::to(&topic)
+                    .key(&trade.instrument)
+                    .payload(&bytes);
+                match producer.send_result(record) {
+                    Ok(_) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
             sent += 1;
         }
         // Read whatever candles arrived during this tick.
