@@ -33,6 +33,8 @@ use crate::operator::{Operator, Output};
 use crate::sink::{Batch, Sinks};
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the once-a-second lag query may wait for the broker before it is skipped.
+const LAG_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where each owned partition starts, and where its publishing resumes.
 struct Position {
@@ -299,13 +301,21 @@ fn commit(consumer: &StreamConsumer, topic: &str, next_offsets: &BTreeMap<i32, i
     }
 }
 
+/// Consumer lag per partition from the broker's high watermark. The gauge is first set when the
+/// start positions are read, so it exists from the start even while a query here times out.
 fn lag(consumer: &StreamConsumer, topic: &str, next_offsets: &BTreeMap<i32, i64>) {
     for (&p, &next) in next_offsets {
-        if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_millis(200)) {
-            metrics::gauge!(CONSUMER_LAG, "partition" => p.to_string())
-                .set((high - next).max(0) as f64);
+        match tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, LAG_TIMEOUT)) {
+            Ok((_, high)) => set_lag(p, high - next),
+            Err(e) => {
+                tracing::debug!(partition = p, error = %e, "high watermark not read; lag gauge kept")
+            }
         }
     }
+}
+
+fn set_lag(partition: i32, lag: i64) {
+    metrics::gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag.max(0) as f64);
 }
 
 /// Start and resume offsets: `replay_ms` of record time before the committed offset (or before
@@ -344,6 +354,7 @@ fn positions(
             _ => None,
         };
         let resume = committed.unwrap_or(from_time);
+        set_lag(p, high - resume);
         out.insert(
             p,
             Position {
