@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Checks every CQL query of the Grafana dashboards against the schema in shared/cql/*.cql.
 
-    cql_check.py
+    cql_check.py                        static check against shared/cql/*.cql
+    cql_check.py --live HOST:PORT       also run every query against a real Cassandra whose
+                                        `market` keyspace is migrated (tickflow-admin migrate)
 
 One line per dashboard: PASS, or FAIL with each problem. For each SELECT (Grafana's variables
 replaced by sample values of the right type):
@@ -11,10 +13,13 @@ replaced by sample values of the right type):
 - the read is single-partition: every partition-key column is restricted with `=`, ranges
   apply to clustering columns only, no non-key column is restricted, no ALLOW FILTERING;
 - literals fit the column types (date 'YYYY-MM-DD', integers for bigint/int, quoted text).
-This is a static check of the schema; running the queries against a live Cassandra is the
-integration test's job.
+With --live, each query (variables substituted the same way) is then executed with the
+DataStax Python driver: Cassandra itself parses it, resolves every table, column and CAST, and
+refuses a multi-partition read without ALLOW FILTERING. scripts/test runs this after the
+integration tests against the local stack.
 """
 
+import argparse
 import glob
 import json
 import os
@@ -117,10 +122,15 @@ QUERY = re.compile(
     r"(?P<filtering>\s+ALLOW\s+FILTERING)?\s*;?\s*$", re.I | re.S)
 
 
-def check_query(query, tables):
-    problems = []
+def substitute(query):
     for pattern, sample in SAMPLES:
         query = re.sub(pattern, sample, query)
+    return query
+
+
+def check_query(query, tables):
+    problems = []
+    query = substitute(query)
     if "$" in query:
         problems.append(f"unknown Grafana variable or macro left in: {query}")
         return problems
@@ -221,13 +231,62 @@ def dashboard_queries(path):
     return out
 
 
+def run_live(contact, boards):
+    """Executes every dashboard query on the Cassandra at `contact`; one line per dashboard."""
+    try:
+        from cassandra.cluster import Cluster
+    except ImportError:
+        print("FAIL cql-live: the Python package cassandra-driver is not installed for this "
+              "interpreter (scripts/stack installs it into the stack's venv: run this with "
+              "$TICKFLOW_STACK_PYTHON)")
+        return 1
+    host, _, port = contact.rpartition(":")
+    cluster = Cluster([host or contact], port=int(port or 9042), connect_timeout=10)
+    try:
+        session = cluster.connect()
+    except Exception as error:  # the driver raises NoHostAvailable and friends
+        print(f"FAIL cql-live: cannot connect to Cassandra at {contact}: {error}")
+        return 1
+    failed = 0
+    try:
+        tables = {row.table_name for row in session.execute(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (KEYSPACE,))}
+        if not tables:
+            print(f"FAIL cql-live: keyspace {KEYSPACE} has no tables at {contact}: "
+                  "apply the migrations first (tickflow-admin migrate)")
+            return 1
+        version = session.execute("SELECT release_version FROM system.local").one().release_version
+        for name, queries in boards:
+            problems = []
+            for title, query in queries:
+                try:
+                    session.execute(substitute(query), timeout=10)
+                except Exception as error:
+                    problems.append(f"'{title}': {type(error).__name__}: {error}")
+            if problems:
+                failed += 1
+                print(f"FAIL cql-live/{name}: " + " | ".join(problems))
+            else:
+                print(f"PASS cql-live/{name}: {len(queries)} CQL queries ran on Cassandra "
+                      f"{version} at {contact} ({len(tables)} tables in {KEYSPACE})")
+    finally:
+        cluster.shutdown()
+    return 1 if failed else 0
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--live", metavar="HOST:PORT")
+    args = parser.parse_args()
     tables = load_schema()
     failed = 0
     total = 0
+    boards = []
     for path in sorted(glob.glob(os.path.join(DASHBOARDS, "*.json"))):
         queries = dashboard_queries(path)
         total += len(queries)
+        if queries:
+            boards.append((os.path.basename(path), queries))
         problems = []
         for title, query in queries:
             problems += [f"'{title}': {p}" for p in check_query(query, tables)]
@@ -238,6 +297,8 @@ def main():
         else:
             print(f"PASS cql/{name}: {len(queries)} CQL queries, tables and columns as in shared/cql "
                   f"({len(tables)} tables), single-partition reads")
+    if args.live:
+        failed += run_live(args.live, boards)
     return 1 if failed else 0
 
 

@@ -15,6 +15,8 @@ Prints one line per check, `PASS name: detail` or `FAIL name: detail`, and exits
   listed, and a pending one that is there is flagged so the marker is dropped.
 - metrics/dump (with --metrics-dump DIR): every tickflow metric used is present in the
   /metrics text dumps in DIR (files of `curl -s host:port/metrics` output).
+- metrics/help (with --metrics-dump DIR): every tickflow metric in the dumps carries a
+  `# HELP` text (a service that describes its metrics before the recorder exists exports none).
 """
 
 import argparse
@@ -156,6 +158,21 @@ def source_strings():
     return set(re.findall(r'"(tickflow_[a-z0-9_]+)"', "\n".join(text)))
 
 
+def dump_undescribed(directory):
+    """tickflow metric families that have a `# TYPE` line but no `# HELP` line, with the file."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*"))):
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+        typed = set(re.findall(r"^# TYPE (tickflow_\w+) ", text, re.M))
+        helped = set(re.findall(r"^# HELP (tickflow_\w+) ", text, re.M))
+        for name in typed - helped:
+            out.setdefault(name, os.path.basename(path))
+    return out
+
+
 def dump_names(directory):
     names = set()
     for path in sorted(glob.glob(os.path.join(directory, "*"))):
@@ -224,6 +241,10 @@ def main():
         report(not absent, "metrics/dump",
                f"{len(wanted)} tickflow metrics used, all in the dumps of {args.metrics_dump}"
                if not absent else "used but absent from the dumps: " + ", ".join(absent))
+        undescribed = dump_undescribed(args.metrics_dump)
+        report(not undescribed, "metrics/help",
+               "every tickflow metric in the dumps has a HELP text" if not undescribed
+               else "no # HELP for: " + ", ".join(f"{n} ({f})" for n, f in sorted(undescribed.items())))
     return 1 if failures else 0
 
 

@@ -73,6 +73,18 @@ fn describe_shared_metrics() {
     );
 }
 
+/// Creates a counter's series at 0 for label values known in advance, so it exists before its
+/// first event: `rate()` and `increase()` then count that first event (a series that appears
+/// at 1 shows no increase), alerts built on them fire for it, and dashboards show 0 rather than
+/// "no data". Prometheus' own advice for error counters ("avoid missing metrics").
+pub fn zero_counter(name: &'static str, labels: &[(&'static str, &str)]) {
+    let labels: Vec<metrics::Label> = labels
+        .iter()
+        .map(|&(k, v)| metrics::Label::new(k, v.to_string()))
+        .collect();
+    metrics::counter!(name, labels).increment(0);
+}
+
 /// The label value used for every instrument beyond the guard's budget.
 pub const OTHER_INSTRUMENT: &str = "other";
 

@@ -166,7 +166,11 @@ pub struct ServiceProcess {
     /// `http://127.0.0.1:<port>` of its `/metrics`, `/healthz`, `/readyz`.
     pub http: String,
     log: tempfile::NamedTempFile,
+    binary: String,
 }
+
+/// Where [`ServiceProcess`] saves each service's last `/metrics` before stopping it, if set.
+pub const METRICS_DIR_ENV: &str = "TICKFLOW_TEST_METRICS_DIR";
 
 impl ServiceProcess {
     /// Starts `binary` with the stack's Kafka and registry, a free HTTP port and `env` on top
@@ -197,6 +201,7 @@ impl ServiceProcess {
             child,
             http: format!("http://127.0.0.1:{port}"),
             log,
+            binary: binary.to_string(),
         }
     }
 
@@ -269,14 +274,41 @@ impl ServiceProcess {
         (ticks(11) + ticks(12)) / 100.0
     }
 
+    /// With `TICKFLOW_TEST_METRICS_DIR` set (scripts/test sets it), saves what `/metrics` says
+    /// now to `<dir>/<binary>-<pid>.txt`, so the dashboards and alerts can be checked against
+    /// what the services really exported during the tests, faults included. Called before a
+    /// service is stopped or killed; a service that does not answer leaves no file.
+    fn save_metrics(&mut self) {
+        let Some(dir) = std::env::var_os(METRICS_DIR_ENV) else {
+            return;
+        };
+        if !self.is_running() {
+            return;
+        }
+        let name = std::path::Path::new(&self.binary)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "service".into());
+        let path = std::path::Path::new(&dir).join(format!("{name}-{}.txt", self.pid()));
+        // curl, not an async client: this runs from sync code (terminate, drop) inside a runtime.
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "3", "-o"])
+            .arg(&path)
+            .arg(format!("{}/metrics", self.http))
+            .status();
+    }
+
     /// SIGKILL: the crash a checkpoint must survive. Waits for the process to be gone.
     pub fn kill_hard(&mut self) {
+        self.save_metrics();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit; returns its code and how long it took.
     pub fn terminate(&mut self, timeout: Duration) -> (Option<i32>, Duration) {
+        self.save_metrics();
         let started = std::time::Instant::now();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
@@ -301,6 +333,7 @@ impl ServiceProcess {
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
         if self.is_running() {
+            self.save_metrics();
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

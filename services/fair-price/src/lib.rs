@@ -68,6 +68,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         return Ok(());
     };
     metrics::describe();
+    metrics::zero_error_counters(started.cassandra.is_some());
 
     let grpc_addr: std::net::SocketAddr = config
         .fair_price

@@ -19,6 +19,35 @@ pub const SINK_WRITE_SECONDS: &str = "tickflow_fairprice_sink_write_duration_sec
 pub const SINK_ERRORS: &str = "tickflow_fairprice_sink_errors_total";
 pub const CONSUMER_LAG: &str = "tickflow_fairprice_consumer_lag_messages";
 
+/// `reason` of [`INPUT_ERRORS`]: a record without a value.
+pub const INPUT_EMPTY: &str = "empty";
+/// `reason` of [`INPUT_ERRORS`]: a value that is not a Trade in the registry's wire format.
+pub const INPUT_UNDECODABLE: &str = "undecodable";
+
+/// `sink` of [`SINK_ERRORS`], with the `error_type` its writes fail with when its dependency
+/// is away.
+pub const SINK_PRICES_KAFKA: (&str, &str) = ("kafka_fairprice", "kafka");
+pub const SINK_ANOMALIES_KAFKA: (&str, &str) = ("kafka_anomalies", "kafka");
+pub const SINK_PRICES_CASSANDRA: (&str, &str) = ("cassandra_fair_prices", "cassandra");
+pub const SINK_ANOMALIES_CASSANDRA: (&str, &str) = ("cassandra_anomalies", "cassandra");
+
+/// The error counters at 0 for every label value known in advance, so the first error shows
+/// as an increase (see [`tickflow_shared::telemetry::zero_counter`]). The Cassandra sinks only
+/// when the service writes to Cassandra.
+pub fn zero_error_counters(cassandra: bool) {
+    use tickflow_shared::telemetry::zero_counter;
+    for reason in [INPUT_EMPTY, INPUT_UNDECODABLE] {
+        zero_counter(INPUT_ERRORS, &[("reason", reason)]);
+    }
+    let mut sinks = vec![SINK_PRICES_KAFKA, SINK_ANOMALIES_KAFKA];
+    if cassandra {
+        sinks.extend([SINK_PRICES_CASSANDRA, SINK_ANOMALIES_CASSANDRA]);
+    }
+    for (sink, error_type) in sinks {
+        zero_counter(SINK_ERRORS, &[("sink", sink), ("error_type", error_type)]);
+    }
+}
+
 /// Every metric this service promises (a test checks `/metrics` against it).
 pub const ALL: [&str; 18] = [
     TRADES_IN,

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -157,13 +157,13 @@ pub async fn run(
                     uncommitted = true;
                 }
                 let Some(payload) = message.payload() else {
-                    input_error("empty", partition, offset, "record without a value");
+                    input_error(INPUT_EMPTY, partition, offset, "record without a value");
                     continue;
                 };
                 let trade = match avro::decode_trade_waiting(&codec, payload, shutdown).await {
                     Some(Ok(t)) => t,
                     Some(Err(e)) => {
-                        input_error("undecodable", partition, offset, &e.to_string());
+                        input_error(INPUT_UNDECODABLE, partition, offset, &e.to_string());
                         continue;
                     }
                     None => return Ok(()),
@@ -174,13 +174,17 @@ pub async fn run(
                 operator.on_trade(partition, &trade, now_micros(), &mut outputs);
                 collect(&mut outputs, &mut batch, Some(&trade), &labels, &latest);
                 if batch.len() >= fp.max_batch {
+                    let waited = Instant::now();
                     sinks.flush(std::mem::take(&mut batch), &never).await?;
+                    note_stall(&mut operator, waited);
                 }
             }
             _ = tick.tick() => {
                 operator.advance(now_micros(), &mut outputs);
                 collect(&mut outputs, &mut batch, None, &labels, &latest);
+                let waited = Instant::now();
                 sinks.flush(std::mem::take(&mut batch), &never).await?;
+                note_stall(&mut operator, waited);
                 if uncommitted {
                     commit(&consumer, &fp.input_topic, &next_offsets);
                     uncommitted = false;
@@ -364,6 +368,17 @@ fn positions(
         );
     }
     Ok(out)
+}
+
+/// Waits of the loop on a sink longer than this are time the input was not read, and do not
+/// count as the partitions being idle.
+const STALL: Duration = Duration::from_millis(100);
+
+fn note_stall(operator: &mut Operator, since: Instant) {
+    let waited = since.elapsed();
+    if waited >= STALL {
+        operator.exclude_stall(i64::try_from(waited.as_micros()).unwrap_or(i64::MAX));
+    }
 }
 
 fn input_error(reason: &'static str, partition: i32, offset: i64, detail: &str) {

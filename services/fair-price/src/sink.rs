@@ -17,7 +17,10 @@ use tickflow_shared::retry::{self, RetryPolicy};
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
 
-use crate::metrics::{LATENCY, SINK_ERRORS, SINK_WRITE_SECONDS};
+use crate::metrics::{
+    LATENCY, SINK_ANOMALIES_CASSANDRA, SINK_ANOMALIES_KAFKA, SINK_ERRORS, SINK_PRICES_CASSANDRA,
+    SINK_PRICES_KAFKA, SINK_WRITE_SECONDS,
+};
 
 /// Outputs collected since the last flush.
 #[derive(Default)]
@@ -56,7 +59,7 @@ impl Sinks {
         // Kafka first, in order per instrument (one producer, keyed records, idempotence).
         let prices: Vec<&FairPrice> = batch.prices.iter().map(|(fp, _)| fp).collect();
         if !self
-            .each(&prices, "kafka_fairprice", shutdown, |fp| {
+            .each(&prices, SINK_PRICES_KAFKA.0, shutdown, |fp| {
                 self.send_price(fp)
             })
             .await
@@ -65,7 +68,7 @@ impl Sinks {
         }
         let anomalies: Vec<&Anomaly> = batch.anomalies.iter().collect();
         if !self
-            .each(&anomalies, "kafka_anomalies", shutdown, |a| {
+            .each(&anomalies, SINK_ANOMALIES_KAFKA.0, shutdown, |a| {
                 self.send_anomaly(a)
             })
             .await
@@ -86,7 +89,7 @@ impl Sinks {
         if let Some(store) = &self.store {
             let started = Instant::now();
             if !self
-                .each(&prices, "cassandra_fair_prices", shutdown, |fp| {
+                .each(&prices, SINK_PRICES_CASSANDRA.0, shutdown, |fp| {
                     store.upsert(fp)
                 })
                 .await
@@ -94,7 +97,7 @@ impl Sinks {
                 return Ok(false);
             }
             if !self
-                .each(&anomalies, "cassandra_anomalies", shutdown, |a| {
+                .each(&anomalies, SINK_ANOMALIES_CASSANDRA.0, shutdown, |a| {
                     store.insert_anomaly(a)
                 })
                 .await

@@ -108,7 +108,6 @@ async fn update_gauges(book: state::Book, shutdown: Shutdown) {
 /// Runs the service until `shutdown` is triggered; frames in hand are delivered before it returns.
 /// `config_path`: the file the configuration came from, watched for changes.
 pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf>) -> Result<()> {
-    metrics::describe();
     let g = config.gateway.clone();
     let index = InstrumentIndex::new(match &g.instruments_file {
         Some(path) => instruments::load_file(path)?,
@@ -152,6 +151,9 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
     let Some(started) = startup.start(&shutdown).await? else {
         return Ok(());
     };
+    // After start: the metrics recorder is installed there.
+    metrics::describe();
+    metrics::zero_error_counters(&enabled);
     let codec = Arc::new(AvroCodec::new(&started.registry, &schemas));
     let producer: sink::RawProducer =
         kafka::producer_config(&config.kafka, "gateway").create_with_context(sink::Deliveries)?;

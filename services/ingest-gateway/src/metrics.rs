@@ -14,6 +14,22 @@ pub const FRAMES: &str = "tickflow_gateway_frames_total";
 pub const CONNECTION_STATE: &str = "tickflow_gateway_connection_state";
 pub const RECONNECTS: &str = "tickflow_gateway_reconnects_total";
 
+/// The error counters at 0 for each enabled provider, so the first error shows as an increase
+/// (see [`tickflow_shared::telemetry::zero_counter`]). Kafka errors with `MessageTimedOut`,
+/// what a produce fails with after its retries when the broker is away.
+pub fn zero_error_counters(providers: &[&str]) {
+    use tickflow_shared::telemetry::zero_counter;
+    // The sink labels errors with the code's Debug name.
+    let timed_out = format!("{:?}", rdkafka::types::RDKafkaErrorCode::MessageTimedOut);
+    for &provider in providers {
+        zero_counter(DROPPED, &[("provider", provider)]);
+        zero_counter(
+            PRODUCE_ERRORS,
+            &[("provider", provider), ("error_type", &timed_out)],
+        );
+    }
+}
+
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(

@@ -42,7 +42,6 @@ pub fn topics(config: &Config) -> Vec<TopicSpec> {
 
 /// Runs the service until `shutdown` is triggered.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
-    metrics::describe();
     let n = config.normalizer.clone();
     let initial = match &n.instruments_file {
         Some(path) => instruments::load_file(path)?,
@@ -66,6 +65,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let Some(started) = startup.start(&shutdown).await? else {
         return Ok(());
     };
+    // After start: the metrics recorder is installed there.
+    metrics::describe();
     let codec = Arc::new(AvroCodec::new(&started.registry, &schemas));
     // The output schema was registered at start; registering again returns its id.
     let encoder = TradeEncoder::registered(&started.registry, &n.output_topic).await?;

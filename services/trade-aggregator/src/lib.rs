@@ -68,6 +68,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         return Ok(());
     };
     metrics::describe();
+    metrics::zero_error_counters();
     let cassandra = started
         .cassandra
         .ok_or_else(|| Error::Config("cassandra is required".into()))?;

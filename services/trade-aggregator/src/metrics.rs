@@ -12,6 +12,33 @@ pub const SINK_ERRORS: &str = "tickflow_aggregator_sink_errors_total";
 pub const CHECKPOINT_SECONDS: &str = "tickflow_aggregator_checkpoint_duration_seconds";
 pub const CHECKPOINT_BYTES: &str = "tickflow_aggregator_checkpoint_size_bytes";
 
+/// `reason` of [`INPUT_ERRORS`]: a record without a value.
+pub const INPUT_EMPTY: &str = "empty";
+/// `reason` of [`INPUT_ERRORS`]: a value that is not a Trade in the registry's wire format.
+pub const INPUT_UNDECODABLE: &str = "undecodable";
+
+/// `sink` of [`SINK_ERRORS`] and [`SINK_WRITE_SECONDS`], with the `error_type` its writes fail
+/// with when its dependency is away.
+pub const SINK_TRADES: (&str, &str) = ("cassandra_trades", "cassandra");
+pub const SINK_CANDLES: (&str, &str) = ("cassandra_candles", "cassandra");
+pub const SINK_CANDLES_KAFKA: (&str, &str) = ("kafka_candles", "kafka");
+pub const SINK_LATE: (&str, &str) = ("kafka_late", "kafka");
+
+/// The error counters at 0 for every label value known in advance, so the first error shows
+/// as an increase (see [`tickflow_shared::telemetry::zero_counter`]).
+pub fn zero_error_counters() {
+    use tickflow_shared::telemetry::zero_counter;
+    for reason in [INPUT_EMPTY, INPUT_UNDECODABLE] {
+        zero_counter(INPUT_ERRORS, &[("reason", reason)]);
+    }
+    for rejection in crate::window::Rejection::ALL {
+        zero_counter(REJECTED, &[("reason", rejection.reason())]);
+    }
+    for (sink, error_type) in [SINK_TRADES, SINK_CANDLES, SINK_CANDLES_KAFKA, SINK_LATE] {
+        zero_counter(SINK_ERRORS, &[("sink", sink), ("error_type", error_type)]);
+    }
+}
+
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(TRADES_IN, "Trades aggregated, by instrument and exchange.");

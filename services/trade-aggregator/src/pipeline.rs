@@ -154,13 +154,16 @@ pub async fn run(
                 let offset = message.offset();
                 next_offsets.insert(partition, offset + 1);
                 let Some(payload) = message.payload() else {
-                    input_error("empty", partition, offset, "record without a value");
+                    input_error(INPUT_EMPTY, partition, offset, "record without a value");
                     continue;
                 };
-                let trade = match avro::decode_trade_waiting(&codec, payload, shutdown).await {
+                let waited = Instant::now();
+                let decoded = avro::decode_trade_waiting(&codec, payload, shutdown).await;
+                note_stall(&mut operator, waited);
+                let trade = match decoded {
                     Some(Ok(t)) => t,
                     Some(Err(e)) => {
-                        input_error("undecodable", partition, offset, &e.to_string());
+                        input_error(INPUT_UNDECODABLE, partition, offset, &e.to_string());
                         continue;
                     }
                     None => return Ok(()),
@@ -173,7 +176,10 @@ pub async fn run(
                 }
                 pending += 1;
                 if pending >= agg.max_batch {
-                    if !sinks.flush(std::mem::take(&mut batch), shutdown).await? {
+                    let waited = Instant::now();
+                    let landed = sinks.flush(std::mem::take(&mut batch), shutdown).await?;
+                    note_stall(&mut operator, waited);
+                    if !landed {
                         return Ok(());
                     }
                     pending = 0;
@@ -182,18 +188,27 @@ pub async fn run(
             _ = tick.tick() => {
                 operator.advance(now_micros(), &mut outputs);
                 collect(&mut outputs, &mut batch);
-                if !sinks.flush(std::mem::take(&mut batch), shutdown).await? {
+                let waited = Instant::now();
+                let landed = sinks.flush(std::mem::take(&mut batch), shutdown).await?;
+                note_stall(&mut operator, waited);
+                if !landed {
                     return Ok(());
                 }
                 pending = 0;
                 report(&operator, &partitions);
             }
             _ = checkpoint_tick.tick() => {
-                if !sinks.flush(std::mem::take(&mut batch), shutdown).await? {
+                let waited = Instant::now();
+                let landed = sinks.flush(std::mem::take(&mut batch), shutdown).await?;
+                note_stall(&mut operator, waited);
+                if !landed {
                     return Ok(());
                 }
                 pending = 0;
-                if !checkpoint(&checkpoints, &operator, config, &partitions, &next_offsets, shutdown).await? {
+                let waited = Instant::now();
+                let saved = checkpoint(&checkpoints, &operator, config, &partitions, &next_offsets, shutdown).await?;
+                note_stall(&mut operator, waited);
+                if !saved {
                     return Ok(());
                 }
             }
@@ -238,6 +253,17 @@ fn collect(outputs: &mut Vec<Output>, batch: &mut Batch) {
                 batch.late.push((trade, reason));
             }
         }
+    }
+}
+
+/// Waits of the loop (a sink, a checkpoint, the registry) longer than this are time the input
+/// was not read, and do not count towards a partition's idle timeout.
+const STALL: Duration = Duration::from_millis(100);
+
+fn note_stall(operator: &mut Aggregator, since: Instant) {
+    let waited = since.elapsed();
+    if waited >= STALL {
+        operator.exclude_stall(i64::try_from(waited.as_micros()).unwrap_or(i64::MAX));
     }
 }
 

@@ -18,7 +18,9 @@ use tickflow_shared::retry::{self, RetryPolicy};
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
 
-use crate::metrics::{SINK_ERRORS, SINK_WRITE_SECONDS};
+use crate::metrics::{
+    SINK_CANDLES, SINK_CANDLES_KAFKA, SINK_ERRORS, SINK_LATE, SINK_TRADES, SINK_WRITE_SECONDS,
+};
 
 /// Header that carries why a trade is on the late topic.
 pub const REASON_HEADER: &str = "tickflow.reason";
@@ -70,9 +72,7 @@ impl Sinks {
         let started = Instant::now();
         if let Some(store) = &self.trades {
             let ok = self
-                .each(&batch.trades, "cassandra_trades", shutdown, |t| {
-                    store.insert(t)
-                })
+                .each(&batch.trades, SINK_TRADES.0, shutdown, |t| store.insert(t))
                 .await;
             if !ok {
                 return Ok(false);
@@ -80,7 +80,7 @@ impl Sinks {
         }
         let candles: Vec<&Candle> = batch.candles.values().collect();
         if !self
-            .each(&candles, "cassandra_candles", shutdown, |c| {
+            .each(&candles, SINK_CANDLES.0, shutdown, |c| {
                 self.candles.upsert(c)
             })
             .await
@@ -93,7 +93,7 @@ impl Sinks {
             .filter(|c| c.interval == ONE_MINUTE)
             .collect();
         if !self
-            .each(&one_minute, "kafka_candles", shutdown, |c| {
+            .each(&one_minute, SINK_CANDLES_KAFKA.0, shutdown, |c| {
                 self.send_candle(c)
             })
             .await
@@ -101,7 +101,7 @@ impl Sinks {
             return Ok(false);
         }
         if !self
-            .each(&batch.late, "kafka_late", shutdown, |(t, reason)| {
+            .each(&batch.late, SINK_LATE.0, shutdown, |(t, reason)| {
                 self.send_late(t, reason)
             })
             .await

@@ -63,6 +63,9 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every rejection, for the metrics.
+    pub const ALL: [Rejection; 1] = [Rejection::Overflow];
+
     pub const fn reason(self) -> &'static str {
         match self {
             Rejection::Overflow => "overflow",

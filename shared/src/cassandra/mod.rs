@@ -22,7 +22,7 @@ pub use fair_prices::{FairPriceRow, FairPriceStore};
 pub use migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};
 pub use trades::{day_of, from_cql_decimal, to_cql_decimal, TradeStore};
 
-use crate::config::CassandraConfig;
+use crate::config::{CassandraConfig, ReplicationClass};
 use crate::error::{Error, Result};
 
 pub(crate) fn err(context: &str, e: impl std::fmt::Display) -> Error {
@@ -33,7 +33,11 @@ pub(crate) fn err(context: &str, e: impl std::fmt::Display) -> Error {
 pub async fn connect(config: &CassandraConfig) -> Result<Arc<Session>> {
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let mut policy = DefaultPolicy::builder().token_aware(true);
-    if let Some(dc) = &config.local_dc {
+    // A local datacenter means something only to NetworkTopologyStrategy: with SimpleStrategy
+    // (one datacenter, development) the driver warns on every query that the combination may
+    // leave a query plan empty, so the preference is not set there.
+    let topology = config.replication.class == ReplicationClass::NetworkTopologyStrategy;
+    if let (Some(dc), true) = (&config.local_dc, topology) {
         policy = policy
             .prefer_datacenter(dc.clone())
             .permit_dc_failover(false);

@@ -340,6 +340,15 @@ impl Operator {
         self.clock = Some(target);
     }
 
+    /// The pipeline could not read its input for `stall` (waiting for a sink, say): that time
+    /// does not count as the partitions being idle, so the clock does not run on with the wall
+    /// clock through it and mark every source stale while trades wait in Kafka.
+    pub fn exclude_stall(&mut self, stall: Micros) {
+        for p in self.partitions.values_mut() {
+            p.last_arrival = p.last_arrival.saturating_add(stall);
+        }
+    }
+
     fn global_time(&self, now: Micros) -> Option<Micros> {
         let idle_after = self.settings.idle_after;
         let active = self

@@ -294,6 +294,26 @@ fn when_every_partition_is_idle_the_clock_follows_the_wall_clock_into_staleness(
 }
 
 #[test]
+fn a_stall_of_the_pipeline_is_not_idleness() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    let wall = 5_000 * S;
+    op.on_trade(0, &trade("a", "a", T0, "100", "1"), wall, &mut out);
+    out.clear();
+    // The loop waited 10 s for a sink: the input was not read, so nothing is idle.
+    op.exclude_stall(10 * S);
+    op.advance(wall + 11 * S, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(op.clock(), Some(T0));
+    // Without the exclusion the same instant would have run the clock on into staleness.
+    let mut plain = Operator::new(settings());
+    plain.on_trade(0, &trade("a", "a", T0, "100", "1"), wall, &mut out);
+    out.clear();
+    plain.advance(wall + 11 * S, &mut out);
+    assert!(prices(&out).iter().any(|p| p.stale));
+}
+
+#[test]
 fn the_global_clock_waits_for_the_slowest_active_partition() {
     let mut op = Operator::new(settings());
     let mut out = Vec::new();

@@ -8,7 +8,8 @@
 //! of each partition's record order alone: a replay after a crash classifies every trade (on
 //! time, late, too late) exactly as the first run did. A partition that has had no record for
 //! `idle_timeout` of processing time lets its watermark follow the wall clock, so the last windows
-//! of a quiet instrument still close.
+//! of a quiet instrument still close. Time the pipeline could not read its input (waiting for a
+//! sink or a checkpoint) does not count: see [`Aggregator::exclude_stall`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -152,6 +153,16 @@ impl Aggregator {
         let watermark = trade.event_time.saturating_sub(timing.out_of_orderness);
         let state = self.partition(partition);
         state.watermark = state.watermark.max(watermark);
+    }
+
+    /// The pipeline could not read its input for `stall` (a sink or a checkpoint waited for
+    /// Cassandra, say): that time does not count towards any partition's idle timeout. Else a
+    /// pause longer than the timeout would make a partition look idle, move its watermark to the
+    /// wall clock, and turn the trades waiting in Kafka into too-late ones.
+    pub fn exclude_stall(&mut self, stall: Micros) {
+        for state in self.partitions.values_mut() {
+            state.last_record_at = state.last_record_at.saturating_add(stall);
+        }
     }
 
     /// Fires, purges and emits early firings for every partition at processing time `now`.

@@ -204,6 +204,35 @@ fn an_idle_partition_closes_its_windows_by_the_wall_clock() {
 }
 
 #[test]
+fn time_the_pipeline_could_not_read_does_not_make_a_partition_idle() {
+    let mut op = Aggregator::new(timing());
+    let mut out = Vec::new();
+    op.on_trade(0, &trade("a", "x", T0 + S, "1", "1"), T0 + S, &mut out);
+    // A 90 s stall (say Cassandra away) ends: without the exclusion the partition would be idle
+    // and its watermark would follow the wall clock past the window and its lateness.
+    op.exclude_stall(90 * S);
+    op.advance(T0 + S + 90 * S + 10 * S, &mut out);
+    assert!(
+        out.is_empty(),
+        "idle although it was read for 10 s only: {out:?}"
+    );
+    // A trade from the backlog is still on time.
+    op.on_trade(
+        0,
+        &trade("a", "x", T0 + 2 * S, "2", "1"),
+        T0 + 101 * S,
+        &mut out,
+    );
+    assert!(out.is_empty(), "{out:?}");
+    // Really idle later: the window closes with both trades.
+    op.advance(T0 + 101 * S + 30 * S + MIN, &mut out);
+    let Output::Candle(c) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(c.count, 2);
+}
+
+#[test]
 fn snapshot_and_restore_anywhere_give_the_same_result() {
     let trades = nasty_stream();
     let mut whole = Aggregator::new(timing());
