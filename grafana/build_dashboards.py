@@ -127,7 +127,15 @@ def steps(*pairs):
             "steps": [{"color": color, "value": value} for color, value in pairs]}
 
 
-def variables(include_job=False):
+def custom_var(name, label, values):
+    """A fixed list of values (no datasource), the first selected."""
+    return {"name": name, "label": label, "type": "custom", "query": ",".join(values),
+            "multi": False, "includeAll": False, "hide": 0,
+            "current": {"text": values[0], "value": values[0], "selected": True},
+            "options": [{"text": v, "value": v, "selected": i == 0} for i, v in enumerate(values)]}
+
+
+def variables(include_job=False, extra=()):
     def query_var(name, query, multi, include_all, label):
         return {"name": name, "label": label, "type": "query", "datasource": PROM,
                 "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
@@ -148,16 +156,17 @@ def variables(include_job=False):
     if include_job:
         out.append(query_var("namespace", "label_values(tickflow_build_info, namespace)",
                              False, True, "Namespace"))
-    return out
+    return out + list(extra)
 
 
-def dashboard(uid, title, description, board, include_job=False, refresh="10s", time_from="now-1h"):
+def dashboard(uid, title, description, board, include_job=False, refresh="10s", time_from="now-1h",
+              extra_variables=()):
     return {
         "uid": uid, "title": title, "description": description,
         "tags": ["tickflow"], "timezone": "utc", "editable": False, "graphTooltip": 1,
         "refresh": refresh, "schemaVersion": 39, "version": 1,
         "time": {"from": time_from, "to": "now"},
-        "templating": {"list": variables(include_job)},
+        "templating": {"list": variables(include_job, extra_variables)},
         "annotations": {"list": [{
             "name": "Alerts", "datasource": PROM, "enable": True, "iconColor": "red",
             "expr": 'ALERTS{alertname=~"Tickflow.*", alertstate="firing"}',
@@ -245,9 +254,18 @@ def trading():
              "AND computed_at_us >= ${__from}000 AND computed_at_us <= ${__to}000", alias="fair price")],
         unit="none", description="Cassandra fair_prices: every published fair price (changes and heartbeats)."),
         w=24, h=9)
+    b.add(table(
+        "Roll-up candles ($rollup, consolidated)",
+        [cql("SELECT window_start, CAST(open AS double) AS open, CAST(high AS double) AS high, "
+             "CAST(low AS double) AS low, CAST(close AS double) AS close, CAST(volume AS double) AS volume, "
+             "count, CAST(vwap AS double) AS vwap, is_final, revision "
+             "FROM market.candles_rollup WHERE instrument = '$instrument' AND venue = '*' "
+             f"AND interval = '$rollup' AND day = {DAY} LIMIT 48")],
+        description="Cassandra candles_rollup: the trade-aggregator's roll-ups of the 1-minute candles "
+        "(aggregator.rollups), newest first, UTC day of the range's end."), w=24, h=10)
     return dashboard("tickflow-trading", "tickflow — Trading",
                      "Prices, volumes and candles per instrument; the fair price with the providers' prices around it.",
-                     b)
+                     b, extra_variables=[custom_var("rollup", "Roll-up", ["5m", "15m", "1h"])])
 
 
 # --- Data quality -----------------------------------------------------------------------------
