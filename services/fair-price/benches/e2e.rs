@@ -141,8 +141,12 @@ async fn main() {
     let done = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let producing = {
-        let (stack_kafka, input, done, sent) =
-            (stack.kafka.clone(), input.clone(), done.clone(), sent.clone());
+        let (stack_kafka, input, done, sent) = (
+            stack.kafka.clone(),
+            input.clone(),
+            done.clone(),
+            sent.clone(),
+        );
         let codec = AvroCodec::new(&registry, &[(&input, avro::TRADE)]);
         tokio::spawn(async move {
             let producer = kafka::producer(&stack_kafka, "bench-fp").unwrap();

@@ -1,0 +1,193 @@
+//! A kill -9 in the middle of the multi-provider scenario, against the real stack. The restarted
+//! service rebuilds its state by replaying the lookback from Kafka and goes on publishing from its
+//! committed offset: every fair price either process published equals the independent
+//! recomputation as of its instant (so one published twice, before the crash and again after it,
+//! is the same record), and the instants leave no hole at the crash.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tickflow_shared::avro::{self, AvroCodec, Registry};
+use tickflow_shared::cassandra;
+use tickflow_shared::domain::{now_micros, Micros, Trade};
+use tickflow_shared::fairprice::FairPrice;
+use tickflow_shared::kafka::{self, TopicSpec};
+use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+
+mod support;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_the_replay_publishes_what_a_recomputation_says_with_no_hole() {
+    let stack = Stack::require().await;
+    let mut cassandra_config = stack.cassandra.clone();
+    cassandra_config.keyspace = testkit::unique_keyspace("fp_restart");
+    let session = cassandra::connect(&cassandra_config).await.unwrap();
+    cassandra::migrate(&session, &cassandra_config)
+        .await
+        .unwrap();
+    let input = testkit::unique_topic("fp-restart-in");
+    let output = testkit::unique_topic("fp-restart-out");
+    let admin = kafka::admin(&stack.kafka).unwrap();
+    kafka::ensure_topics(&admin, &[TopicSpec::new(&input, 1)], &BTreeMap::new())
+        .await
+        .unwrap();
+    let registry = Registry::new(&stack.registry).unwrap();
+    registry.register(&input, avro::TRADE).await.unwrap();
+
+    let t0 = (now_micros() / S - 100) * S;
+    let trades = scenario(t0);
+    let cut = t0 + STEPS / 2 * STEP;
+    let (first, second): (Vec<Trade>, Vec<Trade>) =
+        trades.iter().cloned().partition(|t| t.event_time < cut);
+    let btc: Vec<Trade> = trades
+        .iter()
+        .filter(|t| t.instrument == "BTC-USD")
+        .cloned()
+        .collect();
+    let end = t0 + STEPS * STEP;
+
+    let grpc_port = testkit::free_port();
+    let env = vec![
+        (
+            "TICKFLOW_CASSANDRA__CONTACT_POINTS",
+            cassandra_config.contact_points.join(","),
+        ),
+        (
+            "TICKFLOW_CASSANDRA__KEYSPACE",
+            cassandra_config.keyspace.clone(),
+        ),
+        ("TICKFLOW_FAIR_PRICE__INPUT_TOPIC", input.clone()),
+        ("TICKFLOW_FAIR_PRICE__OUTPUT_TOPIC", output.clone()),
+        (
+            "TICKFLOW_FAIR_PRICE__ANOMALIES_TOPIC",
+            testkit::unique_topic("fp-restart-anomalies"),
+        ),
+        (
+            "TICKFLOW_FAIR_PRICE__GROUP_ID",
+            testkit::unique_name("fp", "restart", '-'),
+        ),
+        (
+            "TICKFLOW_FAIR_PRICE__GRPC_LISTEN",
+            format!("127.0.0.1:{grpc_port}"),
+        ),
+        // The event-time clock must not follow the wall clock while the first process waits
+        // to be killed: heartbeats as of instants past the first half would be right for what
+        // it had seen, not for the whole input. (The scenario test covers idle input.)
+        ("TICKFLOW_FAIR_PRICE__IDLE_AFTER_MS", "600000".into()),
+    ];
+    let codec = AvroCodec::new(&registry, &[]);
+
+    // The first half, then a crash once it has been published (and its offsets committed).
+    testkit::produce_trades(&stack, &input, first.iter().map(|t| (Some(0), t.clone())))
+        .await
+        .unwrap();
+    let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_fair-price"), &stack, &env);
+    service
+        .wait_for("/readyz", 200, Duration::from_secs(60))
+        .await;
+    let before: Vec<FairPrice> = read_all(
+        &stack,
+        &output,
+        async |b: &[u8]| codec.decode_fair_price(b).await.unwrap(),
+        |got: &[FairPrice]| {
+            got.iter()
+                .any(|fp| fp.instrument == "BTC-USD" && fp.computed_at >= cut - 5 * STEP)
+        },
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        before
+            .iter()
+            .any(|fp| fp.instrument == "BTC-USD" && fp.computed_at >= cut - 5 * STEP),
+        "the first half was not published; log:\n{}",
+        service.log()
+    );
+    // Killed at once: offsets are committed every 100 ms after the outputs landed, so the
+    // newest outputs may be on Kafka with their input not committed, and are published again
+    // after the restart; they must be the same records.
+    service.kill_hard();
+
+    // The second half while it is down, then the restart with the same group.
+    testkit::produce_trades(&stack, &input, second.iter().map(|t| (Some(0), t.clone())))
+        .await
+        .unwrap();
+    let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_fair-price"), &stack, &env);
+    service
+        .wait_for("/readyz", 200, Duration::from_secs(60))
+        .await;
+    // Until the heartbeats reach the end of the input (ETH-USD trades carry the clock there).
+    let last = end - 2 * S;
+    let _ = read_all(
+        &stack,
+        &output,
+        async |b: &[u8]| codec.decode_fair_price(b).await.unwrap(),
+        |got: &[FairPrice]| {
+            got.iter()
+                .any(|fp| fp.instrument == "BTC-USD" && fp.computed_at >= last)
+        },
+        Duration::from_secs(90),
+    )
+    .await;
+    let (code, _) = service.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{}", service.log());
+    assert!(
+        service.log().contains("replay done"),
+        "the restart did not replay the lookback:\n{}",
+        service.log()
+    );
+
+    let mut published: Vec<FairPrice> = Vec::new();
+    for bytes in read_to_end(&stack, &output).await {
+        let fp = codec.decode_fair_price(&bytes).await.unwrap();
+        if fp.instrument == "BTC-USD" {
+            published.push(fp);
+        }
+    }
+    // Every record, from either process, equals the recomputation as of its instant; so does a
+    // record published twice (before the crash and again after it).
+    let mut instants: BTreeMap<Micros, usize> = BTreeMap::new();
+    for fp in &published {
+        assert_eq!(
+            observed(fp),
+            recompute(&btc, fp.computed_at),
+            "as of t0 + {} ms: {fp:#?}",
+            (fp.computed_at - t0) / MS
+        );
+        *instants.entry(fp.computed_at).or_default() += 1;
+    }
+    // No hole: from the first instant to the end of the input, every heartbeat interval of
+    // event time has a publication (one per interval at least, so two are < 2 s apart).
+    let times: Vec<Micros> = instants.keys().copied().collect();
+    assert!(
+        times.first().is_some_and(|&t| t < t0 + 2 * S) && times.last().is_some_and(|&t| t >= last),
+        "published from t0 + {:?} ms to t0 + {:?} ms",
+        times.first().map(|t| (t - t0) / MS),
+        times.last().map(|t| (t - t0) / MS)
+    );
+    let widest = times
+        .windows(2)
+        .max_by_key(|w| w[1] - w[0])
+        .map(|w| (w[0], w[1]))
+        .unwrap();
+    assert!(
+        widest.1 - widest.0 < 2 * S,
+        "a hole from t0 + {} ms to t0 + {} ms (crash near t0 + {} ms)",
+        (widest.0 - t0) / MS,
+        (widest.1 - t0) / MS,
+        (cut - t0) / MS
+    );
+    // The second half is 37.5 s of event time: about one instant per second at least.
+    let after_crash = times.iter().filter(|&&t| t >= cut).count();
+    assert!(
+        after_crash >= 30,
+        "only {after_crash} instants after the crash"
+    );
+    eprintln!(
+        "{} records, {} instants, {} published twice",
+        published.len(),
+        instants.len(),
+        instants.values().filter(|&&n| n > 1).count()
+    );
+}

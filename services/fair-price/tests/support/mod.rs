@@ -1,0 +1,243 @@
+//! What the fair-price integration tests share: the multi-provider scenario's trades, the
+//! independent recomputation of a fair price from them, and reading topics back.
+#![allow(dead_code)] // each test binary uses a part
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rust_decimal::Decimal;
+use tickflow_shared::domain::{now_micros, AssetClass, Micros, Trade};
+use tickflow_shared::fairprice::FairPrice;
+use tickflow_shared::kafka;
+use tickflow_shared::testkit::{self, sample_trade, Stack};
+
+pub const MS: Micros = 1_000;
+pub const S: Micros = 1_000_000;
+pub const STEP: Micros = 100 * MS;
+pub const STEPS: i64 = 750;
+pub const SOURCES: [(&str, &str); 4] = [
+    ("sim", "sim-a"),
+    ("sim", "sim-b"),
+    ("kraken", "kraken"),
+    ("coinbase", "coinbase"),
+];
+
+/// The scenario's trades, in the order they are produced (event-time order).
+pub fn scenario(t0: Micros) -> Vec<Trade> {
+    let mut trades = Vec::new();
+    for i in 0..STEPS {
+        let base = t0 + i * STEP;
+        trades.push(Trade {
+            instrument: "ETH-USD".into(),
+            provider: "sim".into(),
+            exchange: "sim-a".into(),
+            trade_id: format!("e{i}"),
+            event_time: base,
+            price: Decimal::new(350_000, 2),
+            size: Decimal::ONE,
+            ..trade_defaults()
+        });
+        for (k, (provider, exchange)) in SOURCES.iter().enumerate() {
+            let drifting = *provider == "coinbase" && (200..350).contains(&i);
+            let silent = (*provider == "kraken" && (400..550).contains(&i)) || i >= 600;
+            if silent {
+                continue;
+            }
+            let wiggle = ((i * 7 + k as i64 * 3) % 11) - 5;
+            let price = if drifting {
+                Decimal::new((10_000 + wiggle) * 106, 4)
+            } else {
+                Decimal::new(10_000 + wiggle, 2)
+            };
+            trades.push(Trade {
+                instrument: "BTC-USD".into(),
+                provider: (*provider).into(),
+                exchange: (*exchange).into(),
+                trade_id: format!("b{i}-{k}"),
+                event_time: base + (k as i64 + 1) * 20 * MS,
+                price,
+                size: Decimal::new(1 + (i * 13 + k as i64 * 7) % 50, 3),
+                ..trade_defaults()
+            });
+        }
+    }
+    trades
+}
+
+pub fn trade_defaults() -> Trade {
+    Trade {
+        asset_class: AssetClass::Crypto,
+        ingest_time: now_micros(),
+        normalized_time: now_micros(),
+        ..sample_trade()
+    }
+}
+
+/// What a fair price must be, computed here from the trades with the documented rules
+/// (README, "How the fair price is computed"): default settings, lookback and staleness 5 s,
+/// outliers beyond 2% of the median of last prices among >= 3 fresh sources, volume-weighted
+/// median (lower) of the used sources' trades in (as_of - 5 s, as_of].
+#[derive(Debug, PartialEq)]
+pub struct Expected {
+    pub price: Option<Decimal>,
+    pub used: Vec<(String, String, Decimal, Decimal)>,
+    pub excluded: Vec<(String, String, &'static str)>,
+    pub volume: Decimal,
+    pub newest: Option<Micros>,
+}
+
+pub fn recompute(trades: &[Trade], as_of: Micros) -> Expected {
+    let mut by_source: BTreeMap<(String, String), Vec<&Trade>> = BTreeMap::new();
+    for t in trades.iter().filter(|t| t.event_time <= as_of) {
+        by_source
+            .entry((t.provider.clone(), t.exchange.clone()))
+            .or_default()
+            .push(t);
+    }
+    let mut fresh = Vec::new();
+    let mut excluded = Vec::new();
+    for ((provider, exchange), list) in &by_source {
+        let last = list.iter().max_by_key(|t| t.event_time).unwrap();
+        if as_of - last.event_time > 5 * S {
+            excluded.push((provider.clone(), exchange.clone(), "STALE"));
+            continue;
+        }
+        let in_window: Vec<&&Trade> = list
+            .iter()
+            .filter(|t| t.event_time > as_of - 5 * S)
+            .collect();
+        let volume: Decimal = in_window.iter().map(|t| t.size).sum();
+        fresh.push((
+            provider.clone(),
+            exchange.clone(),
+            last.price,
+            volume,
+            last.event_time,
+            in_window,
+        ));
+    }
+    if fresh.len() >= 3 {
+        let mut prices: Vec<Decimal> = fresh.iter().map(|f| f.2).collect();
+        prices.sort();
+        let n = prices.len();
+        let median = if n % 2 == 1 {
+            prices[n / 2]
+        } else {
+            (prices[n / 2 - 1] + prices[n / 2]) / Decimal::TWO
+        };
+        let limit = median * Decimal::new(2, 2);
+        fresh.retain(|f| {
+            if (f.2 - median).abs() > limit {
+                excluded.push((f.0.clone(), f.1.clone(), "OUTLIER"));
+                false
+            } else {
+                true
+            }
+        });
+    }
+    excluded.sort();
+    let mut window: Vec<(Decimal, Decimal)> = fresh
+        .iter()
+        .flat_map(|f| f.5.iter().map(|t| (t.price, t.size)))
+        .collect();
+    window.sort_by_key(|w| w.0);
+    let total: Decimal = window.iter().map(|w| w.1).sum();
+    let mut cumulative = Decimal::ZERO;
+    let mut price = None;
+    for (p, q) in window {
+        cumulative += q;
+        if cumulative * Decimal::TWO >= total {
+            price = Some(p);
+            break;
+        }
+    }
+    Expected {
+        price,
+        used: fresh
+            .iter()
+            .map(|f| (f.0.clone(), f.1.clone(), f.2, f.3))
+            .collect(),
+        excluded,
+        volume: fresh.iter().map(|f| f.3).sum(),
+        newest: fresh.iter().map(|f| f.4).max(),
+    }
+}
+
+pub fn observed(fp: &FairPrice) -> Expected {
+    Expected {
+        price: fp.price,
+        used: fp
+            .sources_used
+            .iter()
+            .map(|s| (s.provider.clone(), s.exchange.clone(), s.price, s.volume))
+            .collect(),
+        excluded: fp
+            .sources_excluded
+            .iter()
+            .map(|s| (s.provider.clone(), s.exchange.clone(), s.reason.as_str()))
+            .collect(),
+        volume: fp.lookback_volume,
+        newest: fp.newest_event_time,
+    }
+}
+
+pub async fn read_all<T>(
+    stack: &Stack,
+    topic: &str,
+    decode: impl AsyncFn(&[u8]) -> T,
+    done: impl Fn(&[T]) -> bool,
+    timeout: Duration,
+) -> Vec<T> {
+    let consumer: StreamConsumer =
+        kafka::stream_consumer(&stack.kafka, "it", &testkit::unique_name("it", "fp", '-')).unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            out.push(decode(m.payload().unwrap()).await);
+        }
+    }
+    out
+}
+
+/// Every record of `topic` up to its current end, across all partitions.
+pub async fn read_to_end(stack: &Stack, topic: &str) -> Vec<Vec<u8>> {
+    let consumer: StreamConsumer =
+        kafka::stream_consumer(&stack.kafka, "it", &testkit::unique_name("it", "end", '-'))
+            .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut remaining = BTreeMap::new();
+    for p in metadata.topics()[0].partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
+            .unwrap();
+        if high > low {
+            remaining.insert(p.id(), high);
+            assignment
+                .add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = Vec::new();
+    while !remaining.is_empty() {
+        let m = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+            .await
+            .expect("records up to the end")
+            .unwrap();
+        out.push(m.payload().unwrap().to_vec());
+        if remaining
+            .get(&m.partition())
+            .is_some_and(|h| m.offset() + 1 >= *h)
+        {
+            remaining.remove(&m.partition());
+        }
+    }
+    out
+}
