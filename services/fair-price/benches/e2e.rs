@@ -15,7 +15,6 @@
 //! The gateway and normalizer are not in this path: receive time is set here, where they would
 //! set it, so the number is the fair-price hop plus Kafka on both sides.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,11 +24,14 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rust_decimal::Decimal;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra;
 use tickflow_shared::domain::{now_micros, Trade};
 use tickflow_shared::fairprice::Trigger;
-use tickflow_shared::kafka::{self, TopicSpec};
+use tickflow_shared::kafka;
 use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{migrated_keyspace, service_env, Topics};
 
 const PARTITIONS: i32 = 4;
 const INSTRUMENTS: u64 = 100;
@@ -73,53 +75,17 @@ async fn main() {
     let seconds = env_or("TICKFLOW_BENCH_SECONDS", 60);
     let stack = Stack::require().await;
 
-    let input = testkit::unique_topic("bench-fp-trades");
-    let output = testkit::unique_topic("bench-fp-prices");
-    let admin = kafka::admin(&stack.kafka).unwrap();
-    kafka::ensure_topics(
-        &admin,
-        &[
-            TopicSpec::new(&input, PARTITIONS),
-            TopicSpec::new(&output, 1),
-        ],
-        &BTreeMap::new(),
-    )
-    .await
-    .unwrap();
+    let (session, cassandra_config) = migrated_keyspace(&stack, "bench_fp").await;
+    let topics = Topics::create(&stack, "bench-fp", PARTITIONS).await;
+    let (input, output) = (topics.input.clone(), topics.output.clone());
     let registry = Registry::new(&stack.registry).unwrap();
-    registry.register(&input, avro::TRADE).await.unwrap();
-    let mut cassandra_config = stack.cassandra.clone();
-    cassandra_config.keyspace = testkit::unique_keyspace("bench_fp");
-    let session = cassandra::connect(&cassandra_config).await.unwrap();
-    cassandra::migrate(&session, &cassandra_config)
-        .await
-        .unwrap();
-
-    let env = vec![
-        (
-            "TICKFLOW_CASSANDRA__CONTACT_POINTS",
-            cassandra_config.contact_points.join(","),
-        ),
-        (
-            "TICKFLOW_CASSANDRA__KEYSPACE",
-            cassandra_config.keyspace.clone(),
-        ),
-        ("TICKFLOW_FAIR_PRICE__INPUT_TOPIC", input.clone()),
-        ("TICKFLOW_FAIR_PRICE__OUTPUT_TOPIC", output.clone()),
-        (
-            "TICKFLOW_FAIR_PRICE__ANOMALIES_TOPIC",
-            testkit::unique_topic("bench-fp-anomalies"),
-        ),
-        (
-            "TICKFLOW_FAIR_PRICE__GROUP_ID",
-            testkit::unique_name("bench", "fp", '-'),
-        ),
-        (
-            "TICKFLOW_FAIR_PRICE__GRPC_LISTEN",
-            format!("127.0.0.1:{}", testkit::free_port()),
-        ),
-        ("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()),
-    ];
+    let mut env = service_env(
+        &cassandra_config,
+        &topics,
+        &testkit::unique_name("bench", "fp", '-'),
+        testkit::free_port(),
+    );
+    env.push(("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()));
     let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_fair-price"), &stack, &env);
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))

@@ -7,11 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra;
+use tickflow_shared::avro::{AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, Micros, Trade};
 use tickflow_shared::fairprice::FairPrice;
-use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::testkit::{self, ServiceProcess, Stack};
 
 mod support;
@@ -20,20 +18,10 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kill_9_the_replay_publishes_what_a_recomputation_says_with_no_hole() {
     let stack = Stack::require().await;
-    let mut cassandra_config = stack.cassandra.clone();
-    cassandra_config.keyspace = testkit::unique_keyspace("fp_restart");
-    let session = cassandra::connect(&cassandra_config).await.unwrap();
-    cassandra::migrate(&session, &cassandra_config)
-        .await
-        .unwrap();
-    let input = testkit::unique_topic("fp-restart-in");
-    let output = testkit::unique_topic("fp-restart-out");
-    let admin = kafka::admin(&stack.kafka).unwrap();
-    kafka::ensure_topics(&admin, &[TopicSpec::new(&input, 1)], &BTreeMap::new())
-        .await
-        .unwrap();
+    let (_session, cassandra_config) = migrated_keyspace(&stack, "fp_restart").await;
+    let topics = Topics::create(&stack, "fp-restart", 1).await;
+    let (input, output) = (topics.input.clone(), topics.output.clone());
     let registry = Registry::new(&stack.registry).unwrap();
-    registry.register(&input, avro::TRADE).await.unwrap();
 
     let t0 = (now_micros() / S - 100) * S;
     let trades = scenario(t0);
@@ -47,35 +35,16 @@ async fn after_a_kill_9_the_replay_publishes_what_a_recomputation_says_with_no_h
         .collect();
     let end = t0 + STEPS * STEP;
 
-    let grpc_port = testkit::free_port();
-    let env = vec![
-        (
-            "TICKFLOW_CASSANDRA__CONTACT_POINTS",
-            cassandra_config.contact_points.join(","),
-        ),
-        (
-            "TICKFLOW_CASSANDRA__KEYSPACE",
-            cassandra_config.keyspace.clone(),
-        ),
-        ("TICKFLOW_FAIR_PRICE__INPUT_TOPIC", input.clone()),
-        ("TICKFLOW_FAIR_PRICE__OUTPUT_TOPIC", output.clone()),
-        (
-            "TICKFLOW_FAIR_PRICE__ANOMALIES_TOPIC",
-            testkit::unique_topic("fp-restart-anomalies"),
-        ),
-        (
-            "TICKFLOW_FAIR_PRICE__GROUP_ID",
-            testkit::unique_name("fp", "restart", '-'),
-        ),
-        (
-            "TICKFLOW_FAIR_PRICE__GRPC_LISTEN",
-            format!("127.0.0.1:{grpc_port}"),
-        ),
-        // The event-time clock must not follow the wall clock while the first process waits
-        // to be killed: heartbeats as of instants past the first half would be right for what
-        // it had seen, not for the whole input. (The scenario test covers idle input.)
-        ("TICKFLOW_FAIR_PRICE__IDLE_AFTER_MS", "600000".into()),
-    ];
+    let mut env = service_env(
+        &cassandra_config,
+        &topics,
+        &testkit::unique_name("fp", "restart", '-'),
+        testkit::free_port(),
+    );
+    // The event-time clock must not follow the wall clock while the first process waits to be
+    // killed: heartbeats as of instants past the first half would be right for what it had
+    // seen, not for the whole input. (The scenario test covers idle input.)
+    env.push(("TICKFLOW_FAIR_PRICE__IDLE_AFTER_MS", "600000".into()));
     let codec = AvroCodec::new(&registry, &[]);
 
     // The first half, then a crash once it has been published (and its offsets committed).

@@ -5,15 +5,14 @@
 //! price equal to a recomputation done here, independently, from the same trades; Cassandra and
 //! the HTTP and gRPC APIs agreeing with Kafka.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra::{self, FairPriceStore};
+use tickflow_shared::avro::{AvroCodec, Registry};
+use tickflow_shared::cassandra::FairPriceStore;
 use tickflow_shared::domain::{now_micros, Micros, Trade};
 use tickflow_shared::fairprice::{Anomaly, AnomalyKind, FairPrice, Trigger};
-use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::proto::fairprice as pb;
 use tickflow_shared::testkit::{self, ServiceProcess, Stack};
 
@@ -23,22 +22,14 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fair_prices_survive_drift_and_silence_and_equal_a_recomputation() {
     let stack = Stack::require().await;
-    let mut cassandra_config = stack.cassandra.clone();
-    cassandra_config.keyspace = testkit::unique_keyspace("fp_scenario");
-    let session = cassandra::connect(&cassandra_config).await.unwrap();
-    cassandra::migrate(&session, &cassandra_config)
-        .await
-        .unwrap();
-
-    let input = testkit::unique_topic("fp-in");
-    let output = testkit::unique_topic("fp-out");
-    let anomalies_topic = testkit::unique_topic("fp-anomalies");
-    let admin = kafka::admin(&stack.kafka).unwrap();
-    kafka::ensure_topics(&admin, &[TopicSpec::new(&input, 1)], &BTreeMap::new())
-        .await
-        .unwrap();
+    let (session, cassandra_config) = migrated_keyspace(&stack, "fp_scenario").await;
+    let topics = Topics::create(&stack, "fp", 1).await;
+    let (input, output, anomalies_topic) = (
+        topics.input.clone(),
+        topics.output.clone(),
+        topics.anomalies.clone(),
+    );
     let registry = Registry::new(&stack.registry).unwrap();
-    registry.register(&input, avro::TRADE).await.unwrap();
 
     let t0 = (now_micros() / S - 100) * S;
     let trades = scenario(t0);
@@ -53,34 +44,13 @@ async fn fair_prices_survive_drift_and_silence_and_equal_a_recomputation() {
     let end = t0 + STEPS * STEP;
 
     let grpc_port = testkit::free_port();
-    let mut service = ServiceProcess::spawn(
-        env!("CARGO_BIN_EXE_fair-price"),
-        &stack,
-        &[
-            (
-                "TICKFLOW_CASSANDRA__CONTACT_POINTS",
-                cassandra_config.contact_points.join(","),
-            ),
-            (
-                "TICKFLOW_CASSANDRA__KEYSPACE",
-                cassandra_config.keyspace.clone(),
-            ),
-            ("TICKFLOW_FAIR_PRICE__INPUT_TOPIC", input.clone()),
-            ("TICKFLOW_FAIR_PRICE__OUTPUT_TOPIC", output.clone()),
-            (
-                "TICKFLOW_FAIR_PRICE__ANOMALIES_TOPIC",
-                anomalies_topic.clone(),
-            ),
-            (
-                "TICKFLOW_FAIR_PRICE__GROUP_ID",
-                testkit::unique_name("fp", "scenario", '-'),
-            ),
-            (
-                "TICKFLOW_FAIR_PRICE__GRPC_LISTEN",
-                format!("127.0.0.1:{grpc_port}"),
-            ),
-        ],
+    let env = service_env(
+        &cassandra_config,
+        &topics,
+        &testkit::unique_name("fp", "scenario", '-'),
+        grpc_port,
     );
+    let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_fair-price"), &stack, &env);
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
         .await;

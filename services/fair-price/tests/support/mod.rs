@@ -3,15 +3,89 @@
 #![allow(dead_code)] // each test binary uses a part
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rust_decimal::Decimal;
+use scylla::client::session::Session;
+use tickflow_shared::avro::{self, Registry};
+use tickflow_shared::cassandra;
+use tickflow_shared::config::CassandraConfig;
 use tickflow_shared::domain::{now_micros, AssetClass, Micros, Trade};
 use tickflow_shared::fairprice::FairPrice;
-use tickflow_shared::kafka;
+use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::testkit::{self, sample_trade, Stack};
+
+/// A fresh keyspace named after `test`, migrated; its config and a session.
+pub async fn migrated_keyspace(stack: &Stack, test: &str) -> (Arc<Session>, CassandraConfig) {
+    let mut config = stack.cassandra.clone();
+    config.keyspace = testkit::unique_keyspace(test);
+    let session = cassandra::connect(&config).await.unwrap();
+    cassandra::migrate(&session, &config).await.unwrap();
+    (session, config)
+}
+
+/// The topics of one fair-price process in a test: the input is created with `partitions` and
+/// its Trade schema registered; the service creates the other two.
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub anomalies: String,
+}
+
+impl Topics {
+    pub async fn create(stack: &Stack, prefix: &str, partitions: i32) -> Self {
+        let topics = Topics {
+            input: testkit::unique_topic(&format!("{prefix}-in")),
+            output: testkit::unique_topic(&format!("{prefix}-out")),
+            anomalies: testkit::unique_topic(&format!("{prefix}-anomalies")),
+        };
+        let admin = kafka::admin(&stack.kafka).unwrap();
+        kafka::ensure_topics(
+            &admin,
+            &[TopicSpec::new(&topics.input, partitions)],
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+        Registry::new(&stack.registry)
+            .unwrap()
+            .register(&topics.input, avro::TRADE)
+            .await
+            .unwrap();
+        topics
+    }
+}
+
+/// The environment of a fair-price process: Cassandra as `cassandra` says, `topics`, consumer
+/// group `group` (the same group after a restart), gRPC on `grpc_port`.
+pub fn service_env(
+    cassandra: &CassandraConfig,
+    topics: &Topics,
+    group: &str,
+    grpc_port: u16,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "TICKFLOW_CASSANDRA__CONTACT_POINTS",
+            cassandra.contact_points.join(","),
+        ),
+        ("TICKFLOW_CASSANDRA__KEYSPACE", cassandra.keyspace.clone()),
+        ("TICKFLOW_FAIR_PRICE__INPUT_TOPIC", topics.input.clone()),
+        ("TICKFLOW_FAIR_PRICE__OUTPUT_TOPIC", topics.output.clone()),
+        (
+            "TICKFLOW_FAIR_PRICE__ANOMALIES_TOPIC",
+            topics.anomalies.clone(),
+        ),
+        ("TICKFLOW_FAIR_PRICE__GROUP_ID", group.to_string()),
+        (
+            "TICKFLOW_FAIR_PRICE__GRPC_LISTEN",
+            format!("127.0.0.1:{grpc_port}"),
+        ),
+    ]
+}
 
 pub const MS: Micros = 1_000;
 pub const S: Micros = 1_000_000;
