@@ -74,9 +74,15 @@ async fn main() {
     let rate = env_or("TICKFLOW_BENCH_RATE", 30_000);
     let seconds = env_or("TICKFLOW_BENCH_SECONDS", 60);
     let stack = Stack::require().await;
+    // Side by side: the fair-price hop alone, then writing to Cassandra as in production.
+    for write_cassandra in [false, true] {
+        run(&stack, rate, seconds, write_cassandra).await;
+    }
+}
 
-    let (session, cassandra_config) = migrated_keyspace(&stack, "bench_fp").await;
-    let topics = Topics::create(&stack, "bench-fp", PARTITIONS).await;
+async fn run(stack: &Stack, rate: u64, seconds: u64, write_cassandra: bool) {
+    let (session, cassandra_config) = migrated_keyspace(stack, "bench_fp").await;
+    let topics = Topics::create(stack, "bench-fp", PARTITIONS).await;
     let (input, output) = (topics.input.clone(), topics.output.clone());
     let registry = Registry::new(&stack.registry).unwrap();
     let mut env = service_env(
@@ -86,7 +92,11 @@ async fn main() {
         testkit::free_port(),
     );
     env.push(("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()));
-    let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_fair-price"), &stack, &env);
+    env.push((
+        "TICKFLOW_FAIR_PRICE__WRITE_CASSANDRA",
+        write_cassandra.to_string(),
+    ));
+    let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_fair-price"), stack, &env);
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
         .await;
@@ -99,7 +109,7 @@ async fn main() {
     .unwrap();
     consumer.subscribe(&[&output]).unwrap();
     println!(
-        "fair-price e2e: asked {rate} trades/s for {seconds} s over {INSTRUMENTS} instruments x {} exchanges",
+        "fair-price e2e, write_cassandra={write_cassandra}: asked {rate} trades/s for {seconds} s over {INSTRUMENTS} instruments x {} exchanges",
         EXCHANGES.len()
     );
 
