@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dedup;
+pub mod fuzzing;
 pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
