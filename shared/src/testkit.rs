@@ -412,7 +412,6 @@ pub async fn produce_trades(
     topic: &str,
     trades: impl IntoIterator<Item = (Option<i32>, Trade)>,
 ) -> crate::Result<usize> {
-    use rdkafka::producer::FutureRecord;
     let registry = crate::avro::Registry::new(&stack.registry)?;
     let codec = crate::avro::AvroCodec::new(&registry, &[(topic, crate::avro::TRADE)]);
     let producer = crate::kafka::producer(&stack.kafka, "it-producer")?;
@@ -420,22 +419,7 @@ pub async fn produce_trades(
     let mut sent = 0;
     for (partition, trade) in trades {
         let bytes = codec.encode_trade(topic, &trade).await?;
-        loop {
-            let mut record = FutureRecord::to(topic)
-                .key(&trade.instrument)
-                .payload(&bytes);
-            if let Some(p) = partition {
-                record = record.partition(p);
-            }
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                // The local queue is full: let deliveries drain.
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
+        pending.push(enqueue(&producer, topic, &trade.instrument, &bytes, partition).await);
         sent += 1;
         if pending.len() >= 10_000 {
             confirm(&mut pending).await?;
@@ -443,6 +427,30 @@ pub async fn produce_trades(
     }
     confirm(&mut pending).await?;
     Ok(sent)
+}
+
+/// Hands one record to `producer` without waiting for the broker; a full local queue is waited
+/// out (deliveries drain) rather than refused, so every record counted was really handed over.
+/// `partition`: `None` partitions by key.
+pub async fn enqueue(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    partition: Option<i32>,
+) -> rdkafka::producer::DeliveryFuture {
+    loop {
+        let mut record = rdkafka::producer::FutureRecord::to(topic)
+            .key(key)
+            .payload(payload);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => return delivery,
+            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
 }
 
 async fn confirm(pending: &mut Vec<rdkafka::producer::DeliveryFuture>) -> crate::Result<()> {

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::FutureRecord;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, RawEnvelope};
 use tickflow_shared::kafka::{self, TopicSpec};
@@ -76,15 +75,7 @@ async fn main() {
             payload: serde_json::to_vec(&SimMessage::Trade(trade)).unwrap(),
         };
         let bytes = codec.encode_raw(&raw, &envelope).await.unwrap();
-        loop {
-            match producer.send_result(FutureRecord::to(&raw).key(symbol).payload(&bytes)) {
-                Ok(delivery) => {
-                    pending.push(delivery);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
+        pending.push(testkit::enqueue(&producer, &raw, symbol, &bytes, None).await);
         if pending.len() >= 20_000 {
             for d in pending.drain(..) {
                 d.await.unwrap().unwrap();

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
 use scylla::client::session::Session;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra;
@@ -175,17 +174,8 @@ async fn run_live(stack: &Stack, rate: u64, seconds: u64) {
                 ..t
             };
             let bytes = codec.encode_trade(&topic, &trade).await.unwrap();
-            // Deliveries are not awaited (the rate must hold), but a full local queue is
-            // waited out, so every trade counted was handed to the producer.
-            loop {
-                let record = FutureRecord::to(&topic)
-                    .key(&trade.instrument)
-                    .payload(&bytes);
-                match producer.send_result(record) {
-                    Ok(_) => break,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            }
+            // Deliveries are not awaited (the rate must hold).
+            drop(testkit::enqueue(&producer, &topic, &trade.instrument, &bytes, None).await);
             sent += 1;
         }
         // Read whatever candles arrived during this tick.
