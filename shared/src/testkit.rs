@@ -429,6 +429,27 @@ pub async fn produce_trades(
     Ok(sent)
 }
 
+/// The sum of metric `name` over all its label sets in a Prometheus text exposition (`/metrics`);
+/// 0 when it is absent. Matches the exact name (not `name_sum` or a longer name).
+pub fn metric_total(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The `p` quantile (0..=1, nearest rank) of `sorted` (ascending); NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 /// Hands one record to `producer` without waiting for the broker; a full local queue is waited
 /// out (deliveries drain) rather than refused, so every record counted was really handed over.
 /// `partition`: `None` partitions by key.

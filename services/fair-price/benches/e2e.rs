@@ -45,15 +45,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The sum of a counter over its label sets.
-fn total(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// One quantile of the service's latency summary for `stage`, in ms.
 fn own_quantile(metrics: &str, stage: &str, quantile: &str) -> f64 {
     let needle = format!("stage=\"{stage}\",quantile=\"{quantile}\"");
@@ -171,7 +162,7 @@ async fn run(stack: &Stack, rate: u64, seconds: u64, write_cassandra: bool) {
     while !done.load(Ordering::SeqCst) {
         if cpu_start.is_none() && started.elapsed() >= WARM_UP {
             let (_, metrics) = service.get("/metrics").await.unwrap_or_default();
-            trades_start = total(&metrics, fair_price::metrics::TRADES_IN);
+            trades_start = testkit::metric_total(&metrics, fair_price::metrics::TRADES_IN);
             cpu_start = Some(testkit::process_usage(service.pid()).0);
         }
         let Ok(Ok(message)) =
@@ -203,22 +194,17 @@ async fn run(stack: &Stack, rate: u64, seconds: u64, write_cassandra: bool) {
     let mut metrics = String::new();
     while drained.elapsed() < Duration::from_secs(30) {
         metrics = service.get("/metrics").await.unwrap_or_default().1;
-        if total(&metrics, fair_price::metrics::TRADES_IN) >= produced {
+        if testkit::metric_total(&metrics, fair_price::metrics::TRADES_IN) >= produced {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let consumed = total(&metrics, fair_price::metrics::TRADES_IN);
+    let consumed = testkit::metric_total(&metrics, fair_price::metrics::TRADES_IN);
     let (cpu_end, peak_rss) = testkit::process_usage(service.pid());
     service.terminate(Duration::from_secs(30));
 
     latencies_ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies_ms
-            .get(((latencies_ms.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| testkit::percentile(&latencies_ms, p);
     let steady_trades = (consumed - trades_start).max(1.0);
     println!(
         "produced {produced:.0} trades = {:.0} trades/s (asked {rate}); fair-price consumed {consumed:.0}; published {changes} changes, {heartbeats} heartbeats",

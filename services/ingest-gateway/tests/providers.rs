@@ -238,11 +238,7 @@ async fn wait_until_read(servers: &[&ProviderServer], gateways: &[&ServiceProces
         let mut read = 0.0;
         for g in gateways {
             let (_, metrics) = g.get("/metrics").await.unwrap_or_default();
-            read += metrics
-                .lines()
-                .filter(|l| l.starts_with("tickflow_gateway_received_bytes_total{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>();
+            read += testkit::metric_total(&metrics, "tickflow_gateway_received_bytes_total");
         }
         if read >= written as f64 || std::time::Instant::now() > deadline {
             return;

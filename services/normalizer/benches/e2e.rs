@@ -20,14 +20,6 @@ use tickflow_shared::testkit::{self, process_usage, ServiceProcess, Stack};
 
 const PARTITIONS: i32 = 4;
 
-fn metric_sum(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let count: usize = std::env::var("TICKFLOW_BENCH_FRAMES")
@@ -144,7 +136,7 @@ async fn main() {
             .await
             .map(|(_, b)| b)
             .unwrap_or_default();
-        let done = metric_sum(&metrics, "tickflow_normalizer_records_total");
+        let done = testkit::metric_total(&metrics, "tickflow_normalizer_records_total");
         if done as usize >= count {
             break;
         }

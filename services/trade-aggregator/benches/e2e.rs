@@ -28,15 +28,6 @@ use trade_aggregator::config::AggregatorConfig;
 
 const PARTITIONS: i32 = 4;
 
-/// The sum of `tickflow_aggregator_trades_total` over its label sets.
-fn processed(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("tickflow_aggregator_trades_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A fresh keyspace, migrated.
 async fn fresh_keyspace(stack: &Stack) -> (Arc<Session>, String) {
     let mut cassandra_config = stack.cassandra.clone();
@@ -95,7 +86,7 @@ async fn run_once(stack: &Stack, topic: &str, count: usize, write_trades: bool) 
     let started = Instant::now();
     loop {
         let (_, metrics) = service.get("/metrics").await.unwrap_or_default();
-        if processed(&metrics) >= count as f64 {
+        if testkit::metric_total(&metrics, "tickflow_aggregator_trades_total") >= count as f64 {
             break;
         }
         assert!(
@@ -194,12 +185,7 @@ async fn run_live(stack: &Stack, rate: u64, seconds: u64) {
     let (cpu, peak_rss) = testkit::process_usage(service.pid());
     service.terminate(Duration::from_secs(30));
     latencies_ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies_ms
-            .get(((latencies_ms.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| testkit::percentile(&latencies_ms, p);
     println!(
         "live: {sent} trades, {} final candles; window closable -> candle on Kafka: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms   {:.1} CPU-s per million   peak RSS {:.0} MiB",
         latencies_ms.len(),

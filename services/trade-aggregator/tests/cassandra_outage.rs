@@ -77,10 +77,7 @@ fn phase(phase: usize) -> Vec<Trade> {
 /// Σ of the aggregator's `trades_total` over all labels.
 async fn trades_counted(service: &ServiceProcess) -> f64 {
     let (_, body) = service.get("/metrics").await.unwrap_or_default();
-    body.lines()
-        .filter(|l| l.starts_with("tickflow_aggregator_trades_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    testkit::metric_total(&body, "tickflow_aggregator_trades_total")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
