@@ -230,7 +230,7 @@ pub fn compute(
     evaluate(
         sources,
         0..sources.len(),
-        entries.iter(),
+        &mut Scan::new(entries.iter(), as_of, settings.lookback),
         as_of,
         settings,
         trigger,
@@ -238,45 +238,117 @@ pub fn compute(
     .to_fair_price(instrument, sources, settings)
 }
 
+/// What a computation reads of an instrument's recent trades, as of one instant `as_of`, with
+/// the lookback `(as_of - lookback, as_of]`. [`Scan`] reads them by going through the trades; the
+/// operator's [`super::book::Book`] keeps the lookback up to date as trades come and go.
+pub trait Lookback {
+    /// Each of the `n` sources' last trade at or before the instant (the newest by event time;
+    /// among equal times the later arrival) and its traded size within the lookback.
+    fn source_states(&mut self, n: usize) -> Vec<(Option<Tick>, Decimal)>;
+    /// The lower volume-weighted median of the lookback's trades of the sources `counted` marks
+    /// (indexed by source); `None` without volume.
+    fn vw_median(&mut self, counted: &[bool]) -> Option<Decimal>;
+    /// Their volume-weighted average price; `None` without volume or on overflow.
+    fn vwap(&mut self, counted: &[bool]) -> Option<Decimal>;
+}
+
+/// [`Lookback`] by scanning `entries`: the trades of every source, each source's in arrival
+/// order.
+pub struct Scan<I> {
+    entries: I,
+    as_of: Micros,
+    from: Micros,
+}
+
+impl<'e, I: Iterator<Item = &'e Entry> + Clone> Scan<I> {
+    pub fn new(entries: I, as_of: Micros, lookback: Micros) -> Self {
+        Self {
+            entries,
+            as_of,
+            from: as_of.saturating_sub(lookback),
+        }
+    }
+
+    fn window<'c>(&self, counted: &'c [bool]) -> impl Iterator<Item = &'e Tick> + Clone + 'c
+    where
+        I: 'c,
+    {
+        let (from, as_of) = (self.from, self.as_of);
+        self.entries
+            .clone()
+            .filter(move |e| {
+                counted.get(e.source as usize).copied().unwrap_or(false)
+                    && e.tick.event_time > from
+                    && e.tick.event_time <= as_of
+            })
+            .map(|e| &e.tick)
+    }
+}
+
+impl<'e, I: Iterator<Item = &'e Entry> + Clone> Lookback for Scan<I> {
+    fn source_states(&mut self, n: usize) -> Vec<(Option<Tick>, Decimal)> {
+        let (from, as_of) = (self.from, self.as_of);
+        let mut state: Vec<(Option<Tick>, Option<Sum>)> = vec![(None, Some(Sum::ZERO)); n];
+        for e in self.entries.clone().filter(|e| e.tick.event_time <= as_of) {
+            let (last, volume) = &mut state[e.source as usize];
+            // The newest by event time; among equal times, the later arrival.
+            if last.is_none_or(|l| e.tick.event_time >= l.event_time) {
+                *last = Some(e.tick);
+            }
+            if e.tick.event_time > from {
+                *volume = volume.and_then(|v| v.add(e.tick.size));
+            }
+        }
+        state
+            .into_iter()
+            .enumerate()
+            .map(|(index, (last, sum))| {
+                let volume = sum.and_then(Sum::to_decimal).unwrap_or_else(|| {
+                    // Beyond an i128: add as decimals, which round to a smaller scale if they
+                    // must.
+                    decimal_volume(
+                        self.entries
+                            .clone()
+                            .filter(|e| {
+                                e.source as usize == index
+                                    && e.tick.event_time > from
+                                    && e.tick.event_time <= as_of
+                            })
+                            .map(|e| &e.tick),
+                    )
+                });
+                (last, volume)
+            })
+            .collect()
+    }
+
+    fn vw_median(&mut self, counted: &[bool]) -> Option<Decimal> {
+        vw_median(self.window(counted))
+    }
+
+    fn vwap(&mut self, counted: &[bool]) -> Option<Decimal> {
+        vwap(self.window(counted))
+    }
+}
+
+/// The sum of the sizes of `ticks` in decimals, saturating (for sums beyond an i128).
+pub(super) fn decimal_volume<'t>(ticks: impl Iterator<Item = &'t Tick>) -> Decimal {
+    ticks.fold(Decimal::ZERO, |acc, t| {
+        acc.checked_add(t.size).unwrap_or(Decimal::MAX)
+    })
+}
+
 /// Evaluates the sources `order` names (indices into `sources`, in a fixed order) as of `as_of`,
-/// from `entries`: the trades of every source, each source's in arrival order (the operator
-/// keeps an instrument's trades in one buffer, read in sequence).
-pub fn evaluate<'e, S: SourceView>(
+/// from what `lookback` reads of their trades.
+pub fn evaluate<S: SourceView>(
     sources: &[S],
     order: impl IntoIterator<Item = usize>,
-    entries: impl Iterator<Item = &'e Entry> + Clone,
+    lookback: &mut impl Lookback,
     as_of: Micros,
     settings: &Settings,
     trigger: Trigger,
 ) -> Outcome {
-    let from = as_of.saturating_sub(settings.lookback);
-    // Each source's last trade at or before the instant, and its volume within the lookback.
-    let mut state: Vec<(Option<Tick>, Option<Sum>)> = vec![(None, Some(Sum::ZERO)); sources.len()];
-    for e in entries.clone().filter(|e| e.tick.event_time <= as_of) {
-        let (last, volume) = &mut state[e.source as usize];
-        // The newest by event time; among equal times, the later arrival.
-        if last.is_none_or(|l| e.tick.event_time >= l.event_time) {
-            *last = Some(e.tick);
-        }
-        if e.tick.event_time > from {
-            *volume = volume.and_then(|v| v.add(e.tick.size));
-        }
-    }
-    let volume_of = |index: usize, sum: Option<Sum>| {
-        sum.and_then(Sum::to_decimal).unwrap_or_else(|| {
-            // Beyond an i128: add as decimals, which round to a smaller scale if they must.
-            entries
-                .clone()
-                .filter(|e| {
-                    e.source as usize == index
-                        && e.tick.event_time > from
-                        && e.tick.event_time <= as_of
-                })
-                .fold(Decimal::ZERO, |acc, e| {
-                    acc.checked_add(e.tick.size).unwrap_or(Decimal::MAX)
-                })
-        })
-    };
+    let state = lookback.source_states(sources.len());
     let mut fresh: Vec<Used> = Vec::new();
     let mut excluded = Vec::new();
     for (rank, index) in order.into_iter().enumerate() {
@@ -289,7 +361,7 @@ pub fn evaluate<'e, S: SourceView>(
                 source: index,
                 rank,
                 last,
-                volume: volume_of(index, volume),
+                volume,
             }),
             last => excluded.push(Excluded {
                 source: index,
@@ -325,17 +397,16 @@ pub fn evaluate<'e, S: SourceView>(
     for f in &fresh {
         counted[f.source] = true;
     }
-    let window = entries
-        .filter(|e| {
-            counted[e.source as usize] && e.tick.event_time > from && e.tick.event_time <= as_of
-        })
-        .map(|e| &e.tick);
     let mut used_prices: Vec<Decimal> = fresh.iter().map(|f| f.last.price).collect();
     let price = match settings.method {
         _ if fresh.is_empty() => None,
-        Method::VwMedian => vw_median(window).or_else(|| median_in_place(&mut used_prices)),
+        Method::VwMedian => lookback
+            .vw_median(&counted)
+            .or_else(|| median_in_place(&mut used_prices)),
         Method::Median => median_in_place(&mut used_prices),
-        Method::Vwap => vwap(window).or_else(|| median_in_place(&mut used_prices)),
+        Method::Vwap => lookback
+            .vwap(&counted)
+            .or_else(|| median_in_place(&mut used_prices)),
         Method::TrimmedMean => trimmed_mean(&mut used_prices, settings.trimmed_share),
     };
     let dispersion = match (&price, used_prices.iter().min(), used_prices.iter().max()) {
@@ -549,7 +620,7 @@ fn weighted_lower_median(items: &mut [(i128, i128, Decimal)], total: i128) -> Op
 }
 
 /// [`vw_median`] in decimals, by sorting.
-fn vw_median_decimal<'t>(window: impl Iterator<Item = &'t Tick>) -> Option<Decimal> {
+pub(super) fn vw_median_decimal<'t>(window: impl Iterator<Item = &'t Tick>) -> Option<Decimal> {
     let mut trades: Vec<(Decimal, Decimal)> = window.map(|t| (t.price, t.size)).collect();
     let total = trades
         .iter()
@@ -571,7 +642,7 @@ fn vw_median_decimal<'t>(window: impl Iterator<Item = &'t Tick>) -> Option<Decim
 
 /// Σ price × size / Σ size over the trades in `window`, rounded the way tickflow rounds derived
 /// values; `None` on overflow (the caller falls back to the median).
-fn vwap<'t>(window: impl Iterator<Item = &'t Tick>) -> Option<Decimal> {
+pub(super) fn vwap<'t>(window: impl Iterator<Item = &'t Tick>) -> Option<Decimal> {
     let mut notional = Decimal::ZERO;
     let mut volume = Decimal::ZERO;
     for t in window {

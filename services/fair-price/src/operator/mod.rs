@@ -16,6 +16,7 @@
 //! `heartbeat` boundary of the global clock publishes each instrument not published during the
 //! last heartbeat, and runs the data-quality checks.
 
+pub mod book;
 pub mod compute;
 pub mod quality;
 #[cfg(test)]
@@ -28,6 +29,7 @@ use rust_decimal::Decimal;
 use tickflow_shared::domain::{Micros, Trade, MICROS_PER_SECOND};
 use tickflow_shared::fairprice::{Anomaly, AnomalyKind, FairPrice, Method, Trigger, ANY};
 
+use book::Book;
 use compute::{Entry, Outcome, SourceView, Tick};
 use quality::{Detector, Observation, Scope};
 
@@ -124,9 +126,8 @@ struct Instrument {
     source_ids: Vec<u32>,
     /// Indices into `sources`, sorted by (provider, exchange): the evaluation order.
     order: Vec<usize>,
-    /// Every source's recent trades in arrival order, in one buffer: a computation reads
-    /// memory in sequence.
-    entries: VecDeque<Entry>,
+    /// Every source's recent trades, and the lookback of the last instant computed.
+    book: Book,
     /// When a trade last made the operator compute this instrument's price (published or not):
     /// the throttle runs from it, so an instrument is computed at most once per throttle
     /// however fast it trades.
@@ -232,7 +233,7 @@ impl Operator {
                 inst.sources.len() - 1
             }
         };
-        inst.entries.push_back(Entry {
+        inst.book.push(Entry {
             source: u32::try_from(index).expect("fewer than 2^32 sources"),
             tick: Tick {
                 event_time: trade.event_time,
@@ -401,7 +402,7 @@ impl Operator {
             sources: Vec::new(),
             source_ids: Vec::new(),
             order: Vec::new(),
-            entries: VecDeque::new(),
+            book: Book::default(),
             evaluated_at: None,
             clock: trade.event_time,
             last: None,
@@ -412,12 +413,11 @@ impl Operator {
     }
 
     /// The fair price of instrument `idx` as of `as_of`.
-    fn compute(&self, idx: usize, as_of: Micros, trigger: Trigger) -> Outcome {
-        let inst = &self.instruments[idx];
-        compute::evaluate(
+    fn compute(&mut self, idx: usize, as_of: Micros, trigger: Trigger) -> Outcome {
+        let inst = &mut self.instruments[idx];
+        inst.book.evaluate(
             &inst.sources,
             inst.order.iter().copied(),
-            inst.entries.iter(),
             as_of,
             &self.settings,
             trigger,
@@ -578,9 +578,7 @@ impl Operator {
             let rate_window = self.settings.quality_by_class[inst.asset_class].rate_window;
             let counts_from =
                 (clock - rate_window - self.settings.heartbeat).div_euclid(MICROS_PER_SECOND);
-            // Not just from the front: a trade far ahead in event time must not keep the
-            // ones behind it alive.
-            inst.entries.retain(|e| e.tick.event_time > keep_from);
+            inst.book.prune(keep_from);
             for source in &mut inst.sources {
                 while source.counts.front().is_some_and(|(s, _)| *s < counts_from) {
                     source.counts.pop_front();
