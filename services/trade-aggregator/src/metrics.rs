@@ -11,6 +11,8 @@ pub const SINK_WRITE_SECONDS: &str = "tickflow_aggregator_sink_write_duration_se
 pub const SINK_ERRORS: &str = "tickflow_aggregator_sink_errors_total";
 pub const CHECKPOINT_SECONDS: &str = "tickflow_aggregator_checkpoint_duration_seconds";
 pub const CHECKPOINT_BYTES: &str = "tickflow_aggregator_checkpoint_size_bytes";
+pub const HANDOVERS: &str = "tickflow_aggregator_partition_handovers_total";
+pub const OWNED_PARTITIONS: &str = "tickflow_aggregator_owned_partitions";
 
 /// `reason` of [`INPUT_ERRORS`]: a record without a value.
 pub const INPUT_EMPTY: &str = "empty";
@@ -37,10 +39,23 @@ pub fn zero_error_counters() {
     for (sink, error_type) in [SINK_TRADES, SINK_CANDLES, SINK_CANDLES_KAFKA, SINK_LATE] {
         zero_counter(SINK_ERRORS, &[("sink", sink), ("error_type", error_type)]);
     }
+    for kind in ["assigned", "revoked", "lost"] {
+        zero_counter(HANDOVERS, &[("kind", kind)]);
+    }
 }
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        HANDOVERS,
+        "Input partitions taken over from (assigned, state restored from its checkpoint) or handed \
+         to another instance of the consumer group (revoked, after a checkpoint), or lost \
+         (dropped without a checkpoint), by kind."
+    );
+    describe_gauge!(
+        OWNED_PARTITIONS,
+        "Input partitions this instance aggregates now."
+    );
     describe_counter!(TRADES_IN, "Trades aggregated, by instrument and exchange.");
     describe_counter!(
         INPUT_ERRORS,

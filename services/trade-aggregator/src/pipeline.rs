@@ -5,16 +5,30 @@
 //! has landed, and it holds each partition's state with the offset of the next record. After a
 //! crash the state is restored and reading resumes at that offset; the outputs replayed from
 //! there are idempotent upserts of the same values, so the results equal a run without the crash.
+//!
+//! Partitions are either configured (`aggregator.partitions`) or shared by the instances of the
+//! consumer group (cooperative-sticky assignment). A rebalance is handed from librdkafka's
+//! callback to the loop, which takes partitions up or gives them away between two records:
+//! revoked partitions have their outputs landed and a checkpoint written before they are
+//! released, so the next owner restores exactly where this one stopped; assigned ones are
+//! restored from their checkpoints before any record of them is read. Partitions lost without a
+//! revocation (this instance missed the session timeout) are not checkpointed: their state is
+//! dropped along with every output not yet landed, and the partitions still owned are restored
+//! from their checkpoints, as after a crash.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use std::collections::BTreeSet;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra::{CandleStore, Checkpoint, CheckpointStore, TradeStore};
+use tickflow_shared::config::KafkaConfig;
 use tickflow_shared::domain::{now_micros, Candle, Micros};
 use tickflow_shared::error::Error;
 use tickflow_shared::kafka;
@@ -34,6 +48,169 @@ use crate::sink::{Batch, Sinks};
 pub struct Query {
     pub instrument: String,
     pub reply: oneshot::Sender<Vec<Candle>>,
+}
+
+/// A change of this instance's partitions, from librdkafka's rebalance callback to the loop.
+#[derive(Debug)]
+enum Handover {
+    Assign(Vec<i32>),
+    Revoke(Vec<i32>),
+    /// Revoked without a chance to checkpoint: another instance may own them already.
+    Lost(Vec<i32>),
+}
+
+/// Passes rebalances to the loop instead of applying them in the callback: librdkafka waits for
+/// the loop's `incremental_assign` / `incremental_unassign`, so the loop can land outputs and
+/// checkpoint before a partition goes, and restore state before one comes.
+struct HandoverContext {
+    tx: mpsc::UnboundedSender<Handover>,
+}
+
+impl ClientContext for HandoverContext {}
+
+impl ConsumerContext for HandoverContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let handover = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Handover::Assign(partitions),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if consumer.assignment_lost() => {
+                Handover::Lost(partitions)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Handover::Revoke(partitions),
+            other => {
+                // As librdkafka's own handler does: give everything up; the group assigns again.
+                tracing::warn!(error = ?other, "rebalance error; dropping the assignment");
+                Handover::Lost(partitions)
+            }
+        };
+        if self.tx.send(handover).is_err() {
+            // The loop has stopped (the consumer is closing): apply the change here, as
+            // librdkafka's own handler would.
+            let applied = match err {
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                    consumer.incremental_assign(tpl)
+                }
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                    consumer.incremental_unassign(tpl)
+                }
+                _ => consumer.unassign(),
+            };
+            if let Err(e) = applied {
+                tracing::warn!(error = %e, "applying a rebalance while closing failed");
+            }
+        }
+    }
+}
+
+/// Takes partitions up and gives them away.
+struct Ownership<'a> {
+    consumer: &'a GroupConsumer,
+    checkpoints: &'a CheckpointStore,
+    config: &'a Config,
+}
+
+impl Ownership<'_> {
+    /// Restores `partitions` from their checkpoints (a partition without one starts empty, from
+    /// the beginning) and reads them from the checkpoints' offsets on: added to the assignment,
+    /// or, when `rewind`, sought back to. `Ok(false)`: shutdown came first.
+    async fn take(
+        &self,
+        partitions: &[i32],
+        rewind: bool,
+        operator: &mut Aggregator,
+        next_offsets: &mut BTreeMap<i32, i64>,
+        shutdown: &Shutdown,
+    ) -> Result<bool> {
+        let agg = &self.config.aggregator;
+        let Some(saved) = retry::until_ok(
+            "load checkpoints",
+            RetryPolicy::DEPENDENCY,
+            shutdown,
+            || self.checkpoints.load(&agg.operator_id, &agg.input_topic),
+        )
+        .await
+        else {
+            return Ok(false);
+        };
+        let mut assignment = TopicPartitionList::new();
+        let mut restored = 0;
+        for &p in partitions {
+            operator.drop_partition(p);
+            next_offsets.remove(&p);
+            let offset = match saved.get(&p) {
+                Some(cp) if cp.state_format == STATE_FORMAT => {
+                    operator.restore(p, &cp.state, now_micros()).map_err(|e| {
+                        Error::Config(format!("checkpoint of partition {p} is unreadable: {e}"))
+                    })?;
+                    next_offsets.insert(p, cp.next_offset);
+                    restored += 1;
+                    Offset::Offset(cp.next_offset)
+                }
+                Some(cp) => {
+                    return Err(Error::Config(format!(
+                        "checkpoint of partition {p} has state format {} (this build reads {STATE_FORMAT})",
+                        cp.state_format
+                    )))
+                }
+                None => Offset::Beginning,
+            };
+            if rewind {
+                tokio::task::block_in_place(|| {
+                    self.consumer
+                        .seek(&agg.input_topic, p, offset, Duration::from_secs(10))
+                })?;
+            }
+            assignment
+                .add_partition_offset(&agg.input_topic, p, offset)
+                .map_err(Error::Kafka)?;
+        }
+        if rewind {
+        } else if agg.partitions.is_empty() {
+            self.consumer.incremental_assign(&assignment)?;
+        } else {
+            self.consumer.assign(&assignment)?;
+        }
+        tracing::info!(topic = %agg.input_topic, partitions = ?partitions, restored, rewind, "consuming from the checkpoints");
+        Ok(true)
+    }
+
+    /// Removes `partitions` from the assignment (their state is already dropped).
+    fn release(&self, partitions: &[i32]) -> Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.config.aggregator.input_topic, p);
+        }
+        self.consumer.incremental_unassign(&tpl)?;
+        tracing::info!(partitions = ?partitions, "released");
+        Ok(())
+    }
+}
+
+type GroupConsumer = StreamConsumer<HandoverContext>;
+
+fn group_consumer(
+    config: &KafkaConfig,
+    group_id: &str,
+) -> Result<(GroupConsumer, mpsc::UnboundedReceiver<Handover>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut client = kafka::consumer_config(config, "aggregator", group_id);
+    // Unless `[kafka.librdkafka]` says otherwise: cooperative hand-over, and a crashed
+    // instance's partitions move on after 10 s instead of librdkafka's 45 s.
+    for (key, value) in [
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "2000"),
+    ] {
+        if client.get(key).is_none() {
+            client.set(key, value);
+        }
+    }
+    Ok((client.create_with_context(HandoverContext { tx })?, rx))
 }
 
 /// Runs until shutdown. Returns an error only for what needs a human (missing tables, a
@@ -88,49 +265,46 @@ pub async fn run(
         max_in_flight: agg.max_in_flight,
     };
 
-    let consumer: StreamConsumer =
-        kafka::stream_consumer(&config.kafka, "aggregator", &agg.operator_id)?;
-    let Some(partitions) = owned_partitions(&consumer, config, shutdown).await else {
-        return Ok(());
-    };
-
-    // Restore each owned partition and resume its input where its checkpoint says.
-    let mut operator = Aggregator::new(agg.timing()).with_rollups(agg.rollup_intervals());
-    let Some(saved) = retry::until_ok(
-        "load checkpoints",
-        RetryPolicy::DEPENDENCY,
-        shutdown,
-        || checkpoints.load(&agg.operator_id, &agg.input_topic),
-    )
-    .await
+    let (consumer, mut handovers) = group_consumer(&config.kafka, &agg.operator_id)?;
+    let Some(all) =
+        kafka::topic_partitions(&consumer, &config.aggregator.input_topic, shutdown).await
     else {
         return Ok(());
     };
+    let mut operator = Aggregator::new(agg.timing()).with_rollups(agg.rollup_intervals());
     let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &p in &partitions {
-        let offset = match saved.get(&p) {
-            Some(cp) if cp.state_format == STATE_FORMAT => {
-                operator.restore(p, &cp.state, now_micros()).map_err(|e| {
-                    Error::Config(format!("checkpoint of partition {p} is unreadable: {e}"))
-                })?;
-                next_offsets.insert(p, cp.next_offset);
-                Offset::Offset(cp.next_offset)
-            }
-            Some(cp) => {
-                return Err(Error::Config(format!(
-                "checkpoint of partition {p} has state format {} (this build reads {STATE_FORMAT})",
-                cp.state_format
-            )))
-            }
-            None => Offset::Beginning,
-        };
-        assignment
-            .add_partition_offset(&agg.input_topic, p, offset)
-            .map_err(Error::Kafka)?;
+    let mut owned: BTreeSet<i32> = BTreeSet::new();
+    let ownership = Ownership {
+        consumer: &consumer,
+        checkpoints: &checkpoints,
+        config,
+    };
+    if agg.partitions.is_empty() {
+        consumer.subscribe(&[&agg.input_topic])?;
+        tracing::info!(topic = %agg.input_topic, group = %agg.operator_id, "joining the consumer group; partitions come with rebalances");
+    } else {
+        // Configured partitions: restore each and resume its input where its checkpoint says.
+        let configured: Vec<i32> = agg
+            .partitions
+            .iter()
+            .copied()
+            .filter(|p| all.contains(p))
+            .collect();
+        if !ownership
+            .take(
+                &configured,
+                false,
+                &mut operator,
+                &mut next_offsets,
+                shutdown,
+            )
+            .await?
+        {
+            return Ok(());
+        }
+        owned.extend(configured);
     }
-    consumer.assign(&assignment)?;
-    tracing::info!(topic = %agg.input_topic, partitions = ?partitions, restored = saved.len(), "consuming");
+    metrics::gauge!(OWNED_PARTITIONS).set(owned.len() as f64);
 
     let mut batch = Batch::default();
     let mut outputs = Vec::new();
@@ -152,6 +326,10 @@ pub async fn run(
                 };
                 let partition = message.partition();
                 let offset = message.offset();
+                if !owned.contains(&partition) {
+                    // Fetched before the partition was released.
+                    continue;
+                }
                 next_offsets.insert(partition, offset + 1);
                 let Some(payload) = message.payload() else {
                     input_error(INPUT_EMPTY, partition, offset, "record without a value");
@@ -195,7 +373,7 @@ pub async fn run(
                     return Ok(());
                 }
                 pending = 0;
-                report(&operator, &partitions);
+                report(&operator, &owned);
             }
             _ = checkpoint_tick.tick() => {
                 let waited = Instant::now();
@@ -206,11 +384,63 @@ pub async fn run(
                 }
                 pending = 0;
                 let waited = Instant::now();
-                let saved = checkpoint(&checkpoints, &operator, config, &partitions, &next_offsets, shutdown).await?;
+                let all: Vec<i32> = owned.iter().copied().collect();
+                let saved = checkpoint(&checkpoints, &operator, config, &all, &next_offsets, shutdown).await?;
                 note_stall(&mut operator, waited);
                 if !saved {
                     return Ok(());
                 }
+            }
+            Some(handover) = handovers.recv() => {
+                let waited = Instant::now();
+                match handover {
+                    Handover::Assign(taken) => {
+                        if !ownership.take(&taken, false, &mut operator, &mut next_offsets, shutdown).await? {
+                            return Ok(());
+                        }
+                        owned.extend(&taken);
+                        metrics::counter!(HANDOVERS, "kind" => "assigned").increment(taken.len() as u64);
+                    }
+                    Handover::Revoke(given) => {
+                        // Land every output so far and checkpoint what goes, then let it go: the
+                        // next owner resumes exactly here.
+                        if !sinks.flush(std::mem::take(&mut batch), shutdown).await? {
+                            return Ok(());
+                        }
+                        pending = 0;
+                        if !checkpoint(&checkpoints, &operator, config, &given, &next_offsets, shutdown).await? {
+                            return Ok(());
+                        }
+                        for p in &given {
+                            operator.drop_partition(*p);
+                            next_offsets.remove(p);
+                            owned.remove(p);
+                        }
+                        ownership.release(&given)?;
+                        metrics::counter!(HANDOVERS, "kind" => "revoked").increment(given.len() as u64);
+                    }
+                    Handover::Lost(lost) => {
+                        // Another instance may own these already: no checkpoint, and no output not
+                        // yet landed may be written after its own. The partitions kept go back to
+                        // their checkpoints, since their unlanded outputs are dropped too.
+                        tracing::warn!(partitions = ?lost, "partitions lost without a revocation; unlanded outputs dropped, the rest rewound to their checkpoints");
+                        batch = Batch::default();
+                        pending = 0;
+                        for p in &lost {
+                            operator.drop_partition(*p);
+                            next_offsets.remove(p);
+                            owned.remove(p);
+                        }
+                        ownership.release(&lost)?;
+                        let kept: Vec<i32> = owned.iter().copied().collect();
+                        if !ownership.take(&kept, true, &mut operator, &mut next_offsets, shutdown).await? {
+                            return Ok(());
+                        }
+                        metrics::counter!(HANDOVERS, "kind" => "lost").increment(lost.len() as u64);
+                    }
+                }
+                note_stall(&mut operator, waited);
+                metrics::gauge!(OWNED_PARTITIONS).set(owned.len() as f64);
             }
             Some(query) = queries.recv() => {
                 let _ = query.reply.send(operator.candles_of(&query.instrument));
@@ -219,8 +449,11 @@ pub async fn run(
                 // Stop intake, land what was produced, checkpoint, leave.
                 let landed = sinks.flush(std::mem::take(&mut batch), &Shutdown::new()).await?;
                 if landed {
-                    checkpoint(&checkpoints, &operator, config, &partitions, &next_offsets, &Shutdown::new()).await?;
+                    let all: Vec<i32> = owned.iter().copied().collect();
+                    checkpoint(&checkpoints, &operator, config, &all, &next_offsets, &Shutdown::new()).await?;
                 }
+                // Rebalances while the consumer closes are applied by the callback itself.
+                handovers.close();
                 tracing::info!("stopped consuming; outputs flushed and checkpointed");
                 return Ok(());
             }
@@ -272,7 +505,7 @@ fn input_error(reason: &'static str, partition: i32, offset: i64, detail: &str) 
     tracing::warn!(reason, partition, offset, detail, "input record skipped");
 }
 
-fn report(operator: &Aggregator, partitions: &[i32]) {
+fn report(operator: &Aggregator, partitions: &BTreeSet<i32>) {
     metrics::gauge!(OPEN_WINDOWS).set(operator.open_windows() as f64);
     let now = now_micros();
     for &p in partitions {
@@ -319,23 +552,4 @@ async fn checkpoint(
     metrics::histogram!(CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
     metrics::gauge!(CHECKPOINT_BYTES).set(bytes as f64);
     Ok(true)
-}
-
-/// The input partitions this instance owns (configured, or all), once the topic exists.
-async fn owned_partitions(
-    consumer: &StreamConsumer,
-    config: &Config,
-    shutdown: &Shutdown,
-) -> Option<Vec<i32>> {
-    let all = kafka::topic_partitions(consumer, &config.aggregator.input_topic, shutdown).await?;
-    let configured = &config.aggregator.partitions;
-    Some(if configured.is_empty() {
-        all
-    } else {
-        configured
-            .iter()
-            .copied()
-            .filter(|p| all.contains(p))
-            .collect()
-    })
 }

@@ -95,8 +95,8 @@ pub fn stream_consumer(config: &KafkaConfig, role: &str, group_id: &str) -> Resu
 
 /// The partitions of `topic`, waiting (with backoff) until it exists; `None` if shutdown comes
 /// first.
-pub async fn topic_partitions(
-    consumer: &StreamConsumer,
+pub async fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &StreamConsumer<C>,
     topic: &str,
     shutdown: &crate::shutdown::Shutdown,
 ) -> Option<Vec<i32>> {

@@ -62,3 +62,5 @@ pub async fn stored_candles(
     }
     Ok(stored)
 }
+
+pub mod scenario;
