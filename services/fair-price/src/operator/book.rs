@@ -384,18 +384,8 @@ impl Lookback for View<'_> {
 mod tests {
     use super::*;
     use crate::config::FairPriceConfig;
+    use crate::operator::compute::tests::Rng;
     use tickflow_shared::fairprice::Method;
-
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self, below: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % below
-        }
-    }
 
     struct Named(String, Micros);
 

@@ -671,14 +671,14 @@ fn trimmed_mean(prices: &mut [Decimal], share: f64) -> Option<Decimal> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A seeded xorshift, so a failure names its case.
-    struct Rng(u64);
+    pub(in crate::operator) struct Rng(pub u64);
 
     impl Rng {
-        fn next(&mut self, below: u64) -> u64 {
+        pub(in crate::operator) fn next(&mut self, below: u64) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
