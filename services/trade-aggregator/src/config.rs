@@ -38,11 +38,12 @@ pub struct AggregatorConfig {
     /// Trades beyond the allowed lateness, and trades that cannot be aggregated (Avro `Trade`,
     /// reason in the `tickflow.reason` header).
     pub late_topic: String,
-    /// Name of this operator's checkpoints and of its consumer group (used for lag display only:
-    /// input offsets live in the checkpoints).
+    /// Name of this operator's checkpoints and of its consumer group (which shares out the
+    /// partitions; input offsets live in the checkpoints, not in the group).
     pub operator_id: String,
-    /// Input partitions this instance owns; empty means all of them. Instances of one operator
-    /// must own disjoint sets.
+    /// Input partitions this instance owns. Empty (the default): the instances of one
+    /// `operator_id` share the partitions through their consumer group, with state hand-over on
+    /// rebalances. A list: exactly these (static; instances must own disjoint sets).
     pub partitions: Vec<i32>,
     /// Bounded out-of-orderness of event times, in milliseconds.
     pub out_of_orderness_ms: u64,
