@@ -279,12 +279,27 @@ pub async fn read_all<T>(
 
 /// Every record of `topic` up to its current end, across all partitions.
 pub async fn read_to_end(stack: &Stack, topic: &str) -> Vec<Vec<u8>> {
+    read_partitions_to_end(stack, topic)
+        .await
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect()
+}
+
+/// Every record of `topic` up to its end (read_committed: the last stable offset, so a
+/// transactional topic's markers and aborted records do not count), with its partition, each
+/// partition in offset order.
+pub async fn read_partitions_to_end(stack: &Stack, topic: &str) -> Vec<(i32, Vec<u8>)> {
     let consumer: StreamConsumer =
-        kafka::stream_consumer(&stack.kafka, "it", &testkit::unique_name("it", "end", '-'))
+        kafka::consumer_config(&stack.kafka, "it", &testkit::unique_name("it", "end", '-'))
+            .set("enable.partition.eof", "true")
+            .create()
             .unwrap();
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(5))
         .unwrap();
+    // Up to the end as of now: a partition is done at its end of partition event, or at the high
+    // watermark it has now if records keep arriving (then no such event comes).
     let mut assignment = rdkafka::TopicPartitionList::new();
     let mut remaining = BTreeMap::new();
     for p in metadata.topics()[0].partitions() {
@@ -298,19 +313,31 @@ pub async fn read_to_end(stack: &Stack, topic: &str) -> Vec<Vec<u8>> {
                 .unwrap();
         }
     }
+    if remaining.is_empty() {
+        return Vec::new();
+    }
     consumer.assign(&assignment).unwrap();
     let mut out = Vec::new();
     while !remaining.is_empty() {
-        let m = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+        match tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
             .expect("records up to the end")
-            .unwrap();
-        out.push(m.payload().unwrap().to_vec());
-        if remaining
-            .get(&m.partition())
-            .is_some_and(|h| m.offset() + 1 >= *h)
         {
-            remaining.remove(&m.partition());
+            Ok(m) => {
+                if remaining.contains_key(&m.partition()) {
+                    out.push((m.partition(), m.payload().unwrap_or_default().to_vec()));
+                }
+                if remaining
+                    .get(&m.partition())
+                    .is_some_and(|high| m.offset() + 1 >= *high)
+                {
+                    remaining.remove(&m.partition());
+                }
+            }
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                remaining.remove(&p);
+            }
+            Err(e) => panic!("reading {topic}: {e}"),
         }
     }
     out

@@ -75,6 +75,8 @@ pub struct ProviderServer {
     pub reject: Option<String>,
     /// No more heartbeats (so that nothing is in flight when the gateway stops).
     quiet: Arc<std::sync::atomic::AtomicBool>,
+    /// Trades carry the wall-clock time they are sent at, not a fixed 2023 time.
+    live: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -100,8 +102,10 @@ impl ProviderServer {
         let budget = Arc::new(Mutex::new(trades));
         let reject = reject.map(str::to_string);
         let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let live = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = {
             let quiet = quiet.clone();
+            let live = live.clone();
             let record = record.clone();
             let faults = faults.clone();
             let budget = budget.clone();
@@ -119,6 +123,7 @@ impl ProviderServer {
                     let budget = budget.clone();
                     let reject = reject.clone();
                     let quiet = quiet.clone();
+                    let live = live.clone();
                     tokio::spawn(async move {
                         let mut query = String::new();
                         let callback = |req: &Request,
@@ -152,6 +157,7 @@ impl ProviderServer {
                             every,
                             reject,
                             quiet,
+                            live,
                         )
                         .await;
                         record.lock().unwrap().open.remove(&id);
@@ -167,6 +173,7 @@ impl ProviderServer {
             budget,
             reject,
             quiet,
+            live,
             task,
         }
     }
@@ -186,6 +193,17 @@ impl ProviderServer {
     /// Stops heartbeats; with the trade budget spent, the server then sends nothing more.
     pub fn quiet(&self) {
         self.quiet.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on trades are stamped with the wall clock when sent (a live feed), so that the
+    /// normalizer takes them as current.
+    pub fn live_clock(&self) {
+        self.live.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Sends no more trades (until `add_trades`).
+    pub fn stop_trades(&self) {
+        *self.budget.lock().unwrap() = 0;
     }
 
     pub fn add_trades(&self, n: u64) {
@@ -328,19 +346,34 @@ fn replies(
     }
 }
 
-/// A trade as the provider writes it; `n` makes every frame unique.
-fn trade(dialect: Dialect, symbol: &str, n: u64) -> String {
-    let ms = 1_700_000_000_000u64 + n;
-    let price = format!("{}.{:02}", 100 + n % 50, n % 100);
+/// A trade as the provider writes it; `n` makes every frame unique. Stamped `live_ms` (a live
+/// feed: prices stay within a few percent) or else at a fixed time in 2023 plus `n` ms.
+fn trade(dialect: Dialect, symbol: &str, n: u64, live_ms: Option<u64>) -> String {
+    let ms = live_ms.unwrap_or(1_700_000_000_000u64 + n);
+    let price = match live_ms {
+        Some(_) => format!("{}.{:02}", 100 + n % 3, n % 100),
+        None => format!("{}.{:02}", 100 + n % 50, n % 100),
+    };
+    // 1_700_000_000_000 ms is 2023-11-14T22:13:20Z.
+    let (time, kraken_time) = match live_ms {
+        Some(ms) => {
+            let t = chrono::DateTime::from_timestamp_millis(ms as i64).expect("a valid time");
+            let text = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            (text.clone(), text)
+        }
+        None => (
+            "2023-11-14T22:13:20.000000Z".to_string(),
+            format!("2023-11-14T22:13:20.{:06}Z", n % 1_000_000),
+        ),
+    };
     match dialect {
         Dialect::Binance => json!({"stream": format!("{}@trade", symbol.to_ascii_lowercase()), "data": {
             "e": "trade", "E": ms, "s": symbol, "t": n, "p": price, "q": "0.01000000", "T": ms, "m": n.is_multiple_of(2), "M": true}}).to_string(),
         Dialect::Coinbase => json!({"type": "match", "trade_id": n, "sequence": n, "maker_order_id": "ac928c66-ca53-498f-9c13-a110027a60e8",
-            "taker_order_id": "132fb6ae-456b-4654-b4e0-d681ac05cea1", "time": "2023-11-14T22:13:20.000000Z",
+            "taker_order_id": "132fb6ae-456b-4654-b4e0-d681ac05cea1", "time": time,
             "product_id": symbol, "size": "0.01", "price": price, "side": "sell"}).to_string(),
         Dialect::Kraken => format!(
-            r#"{{"channel":"trade","type":"update","data":[{{"symbol":"{symbol}","side":"buy","price":{price},"qty":0.5,"ord_type":"limit","trade_id":{n},"timestamp":"2023-11-14T22:13:20.{:06}Z"}}]}}"#,
-            n % 1_000_000
+            r#"{{"channel":"trade","type":"update","data":[{{"symbol":"{symbol}","side":"buy","price":{price},"qty":0.5,"ord_type":"limit","trade_id":{n},"timestamp":"{kraken_time}"}}]}}"#
         ),
         Dialect::Finnhub => format!(r#"{{"data":[{{"p":{price},"s":"{symbol}","t":{ms},"v":0.5,"c":["1"]}}],"type":"trade"}}"#),
     }
@@ -386,6 +419,7 @@ async fn serve(
     every: Duration,
     reject: Option<String>,
     quiet: Arc<std::sync::atomic::AtomicBool>,
+    live: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(every);
@@ -441,7 +475,10 @@ async fn serve(
                 let symbol = subscribed.iter().nth(turn % subscribed.len()).unwrap().clone();
                 turn += 1;
                 n += 1;
-                if send_recorded(&mut ws, &record, id, trade(dialect, &symbol, n)).await.is_err() {
+                let live_ms = live
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .then(|| tickflow_shared::domain::now_micros() as u64 / 1000);
+                if send_recorded(&mut ws, &record, id, trade(dialect, &symbol, n, live_ms)).await.is_err() {
                     return;
                 }
             }

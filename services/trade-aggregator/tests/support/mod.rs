@@ -7,6 +7,7 @@ use tickflow_shared::cassandra::CandleStore;
 use tickflow_shared::domain::{Candle, MICROS_PER_SECOND as S};
 use tickflow_shared::testkit::Stack;
 use trade_aggregator::config::AggregatorConfig;
+use trade_aggregator::rollup::Interval;
 
 /// The environment of an aggregator process using the stack, `keyspace`, and `agg`'s topics and
 /// operator id, plus `extra` settings.
@@ -56,6 +57,41 @@ pub async fn stored_candles(
             for day in days {
                 for c in store.day(instrument, venue, day * 86_400 * S).await? {
                     stored.insert((c.instrument.clone(), c.venue.clone(), c.window_start), c);
+                }
+            }
+        }
+    }
+    Ok(stored)
+}
+
+/// Every roll-up candle stored for these instruments, venues and intervals on these days, by
+/// (instrument, venue, interval, window start).
+pub async fn stored_rollups(
+    store: &CandleStore,
+    instruments: &[&str],
+    venues: &[&str],
+    intervals: &[Interval],
+    days: &BTreeSet<i64>,
+) -> tickflow_shared::Result<BTreeMap<(String, String, String, i64), Candle>> {
+    let mut stored = BTreeMap::new();
+    for instrument in instruments {
+        for venue in venues {
+            for interval in intervals {
+                for day in days {
+                    for c in store
+                        .rollup_day(instrument, venue, &interval.label, day * 86_400 * S)
+                        .await?
+                    {
+                        stored.insert(
+                            (
+                                c.instrument.clone(),
+                                c.venue.clone(),
+                                c.interval.clone(),
+                                c.window_start,
+                            ),
+                            c,
+                        );
+                    }
                 }
             }
         }

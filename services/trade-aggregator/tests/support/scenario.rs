@@ -25,7 +25,7 @@ use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, batch_rollups, same_values};
 
-use super::{aggregator_env, days_of, stored_candles};
+use super::{aggregator_env, days_of, stored_candles, stored_rollups};
 
 pub const T0: i64 = 1_763_769_600_000_000; // 2025-11-22T00:00:00Z
 pub const INSTRUMENTS: [&str; 4] = ["BTC-USD", "ETH-USD", "SOL-USD", "AAPL"];
@@ -230,31 +230,15 @@ impl Scenario {
                 .await
                 .unwrap();
             compare(&expected, &stored, &mut mismatches);
-            let mut stored_rollups: BTreeMap<(String, String, String, i64), Candle> =
-                BTreeMap::new();
-            for instrument in INSTRUMENTS {
-                for venue in EXCHANGES.iter().copied().chain(["*"]) {
-                    for interval in agg.rollup_intervals() {
-                        for day in &days {
-                            for c in store
-                                .rollup_day(instrument, venue, &interval.label, day * 86_400 * S)
-                                .await
-                                .unwrap()
-                            {
-                                stored_rollups.insert(
-                                    (
-                                        c.instrument.clone(),
-                                        c.venue.clone(),
-                                        c.interval.clone(),
-                                        c.window_start,
-                                    ),
-                                    c,
-                                );
-                            }
-                        }
-                    }
-                }
-            }
+            let stored_rollups = stored_rollups(
+                &store,
+                &INSTRUMENTS,
+                &venues,
+                &agg.rollup_intervals(),
+                &days,
+            )
+            .await
+            .unwrap();
             compare(&expected_rollups, &stored_rollups, &mut mismatches);
             if mismatches.is_empty() || std::time::Instant::now() > deadline {
                 break;
@@ -374,7 +358,7 @@ impl Scenario {
 }
 
 /// Every expected candle is stored, final and equal; nothing else is stored.
-fn compare<K: Ord + std::fmt::Debug>(
+pub fn compare<K: Ord + std::fmt::Debug>(
     expected: &BTreeMap<K, Candle>,
     stored: &BTreeMap<K, Candle>,
     mismatches: &mut Vec<String>,
