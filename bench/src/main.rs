@@ -1,0 +1,484 @@
+//! tickflow-bench — the benchmark against Apache Flink and the hardware ceiling (bench/README.md).
+//!
+//! One seeded workload is put on a fresh topic once; then, one after the other on that same
+//! topic:
+//! - **ceiling**: a bare rdkafka consumer that reads every record to the end and discards it;
+//! - **tickflow**: the trade-aggregator binary (release build) computing 1-minute candles into
+//!   Cassandra and Kafka;
+//! - **Flink**: a Flink SQL job (`bench/flink/run`) computing the same candles per
+//!   (instrument, exchange) into a CSV file.
+//!
+//! Each is measured as events per CPU-second of its own processes (from /proc: Kafka and
+//! Cassandra are not counted), peak RSS and wall time. Flink's candles are then compared with
+//! ours row by row. `bench/run` builds and runs it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rust_decimal::Decimal;
+use tickflow_shared::avro::{self, AvroCodec, Registry};
+use tickflow_shared::cassandra;
+use tickflow_shared::domain::Candle;
+use tickflow_shared::kafka::{self, TopicSpec};
+use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tickflow-bench",
+    about = "Benchmark: tickflow's trade-aggregator against a Flink SQL job computing the same \
+             1-minute candles, and against a bare Kafka consumer (the ceiling), all on one \
+             pre-filled, seeded topic; prints events per CPU-second, peak RSS and wall time, and \
+             compares the candles row by row. Needs `scripts/stack up`; run it through \
+             `bench/run`, which builds tickflow in release mode and installs Flink first.",
+    after_help = "Exit status: 0 when every system read everything and the candles match, 1 otherwise."
+)]
+struct Args {
+    /// Trades in the workload.
+    #[arg(long, default_value_t = 2_000_000)]
+    trades: usize,
+    /// Distinct instruments (each trade on one of 3 venues).
+    #[arg(long, default_value_t = 1_000)]
+    instruments: u64,
+    /// Event-time spacing of consecutive trades in µs (trades are up to 1 s out of order).
+    #[arg(long, default_value_t = 600)]
+    spacing_us: i64,
+    /// Skip the Flink run (the ceiling and tickflow only).
+    #[arg(long)]
+    no_flink: bool,
+    /// Flink parallelism (tickflow runs one instance on the topic's one partition).
+    #[arg(long, default_value_t = 1)]
+    flink_parallelism: u32,
+    /// Flink's checkpoint interval; the aggregator checkpoints on its own default.
+    #[arg(long, default_value_t = 10_000)]
+    flink_checkpoint_ms: u64,
+    /// Directory of the trade-aggregator binary (default: next to this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+/// What one system cost to read the whole topic.
+struct Measured {
+    system: String,
+    events: usize,
+    cpu_seconds: f64,
+    peak_rss: u64,
+    wall_seconds: f64,
+    note: String,
+}
+
+fn log(text: impl AsRef<str>) {
+    println!("[bench] {}", text.as_ref());
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            log(format!("error: {e}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    let stack = Stack::require().await;
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .expect("the program's directory")
+            .to_path_buf(),
+    };
+    let aggregator = bin_dir.join("trade-aggregator");
+    if !aggregator.exists() {
+        return Err(format!(
+            "{} is missing: `bench/run` builds it",
+            aggregator.display()
+        ));
+    }
+
+    // The workload, once, on one partition so that every system reads the same order.
+    let topic = testkit::unique_topic("bench-trades");
+    let admin = kafka::admin(&stack.kafka).map_err(|e| e.to_string())?;
+    kafka::ensure_topics(&admin, &[TopicSpec::new(&topic, 1)], &BTreeMap::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    let registry = Registry::new(&stack.registry).map_err(|e| e.to_string())?;
+    registry
+        .register(&topic, avro::TRADE)
+        .await
+        .map_err(|e| e.to_string())?;
+    log(format!(
+        "pre-filling {topic} with {} seeded trades over {} instruments × 3 venues",
+        args.trades, args.instruments
+    ));
+    let filling = Instant::now();
+    let trades = testkit::synthetic_trades(args.trades, args.instruments, args.spacing_us);
+    testkit::produce_trades(&stack, &topic, trades.into_iter().map(|t| (None, t)))
+        .await
+        .map_err(|e| e.to_string())?;
+    log(format!(
+        "pre-filled in {:.1} s",
+        filling.elapsed().as_secs_f64()
+    ));
+
+    let mut results = Vec::new();
+    results.push(ceiling(&stack, &topic, args.trades)?);
+    log(format!(
+        "ceiling: {:.0} records per CPU-second",
+        results[0].events as f64 / results[0].cpu_seconds
+    ));
+    let (ours, candles) = tickflow(&stack, &aggregator, &topic, args.trades).await?;
+    log(format!(
+        "tickflow: {:.0} trades per CPU-second, {} candles",
+        ours.events as f64 / ours.cpu_seconds,
+        candles.len()
+    ));
+    results.push(ours);
+    let mut ok = true;
+    let mut comparison = String::from("Flink not run (--no-flink)");
+    if !args.no_flink {
+        let (flink, rows) = flink(&topic, &args)?;
+        let (same, differing, only_ours, only_flink) = compare(&candles, &rows);
+        comparison = format!(
+            "candles compared row by row: {same} equal, {differing} differ, {only_ours} only in tickflow, {only_flink} only in Flink"
+        );
+        ok &= differing == 0 && only_ours == 0 && only_flink == 0;
+        results.push(flink);
+    }
+    ok &= results.iter().all(|r| r.events == args.trades);
+
+    println!();
+    println!(
+        "{} trades, {} instruments, 1 partition, on this machine ({} cores)",
+        args.trades,
+        args.instruments,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<30} {:>14} {:>16} {:>10} {:>8}  note",
+        "system", "events/CPU-s", "ratio to ours", "peak RSS", "wall s"
+    );
+    let ours_rate = results[1].events as f64 / results[1].cpu_seconds;
+    for r in &results {
+        let rate = r.events as f64 / r.cpu_seconds;
+        println!(
+            "{:<30} {:>14.0} {:>15.2}× {:>6.0} MiB {:>8.1}  {}",
+            r.system,
+            rate,
+            rate / ours_rate,
+            r.peak_rss as f64 / (1024.0 * 1024.0),
+            r.wall_seconds,
+            r.note
+        );
+    }
+    println!("{comparison}");
+    println!(
+        "reproduce: bench/run -- --trades {} --instruments {} --spacing-us {} --flink-parallelism {} --flink-checkpoint-ms {}",
+        args.trades, args.instruments, args.spacing_us, args.flink_parallelism, args.flink_checkpoint_ms
+    );
+    println!("result: {}", if ok { "PASS" } else { "FAIL" });
+    Ok(ok)
+}
+
+/// CPU seconds (user + system) this process has used so far.
+fn own_cpu_seconds() -> f64 {
+    testkit::process_usage(std::process::id()).0
+}
+
+/// A bare consumer: every record fetched and dropped, nothing decoded.
+fn ceiling(stack: &Stack, topic: &str, expected: usize) -> Result<Measured, String> {
+    let consumer: BaseConsumer = kafka::consumer_config(
+        &stack.kafka,
+        "bench-ceiling",
+        &testkit::unique_name("bench", "ceiling", '-'),
+    )
+    .set("enable.partition.eof", "true")
+    .create()
+    .map_err(|e| e.to_string())?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .map_err(|e| e.to_string())?;
+    consumer.assign(&assignment).map_err(|e| e.to_string())?;
+    let cpu_before = own_cpu_seconds();
+    let started = Instant::now();
+    let mut events = 0usize;
+    let mut bytes = 0usize;
+    loop {
+        match consumer.poll(Duration::from_secs(10)) {
+            Some(Ok(m)) => {
+                events += 1;
+                bytes += m.payload().map_or(0, <[u8]>::len);
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(format!("ceiling consumer: {e}")),
+            None => {
+                return Err(format!(
+                    "ceiling consumer: nothing for 10 s after {events} records"
+                ))
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = own_cpu_seconds() - cpu_before;
+    let (_, peak_rss) = testkit::process_usage(std::process::id());
+    if events != expected {
+        log(format!(
+            "ceiling read {events} records, expected {expected}"
+        ));
+    }
+    Ok(Measured {
+        system: "ceiling: bare rdkafka consumer".into(),
+        events,
+        cpu_seconds: cpu,
+        peak_rss,
+        wall_seconds: wall,
+        note: format!(
+            "reads and drops {:.0} MiB, decodes nothing (RSS of the bench process)",
+            bytes as f64 / 1048576.0
+        ),
+    })
+}
+
+/// The trade-aggregator on the topic until every trade is counted and every window is final;
+/// its final per-venue candles by (instrument, venue, window start).
+async fn tickflow(
+    stack: &Stack,
+    binary: &std::path::Path,
+    topic: &str,
+    expected: usize,
+) -> Result<(Measured, BTreeMap<(String, String, i64), Candle>), String> {
+    let mut cassandra_config = stack.cassandra.clone();
+    cassandra_config.keyspace = testkit::unique_keyspace("bench");
+    let session = cassandra::connect(&cassandra_config)
+        .await
+        .map_err(|e| e.to_string())?;
+    cassandra::migrate(&session, &cassandra_config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let candles_topic = testkit::unique_topic("bench-candles");
+    let env = vec![
+        (
+            "TICKFLOW_CASSANDRA__CONTACT_POINTS",
+            stack.cassandra.contact_points.join(","),
+        ),
+        (
+            "TICKFLOW_CASSANDRA__KEYSPACE",
+            cassandra_config.keyspace.clone(),
+        ),
+        ("TICKFLOW_AGGREGATOR__INPUT_TOPIC", topic.to_string()),
+        ("TICKFLOW_AGGREGATOR__CANDLES_TOPIC", candles_topic.clone()),
+        (
+            "TICKFLOW_AGGREGATOR__LATE_TOPIC",
+            testkit::unique_topic("bench-late"),
+        ),
+        (
+            "TICKFLOW_AGGREGATOR__OPERATOR_ID",
+            testkit::unique_name("bench", "agg", '-'),
+        ),
+        // The last windows close once the partition is idle this long.
+        ("TICKFLOW_AGGREGATOR__IDLE_TIMEOUT_MS", "1000".into()),
+        ("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()),
+    ];
+    let mut service = ServiceProcess::spawn(&binary.display().to_string(), stack, &env);
+    service
+        .wait_for("/readyz", 200, Duration::from_secs(60))
+        .await;
+    let (cpu_before, _) = testkit::process_usage(service.pid());
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = service.get("/metrics").await.unwrap_or_default();
+        if testkit::metric_total(&metrics, "tickflow_aggregator_trades_total") >= expected as f64 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err(format!(
+                "the aggregator did not finish in 30 min:\n{}",
+                service.log()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (cpu_after, peak_rss) = testkit::process_usage(service.pid());
+
+    // Its output, from the candle topic: the last record of each window, which must be final.
+    let registry = Registry::new(&stack.registry).map_err(|e| e.to_string())?;
+    let codec = AvroCodec::new(&registry, &[]);
+    let consumer: BaseConsumer = kafka::consumer_config(
+        &stack.kafka,
+        "bench",
+        &testkit::unique_name("bench", "candles", '-'),
+    )
+    .create()
+    .map_err(|e| e.to_string())?;
+    consumer
+        .subscribe(&[&candles_topic])
+        .map_err(|e| e.to_string())?;
+    let mut candles: BTreeMap<(String, String, i64), Candle> = BTreeMap::new();
+    let mut quiet_since = Instant::now();
+    // Until nothing new for 5 s and every window is final.
+    while quiet_since.elapsed() < Duration::from_secs(5)
+        || candles.is_empty()
+        || candles.values().any(|c| !c.is_final)
+    {
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err("the candles did not all become final".into());
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.map_err(|e| e.to_string())?;
+        let candle = codec
+            .decode_candle(message.payload().unwrap_or_default())
+            .await
+            .map_err(|e| e.to_string())?;
+        quiet_since = Instant::now();
+        if candle.venue != "*" {
+            candles.insert(
+                (
+                    candle.instrument.clone(),
+                    candle.venue.clone(),
+                    candle.window_start,
+                ),
+                candle,
+            );
+        }
+    }
+    service.terminate(Duration::from_secs(30));
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE {}", cassandra_config.keyspace), &[])
+        .await;
+    Ok((
+        Measured {
+            system: "tickflow trade-aggregator".into(),
+            events: expected,
+            cpu_seconds: cpu_after - cpu_before,
+            peak_rss,
+            wall_seconds: wall,
+            note: "per venue and consolidated candles + 3 roll-ups, to Cassandra and Kafka, checkpoints".into(),
+        },
+        candles,
+    ))
+}
+
+/// The Flink SQL job (bench/flink/run) on the same topic; its candle rows.
+fn flink(topic: &str, args: &Args) -> Result<(Measured, Vec<BTreeMap<String, String>>), String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::temp_dir().join(format!("tickflow-bench-flink-{}.csv", std::process::id()));
+    log("running the Flink SQL job (bench/flink/run)");
+    let output = std::process::Command::new(root.join("flink/run"))
+        .args(["--topic", topic, "--out"])
+        .arg(&out)
+        .args([
+            "--parallelism",
+            &args.flink_parallelism.to_string(),
+            "--checkpoint-ms",
+            &args.flink_checkpoint_ms.to_string(),
+            // The aggregator's default out-of-orderness: nothing in this workload is later.
+            "--out-of-orderness-ms",
+            "2000",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run bench/flink/run: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "bench/flink/run failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let summary: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| format!("no JSON summary from bench/flink/run:\n{stdout}"))?;
+    let text = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&out);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let rows: Vec<BTreeMap<String, String>> = lines
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split(','))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect();
+    let number = |key: &str| summary[key].as_f64().unwrap_or(0.0);
+    Ok((
+        Measured {
+            system: format!(
+                "Apache Flink {} SQL, p={}",
+                summary["flink_version"].as_str().unwrap_or("?"),
+                args.flink_parallelism
+            ),
+            events: summary["trades_in_windows"].as_u64().unwrap_or(0) as usize,
+            cpu_seconds: number("cpu_seconds"),
+            peak_rss: number("peak_rss_bytes") as u64,
+            wall_seconds: number("wall_seconds"),
+            note: format!(
+                "per venue candles to CSV; includes JVM start-up and planning; heap {}",
+                summary["heap"].as_str().unwrap_or("?")
+            ),
+        },
+        rows,
+    ))
+}
+
+/// (equal, differing, only ours, only Flink), comparing decimals as numbers.
+fn compare(
+    ours: &BTreeMap<(String, String, i64), Candle>,
+    flink: &[BTreeMap<String, String>],
+) -> (usize, usize, usize, usize) {
+    let decimal = |row: &BTreeMap<String, String>, key: &str| -> Option<Decimal> {
+        row.get(key).and_then(|v| v.parse().ok())
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut same, mut differing, mut only_flink) = (0, 0, 0);
+    for row in flink {
+        let key = (
+            row.get("instrument").cloned().unwrap_or_default(),
+            row.get("exchange").cloned().unwrap_or_default(),
+            row.get("window_start_us")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        );
+        let Some(c) = ours.get(&key) else {
+            only_flink += 1;
+            continue;
+        };
+        seen.insert(key.clone());
+        let equal = decimal(row, "open") == Some(c.open)
+            && decimal(row, "high") == Some(c.high)
+            && decimal(row, "low") == Some(c.low)
+            && decimal(row, "close") == Some(c.close)
+            && row.get("count").and_then(|v| v.parse::<i64>().ok()) == Some(c.count)
+            && decimal(row, "volume") == Some(c.volume)
+            && decimal(row, "vwap") == Some(c.vwap);
+        if equal {
+            same += 1;
+        } else {
+            if differing < 3 {
+                log(format!("differs: {key:?}: Flink {row:?}, tickflow {c:?}"));
+            }
+            differing += 1;
+        }
+    }
+    (same, differing, ours.len() - seen.len(), only_flink)
+}
