@@ -1044,7 +1044,7 @@ fn check_fair_prices(
     published: &[FairPrice],
     origin: Micros,
 ) -> FairCheck {
-    // Beyond the lookback and staleness (5 s each), only a source's last trade matters.
+    // Beyond the lookback and staleness (5 s each), a trade only says its source is stale.
     const HISTORY: Micros = 10 * S;
     // How far the search for the prefix goes from the previous record's, each way.
     const REACH: usize = 800;
@@ -1069,10 +1069,11 @@ fn check_fair_prices(
             .map(Vec::as_slice)
             .unwrap_or_default();
         // The trades a computation as of `at` looks at, with their positions in the sequence:
-        // the recent ones, and of the older ones those that could be a source's last trade in
-        // some prefix (a new highest event time of that source, in sequence order). A backlog
-        // caught up provider by provider can leave a source's newest trade far behind.
-        let mut newest_old: BTreeMap<(&str, &str), Micros> = BTreeMap::new();
+        // the recent ones, and of each source the first older one. An older trade only makes
+        // its source known, and STALE unless a recent trade is in the prefix too, so which one
+        // does not matter; the first makes the source known in every prefix that knows it. (A
+        // backlog caught up provider by provider can leave a source far behind.)
+        let mut known: std::collections::BTreeSet<(&str, &str)> = Default::default();
         let (positions, relevant): (Vec<usize>, Vec<Trade>) = sequence
             .iter()
             .enumerate()
@@ -1083,21 +1084,19 @@ fn check_fair_prices(
                 if t.event_time > at - HISTORY {
                     return true;
                 }
-                let newest = newest_old
-                    .entry((t.provider.as_str(), t.exchange.as_str()))
-                    .or_insert(Micros::MIN);
-                let new_high = t.event_time > *newest;
-                *newest = (*newest).max(t.event_time);
-                new_high
+                known.insert((t.provider.as_str(), t.exchange.as_str()))
             })
             .map(|(i, t)| (i, (*t).clone()))
             .unzip();
         let observed = fair::observed(fp);
         let seen_before = previous.get(fp.instrument.as_str()).copied().unwrap_or(0);
         let start = positions.partition_point(|&i| i < seen_before);
-        let upward = start..=relevant.len().min(start + REACH);
+        // Every trade up to the instant first (the common case), then the nearest prefixes.
+        let every = std::iter::once(relevant.len());
+        let upward = start..relevant.len().min(start + REACH);
         let downward = (start.saturating_sub(REACH)..start).rev();
-        let found = upward
+        let found = every
+            .chain(upward)
             .chain(downward)
             .find(|&j| fair::recompute(&relevant[..j], at) == observed);
         match found {
