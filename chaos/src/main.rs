@@ -53,7 +53,7 @@ use providers::{Dialect, Fault, ProviderServer, Sent};
              candle and fair price equals its recomputation. Needs `scripts/stack up`; run it \
              through `scripts/chaos`, which builds the services first.",
     after_help = "Exit status: 0 when every check passed, 1 when one failed (the summary says \
-                  which), 2 on bad arguments. A run takes about 6 minutes with the defaults."
+                  which), 2 on bad arguments. A run takes about 8 minutes with the defaults."
 )]
 struct Args {
     /// Seed of the fault schedule (the moments, the dropped provider). Printed at the start,
