@@ -59,6 +59,9 @@ struct Args {
     /// Directory of the trade-aggregator binary (default: next to this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// A TOML file of extra aggregator settings (`[aggregator]` ...) for the default run.
+    #[arg(long, value_name = "PATH")]
+    aggregator_config: Option<PathBuf>,
 }
 
 /// What one system cost to read the whole topic.
@@ -141,7 +144,14 @@ async fn run(args: Args) -> Result<bool, String> {
         "ceiling: {:.0} records per CPU-second",
         results[0].events as f64 / results[0].cpu_seconds
     ));
-    let (ours, candles) = tickflow(&stack, &aggregator, &topic, args.trades).await?;
+    let (ours, candles) = tickflow(
+        &stack,
+        &aggregator,
+        &topic,
+        args.trades,
+        args.aggregator_config.as_deref(),
+    )
+    .await?;
     log(format!(
         "tickflow: {:.0} trades per CPU-second, {} candles",
         ours.events as f64 / ours.cpu_seconds,
@@ -261,6 +271,7 @@ async fn tickflow(
     binary: &std::path::Path,
     topic: &str,
     expected: usize,
+    config_file: Option<&std::path::Path>,
 ) -> Result<(Measured, BTreeMap<(String, String, i64), Candle>), String> {
     let mut cassandra_config = stack.cassandra.clone();
     cassandra_config.keyspace = testkit::unique_keyspace("bench");
@@ -294,6 +305,10 @@ async fn tickflow(
         ("TICKFLOW_AGGREGATOR__IDLE_TIMEOUT_MS", "1000".into()),
         ("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()),
     ];
+    let mut env = env;
+    if let Some(path) = config_file {
+        env.push(("TICKFLOW_CONFIG", path.display().to_string()));
+    }
     let mut service = ServiceProcess::spawn(&binary.display().to_string(), stack, &env);
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))

@@ -76,6 +76,40 @@ where
     }
 }
 
+/// Runs [`until_ok`] for every item, at most `max_in_flight` at once, and waits for all of them.
+/// `true` if every one succeeded, `false` if shutdown cut any short. (A window over
+/// `FuturesUnordered` rather than `buffer_unordered`: that combinator's closures keep a caller's
+/// future from being provably `Send`, rust-lang/rust#102211.)
+pub async fn each_until_ok<'a, T, E, F, Fut>(
+    items: &'a [T],
+    what: &str,
+    policy: RetryPolicy,
+    max_in_flight: usize,
+    shutdown: &Shutdown,
+    attempt: F,
+) -> bool
+where
+    E: std::fmt::Display,
+    F: Fn(&'a T) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let attempt = &attempt;
+    let mut items = items.iter();
+    let mut in_flight = FuturesUnordered::new();
+    let mut all_landed = true;
+    loop {
+        while in_flight.len() < max_in_flight.max(1) {
+            let Some(item) = items.next() else { break };
+            in_flight.push(until_ok(what, policy, shutdown, move || attempt(item)));
+        }
+        match in_flight.next().await {
+            Some(landed) => all_landed &= landed.is_some(),
+            None => return all_landed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

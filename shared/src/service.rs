@@ -61,7 +61,7 @@ pub fn main<C, F, Fut>(name: &'static str, args: CommonArgs, run: F) -> ExitCode
 where
     C: ServiceRoot,
     F: FnOnce(C, Shutdown) -> Fut,
-    Fut: Future<Output = Result<()>>,
+    Fut: Future<Output = Result<()>> + Send + 'static,
 {
     let mut config: C = match config::load::<C>(args.config.as_deref()).and_then(C::validated) {
         Ok(c) => c,
@@ -101,7 +101,14 @@ where
         tracing::info!(service = name, version = env!("CARGO_PKG_VERSION"), sources = ?config::describe_sources(args.config.as_deref()), "starting");
         let shutdown = Shutdown::new();
         shutdown.trigger_on(shutdown::signal());
-        let outcome = run(config, shutdown.clone()).await;
+        // On a worker thread, not the main one: its wake-ups to and from the driver tasks
+        // (Cassandra connections, the HTTP server) then stay among the runtime's workers instead
+        // of crossing to a thread parked outside the runtime at every request.
+        // A panic goes on unwinding from here, as it would have on the main thread.
+        let outcome = match tokio::spawn(run(config, shutdown.clone())).await {
+            Ok(outcome) => outcome,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         let drained = shutdown.drain(deadline).await;
         match (outcome, drained) {
             (Ok(()), Drained::Clean) => {

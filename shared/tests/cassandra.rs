@@ -88,3 +88,93 @@ async fn trades_keep_every_digit_and_microsecond_and_migrations_run_once() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn checkpoints_of_any_size_round_trip_and_replaced_chunks_go() {
+    use tickflow_shared::cassandra::{Checkpoint, CheckpointStore, CHUNK_BYTES};
+    let stack = Stack::require().await;
+    let mut config = stack.cassandra.clone();
+    config.keyspace = testkit::unique_keyspace("checkpoints");
+    let session = cassandra::connect(&config).await.unwrap();
+    cassandra::migrate(&session, &config).await.unwrap();
+    let store = CheckpointStore::new(session.clone(), &config.keyspace)
+        .await
+        .unwrap();
+    let chunk_rows = |snapshot_count: &'static str| {
+        let session = session.clone();
+        let keyspace = config.keyspace.clone();
+        async move {
+            let rows = session
+                .query_unpaged(
+                    format!("SELECT {snapshot_count} FROM {keyspace}.checkpoint_chunks"),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap();
+            let (n,): (i64,) = rows.single_row().unwrap();
+            n
+        }
+    };
+    // Bytes that do not repeat, so nothing in the path can shrink them.
+    let state = |len: usize, seed: u64| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let cases = [
+        ("inline", state(1000, 1)),
+        ("exactly one chunk", state(CHUNK_BYTES, 2)),
+        // Over Cassandra's 16 MiB request limit in one piece.
+        ("17 MiB", state(17 * CHUNK_BYTES + 5, 3)),
+        ("a few chunks", state(3 * CHUNK_BYTES - 1, 4)),
+        ("inline again", state(10, 5)),
+    ];
+    let mut expected_chunks = [0i64, 0, 18, 3, 0].into_iter();
+    for (offset, (what, bytes)) in cases.iter().enumerate() {
+        let checkpoint = Checkpoint {
+            next_offset: offset as i64,
+            state: bytes.clone(),
+            state_format: 7,
+        };
+        store.save("op", "topic", 3, &checkpoint).await.unwrap();
+        store
+            .save(
+                "op",
+                "topic",
+                4,
+                &Checkpoint {
+                    next_offset: 99,
+                    state: b"other".to_vec(),
+                    state_format: 7,
+                },
+            )
+            .await
+            .unwrap();
+        // A store that starts afresh (a restarted service) reads what was saved.
+        let fresh = CheckpointStore::new(session.clone(), &config.keyspace)
+            .await
+            .unwrap();
+        let loaded = fresh.load("op", "topic").await.unwrap();
+        assert_eq!(loaded.len(), 2, "{what}");
+        assert!(loaded[&3] == checkpoint, "{what}: not the state saved");
+        assert_eq!(loaded[&4].state, b"other", "{what}");
+        // Only the snapshot the row names keeps chunks.
+        assert_eq!(
+            chunk_rows("count(*)").await,
+            expected_chunks.next().unwrap(),
+            "{what}"
+        );
+    }
+    session
+        .query_unpaged(format!("DROP KEYSPACE {}", config.keyspace), &[])
+        .await
+        .unwrap();
+}

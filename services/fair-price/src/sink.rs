@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::stream::{self, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::cassandra::FairPriceStore;
@@ -149,24 +148,20 @@ impl Sinks {
         F: Fn(&T) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let results: Vec<bool> = stream::iter(items.iter())
-            .map(|item| {
-                let write = &write;
-                async move {
-                    retry::until_ok(sink, RetryPolicy::DEPENDENCY, shutdown, || async {
-                        write(item).await.inspect_err(|e| {
-                            metrics::counter!(SINK_ERRORS, "sink" => sink, "error_type" => e.kind())
-                                .increment(1);
-                        })
-                    })
-                    .await
-                    .is_some()
-                }
-            })
-            .buffered(self.max_in_flight)
-            .collect()
-            .await;
-        results.into_iter().all(|ok| ok)
+        retry::each_until_ok(
+            items,
+            sink,
+            RetryPolicy::DEPENDENCY,
+            self.max_in_flight,
+            shutdown,
+            |item| async {
+                write(item).await.inspect_err(|e| {
+                    metrics::counter!(SINK_ERRORS, "sink" => sink, "error_type" => e.kind())
+                        .increment(1);
+                })
+            },
+        )
+        .await
     }
 }
 

@@ -297,12 +297,20 @@ impl Pipeline {
         };
         let n = &self.config.normalizer;
         let index = self.reference.snapshot();
-        for element in committed.elements() {
-            let (topic, partition) = (element.topic(), element.partition());
-            let offset = match element.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            };
+        // Owned first: the list's elements are not `Send`, and the loop awaits.
+        let committed: Vec<(String, i32, Option<i64>)> = committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.topic().to_string(), e.partition(), offset)
+            })
+            .collect();
+        for (topic, partition, offset) in &committed {
+            let (topic, partition, offset) = (topic.as_str(), *partition, *offset);
             let seek_to = offset.map_or(Offset::Beginning, Offset::Offset);
             self.seek(topic, partition, seek_to).await?;
             if !self.dedup.contains_partition(topic, partition) {

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::metrics::*;
-use crate::operator::{Aggregator, Output, STATE_FORMAT};
+use crate::operator::{Aggregator, Output, READABLE_STATE_FORMATS, STATE_FORMAT};
 use crate::sink::{Batch, Sinks};
 
 /// A question to the running operator: the current candles of an instrument.
@@ -143,8 +143,8 @@ impl Ownership<'_> {
             operator.drop_partition(p);
             next_offsets.remove(&p);
             let offset = match saved.get(&p) {
-                Some(cp) if cp.state_format == STATE_FORMAT => {
-                    operator.restore(p, &cp.state, now_micros()).map_err(|e| {
+                Some(cp) if READABLE_STATE_FORMATS.contains(&cp.state_format) => {
+                    operator.restore(p, &cp.state, cp.state_format, now_micros()).map_err(|e| {
                         Error::Config(format!("checkpoint of partition {p} is unreadable: {e}"))
                     })?;
                     next_offsets.insert(p, cp.next_offset);
@@ -153,7 +153,7 @@ impl Ownership<'_> {
                 }
                 Some(cp) => {
                     return Err(Error::Config(format!(
-                        "checkpoint of partition {p} has state format {} (this build reads {STATE_FORMAT})",
+                        "checkpoint of partition {p} has state format {} (this build reads {READABLE_STATE_FORMATS:?})",
                         cp.state_format
                     )))
                 }

@@ -47,10 +47,15 @@ pub struct RollupKey {
     pub venue: String,
 }
 
-/// One roll-up window: the exact state of each of its minutes that had trades.
+/// One roll-up window: the exact state of each of its minutes that had trades and can still be
+/// corrected, and the merged state of those that no longer can (past the allowed lateness), so a
+/// long roll-up (1h, 1d) holds two or three minutes, not sixty or 1,440.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RollupWindow {
     minutes: BTreeMap<Micros, CandleState>,
+    /// The minutes folded in so far, merged. (Absent from checkpoints written before it existed.)
+    #[serde(default)]
+    settled: Option<CandleState>,
     emitted: i32,
     fired: bool,
     dirty: bool,
@@ -82,14 +87,25 @@ impl Rollups {
         }
     }
 
-    /// Fires the roll-ups the watermark has passed and forgets those past the allowed lateness.
+    /// Fires the roll-ups the watermark has passed, folds the minutes no late trade can change
+    /// any more (`minute` long, ended `allowed_lateness` before the watermark) into each window's
+    /// settled part, and forgets the windows past the allowed lateness.
     pub fn advance(
         &mut self,
         watermark: Micros,
+        minute: Micros,
         allowed_lateness: Micros,
         intervals: &[Interval],
         out: &mut Vec<Output>,
     ) {
+        // A minute whose end plus the allowed lateness is at or before the watermark takes no
+        // more trades (they are too late): its state is final.
+        let final_before = watermark
+            .saturating_sub(allowed_lateness)
+            .saturating_sub(minute);
+        for window in self.windows.values_mut() {
+            window.settle(final_before);
+        }
         for (key, window) in self.windows.iter_mut() {
             if key.end > watermark {
                 break;
@@ -111,10 +127,42 @@ impl Rollups {
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty()
     }
+
+    /// The largest number of minutes any one window holds apart (not yet settled).
+    pub fn most_minutes_held(&self) -> usize {
+        self.windows
+            .values()
+            .map(|w| w.minutes.len())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl RollupWindow {
+    /// Folds the minutes starting at or before `final_before` into the settled part. A minute
+    /// whose sum would overflow stays apart, and the roll-up's emission reports it.
+    fn settle(&mut self, final_before: Micros) {
+        while let Some(entry) = self.minutes.first_entry() {
+            if *entry.key() > final_before {
+                break;
+            }
+            match &mut self.settled {
+                None => self.settled = Some(entry.remove()),
+                Some(settled) => {
+                    let mut merged = settled.clone();
+                    if merged.merge(entry.get()).is_err() {
+                        break;
+                    }
+                    *settled = merged;
+                    entry.remove();
+                }
+            }
+        }
+    }
 }
 
 fn emit(key: &RollupKey, window: &mut RollupWindow, label: &str, out: &mut Vec<Output>) {
-    let mut minutes = window.minutes.values();
+    let mut minutes = window.settled.iter().chain(window.minutes.values());
     let Some(first) = minutes.next() else { return };
     let mut merged = first.clone();
     for minute in minutes {

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tickflow_shared::avro::AvroCodec;
@@ -126,30 +125,31 @@ impl Sinks {
         Fut: std::future::Future<Output = Result<()>>,
     {
         let write = &write;
-        let results: Vec<Option<()>> = stream::iter(items)
-            .map(|item| async move {
-                retry::until_ok(sink, RetryPolicy::DEPENDENCY, shutdown, || async move {
-                    match write(item).await {
-                        Ok(()) => Ok(()),
-                        Err(e) => {
-                            metrics::counter!(SINK_ERRORS, "sink" => sink, "error_type" => e.kind()).increment(1);
-                            if e.is_retryable() {
-                                Err(e)
-                            } else {
-                                // Retrying cannot help (e.g. a value the schema cannot hold):
-                                // count it, say it loudly, and go on rather than stall the stream.
-                                tracing::error!(sink, error = %e, error_type = e.kind(), "output cannot be written; skipped");
-                                Ok(())
-                            }
+        retry::each_until_ok(
+            items,
+            sink,
+            RetryPolicy::DEPENDENCY,
+            self.max_in_flight,
+            shutdown,
+            |item| async move {
+                match write(item).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        metrics::counter!(SINK_ERRORS, "sink" => sink, "error_type" => e.kind())
+                            .increment(1);
+                        if e.is_retryable() {
+                            Err(e)
+                        } else {
+                            // Retrying cannot help (e.g. a value the schema cannot hold): count
+                            // it, say it loudly, and go on rather than stall the stream.
+                            tracing::error!(sink, error = %e, error_type = e.kind(), "output cannot be written; skipped");
+                            Ok(())
                         }
                     }
-                })
-                .await
-            })
-            .buffer_unordered(self.max_in_flight)
-            .collect()
-            .await;
-        results.iter().all(Option::is_some)
+                }
+            },
+        )
+        .await
     }
 
     async fn send_candle(&self, candle: &Candle) -> Result<()> {

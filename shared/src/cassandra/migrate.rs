@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "candles_rollup",
         cql: include_str!("../../cql/V004__candles_rollup.cql"),
     },
+    Migration {
+        version: 5,
+        name: "checkpoint_chunks",
+        cql: include_str!("../../cql/V005__checkpoint_chunks.cql"),
+    },
 ];
 
 /// What a run did.

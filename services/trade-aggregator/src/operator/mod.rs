@@ -75,8 +75,11 @@ pub struct PartitionState {
 /// The windows that end at one instant: instrument → venue → state.
 pub type Bin = HashMap<String, HashMap<String, CandleState>>;
 
-/// Format of the serialized [`PartitionState`] in checkpoints.
-pub const STATE_FORMAT: i32 = 1;
+/// Format of the serialized [`PartitionState`] in checkpoints: 2 is JSON compressed with LZ4
+/// (size-prepended block); 1, plain JSON, is still read.
+pub const STATE_FORMAT: i32 = 2;
+/// The formats [`Aggregator::restore`] reads.
+pub const READABLE_STATE_FORMATS: [i32; 2] = [1, 2];
 
 pub struct Aggregator {
     timing: Timing,
@@ -215,22 +218,27 @@ impl Aggregator {
                     }
                 }
             }
-            state
-                .rollups
-                .advance(watermark, timing.allowed_lateness, intervals, out);
+            state.rollups.advance(
+                watermark,
+                timing.window,
+                timing.allowed_lateness,
+                intervals,
+                out,
+            );
             // Keep windows until the allowed lateness after their end has passed too.
             let keep_from = watermark.saturating_sub(timing.allowed_lateness);
             state.windows = state.windows.split_off(&keep_from.saturating_add(1));
         }
     }
 
-    /// Serialized state of one partition, for a checkpoint.
+    /// Serialized state of one partition, for a checkpoint, in [`STATE_FORMAT`].
     pub fn snapshot(&self, partition: i32) -> Result<Vec<u8>, serde_json::Error> {
         let empty = PartitionState {
             watermark: Micros::MIN,
             ..Default::default()
         };
-        serde_json::to_vec(self.partitions.get(&partition).unwrap_or(&empty))
+        let json = serde_json::to_vec(self.partitions.get(&partition).unwrap_or(&empty))?;
+        Ok(lz4_flex::compress_prepend_size(&json))
     }
 
     /// Restores one partition from a checkpoint taken by [`Aggregator::snapshot`].
@@ -238,9 +246,17 @@ impl Aggregator {
         &mut self,
         partition: i32,
         bytes: &[u8],
+        format: i32,
         now: Micros,
-    ) -> Result<(), serde_json::Error> {
-        let mut state: PartitionState = serde_json::from_slice(bytes)?;
+    ) -> Result<(), String> {
+        let json = match format {
+            1 => std::borrow::Cow::Borrowed(bytes),
+            2 => std::borrow::Cow::Owned(
+                lz4_flex::decompress_size_prepended(bytes).map_err(|e| e.to_string())?,
+            ),
+            other => return Err(format!("unknown state format {other}")),
+        };
+        let mut state: PartitionState = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
         state.last_record_at = now;
         self.partitions.insert(partition, state);
         Ok(())

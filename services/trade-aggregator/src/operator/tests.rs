@@ -243,7 +243,7 @@ fn snapshot_and_restore_anywhere_give_the_same_result() {
         let mut out = run(&mut before, &trades[..cut], T0);
         let snapshot = before.snapshot(0).unwrap();
         let mut after = Aggregator::new(timing());
-        after.restore(0, &snapshot, T0).unwrap();
+        after.restore(0, &snapshot, STATE_FORMAT, T0).unwrap();
         out.extend(run(&mut after, &trades[cut..], T0));
         after.advance(T0 + 3600 * S, &mut out);
         let (a, b) = (latest(&out), latest(&expected));
@@ -349,13 +349,77 @@ fn rollups_survive_snapshot_and_restore() {
         let mut before = Aggregator::new(timing()).with_rollups(intervals.clone());
         let mut out = run(&mut before, &trades[..cut], T0);
         let mut after = Aggregator::new(timing()).with_rollups(intervals.clone());
-        after.restore(0, &before.snapshot(0).unwrap(), T0).unwrap();
+        after
+            .restore(0, &before.snapshot(0).unwrap(), STATE_FORMAT, T0)
+            .unwrap();
         out.extend(run(&mut after, &trades[cut..], T0));
         after.advance(T0 + 3600 * S, &mut out);
         let (a, b) = (latest_of(&out, "5m"), latest_of(&expected, "5m"));
         assert_eq!(a.len(), b.len(), "cut at {cut}");
         for (key, candle) in &b {
             assert!(same_values(&a[key], candle), "cut at {cut}: {key:?}");
+        }
+    }
+}
+
+#[test]
+fn long_rollups_hold_only_the_minutes_that_can_still_change() {
+    // Two hours and a half, a trade every 7 s on two venues, with trades up to 50 s late.
+    let mut trades = Vec::new();
+    for i in 0..1300 {
+        let mut at = T0 + i * 7 * S;
+        if i % 11 == 0 {
+            at -= 50 * S;
+        }
+        trades.push(trade(
+            &format!("t{i}"),
+            if i % 2 == 0 { "x" } else { "y" },
+            at,
+            &format!("{}.{}", 100 + i % 13, i % 10),
+            "0.5",
+        ));
+    }
+    let intervals = vec![
+        Interval::parse("1h").unwrap(),
+        Interval::parse("5m").unwrap(),
+    ];
+    let mut op = Aggregator::new(timing()).with_rollups(intervals.clone());
+    let mut out = Vec::new();
+    let mut most = 0;
+    for (i, t) in trades.iter().enumerate() {
+        op.on_trade(0, t, T0, &mut out);
+        op.advance(T0, &mut out);
+        most = most.max(op.partitions[&0].rollups.most_minutes_held());
+        if i == 700 {
+            // A checkpoint written before roll-ups settled minutes (and before compression,
+            // format 1) restores too.
+            let json = lz4_flex::decompress_size_prepended(&op.snapshot(0).unwrap()).unwrap();
+            let json = String::from_utf8(json).unwrap();
+            let old = json.replace("\"settled\":null,", "");
+            assert_ne!(old, json);
+            let mut from_old = Aggregator::new(timing()).with_rollups(intervals.clone());
+            from_old.restore(0, old.as_bytes(), 1, T0).unwrap();
+            let mut from_new = Aggregator::new(timing()).with_rollups(intervals.clone());
+            from_new
+                .restore(0, &op.snapshot(0).unwrap(), STATE_FORMAT, T0)
+                .unwrap();
+            assert!(from_old.partitions[&0].rollups == from_new.partitions[&0].rollups);
+        }
+    }
+    op.advance(T0 + 24 * 3600 * S, &mut out);
+    // The minute being filled, the one closing and the one within its allowed lateness.
+    assert!(most <= 3, "a roll-up window held {most} minutes apart");
+    for interval in &intervals {
+        let expected = batch_rollups(&trades, &timing(), interval.length, &interval.label);
+        let got = latest_of(&out, &interval.label);
+        assert_eq!(got.len(), expected.len(), "{}", interval.label);
+        for (key, candle) in &expected {
+            assert!(
+                same_values(&got[key], candle),
+                "{} {key:?}\n got {:?}\nwant {candle:?}",
+                interval.label,
+                got[key]
+            );
         }
     }
 }
