@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import sys
+import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -93,8 +94,14 @@ def table_environment(args: argparse.Namespace) -> TableEnvironment:
     # Window start/end of a TIMESTAMP_LTZ rowtime are local times of the session zone.
     config.set("table.local-time-zone", "UTC")
     config.set("state.backend.type", "hashmap")
+    # A failure ends the job (and the run, with Flink's error) instead of restarting it forever.
+    config.set("restart-strategy.type", "none")
     if args.checkpoint_ms > 0:
         config.set("execution.checkpointing.interval", f"{args.checkpoint_ms} ms")
+        # Checkpoints to files, as a production job keeps them: the default in-memory storage
+        # refuses a state over 5 MiB, which 1,000 instruments' open windows pass.
+        config.set("execution.checkpointing.storage", "filesystem")
+        config.set("execution.checkpointing.dir", Path(args.checkpoint_dir).resolve().as_uri())
     return env
 
 
@@ -193,6 +200,12 @@ def canonical(value: Decimal | None) -> str:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tickflow-flink-checkpoints-") as checkpoints:
+        args.checkpoint_dir = checkpoints
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     started = time.monotonic()
     env = table_environment(args)
     create_source(env, args)

@@ -59,10 +59,18 @@ struct Args {
     /// Directory of the trade-aggregator binary (default: next to this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    /// A TOML file of extra aggregator settings (`[aggregator]` ...) for the default run.
+    /// A TOML file of extra settings (`[aggregator]` ...) for the aggregator's full run.
     #[arg(long, value_name = "PATH")]
     aggregator_config: Option<PathBuf>,
+    /// Skip the aggregator's second run with Flink's work only.
+    #[arg(long)]
+    no_lean: bool,
 }
+
+/// The aggregator doing what the Flink job does: final 1-minute candles only. No trade rows, no
+/// roll-ups, no early (in-progress) firings; candles still go to Cassandra and Kafka.
+const LEAN: &str =
+    "[aggregator]\nwrite_trades = false\nrollups = []\nearly_firing_interval_ms = 0\n";
 
 /// What one system cost to read the whole topic.
 struct Measured {
@@ -149,6 +157,8 @@ async fn run(args: Args) -> Result<bool, String> {
         &aggregator,
         &topic,
         args.trades,
+        "tickflow trade-aggregator",
+        "defaults: per venue + consolidated candles, early firings, 3 roll-ups, trade rows; Cassandra + Kafka; checkpoints",
         args.aggregator_config.as_deref(),
     )
     .await?;
@@ -158,6 +168,27 @@ async fn run(args: Args) -> Result<bool, String> {
         candles.len()
     ));
     results.push(ours);
+    let mut lean_candles = None;
+    if !args.no_lean {
+        let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+        std::fs::write(file.path(), LEAN).map_err(|e| e.to_string())?;
+        let (lean, candles) = tickflow(
+            &stack,
+            &aggregator,
+            &topic,
+            args.trades,
+            "tickflow, Flink's work only",
+            "final per venue + consolidated candles only (no early firings, roll-ups, trade rows); Cassandra + Kafka; checkpoints",
+            Some(file.path()),
+        )
+        .await?;
+        log(format!(
+            "tickflow, Flink's work only: {:.0} trades per CPU-second",
+            lean.events as f64 / lean.cpu_seconds
+        ));
+        results.push(lean);
+        lean_candles = Some(candles);
+    }
     let mut ok = true;
     let mut comparison = String::from("Flink not run (--no-flink)");
     if !args.no_flink {
@@ -167,6 +198,13 @@ async fn run(args: Args) -> Result<bool, String> {
             "candles compared row by row: {same} equal, {differing} differ, {only_ours} only in tickflow, {only_flink} only in Flink"
         );
         ok &= differing == 0 && only_ours == 0 && only_flink == 0;
+        if let Some(lean) = &lean_candles {
+            let (same, differing, only_lean, only_flink) = compare(lean, &rows);
+            comparison.push_str(&format!(
+                "\nthe Flink's-work-only run's candles: {same} equal, {differing} differ, {only_lean} only in tickflow, {only_flink} only in Flink"
+            ));
+            ok &= differing == 0 && only_lean == 0 && only_flink == 0;
+        }
         results.push(flink);
     }
     ok &= results.iter().all(|r| r.events == args.trades);
@@ -196,6 +234,21 @@ async fn run(args: Args) -> Result<bool, String> {
         );
     }
     println!("{comparison}");
+    let rate_of = |name: &str| {
+        results
+            .iter()
+            .find(|r| r.system.starts_with(name))
+            .map(|r| r.events as f64 / r.cpu_seconds)
+    };
+    if let (Some(lean), Some(flink)) = (
+        rate_of("tickflow, Flink's work only"),
+        rate_of("Apache Flink"),
+    ) {
+        println!(
+            "same work (final 1-minute candles): tickflow {lean:.0} vs Flink {flink:.0} trades per CPU-second, {:.1}× (Flink's count includes its start-up)",
+            lean / flink
+        );
+    }
     println!(
         "reproduce: bench/run -- --trades {} --instruments {} --spacing-us {} --flink-parallelism {} --flink-checkpoint-ms {}",
         args.trades, args.instruments, args.spacing_us, args.flink_parallelism, args.flink_checkpoint_ms
@@ -271,6 +324,8 @@ async fn tickflow(
     binary: &std::path::Path,
     topic: &str,
     expected: usize,
+    system: &str,
+    note: &str,
     config_file: Option<&std::path::Path>,
 ) -> Result<(Measured, BTreeMap<(String, String, i64), Candle>), String> {
     let mut cassandra_config = stack.cassandra.clone();
@@ -380,12 +435,12 @@ async fn tickflow(
         .await;
     Ok((
         Measured {
-            system: "tickflow trade-aggregator".into(),
+            system: system.into(),
             events: expected,
             cpu_seconds: cpu_after - cpu_before,
             peak_rss,
             wall_seconds: wall,
-            note: "per venue and consolidated candles + 3 roll-ups, to Cassandra and Kafka, checkpoints".into(),
+            note: note.into(),
         },
         candles,
     ))

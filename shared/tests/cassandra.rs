@@ -66,8 +66,34 @@ async fn trades_keep_every_digit_and_microsecond_and_migrations_run_once() {
     assert_eq!(day[0].event_time % 1_000_000, 999_999);
     assert_eq!(
         store.day("BTC-USD", next_day.event_time).await.unwrap(),
-        vec![next_day]
+        vec![next_day.clone()]
     );
+
+    // One partition in one batch: every row, every digit; a batch across partitions is refused.
+    let base = day_start + 3_600_000_000;
+    let batch: Vec<Trade> = (0..16)
+        .map(|i| {
+            trade(
+                &format!("b-{i}"),
+                &format!("{i}.{i}0000001"),
+                "0.5",
+                base + i64::from(i) * 7,
+            )
+        })
+        .collect();
+    let refs: Vec<&Trade> = batch.iter().collect();
+    store.insert_partition(&refs).await.unwrap();
+    store.insert_partition(&refs[..3]).await.unwrap(); // again: idempotent
+    let day = store.day("BTC-USD", day_start).await.unwrap();
+    let mut want: Vec<Trade> = batch.iter().rev().cloned().collect();
+    want.extend([newer.clone(), older.clone()]);
+    want.sort_by_key(|t| std::cmp::Reverse(t.event_time));
+    assert_eq!(day, want);
+    let err = store
+        .insert_partition(&[&older, &next_day])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not in the partition"), "{err}");
 
     // A migration edited after it ran is refused, not silently skipped.
     let edited = [Migration {

@@ -52,7 +52,8 @@ pub struct AggregatorConfig {
     /// A partition without records this long (processing time) lets its watermark follow the
     /// wall clock, so its last windows close. Milliseconds.
     pub idle_timeout_ms: u64,
-    /// Emit in-progress (not final) candles this often, in milliseconds; 0 turns it off.
+    /// Emit in-progress (not final) candles this often, in milliseconds; 0 turns it off. Only
+    /// live windows fire early: those that ended less than a window length ago by the wall clock.
     pub early_firing_interval_ms: u64,
     /// How often operator state and input offsets are checkpointed to Cassandra, in milliseconds.
     pub checkpoint_interval_ms: u64,

@@ -63,7 +63,7 @@ pub fn describe() {
     );
     describe_counter!(
         CANDLES_EMITTED,
-        "Candle emissions, by kind: final, early, late_update."
+        "Candle emissions, by kind: final (first final value), early (in progress), late_update (a final value corrected by a late trade)."
     );
     describe_counter!(
         LATE_DROPPED,

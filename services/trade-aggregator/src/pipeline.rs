@@ -464,15 +464,8 @@ pub async fn run(
 fn collect(outputs: &mut Vec<Output>, batch: &mut Batch) {
     for output in outputs.drain(..) {
         match output {
-            Output::Candle(c) => {
-                let kind = if !c.is_final {
-                    "early"
-                } else if c.revision > 0 {
-                    "late_update"
-                } else {
-                    "final"
-                };
-                metrics::counter!(CANDLES_EMITTED, "kind" => kind).increment(1);
+            Output::Candle(c, emission) => {
+                metrics::counter!(CANDLES_EMITTED, "kind" => emission.label()).increment(1);
                 batch.add_candle(c);
             }
             Output::TooLate { trade, watermark } => {

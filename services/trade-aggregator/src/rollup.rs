@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::Micros;
 
-use crate::operator::Output;
+use crate::operator::{Emission, Output};
 use crate::window::{window_start, CandleState, WindowKey};
 
 /// A roll-up interval: its length and its label (`5m`, `1h`).
@@ -179,7 +179,15 @@ fn emit(key: &RollupKey, window: &mut RollupWindow, label: &str, out: &mut Vec<O
         venue: key.venue.clone(),
         start: key.end - key.length,
     };
-    out.push(Output::Candle(merged.candle(&window_key, label, true)));
+    let emission = if window.fired {
+        Emission::Correction
+    } else {
+        Emission::Final
+    };
+    out.push(Output::Candle(
+        merged.candle(&window_key, label, true),
+        emission,
+    ));
     window.emitted += 1;
     window.fired = true;
     window.dirty = false;

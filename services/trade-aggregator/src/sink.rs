@@ -4,15 +4,15 @@
 //! idempotent upsert (or a keyed record) retried with backoff until it lands; while a sink is
 //! down the flush waits, so consumption pauses and memory stays bounded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tickflow_shared::avro::AvroCodec;
-use tickflow_shared::cassandra::{CandleStore, TradeStore, ONE_MINUTE};
-use tickflow_shared::domain::{Candle, Micros, Trade};
+use tickflow_shared::cassandra::{CandleStore, TradeStore, ONE_MINUTE, PARTITION_BATCH};
+use tickflow_shared::domain::{epoch_day, Candle, Micros, Trade};
 use tickflow_shared::retry::{self, RetryPolicy};
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
@@ -20,6 +20,22 @@ use tickflow_shared::Result;
 use crate::metrics::{
     SINK_CANDLES, SINK_CANDLES_KAFKA, SINK_ERRORS, SINK_LATE, SINK_TRADES, SINK_WRITE_SECONDS,
 };
+
+/// The trades grouped by `trades` partition (instrument, UTC day), in their order, in batches of
+/// at most [`PARTITION_BATCH`]: one request per batch instead of one per trade.
+fn partition_batches(trades: &[Trade]) -> Vec<Vec<&Trade>> {
+    let mut groups: HashMap<(&str, i64), Vec<Vec<&Trade>>> = HashMap::new();
+    for trade in trades {
+        let batches = groups
+            .entry((trade.instrument.as_str(), epoch_day(trade.event_time)))
+            .or_default();
+        match batches.last_mut() {
+            Some(batch) if batch.len() < PARTITION_BATCH => batch.push(trade),
+            _ => batches.push(vec![trade]),
+        }
+    }
+    groups.into_values().flatten().collect()
+}
 
 /// Header that carries why a trade is on the late topic.
 pub const REASON_HEADER: &str = "tickflow.reason";
@@ -71,7 +87,12 @@ impl Sinks {
         let started = Instant::now();
         if let Some(store) = &self.trades {
             let ok = self
-                .each(&batch.trades, SINK_TRADES.0, shutdown, |t| store.insert(t))
+                .each(
+                    &partition_batches(&batch.trades),
+                    SINK_TRADES.0,
+                    shutdown,
+                    |group| store.insert_partition(group),
+                )
                 .await;
             if !ok {
                 return Ok(false);
@@ -182,5 +203,42 @@ impl Sinks {
             .await
             .map_err(|(e, _)| e)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tickflow_shared::testkit::sample_trade;
+
+    use super::*;
+
+    #[test]
+    fn trades_are_batched_by_partition_in_order_and_bounded() {
+        let day = 86_400_000_000;
+        let mut trades = Vec::new();
+        for i in 0..100i64 {
+            trades.push(Trade {
+                instrument: format!("I{}", i % 3),
+                trade_id: i.to_string(),
+                // Two UTC days for instrument I0.
+                event_time: 20_000 * day + if i % 3 == 0 && i > 50 { day } else { 0 } + i,
+                ..sample_trade()
+            });
+        }
+        let batches = partition_batches(&trades);
+        let mut seen: Vec<&str> = Vec::new();
+        for batch in &batches {
+            assert!(!batch.is_empty() && batch.len() <= PARTITION_BATCH);
+            let key = |t: &Trade| (t.instrument.clone(), epoch_day(t.event_time));
+            assert!(batch.iter().all(|t| key(t) == key(batch[0])));
+            assert!(batch.windows(2).all(|w| w[0].event_time < w[1].event_time));
+            seen.extend(batch.iter().map(|t| t.trade_id.as_str()));
+        }
+        seen.sort_unstable();
+        let mut all: Vec<&str> = trades.iter().map(|t| t.trade_id.as_str()).collect();
+        all.sort_unstable();
+        assert_eq!(seen, all, "every trade once");
+        // I0: 17 trades on each of two days (2 + 2 batches); I1, I2: 33 each (3 + 3).
+        assert_eq!(batches.len(), 10);
     }
 }

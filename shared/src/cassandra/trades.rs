@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use scylla::client::session::Session;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp};
 
@@ -71,29 +72,45 @@ impl TradeStore {
     }
 
     pub async fn insert(&self, trade: &Trade) -> Result<()> {
-        let row = TradeRow {
-            instrument: trade.instrument.clone(),
-            day: day_of(trade.event_time)?,
-            event_time_us: trade.event_time,
-            exchange: trade.exchange.clone(),
-            provider: trade.provider.clone(),
-            trade_id: trade.trade_id.clone(),
-            event_time: CqlTimestamp(trade.event_time.div_euclid(1000)),
-            price: to_cql_decimal(&trade.price),
-            size: to_cql_decimal(&trade.size),
-            side: trade.side.as_str().to_string(),
-            base: trade.base.clone(),
-            quote: trade.quote.clone(),
-            asset_class: trade.asset_class.as_str().to_string(),
-            provider_symbol: trade.provider_symbol.clone(),
-            ingest_time_us: trade.ingest_time,
-            normalized_time_us: trade.normalized_time,
-            provider_sequence: trade.provider_sequence,
-        };
         self.session
-            .execute_unpaged(&self.insert, row)
+            .execute_unpaged(&self.insert, row_of(trade)?)
             .await
             .map_err(|e| err("insert trade", e))?;
+        Ok(())
+    }
+
+    /// Inserts trades of one `trades` partition (one instrument, one UTC day) in one unlogged
+    /// batch: one request instead of one per trade, applied by the partition's replicas as one
+    /// mutation. Keep batches small (see [`PARTITION_BATCH`]); trades of different partitions
+    /// are refused.
+    pub async fn insert_partition(&self, trades: &[&Trade]) -> Result<()> {
+        let Some(first) = trades.first() else {
+            return Ok(());
+        };
+        let day = epoch_day(first.event_time);
+        if let Some(other) = trades
+            .iter()
+            .find(|t| t.instrument != first.instrument || epoch_day(t.event_time) != day)
+        {
+            return Err(Error::Cassandra(format!(
+                "insert trades: {} at {} is not in the partition of {} at {}",
+                other.instrument, other.event_time, first.instrument, first.event_time
+            )));
+        }
+        let rows = trades
+            .iter()
+            .map(|t| row_of(t))
+            .collect::<Result<Vec<_>>>()?;
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for _ in &rows {
+            batch.append_statement(self.insert.clone());
+        }
+        // Upserts of the same values: safe to retry.
+        batch.set_is_idempotent(true);
+        self.session
+            .batch(&batch, rows)
+            .await
+            .map_err(|e| err("insert trades", e))?;
         Ok(())
     }
 
@@ -128,6 +145,32 @@ impl TradeStore {
         }
         Ok(trades)
     }
+}
+
+/// How many trades [`TradeStore::insert_partition`] callers put in one batch: about 4 KB of
+/// rows, under Cassandra's batch size warning (`batch_size_warn_threshold`, 5 KiB by default).
+pub const PARTITION_BATCH: usize = 16;
+
+fn row_of(trade: &Trade) -> Result<TradeRow> {
+    Ok(TradeRow {
+        instrument: trade.instrument.clone(),
+        day: day_of(trade.event_time)?,
+        event_time_us: trade.event_time,
+        exchange: trade.exchange.clone(),
+        provider: trade.provider.clone(),
+        trade_id: trade.trade_id.clone(),
+        event_time: CqlTimestamp(trade.event_time.div_euclid(1000)),
+        price: to_cql_decimal(&trade.price),
+        size: to_cql_decimal(&trade.size),
+        side: trade.side.as_str().to_string(),
+        base: trade.base.clone(),
+        quote: trade.quote.clone(),
+        asset_class: trade.asset_class.as_str().to_string(),
+        provider_symbol: trade.provider_symbol.clone(),
+        ingest_time_us: trade.ingest_time,
+        normalized_time_us: trade.normalized_time,
+        provider_sequence: trade.provider_sequence,
+    })
 }
 
 /// The CQL `date` of the UTC day containing `time` (CQL dates count days from 2^31 = epoch).

@@ -42,11 +42,33 @@ impl Default for Timing {
     }
 }
 
+/// Which emission of its window a candle is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emission {
+    /// In progress, before the watermark passed the window's end (`is_final` false).
+    Early,
+    /// The first final value, when the watermark passed the window's end.
+    Final,
+    /// A final value again, corrected by a late trade within the allowed lateness.
+    Correction,
+}
+
+impl Emission {
+    /// The `kind` label of the emissions metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Emission::Early => "early",
+            Emission::Final => "final",
+            Emission::Correction => "late_update",
+        }
+    }
+}
+
 /// What the operator emits.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    /// A candle to upsert (final, or an early firing when `is_final` is false).
-    Candle(Candle),
+    /// A candle to upsert, and which emission of its window it is.
+    Candle(Candle, Emission),
     /// A trade whose window closed more than the allowed lateness ago: `md.trades.late`.
     TooLate { trade: Trade, watermark: Micros },
     /// A trade that cannot be aggregated (e.g. its sums overflow): `md.trades.late` with reason.
@@ -178,6 +200,10 @@ impl Aggregator {
             }
             _ => false,
         };
+        // Early firings are for live display: a window that ended more than a window length ago
+        // by the wall clock is part of a backlog being caught up, and its final value follows
+        // as soon as the watermark passes it; in-progress values of it would only load the sinks.
+        let live_from = now.saturating_sub(timing.window);
         let intervals = &self.rollups;
         for state in self.partitions.values_mut() {
             if state.max_event_time.is_some()
@@ -200,7 +226,7 @@ impl Aggregator {
                         let due = if closed {
                             !window.fired || window.dirty
                         } else {
-                            window.dirty
+                            window.dirty && end > live_from
                         };
                         if due {
                             let key = WindowKey {
@@ -209,7 +235,15 @@ impl Aggregator {
                                 venue: venue.clone(),
                                 start: end - timing.window,
                             };
-                            out.push(Output::Candle(window.candle(&key, &self.interval, closed)));
+                            let emission = match (closed, window.fired) {
+                                (false, _) => Emission::Early,
+                                (true, false) => Emission::Final,
+                                (true, true) => Emission::Correction,
+                            };
+                            out.push(Output::Candle(
+                                window.candle(&key, &self.interval, closed),
+                                emission,
+                            ));
                             window.mark_emitted(closed);
                             if closed {
                                 state.rollups.on_minute(&key, window, intervals);
@@ -383,7 +417,10 @@ fn add_to_windows(
                     venue: venue.to_string(),
                     start: span.start,
                 };
-                out.push(Output::Candle(window.candle(&key, interval, true)));
+                out.push(Output::Candle(
+                    window.candle(&key, interval, true),
+                    Emission::Correction,
+                ));
                 window.mark_emitted(true);
             }
         }

@@ -45,7 +45,7 @@ fn latest(outputs: &[Output]) -> BTreeMap<(String, String, Micros), Candle> {
 fn latest_of(outputs: &[Output], interval: &str) -> BTreeMap<(String, String, Micros), Candle> {
     let mut out = BTreeMap::new();
     for o in outputs {
-        if let Output::Candle(c) = o {
+        if let Output::Candle(c, _) = o {
             if c.interval == interval {
                 out.insert(
                     (c.instrument.clone(), c.venue.clone(), c.window_start),
@@ -123,7 +123,7 @@ fn a_late_trade_re_emits_the_window_with_a_higher_revision() {
     let corrected: Vec<&Candle> = out
         .iter()
         .filter_map(|o| match o {
-            Output::Candle(c) if c.window_start == T0 => Some(c),
+            Output::Candle(c, Emission::Correction) if c.window_start == T0 => Some(c),
             _ => None,
         })
         .collect();
@@ -173,7 +173,7 @@ fn early_firings_emit_changed_windows_as_not_final() {
     assert_eq!(out.len(), 2);
     assert!(out
         .iter()
-        .all(|o| matches!(o, Output::Candle(c) if !c.is_final)));
+        .all(|o| matches!(o, Output::Candle(c, Emission::Early) if !c.is_final)));
     op.advance(T0 + 2 * S, &mut out);
     assert_eq!(out.len(), 2, "nothing changed: nothing emitted");
     op.on_trade(
@@ -190,6 +190,50 @@ fn early_firings_emit_changed_windows_as_not_final() {
     );
     op.advance(T0 + 3 * S, &mut out);
     assert_eq!(out.len(), 4);
+    // Closing after early firings is the first final emission, not a correction (its revision
+    // counts the early ones).
+    op.on_trade(
+        0,
+        &trade("c", "x", T0 + MIN + 5 * S, "3", "1"),
+        T0 + 4 * S,
+        &mut out,
+    );
+    op.advance(T0 + 4 * S, &mut out);
+    let closing: Vec<_> = out[4..]
+        .iter()
+        .filter_map(|o| match o {
+            Output::Candle(c, emission) if c.window_start == T0 && c.is_final => {
+                Some((c, *emission))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closing.len(), 2, "{out:?}");
+    assert!(closing
+        .iter()
+        .all(|(c, emission)| *emission == Emission::Final && c.revision > 0));
+}
+
+#[test]
+fn a_backlog_gets_no_early_firings() {
+    let mut op = Aggregator::new(Timing {
+        early_firing_interval: Some(S),
+        ..timing()
+    });
+    let mut out = Vec::new();
+    // Read two minutes after its window ended: history, not live.
+    let now = T0 + 2 * MIN + S;
+    op.on_trade(0, &trade("a", "x", T0 + S, "1", "1"), now, &mut out);
+    op.advance(now, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // The same window read while it is live fires early.
+    let mut op = Aggregator::new(Timing {
+        early_firing_interval: Some(S),
+        ..timing()
+    });
+    op.on_trade(0, &trade("a", "x", T0 + S, "1", "1"), T0 + 3 * S, &mut out);
+    op.advance(T0 + 3 * S, &mut out);
+    assert_eq!(out.len(), 2, "{out:?}");
 }
 
 #[test]
@@ -226,7 +270,7 @@ fn time_the_pipeline_could_not_read_does_not_make_a_partition_idle() {
     assert!(out.is_empty(), "{out:?}");
     // Really idle later: the window closes with both trades.
     op.advance(T0 + 101 * S + 30 * S + MIN, &mut out);
-    let Output::Candle(c) = &out[0] else {
+    let Output::Candle(c, _) = &out[0] else {
         panic!("{out:?}")
     };
     assert_eq!(c.count, 2);
