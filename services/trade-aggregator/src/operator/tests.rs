@@ -57,6 +57,23 @@ fn latest_of(outputs: &[Output], interval: &str) -> BTreeMap<(String, String, Mi
     out
 }
 
+/// Every roll-up's last emission equals the batch computation over the longer window.
+fn assert_rollups_equal_the_batch(outputs: &[Output], trades: &[Trade], intervals: &[Interval]) {
+    for interval in intervals {
+        let expected = batch_rollups(trades, &timing(), interval.length, &interval.label);
+        let got = latest_of(outputs, &interval.label);
+        assert_eq!(got.len(), expected.len(), "{}", interval.label);
+        for (key, candle) in &expected {
+            assert!(
+                same_values(&got[key], candle),
+                "{} {key:?}\n got {:?}\nwant {candle:?}",
+                interval.label,
+                got[key]
+            );
+        }
+    }
+}
+
 fn run(op: &mut Aggregator, trades: &[Trade], now: Micros) -> Vec<Output> {
     let mut out = Vec::new();
     for t in trades {
@@ -367,19 +384,7 @@ fn rollups_equal_a_batch_over_the_longer_window() {
     let mut op = Aggregator::new(timing()).with_rollups(intervals.clone());
     let mut out = run(&mut op, &trades, T0);
     op.advance(T0 + 3600 * S, &mut out);
-    for interval in &intervals {
-        let expected = batch_rollups(&trades, &timing(), interval.length, &interval.label);
-        let got = latest_of(&out, &interval.label);
-        assert_eq!(got.len(), expected.len(), "{}", interval.label);
-        for (key, candle) in &expected {
-            assert!(
-                same_values(&got[key], candle),
-                "{} {key:?}\n got {:?}\nwant {candle:?}",
-                interval.label,
-                got[key]
-            );
-        }
-    }
+    assert_rollups_equal_the_batch(&out, &trades, &intervals);
 }
 
 #[test]
@@ -453,17 +458,5 @@ fn long_rollups_hold_only_the_minutes_that_can_still_change() {
     op.advance(T0 + 24 * 3600 * S, &mut out);
     // The minute being filled, the one closing and the one within its allowed lateness.
     assert!(most <= 3, "a roll-up window held {most} minutes apart");
-    for interval in &intervals {
-        let expected = batch_rollups(&trades, &timing(), interval.length, &interval.label);
-        let got = latest_of(&out, &interval.label);
-        assert_eq!(got.len(), expected.len(), "{}", interval.label);
-        for (key, candle) in &expected {
-            assert!(
-                same_values(&got[key], candle),
-                "{} {key:?}\n got {:?}\nwant {candle:?}",
-                interval.label,
-                got[key]
-            );
-        }
-    }
+    assert_rollups_equal_the_batch(&out, &trades, &intervals);
 }
