@@ -299,6 +299,49 @@ fn instruments_toml() -> String {
     out
 }
 
+/// Stops a stack component (`scripts/stack stop`), keeps it down for `down_for`, starts it again
+/// and waits until every service is ready (at most `bound`).
+#[allow(clippy::too_many_arguments)]
+async fn outage(
+    stack_script: &PathBuf,
+    pipeline: &mut Pipeline,
+    component: &str,
+    name: &str,
+    down_for: Duration,
+    bound: Duration,
+    at_s: f64,
+    what: String,
+) -> Result<Injected, String> {
+    log(format!(
+        "stopping {name} for {:.1} s at +{at_s:.1} s",
+        down_for.as_secs_f64()
+    ));
+    stack_command(stack_script, &["stop", component])?;
+    let down_from = Instant::now();
+    tokio::time::sleep(down_for).await;
+    stack_command(stack_script, &["start", component])?;
+    let down = down_from.elapsed();
+    let recovered = pipeline.all_ready(bound).await;
+    log(format!(
+        "{name} was down {:.1} s; {}",
+        down.as_secs_f64(),
+        match &recovered {
+            Ok(d) => format!(
+                "every service ready {:.1} s after it was back",
+                d.as_secs_f64()
+            ),
+            Err(e) => e.clone(),
+        }
+    ));
+    Ok(Injected {
+        what,
+        at_s,
+        down,
+        recovered,
+        bound,
+    })
+}
+
 fn stack_command(script: &PathBuf, args: &[&str]) -> Result<(), String> {
     let output = std::process::Command::new(script)
         .args(args)
@@ -598,66 +641,41 @@ async fn run(args: Args) -> Result<bool, String> {
 
     if args.kafka_restart {
         tokio::time::sleep(pause(&mut rng, 3_000, 8_000)).await;
-        let at = Instant::now();
-        log(format!("restarting the Kafka broker at +{:.1} s", at_s(at)));
-        stack_command(&stack_script, &["stop", "kafka"])?;
-        let down_from = Instant::now();
-        tokio::time::sleep(pause(&mut rng, 1_000, 5_000)).await;
-        stack_command(&stack_script, &["start", "kafka"])?;
-        let down = down_from.elapsed();
-        let recovered = pipeline.all_ready(recover_bound).await;
-        log(format!(
-            "Kafka was down {:.1} s; {}",
-            down.as_secs_f64(),
-            match &recovered {
-                Ok(d) => format!(
-                    "every service ready {:.1} s after it was back",
-                    d.as_secs_f64()
-                ),
-                Err(e) => e.clone(),
-            }
-        ));
-        injected.push(Injected {
-            what: "Kafka broker restart".into(),
-            at_s: at_s(at),
-            down,
-            recovered,
-            bound: recover_bound,
-        });
+        let down_for = pause(&mut rng, 1_000, 5_000);
+        let at = at_s(Instant::now());
+        injected.push(
+            outage(
+                &stack_script,
+                &mut pipeline,
+                "kafka",
+                "Kafka",
+                down_for,
+                recover_bound,
+                at,
+                "Kafka broker restart".into(),
+            )
+            .await?,
+        );
     }
 
     if args.cassandra_outage_s > 0 {
         tokio::time::sleep(pause(&mut rng, 3_000, 8_000)).await;
-        let at = Instant::now();
-        log(format!(
-            "stopping Cassandra for {} s at +{:.1} s",
-            args.cassandra_outage_s,
-            at_s(at)
-        ));
-        stack_command(&stack_script, &["stop", "cassandra"])?;
-        let down_from = Instant::now();
-        tokio::time::sleep(Duration::from_secs(args.cassandra_outage_s)).await;
-        stack_command(&stack_script, &["start", "cassandra"])?;
-        let down = down_from.elapsed();
-        let recovered = pipeline.all_ready(recover_bound).await;
-        log(format!(
-            "Cassandra was down {:.1} s; {}",
-            down.as_secs_f64(),
-            match &recovered {
-                Ok(d) => format!(
-                    "every service ready {:.1} s after it was back",
-                    d.as_secs_f64()
-                ),
-                Err(e) => e.clone(),
-            }
-        ));
-        injected.push(Injected {
-            what: format!("Cassandra stopped for {} s", args.cassandra_outage_s),
-            at_s: at_s(at),
-            down,
-            recovered,
-            bound: recover_bound,
-        });
+        let down_for = Duration::from_secs(args.cassandra_outage_s);
+        let at = at_s(Instant::now());
+        let what = format!("Cassandra stopped for {} s", args.cassandra_outage_s);
+        injected.push(
+            outage(
+                &stack_script,
+                &mut pipeline,
+                "cassandra",
+                "Cassandra",
+                down_for,
+                recover_bound,
+                at,
+                what,
+            )
+            .await?,
+        );
     }
 
     // Steady load once more, then stop it and let the pipeline drain.
