@@ -10,7 +10,14 @@
 //!
 //! Each is measured as events per CPU-second of its own processes (from /proc: Kafka and
 //! Cassandra are not counted), peak RSS and wall time. Flink's candles are then compared with
-//! ours row by row. `bench/run` builds and runs it.
+//! ours row by row.
+//!
+//! Then the normalizer on a raw topic of the same trades as simulator frames, beside a bare
+//! exactly-once consume-and-produce pipe (`normalizer.rs`), and the four services live as one
+//! pipeline on the simulated feed for the latencies (`live.rs`). `bench/run` builds and runs it.
+
+mod live;
+mod normalizer;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -65,6 +72,19 @@ struct Args {
     /// Skip the aggregator's second run with Flink's work only.
     #[arg(long)]
     no_lean: bool,
+    /// Frames for the normalizer and the pipe ceiling (the workload's first trades as simulator
+    /// frames); 0 skips that part.
+    #[arg(long, default_value_t = 2_000_000)]
+    normalizer_frames: usize,
+    /// Seconds the live pipeline is measured, after a 15 s warm-up; 0 skips the live run.
+    #[arg(long, default_value_t = 120)]
+    live_seconds: u64,
+    /// Frames per second of the simulated feed in the live run.
+    #[arg(long, default_value_t = 5_000)]
+    live_rate: u32,
+    /// Instruments of the simulated feed in the live run (each on 3 venues).
+    #[arg(long, default_value_t = 50)]
+    live_instruments: u64,
 }
 
 /// The aggregator doing what the Flink job does: final 1-minute candles only. No trade rows, no
@@ -80,6 +100,13 @@ struct Measured {
     peak_rss: u64,
     wall_seconds: f64,
     note: String,
+}
+
+impl Measured {
+    /// Events per CPU-second.
+    fn rate(&self) -> f64 {
+        self.events as f64 / self.cpu_seconds
+    }
 }
 
 fn log(text: impl AsRef<str>) {
@@ -113,13 +140,20 @@ async fn run(args: Args) -> Result<bool, String> {
             .expect("the program's directory")
             .to_path_buf(),
     };
-    let aggregator = bin_dir.join("trade-aggregator");
-    if !aggregator.exists() {
-        return Err(format!(
-            "{} is missing: `bench/run` builds it",
-            aggregator.display()
-        ));
+    for binary in [
+        "ingest-gateway",
+        "normalizer",
+        "trade-aggregator",
+        "fair-price",
+    ] {
+        if !bin_dir.join(binary).exists() {
+            return Err(format!(
+                "{} is missing: `bench/run` builds it",
+                bin_dir.join(binary).display()
+            ));
+        }
     }
+    let aggregator = bin_dir.join("trade-aggregator");
 
     // The workload, once, on one partition so that every system reads the same order.
     let topic = testkit::unique_topic("bench-trades");
@@ -209,36 +243,71 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     ok &= results.iter().all(|r| r.events == args.trades);
 
+    // The normalizer beside the exactly-once pipe, on the workload's first trades as frames.
+    let mut normalizing = Vec::new();
+    if args.normalizer_frames > 0 {
+        let frames =
+            testkit::synthetic_trades(args.normalizer_frames, args.instruments, args.spacing_us);
+        log(format!(
+            "pre-filling a raw topic with {} simulator frames",
+            frames.len()
+        ));
+        let raw = normalizer::prefill(&stack, &frames).await?;
+        drop(frames);
+        normalizing.push(
+            normalizer::normalizer(
+                &stack,
+                &bin_dir.join("normalizer"),
+                &raw,
+                args.normalizer_frames,
+                args.instruments,
+            )
+            .await?,
+        );
+        log(format!(
+            "normalizer: {:.0} frames per CPU-second",
+            normalizing[0].rate()
+        ));
+        normalizing.push(normalizer::pipe(&stack, &raw, args.normalizer_frames).await?);
+        log(format!(
+            "pipe: {:.0} records per CPU-second",
+            normalizing[1].rate()
+        ));
+        ok &= normalizing
+            .iter()
+            .all(|r| r.events == args.normalizer_frames);
+    }
+
+    // The four services live, for the latencies.
+    let live = if args.live_seconds > 0 {
+        Some(
+            live::run(
+                &stack,
+                &bin_dir,
+                args.live_rate,
+                args.live_seconds,
+                args.live_instruments,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     println!();
     println!(
-        "{} trades, {} instruments, 1 partition, on this machine ({} cores)",
+        "trade-aggregator: {} trades, {} instruments, 1 partition, on this machine ({} cores)",
         args.trades,
         args.instruments,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!(
-        "{:<30} {:>14} {:>16} {:>10} {:>8}  note",
-        "system", "events/CPU-s", "ratio to ours", "peak RSS", "wall s"
-    );
-    let ours_rate = results[1].events as f64 / results[1].cpu_seconds;
-    for r in &results {
-        let rate = r.events as f64 / r.cpu_seconds;
-        println!(
-            "{:<30} {:>14.0} {:>15.2}× {:>6.0} MiB {:>8.1}  {}",
-            r.system,
-            rate,
-            rate / ours_rate,
-            r.peak_rss as f64 / (1024.0 * 1024.0),
-            r.wall_seconds,
-            r.note
-        );
-    }
+    table(&results, 1, "ratio to ours");
     println!("{comparison}");
     let rate_of = |name: &str| {
         results
             .iter()
             .find(|r| r.system.starts_with(name))
-            .map(|r| r.events as f64 / r.cpu_seconds)
+            .map(Measured::rate)
     };
     if let (Some(lean), Some(flink)) = (
         rate_of("tickflow, Flink's work only"),
@@ -249,12 +318,97 @@ async fn run(args: Args) -> Result<bool, String> {
             lean / flink
         );
     }
+    if !normalizing.is_empty() {
+        println!();
+        println!(
+            "normalizer: {} simulator frames, 1 partition, transactions of {}",
+            args.normalizer_frames,
+            normalizer::MAX_BATCH
+        );
+        table(&normalizing, 0, "ratio");
+    }
+    if let Some(live) = &live {
+        println!();
+        println!(
+            "live pipeline: simulated feed at {} frames/s asked, {:.0} trades/s reached, {} instruments × 3 venues, {} s after a {} s warm-up",
+            args.live_rate,
+            live.rate,
+            args.live_instruments,
+            args.live_seconds,
+            live::WARM_UP.as_secs()
+        );
+        let mut rows: Vec<&Measured> = live.services.iter().collect();
+        rows.push(&live.pipeline);
+        println!(
+            "{:<30} {:>14} {:>14} {:>10}  note",
+            "service", "events/CPU-s", "CPU-s/million", "peak RSS"
+        );
+        for r in rows {
+            println!(
+                "{:<30} {:>14.0} {:>14.1} {:>6.0} MiB  {} {}",
+                r.system,
+                r.rate(),
+                r.cpu_seconds / r.events.max(1) as f64 * 1e6,
+                r.peak_rss as f64 / (1024.0 * 1024.0),
+                r.events,
+                r.note
+            );
+        }
+        println!(
+            "{:<52} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "latency (ms)", "p50", "p99", "p99.9", "max", "samples"
+        );
+        for series in &live.latencies {
+            let mut sorted = series.samples.clone();
+            sorted.sort_by(f64::total_cmp);
+            let pct = |p: f64| testkit::percentile(&sorted, p);
+            println!(
+                "{:<52} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8}",
+                series.stage,
+                pct(0.5),
+                pct(0.99),
+                pct(0.999),
+                pct(1.0),
+                sorted.len()
+            );
+            ok &= !sorted.is_empty();
+        }
+        println!("{}", live.transactions);
+    }
     println!(
-        "reproduce: bench/run -- --trades {} --instruments {} --spacing-us {} --flink-parallelism {} --flink-checkpoint-ms {}",
-        args.trades, args.instruments, args.spacing_us, args.flink_parallelism, args.flink_checkpoint_ms
+        "reproduce: bench/run -- --trades {} --instruments {} --spacing-us {} --flink-parallelism {} --flink-checkpoint-ms {} --normalizer-frames {} --live-seconds {} --live-rate {} --live-instruments {}",
+        args.trades,
+        args.instruments,
+        args.spacing_us,
+        args.flink_parallelism,
+        args.flink_checkpoint_ms,
+        args.normalizer_frames,
+        args.live_seconds,
+        args.live_rate,
+        args.live_instruments
     );
     println!("result: {}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
+}
+
+/// One table of measured systems, each with its ratio to `rows[reference]`.
+fn table(rows: &[Measured], reference: usize, ratio: &str) {
+    println!(
+        "{:<36} {:>14} {:>14} {:>10} {:>8}  note",
+        "system", "events/CPU-s", ratio, "peak RSS", "wall s"
+    );
+    let base = rows[reference].rate();
+    for r in rows {
+        println!(
+            "{:<36} {:>14.0} {:>13.2}× {:>6.0} MiB {:>8.1}  {}",
+            r.system,
+            r.rate(),
+            r.rate() / base,
+            r.peak_rss as f64 / (1024.0 * 1024.0),
+            r.wall_seconds,
+            r.note
+        );
+    }
 }
 
 /// CPU seconds (user + system) this process has used so far.
