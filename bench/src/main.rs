@@ -39,10 +39,14 @@ use tickflow_shared::testkit::{self, ServiceProcess, Stack};
     name = "tickflow-bench",
     about = "Benchmark: tickflow's trade-aggregator against a Flink SQL job computing the same \
              1-minute candles, and against a bare Kafka consumer (the ceiling), all on one \
-             pre-filled, seeded topic; prints events per CPU-second, peak RSS and wall time, and \
+             pre-filled, seeded topic; then the normalizer beside an exactly-once \
+             consume-and-produce pipe; then the four services live on the simulated feed for \
+             latency percentiles. Prints events per CPU-second, peak RSS and wall time, and \
              compares the candles row by row. Needs `scripts/stack up`; run it through \
              `bench/run`, which builds tickflow in release mode and installs Flink first.",
-    after_help = "Exit status: 0 when every system read everything and the candles match, 1 otherwise."
+    after_help = "Exit status: 0 when every system read everything, the candles match, the \
+                  normalizer made one trade per frame and every latency series has samples; \
+                  1 otherwise."
 )]
 struct Args {
     /// Trades in the workload.
