@@ -161,15 +161,7 @@ async fn run(args: Args) -> Result<bool, String> {
 
     // The workload, once, on one partition so that every system reads the same order.
     let topic = testkit::unique_topic("bench-trades");
-    let admin = kafka::admin(&stack.kafka).map_err(|e| e.to_string())?;
-    kafka::ensure_topics(&admin, &[TopicSpec::new(&topic, 1)], &BTreeMap::new())
-        .await
-        .map_err(|e| e.to_string())?;
-    let registry = Registry::new(&stack.registry).map_err(|e| e.to_string())?;
-    registry
-        .register(&topic, avro::TRADE)
-        .await
-        .map_err(|e| e.to_string())?;
+    one_partition_topic(&stack, &topic, Some(avro::TRADE)).await?;
     log(format!(
         "pre-filling {topic} with {} seeded trades over {} instruments × 3 venues",
         args.trades, args.instruments
@@ -413,6 +405,27 @@ fn table(rows: &[Measured], reference: usize, ratio: &str) {
             r.note
         );
     }
+}
+
+/// Creates `topic` with one partition (one order for every reader), and registers `schema` for
+/// its values if given.
+async fn one_partition_topic(
+    stack: &Stack,
+    topic: &str,
+    schema: Option<avro::SchemaDef>,
+) -> Result<(), String> {
+    let admin = kafka::admin(&stack.kafka).map_err(|e| e.to_string())?;
+    kafka::ensure_topics(&admin, &[TopicSpec::new(topic, 1)], &BTreeMap::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(schema) = schema {
+        Registry::new(&stack.registry)
+            .map_err(|e| e.to_string())?
+            .register(topic, schema)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// CPU seconds (user + system) this process has used so far.

@@ -13,7 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::domain::{RawEnvelope, Side, Trade};
-use tickflow_shared::kafka::{self, TopicSpec};
+use tickflow_shared::kafka;
 use tickflow_shared::simfeed::{SimMessage, SimTrade};
 use tickflow_shared::testkit::{self, ServiceProcess, Stack};
 
@@ -64,15 +64,8 @@ pub fn instruments_toml(instruments: u64) -> String {
 /// A fresh one-partition raw topic holding the trades as simulator frames; its name.
 pub async fn prefill(stack: &Stack, trades: &[Trade]) -> Result<String, String> {
     let topic = format!("{}.simulator", testkit::unique_topic("bench-raw"));
-    let admin = kafka::admin(&stack.kafka).map_err(|e| e.to_string())?;
-    kafka::ensure_topics(&admin, &[TopicSpec::new(&topic, 1)], &Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::one_partition_topic(stack, &topic, Some(avro::RAW_ENVELOPE)).await?;
     let registry = Registry::new(&stack.registry).map_err(|e| e.to_string())?;
-    registry
-        .register(&topic, avro::RAW_ENVELOPE)
-        .await
-        .map_err(|e| e.to_string())?;
     let codec = AvroCodec::new(&registry, &[(topic.as_str(), avro::RAW_ENVELOPE)]);
     let producer = kafka::producer(&stack.kafka, "bench").map_err(|e| e.to_string())?;
     let mut pending = Vec::new();
@@ -104,10 +97,7 @@ pub async fn prefill(stack: &Stack, trades: &[Trade]) -> Result<String, String> 
 /// `MAX_BATCH` records, each committing the consumed offsets with it.
 pub async fn pipe(stack: &Stack, raw: &str, expected: usize) -> Result<Measured, String> {
     let out = testkit::unique_topic("bench-pipe");
-    let admin = kafka::admin(&stack.kafka).map_err(|e| e.to_string())?;
-    kafka::ensure_topics(&admin, &[TopicSpec::new(&out, 1)], &Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::one_partition_topic(stack, &out, None).await?;
     let group = testkit::unique_name("bench", "pipe", '-');
     let consumer: BaseConsumer = kafka::consumer_config(&stack.kafka, "bench-pipe", &group)
         .set("enable.partition.eof", "true")
