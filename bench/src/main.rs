@@ -428,6 +428,33 @@ async fn one_partition_topic(
     Ok(())
 }
 
+/// Waits until the service's counter `metric` reaches `expected` (at most 30 min, and only while
+/// the process runs); its last `/metrics` text.
+async fn until_counted(
+    service: &mut ServiceProcess,
+    metric: &str,
+    expected: usize,
+    who: &str,
+) -> Result<String, String> {
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = service.get("/metrics").await.unwrap_or_default();
+        if testkit::metric_total(&metrics, metric) >= expected as f64 {
+            return Ok(metrics);
+        }
+        if !service.is_running() {
+            return Err(format!("{who} exited before the end:\n{}", service.log()));
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            return Err(format!(
+                "{who} did not finish in 30 min:\n{}",
+                service.log()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// CPU seconds (user + system) this process has used so far.
 fn own_cpu_seconds() -> f64 {
     testkit::process_usage(std::process::id()).0
@@ -541,19 +568,13 @@ async fn tickflow(
         .await;
     let (cpu_before, _) = testkit::process_usage(service.pid());
     let started = Instant::now();
-    loop {
-        let (_, metrics) = service.get("/metrics").await.unwrap_or_default();
-        if testkit::metric_total(&metrics, "tickflow_aggregator_trades_total") >= expected as f64 {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(1800) {
-            return Err(format!(
-                "the aggregator did not finish in 30 min:\n{}",
-                service.log()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_counted(
+        &mut service,
+        "tickflow_aggregator_trades_total",
+        expected,
+        "the aggregator",
+    )
+    .await?;
     let wall = started.elapsed().as_secs_f64();
     let (cpu_after, peak_rss) = testkit::process_usage(service.pid());
 

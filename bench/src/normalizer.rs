@@ -243,19 +243,13 @@ pub async fn normalizer(
         .await;
     let (cpu_before, _) = testkit::process_usage(service.pid());
     let started = Instant::now();
-    let metrics = loop {
-        let (_, metrics) = service.get("/metrics").await.unwrap_or_default();
-        if testkit::metric_total(&metrics, "tickflow_normalizer_records_total") >= expected as f64 {
-            break metrics;
-        }
-        if started.elapsed() > Duration::from_secs(1800) || !service.is_running() {
-            return Err(format!(
-                "the normalizer did not finish in 30 min:\n{}",
-                service.log()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let metrics = crate::until_counted(
+        &mut service,
+        "tickflow_normalizer_records_total",
+        expected,
+        "the normalizer",
+    )
+    .await?;
     let wall = started.elapsed().as_secs_f64();
     let (cpu_after, peak_rss) = testkit::process_usage(service.pid());
     service.terminate(Duration::from_secs(30));
