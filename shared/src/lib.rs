@@ -20,5 +20,6 @@ pub mod shutdown;
 pub mod simfeed;
 pub mod telemetry;
 pub mod testkit;
+pub mod watermark;
 
 pub use error::{Error, Result};

@@ -22,6 +22,9 @@ use rust_decimal::Decimal;
 use tickflow_shared::domain::{AssetClass, Trade};
 use tickflow_shared::testkit::sample_trade;
 
+/// The source named in the records' header, as the normalizer writes it.
+const SOURCE: &str = "md.raw.simulator:0";
+
 const INSTRUMENTS: usize = 1_000;
 const SOURCES: usize = 10;
 const T0: i64 = 1_763_769_600_000_000;
@@ -76,13 +79,13 @@ fn bench_rate(c: &mut Criterion, name: &str, trades_per_s: i64) {
                 let mut op = Operator::new(settings.clone());
                 let mut out = Vec::with_capacity(1024);
                 for t in warm {
-                    op.on_trade(0, t, 0, &mut out);
+                    op.on_trade_from(0, SOURCE, t, 0, &mut out);
                     out.clear();
                 }
                 let start = Instant::now();
                 let mut published = 0usize;
                 for t in timed {
-                    op.on_trade(0, t, 0, &mut out);
+                    op.on_trade_from(0, SOURCE, t, 0, &mut out);
                     published += out.len();
                     out.clear();
                 }

@@ -24,6 +24,7 @@ use tickflow_shared::retry::{self, RetryPolicy};
 use tickflow_shared::service::CassandraHandle;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
+use tickflow_shared::watermark;
 use tickflow_shared::Result;
 
 use crate::api::Latest;
@@ -171,7 +172,10 @@ pub async fn run(
                 if !replaying {
                     metrics::counter!(TRADES_IN, "provider" => trade.provider.clone(), "exchange" => trade.exchange.clone(), "instrument" => labels.label(&trade.instrument)).increment(1);
                 }
-                operator.on_trade(partition, &trade, now_micros(), &mut outputs);
+                match watermark::source_header(&message) {
+                    Some(source) => operator.on_trade_from(partition, source, &trade, now_micros(), &mut outputs),
+                    None => operator.on_trade(partition, &trade, now_micros(), &mut outputs),
+                }
                 collect(&mut outputs, &mut batch, Some(&trade), &labels, &latest);
                 if batch.len() >= fp.max_batch {
                     let waited = Instant::now();

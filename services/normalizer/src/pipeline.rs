@@ -28,6 +28,7 @@ use tickflow_shared::domain::{now_micros, RawEnvelope};
 use tickflow_shared::kafka;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
+use tickflow_shared::watermark;
 use tickflow_shared::{Error, Result};
 
 use crate::config::Config;
@@ -377,6 +378,8 @@ impl Pipeline {
         let limits = n.limits();
         for record in batch {
             next.insert((&record.topic, record.partition), record.offset + 1);
+            // Downstream watermarks track each raw partition as a source of its own.
+            let source = watermark::source_name(&record.topic, record.partition);
             outcomes.clear();
             let envelope = match &record.payload {
                 None => None,
@@ -459,7 +462,11 @@ impl Pipeline {
                         };
                         let record_out = BaseRecord::to(&n.output_topic)
                             .key(trade.instrument.as_bytes())
-                            .payload(&bytes);
+                            .payload(&bytes)
+                            .headers(OwnedHeaders::new().insert(Header {
+                                key: watermark::SOURCE_HEADER,
+                                value: Some(source.as_bytes()),
+                            }));
                         self.send(record_out).await?;
                         stats.trade(&trade, &self.labels);
                     }

@@ -18,6 +18,9 @@ fn workload() -> Vec<Trade> {
     synthetic_trades(TRADES, 1000, 600)
 }
 
+/// The raw partitions the benchmark's trades come from.
+const SOURCES: [&str; 3] = ["md.raw.a:0", "md.raw.b:0", "md.raw.c:0"];
+
 fn operator(c: &mut Criterion) {
     let trades = workload();
     let mut group = c.benchmark_group("window_operator");
@@ -29,7 +32,9 @@ fn operator(c: &mut Criterion) {
             let mut out: Vec<Output> = Vec::with_capacity(4096);
             let mut emitted = 0usize;
             for (i, trade) in trades.iter().enumerate() {
-                op.on_trade(0, trade, trade.event_time, &mut out);
+                // As from the normalizer: the source named in a header, one per raw partition.
+                let source = SOURCES[i % SOURCES.len()];
+                op.on_trade_from(0, source, trade, trade.event_time, &mut out);
                 if i % 1000 == 999 {
                     op.advance(trade.event_time, &mut out);
                     emitted += out.len();

@@ -49,9 +49,15 @@ pub struct AggregatorConfig {
     pub out_of_orderness_ms: u64,
     /// How long after a window closes a late trade still corrects it, in milliseconds.
     pub allowed_lateness_ms: u64,
-    /// A partition without records this long (processing time) lets its watermark follow the
-    /// wall clock, so its last windows close. Milliseconds.
+    /// An upstream source (a raw partition the trades were normalized from) without records
+    /// this long (processing time, while the input is read) stops holding its partition's
+    /// watermark back until it sends again; when every source of a partition is idle, the
+    /// watermark follows the wall clock, so its last windows close. Milliseconds.
     pub idle_timeout_ms: u64,
+    /// A trade beyond the allowed lateness has its windows recomputed from Cassandra `trades`
+    /// this long after it arrived, together with every other such trade of the same windows
+    /// meanwhile: each window is recomputed at most once per this interval. Milliseconds.
+    pub correction_delay_ms: u64,
     /// Emit in-progress (not final) candles this often, in milliseconds; 0 turns it off. Only
     /// live windows fire early: those that ended less than a window length ago by the wall clock.
     pub early_firing_interval_ms: u64,
@@ -80,6 +86,7 @@ impl Default for AggregatorConfig {
             out_of_orderness_ms: 2_000,
             allowed_lateness_ms: 60_000,
             idle_timeout_ms: 30_000,
+            correction_delay_ms: 1_000,
             early_firing_interval_ms: 1_000,
             checkpoint_interval_ms: 5_000,
             write_trades: true,
@@ -98,6 +105,7 @@ impl AggregatorConfig {
             out_of_orderness: ms(self.out_of_orderness_ms),
             allowed_lateness: ms(self.allowed_lateness_ms),
             idle_timeout: ms(self.idle_timeout_ms),
+            correction_delay: ms(self.correction_delay_ms),
             early_firing_interval: (self.early_firing_interval_ms > 0)
                 .then(|| ms(self.early_firing_interval_ms)),
         }

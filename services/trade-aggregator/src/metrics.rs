@@ -13,6 +13,18 @@ pub const CHECKPOINT_SECONDS: &str = "tickflow_aggregator_checkpoint_duration_se
 pub const CHECKPOINT_BYTES: &str = "tickflow_aggregator_checkpoint_size_bytes";
 pub const HANDOVERS: &str = "tickflow_aggregator_partition_handovers_total";
 pub const OWNED_PARTITIONS: &str = "tickflow_aggregator_owned_partitions";
+pub const CORRECTIONS: &str = "tickflow_aggregator_corrections_total";
+pub const PENDING_CORRECTIONS: &str = "tickflow_aggregator_pending_corrections";
+pub const SOURCES: &str = "tickflow_aggregator_sources";
+
+/// `outcome` of [`CORRECTIONS`]: the window was recomputed from the stored trades and re-emitted.
+pub const CORRECTION_RECOMPUTED: &str = "recomputed";
+/// `outcome` of [`CORRECTIONS`]: not recomputed, trades are not stored (`write_trades` off).
+pub const CORRECTION_NO_TRADE_STORE: &str = "no_trade_store";
+/// `outcome` of [`CORRECTIONS`]: not recomputed, the window is older than the trades' TTL.
+pub const CORRECTION_BEYOND_TTL: &str = "beyond_ttl";
+/// `outcome` of [`CORRECTIONS`]: not recomputed, the window's sums overflow.
+pub const CORRECTION_OVERFLOW: &str = "overflow";
 
 /// `reason` of [`INPUT_ERRORS`]: a record without a value.
 pub const INPUT_EMPTY: &str = "empty";
@@ -39,6 +51,14 @@ pub fn zero_error_counters() {
     for (sink, error_type) in [SINK_TRADES, SINK_CANDLES, SINK_CANDLES_KAFKA, SINK_LATE] {
         zero_counter(SINK_ERRORS, &[("sink", sink), ("error_type", error_type)]);
     }
+    for outcome in [
+        CORRECTION_RECOMPUTED,
+        CORRECTION_NO_TRADE_STORE,
+        CORRECTION_BEYOND_TTL,
+        CORRECTION_OVERFLOW,
+    ] {
+        zero_counter(CORRECTIONS, &[("interval", "1m"), ("outcome", outcome)]);
+    }
     for kind in ["assigned", "revoked", "lost"] {
         zero_counter(HANDOVERS, &[("kind", kind)]);
     }
@@ -52,6 +72,18 @@ pub fn describe() {
          to another instance of the consumer group (revoked, after a checkpoint), or lost \
          (dropped without a checkpoint), by kind."
     );
+    describe_counter!(
+        CORRECTIONS,
+        "Windows beyond the allowed lateness handled after a too-late trade, by interval and outcome: recomputed from the stored trades and re-emitted, or not (no_trade_store, beyond_ttl, overflow)."
+    );
+    describe_gauge!(
+        PENDING_CORRECTIONS,
+        "Windows waiting to be recomputed from the stored trades."
+    );
+    describe_gauge!(
+        SOURCES,
+        "Upstream sources (raw partitions) of the owned input partitions, by state: active (holding the watermark) or idle (left out after idle_timeout)."
+    );
     describe_gauge!(
         OWNED_PARTITIONS,
         "Input partitions this instance aggregates now."
@@ -63,11 +95,11 @@ pub fn describe() {
     );
     describe_counter!(
         CANDLES_EMITTED,
-        "Candle emissions, by kind: final (first final value), early (in progress), late_update (a final value corrected by a late trade)."
+        "Candle emissions, by kind: final (first final value), early (in progress), late_update (a final value corrected by a late trade within the allowed lateness), recomputed (recomputed from the stored trades after a trade beyond it)."
     );
     describe_counter!(
         LATE_DROPPED,
-        "Trades beyond the allowed lateness, sent to the late topic."
+        "Trades beyond the allowed lateness, sent to the late topic (their windows are recomputed: see the corrections counter)."
     );
     describe_counter!(REJECTED, "Trades that could not be aggregated, by reason.");
     describe_gauge!(

@@ -27,7 +27,9 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra::{CandleStore, Checkpoint, CheckpointStore, TradeStore};
+use tickflow_shared::cassandra::{
+    CandleStore, Checkpoint, CheckpointStore, TradeStore, TRADES_TTL,
+};
 use tickflow_shared::config::KafkaConfig;
 use tickflow_shared::domain::{now_micros, Candle, Micros};
 use tickflow_shared::error::Error;
@@ -36,12 +38,16 @@ use tickflow_shared::retry::{self, RetryPolicy};
 use tickflow_shared::service::CassandraHandle;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
+use tickflow_shared::watermark;
 use tickflow_shared::Result;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::metrics::*;
-use crate::operator::{Aggregator, Output, READABLE_STATE_FORMATS, STATE_FORMAT};
+use crate::operator::correction::recompute;
+use crate::operator::{
+    Aggregator, Correction, Emission, Output, READABLE_STATE_FORMATS, STATE_FORMAT,
+};
 use crate::sink::{Batch, Sinks};
 
 /// A question to the running operator: the current candles of an instrument.
@@ -157,7 +163,10 @@ impl Ownership<'_> {
                         cp.state_format
                     )))
                 }
-                None => Offset::Beginning,
+                None => {
+                    operator.start_fresh(p, now_micros());
+                    Offset::Beginning
+                }
             };
             if rewind {
                 tokio::task::block_in_place(|| {
@@ -347,7 +356,10 @@ pub async fn run(
                     None => return Ok(()),
                 };
                 metrics::counter!(TRADES_IN, "instrument" => labels.label(&trade.instrument), "exchange" => trade.exchange.clone()).increment(1);
-                operator.on_trade(partition, &trade, now_micros(), &mut outputs);
+                match watermark::source_header(&message) {
+                    Some(source) => operator.on_trade_from(partition, source, &trade, now_micros(), &mut outputs),
+                    None => operator.on_trade(partition, &trade, now_micros(), &mut outputs),
+                }
                 collect(&mut outputs, &mut batch);
                 if sinks.trades.is_some() {
                     batch.trades.push(trade);
@@ -373,6 +385,19 @@ pub async fn run(
                     return Ok(());
                 }
                 pending = 0;
+                // Every trade read so far has landed in Cassandra: due corrections can read them.
+                // Their candles land before the loop goes on, so no checkpoint is written between
+                // taking a correction out of the state and landing its result.
+                let due = operator.due_corrections(now_micros());
+                if !due.is_empty() {
+                    let waited = Instant::now();
+                    let done = correct(&due, &sinks, &mut batch, shutdown).await?
+                        && sinks.flush(std::mem::take(&mut batch), shutdown).await?;
+                    note_stall(&mut operator, waited);
+                    if !done {
+                        return Ok(());
+                    }
+                }
                 report(&operator, &owned);
             }
             _ = checkpoint_tick.tick() => {
@@ -461,6 +486,68 @@ pub async fn run(
     }
 }
 
+/// Recomputes each due window from the stored trades into `batch`, with a revision above the
+/// stored one. `Ok(false)`: shutdown came first (nothing of it may be checkpointed).
+async fn correct(
+    due: &[Correction],
+    sinks: &Sinks,
+    batch: &mut Batch,
+    shutdown: &Shutdown,
+) -> Result<bool> {
+    let now = now_micros();
+    for correction in due {
+        let key = &correction.key;
+        let interval = correction.interval.as_str();
+        let Some(store) = &sinks.trades else {
+            metrics::counter!(CORRECTIONS, "interval" => interval.to_string(), "outcome" => CORRECTION_NO_TRADE_STORE).increment(1);
+            tracing::warn!(instrument = %key.instrument, interval, window_start = key.start, "window beyond the allowed lateness not recomputed: aggregator.write_trades is off, so no trades are stored to recompute it from");
+            continue;
+        };
+        let end = key.start + key.length;
+        if end <= now.saturating_sub(TRADES_TTL) {
+            metrics::counter!(CORRECTIONS, "interval" => interval.to_string(), "outcome" => CORRECTION_BEYOND_TTL).increment(1);
+            tracing::warn!(instrument = %key.instrument, interval, window_start = key.start, "window beyond the allowed lateness not recomputed: older than the stored trades' TTL");
+            continue;
+        }
+        let Some(trades) = retry::until_ok(
+            "read trades to correct a window",
+            RetryPolicy::DEPENDENCY,
+            shutdown,
+            || store.range(&key.instrument, key.start, end),
+        )
+        .await
+        else {
+            return Ok(false);
+        };
+        let candles = match recompute(correction, &trades) {
+            Ok(c) => c,
+            Err(detail) => {
+                metrics::counter!(CORRECTIONS, "interval" => interval.to_string(), "outcome" => CORRECTION_OVERFLOW).increment(1);
+                tracing::error!(instrument = %key.instrument, interval, window_start = key.start, detail, "window beyond the allowed lateness not recomputed");
+                continue;
+            }
+        };
+        for mut candle in candles {
+            let Some(stored) = retry::until_ok(
+                "read a candle's revision",
+                RetryPolicy::DEPENDENCY,
+                shutdown,
+                || sinks.candles.stored_revision(&candle),
+            )
+            .await
+            else {
+                return Ok(false);
+            };
+            candle.revision = stored.map_or(0, |r| r.saturating_add(1));
+            metrics::counter!(CANDLES_EMITTED, "kind" => Emission::Recomputed.label()).increment(1);
+            batch.add_candle(candle);
+        }
+        metrics::counter!(CORRECTIONS, "interval" => interval.to_string(), "outcome" => CORRECTION_RECOMPUTED).increment(1);
+        tracing::info!(instrument = %key.instrument, interval, window_start = key.start, trades = trades.len(), "window recomputed from the stored trades after a trade beyond the allowed lateness");
+    }
+    Ok(true)
+}
+
 fn collect(outputs: &mut Vec<Output>, batch: &mut Batch) {
     for output in outputs.drain(..) {
         match output {
@@ -500,6 +587,15 @@ fn input_error(reason: &'static str, partition: i32, offset: i64, detail: &str) 
 
 fn report(operator: &Aggregator, partitions: &BTreeSet<i32>) {
     metrics::gauge!(OPEN_WINDOWS).set(operator.open_windows() as f64);
+    metrics::gauge!(PENDING_CORRECTIONS).set(operator.pending_corrections() as f64);
+    let (mut active, mut idle) = (0, 0);
+    for &p in partitions {
+        let (a, i) = operator.sources(p);
+        active += a;
+        idle += i;
+    }
+    metrics::gauge!(SOURCES, "state" => "active").set(active as f64);
+    metrics::gauge!(SOURCES, "state" => "idle").set(idle as f64);
     let now = now_micros();
     for &p in partitions {
         if let Some(w) = operator.watermark(p).filter(|w| *w > Micros::MIN) {

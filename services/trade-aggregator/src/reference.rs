@@ -13,35 +13,44 @@ use crate::operator::Timing;
 pub type CandleMap = BTreeMap<(String, String, Micros), Candle>;
 
 /// The final candles of one input partition's trades, in the order the partition holds them,
-/// keyed by (instrument, venue, window start). Trades the streaming operator must call too late
-/// are returned apart.
+/// keyed by (instrument, venue, window start): every trade counts, since a trade beyond the
+/// allowed lateness has its window recomputed. The trades the streaming operator must call too
+/// late (and send to the late topic) are returned apart.
 pub fn batch_candles(trades: &[Trade], timing: &Timing) -> (CandleMap, Vec<Trade>) {
-    let (accepted, too_late) = classify(trades, timing);
-    (fold(&accepted, timing.window, "1m"), too_late)
+    let too_late = classify(trades, timing);
+    let all: Vec<&Trade> = trades.iter().collect();
+    (fold(&all, timing.window, "1m"), too_late)
 }
 
-/// The final roll-up candles of an interval: every trade the minute windows accepted, grouped
-/// directly by the longer window (not through the minutes).
-pub fn batch_rollups(trades: &[Trade], timing: &Timing, length: Micros, label: &str) -> CandleMap {
-    let (accepted, _) = classify(trades, timing);
-    fold(&accepted, length, label)
+/// The final roll-up candles of an interval: every trade, grouped directly by the longer window
+/// (not through the minutes).
+pub fn batch_rollups(trades: &[Trade], length: Micros, label: &str) -> CandleMap {
+    let all: Vec<&Trade> = trades.iter().collect();
+    fold(&all, length, label)
 }
 
-/// Which trades the minute windows take, and which are too late, replaying the watermark.
-fn classify<'a>(trades: &'a [Trade], timing: &Timing) -> (Vec<&'a Trade>, Vec<Trade>) {
+/// The trades that arrive too late, replaying the watermark: per source (provider and exchange,
+/// as for records without a source header), the newest event time; the watermark is the
+/// smallest of them minus the out-of-orderness, never moving back. No source goes idle here:
+/// the input is read without pause.
+pub fn classify(trades: &[Trade], timing: &Timing) -> Vec<Trade> {
+    let mut newest: BTreeMap<(&str, &str), Micros> = BTreeMap::new();
     let mut watermark = Micros::MIN;
-    let mut accepted = Vec::new();
     let mut too_late = Vec::new();
     for trade in trades {
         let end = trade.event_time.div_euclid(timing.window) * timing.window + timing.window;
         if end.saturating_add(timing.allowed_lateness) <= watermark {
             too_late.push(trade.clone());
-        } else {
-            accepted.push(trade);
         }
-        watermark = watermark.max(trade.event_time.saturating_sub(timing.out_of_orderness));
+        let source = newest
+            .entry((trade.provider.as_str(), trade.exchange.as_str()))
+            .or_insert(trade.event_time);
+        *source = (*source).max(trade.event_time);
+        if let Some(low) = newest.values().min() {
+            watermark = watermark.max(low.saturating_sub(timing.out_of_orderness));
+        }
     }
-    (accepted, too_late)
+    too_late
 }
 
 fn fold(trades: &[&Trade], length: Micros, label: &str) -> CandleMap {

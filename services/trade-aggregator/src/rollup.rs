@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tickflow_shared::domain::Micros;
+use tickflow_shared::domain::{Micros, Trade, CONSOLIDATED_VENUE};
 
 use crate::operator::{Emission, Output};
 use crate::window::{window_start, CandleState, WindowKey};
@@ -85,6 +85,57 @@ impl Rollups {
             window.minutes.insert(minute.start, state.clone());
             window.dirty = true;
         }
+    }
+
+    /// A trade too late for its minute: each roll-up window of it still held takes it at once
+    /// (into the settled part, which no minute emission replaces), and is re-emitted by the next
+    /// [`Rollups::advance`]. Returns the lengths of the intervals whose window is no longer held
+    /// (or whose sum would overflow): those must be recomputed from the stored trades.
+    pub fn on_too_late(&mut self, trade: &Trade, intervals: &[Interval]) -> Vec<Micros> {
+        let mut not_held = Vec::new();
+        for interval in intervals {
+            let start = window_start(trade.event_time, interval.length);
+            let key = |venue: &str| RollupKey {
+                end: start + interval.length,
+                length: interval.length,
+                instrument: trade.instrument.clone(),
+                venue: venue.to_string(),
+            };
+            // The consolidated window takes every trade: if it is not held, the window was
+            // purged (or never had a trade), and only the stored trades can tell its value.
+            if !self.windows.contains_key(&key(CONSOLIDATED_VENUE)) {
+                not_held.push(interval.length);
+                continue;
+            }
+            let Ok(single) = CandleState::new(trade) else {
+                not_held.push(interval.length);
+                continue;
+            };
+            let mut merged = Vec::with_capacity(2);
+            for venue in [trade.exchange.as_str(), CONSOLIDATED_VENUE] {
+                // A venue without a window here had no trade in it yet: it starts with this one.
+                let window = self.windows.get(&key(venue)).cloned().unwrap_or_default();
+                let mut settled = match &window.settled {
+                    Some(s) => s.clone(),
+                    None => single.clone(),
+                };
+                if window.settled.is_some() && settled.merge(&single).is_err() {
+                    break;
+                }
+                merged.push((key(venue), window, settled));
+            }
+            if merged.len() < 2 {
+                not_held.push(interval.length);
+                continue;
+            }
+            // Both or neither: the venue and the consolidated window stay consistent.
+            for (key, mut window, settled) in merged {
+                window.settled = Some(settled);
+                window.dirty = true;
+                self.windows.insert(key, window);
+            }
+        }
+        not_held
     }
 
     /// Fires the roll-ups the watermark has passed, folds the minutes no late trade can change

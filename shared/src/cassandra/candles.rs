@@ -61,6 +61,8 @@ pub struct CandleStore {
     select_day: PreparedStatement,
     upsert_rollup: PreparedStatement,
     select_rollup_day: PreparedStatement,
+    select_revision: PreparedStatement,
+    select_rollup_revision: PreparedStatement,
 }
 
 impl CandleStore {
@@ -93,12 +95,26 @@ impl CandleStore {
             "roll-up select",
         )
         .await?;
+        let select_revision = prepare(
+            &session,
+            format!("SELECT revision FROM {keyspace}.candles_1m WHERE instrument = ? AND venue = ? AND day = ? AND window_start = ?"),
+            "candle revision select",
+        )
+        .await?;
+        let select_rollup_revision = prepare(
+            &session,
+            format!("SELECT revision FROM {keyspace}.candles_rollup WHERE instrument = ? AND venue = ? AND interval = ? AND day = ? AND window_start = ?"),
+            "roll-up revision select",
+        )
+        .await?;
         Ok(Self {
             session,
             upsert,
             select_day,
             upsert_rollup,
             select_rollup_day,
+            select_revision,
+            select_rollup_revision,
         })
     }
 
@@ -116,6 +132,31 @@ impl CandleStore {
         };
         result.map_err(|e| err("upsert candle", e))?;
         Ok(())
+    }
+
+    /// The revision of the stored candle of `c`'s window (same instrument, venue, interval and
+    /// start), if one is stored.
+    pub async fn stored_revision(&self, c: &Candle) -> Result<Option<i32>> {
+        let day = day_of(c.window_start)?;
+        let start = CqlTimestamp(c.window_start.div_euclid(1000));
+        let rows: Vec<(Option<i32>,)> = if c.interval == ONE_MINUTE {
+            select(
+                &self.session,
+                &self.select_revision,
+                (&c.instrument, &c.venue, day, start),
+                "select candle revision",
+            )
+            .await?
+        } else {
+            select(
+                &self.session,
+                &self.select_rollup_revision,
+                (&c.instrument, &c.venue, &c.interval, day, start),
+                "select roll-up revision",
+            )
+            .await?
+        };
+        Ok(rows.into_iter().next().and_then(|(r,)| r))
     }
 
     fn row(c: &Candle) -> Result<CandleRow> {

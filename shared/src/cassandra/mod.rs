@@ -20,7 +20,9 @@ pub use candles::{CandleStore, ONE_MINUTE};
 pub use checkpoints::{Checkpoint, CheckpointStore, CHUNK_BYTES};
 pub use fair_prices::{FairPriceRow, FairPriceStore};
 pub use migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};
-pub use trades::{day_of, from_cql_decimal, to_cql_decimal, TradeStore, PARTITION_BATCH};
+pub use trades::{
+    day_of, from_cql_decimal, to_cql_decimal, TradeStore, PARTITION_BATCH, TRADES_TTL,
+};
 
 use crate::config::{CassandraConfig, ReplicationClass};
 use crate::error::{Error, Result};

@@ -12,7 +12,9 @@ use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp};
 
 use super::{err, prepare, select};
 use crate::domain::decimal_from_unscaled;
-use crate::domain::{epoch_day, i128_from_be_bytes, i128_to_be_bytes_min, Micros, Trade};
+use crate::domain::{
+    epoch_day, i128_from_be_bytes, i128_to_be_bytes_min, Micros, Trade, MICROS_PER_DAY,
+};
 use crate::error::{Error, Result};
 
 const COLUMNS: &str = "instrument, day, event_time_us, exchange, provider, trade_id, event_time, \
@@ -24,6 +26,7 @@ pub struct TradeStore {
     session: Arc<Session>,
     insert: PreparedStatement,
     select_day: PreparedStatement,
+    select_range: PreparedStatement,
 }
 
 /// One row of `trades`; fields match the columns by name.
@@ -64,10 +67,17 @@ impl TradeStore {
             "trades select",
         )
         .await?;
+        let select_range = prepare(
+            &session,
+            format!("SELECT {COLUMNS} FROM {keyspace}.trades WHERE instrument = ? AND day = ? AND event_time_us >= ? AND event_time_us < ?"),
+            "trades select range",
+        )
+        .await?;
         Ok(Self {
             session,
             insert,
             select_day,
+            select_range,
         })
     }
 
@@ -123,28 +133,58 @@ impl TradeStore {
             "select trades",
         )
         .await?;
+        trades_of(rows)
+    }
+
+    /// Every trade of `instrument` with `from <= event_time < to`, newest first: one partition
+    /// read per UTC day the range touches.
+    pub async fn range(&self, instrument: &str, from: Micros, to: Micros) -> Result<Vec<Trade>> {
         let mut trades = Vec::new();
-        for r in rows {
-            trades.push(Trade {
-                price: from_cql_decimal(&r.price)?,
-                size: from_cql_decimal(&r.size)?,
-                side: r.side.parse()?,
-                asset_class: r.asset_class.parse()?,
-                instrument: r.instrument,
-                event_time: r.event_time_us,
-                exchange: r.exchange,
-                provider: r.provider,
-                trade_id: r.trade_id,
-                base: r.base,
-                quote: r.quote,
-                provider_symbol: r.provider_symbol,
-                ingest_time: r.ingest_time_us,
-                normalized_time: r.normalized_time_us,
-                provider_sequence: r.provider_sequence,
-            });
+        if from >= to {
+            return Ok(trades);
+        }
+        let mut day = epoch_day(from);
+        while day <= epoch_day(to - 1) {
+            let rows: Vec<TradeRow> = select(
+                &self.session,
+                &self.select_range,
+                (instrument, day_of(day * MICROS_PER_DAY)?, from, to),
+                "select trades range",
+            )
+            .await?;
+            trades.extend(trades_of(rows)?);
+            day += 1;
         }
         Ok(trades)
     }
+}
+
+/// The default TTL of the `trades` table (V001): older trades are gone, and windows older than
+/// that cannot be recomputed from them.
+pub const TRADES_TTL: Micros = 30 * MICROS_PER_DAY;
+
+fn trades_of(rows: Vec<TradeRow>) -> Result<Vec<Trade>> {
+    let mut trades = Vec::new();
+    for r in rows {
+        trades.push(Trade {
+            price: from_cql_decimal(&r.price)?,
+            size: from_cql_decimal(&r.size)?,
+            side: r.side.parse()?,
+            asset_class: r.asset_class.parse()?,
+            instrument: r.instrument,
+            event_time: r.event_time_us,
+            exchange: r.exchange,
+            provider: r.provider,
+            trade_id: r.trade_id,
+            base: r.base,
+            quote: r.quote,
+            provider_symbol: r.provider_symbol,
+            ingest_time: r.ingest_time_us,
+            normalized_time: r.normalized_time_us,
+            provider_sequence: r.provider_sequence,
+        });
+    }
+    Ok(trades)
 }
 
 /// How many trades [`TradeStore::insert_partition`] callers put in one batch: about 4 KB of

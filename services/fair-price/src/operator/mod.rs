@@ -3,9 +3,11 @@
 //! and an instant of event time, so tests can recompute it.
 //!
 //! Time. Each instrument has its own clock (its newest trade time); the operator has a global
-//! event-time clock, the minimum over active input partitions of their newest trade time, which
-//! follows the wall clock once every partition has been idle for `idle_after` (so heartbeats go
-//! on, and show staleness, when all data stops).
+//! event-time clock, the minimum over the active upstream sources of every input partition of
+//! their newest trade time (the same per-source progress as the aggregator's watermark, see
+//! [`tickflow_shared::watermark`]: a backlog caught up source by source does not make the others
+//! look stale), which follows the wall clock once every source has been idle for `idle_after`
+//! (so heartbeats go on, and show staleness, when all data stops).
 //!
 //! Publication. A trade makes the operator compute its instrument's result as of the
 //! instrument's clock, at most once per `throttle` (counted from the last such computation or
@@ -28,6 +30,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use tickflow_shared::domain::{Micros, Trade, MICROS_PER_SECOND};
 use tickflow_shared::fairprice::{Anomaly, AnomalyKind, FairPrice, Method, Trigger, ANY};
+use tickflow_shared::watermark::{fallback_source, SourceClocks};
 
 use book::Book;
 use compute::{Entry, Outcome, SourceView, Tick};
@@ -148,11 +151,8 @@ impl Instrument {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct PartitionClock {
-    newest: Micros,
-    last_arrival: Micros,
-}
+/// How often, in processing time, sources are checked for idleness (at most).
+const IDLE_CHECK_EVERY: Micros = 100_000;
 
 /// The operator. See the module documentation for its time and publication rules.
 pub struct Operator {
@@ -167,7 +167,9 @@ pub struct Operator {
         HashMap<String, u32, foldhash::fast::FixedState>,
         foldhash::fast::FixedState,
     >,
-    partitions: BTreeMap<i32, PartitionClock>,
+    partitions: BTreeMap<i32, SourceClocks>,
+    /// Processing time sources were last checked for idleness.
+    idle_checked_at: Micros,
     replaying: BTreeSet<i32>,
     /// The global event-time clock; `None` before the first trade.
     clock: Option<Micros>,
@@ -185,6 +187,7 @@ impl Operator {
             index: HashMap::default(),
             source_ids: HashMap::default(),
             partitions: BTreeMap::new(),
+            idle_checked_at: Micros::MIN,
             replaying: BTreeSet::new(),
             clock: None,
             next_boundary: 0,
@@ -207,8 +210,22 @@ impl Operator {
         self.clock
     }
 
-    /// Feeds one trade that arrived (wall clock `now`) on `partition`.
+    /// Feeds one trade that arrived (wall clock `now`) on `partition`, its source named by its
+    /// provider and exchange (see [`fallback_source`]).
     pub fn on_trade(&mut self, partition: i32, trade: &Trade, now: Micros, out: &mut Vec<Output>) {
+        self.on_trade_from(partition, &fallback_source(trade), trade, now, out);
+    }
+
+    /// Feeds one trade of `upstream` (its source, see [`tickflow_shared::watermark`]) that
+    /// arrived (wall clock `now`) on `partition`.
+    pub fn on_trade_from(
+        &mut self,
+        partition: i32,
+        upstream: &str,
+        trade: &Trade,
+        now: Micros,
+        out: &mut Vec<Output>,
+    ) {
         let idx = self.instrument_index(partition, trade);
         let source_id = self.source_id(trade);
         let throttle = self.settings.throttle;
@@ -283,12 +300,10 @@ impl Operator {
             }
         }
 
-        let clock = self.partitions.entry(partition).or_insert(PartitionClock {
-            newest: trade.event_time,
-            last_arrival: now,
-        });
-        clock.newest = clock.newest.max(trade.event_time);
-        clock.last_arrival = now;
+        self.partitions
+            .entry(partition)
+            .or_default()
+            .observe(upstream, trade.event_time, now);
         self.advance(now, out);
     }
 
@@ -346,26 +361,39 @@ impl Operator {
     /// clock through it and mark every source stale while trades wait in Kafka.
     pub fn exclude_stall(&mut self, stall: Micros) {
         for p in self.partitions.values_mut() {
-            p.last_arrival = p.last_arrival.saturating_add(stall);
+            p.exclude_stall(stall);
         }
     }
 
-    fn global_time(&self, now: Micros) -> Option<Micros> {
+    fn global_time(&mut self, now: Micros) -> Option<Micros> {
         let idle_after = self.settings.idle_after;
+        if now.saturating_sub(self.idle_checked_at) >= IDLE_CHECK_EVERY.min(idle_after) {
+            self.idle_checked_at = now;
+            for p in self.partitions.values_mut() {
+                p.mark_idle(now, idle_after);
+            }
+        }
         let active = self
             .partitions
-            .values()
-            .filter(|p| now - p.last_arrival < idle_after)
-            .map(|p| p.newest)
+            .values_mut()
+            .filter_map(SourceClocks::low)
             .min();
         let base = match active {
             Some(t) => t,
             None => {
-                // Every partition idle: the clock runs on with the wall clock from the newest
+                // Every source idle: the clock runs on with the wall clock from the newest
                 // trade seen.
-                let newest = self.partitions.values().max_by_key(|p| p.last_arrival)?;
-                let all_newest = self.partitions.values().map(|p| p.newest).max()?;
-                all_newest.max(newest.newest + (now - newest.last_arrival))
+                let (newest_of_last, last_arrival) = self
+                    .partitions
+                    .values()
+                    .filter_map(SourceClocks::last_arrival)
+                    .max_by_key(|&(_, at)| at)?;
+                let all_newest = self
+                    .partitions
+                    .values()
+                    .filter_map(SourceClocks::newest)
+                    .max()?;
+                all_newest.max(newest_of_last + (now - last_arrival))
             }
         };
         Some(self.clock.map_or(base, |c| c.max(base)))

@@ -237,10 +237,14 @@ fn changes_are_throttled_in_event_time_and_released_by_the_clock() {
     assert_eq!(published[1].computed_at, T0 + 100 * MS);
     assert_eq!(published[1].price, Some(d("101")), "{published:#?}");
     assert_eq!(published[1].sources_used.len(), 1);
-    // Another source moves the clock past T0 + 200 ms: b's arrival is published as of then.
-    let mut other = trade("a", "a", T0 + 250 * MS, "1", "1");
-    other.instrument = "ETH-USD".into();
-    op.on_trade(0, &other, 0, &mut out);
+    // Trades of another instrument move both sources, and so the clock, past T0 + 200 ms: b's
+    // arrival is published as of then. (One source alone cannot: the clock is the slowest
+    // active source's.)
+    for name in ["a", "b"] {
+        let mut other = trade(name, name, T0 + 250 * MS, "1", "1");
+        other.instrument = "ETH-USD".into();
+        op.on_trade(0, &other, 0, &mut out);
+    }
     let published = prices(&out);
     let btc: Vec<&&FairPrice> = published
         .iter()
@@ -379,7 +383,9 @@ fn a_silent_source_raises_no_data_for_it_and_its_provider_then_recovers() {
             if name == "c" && silent {
                 continue;
             }
-            op.on_trade(0, &trade(name, name, t, "100", "1"), 0, &mut out);
+            // Processing time runs with event time: the silent source goes idle and stops
+            // holding the clock back.
+            op.on_trade(0, &trade(name, name, t, "100", "1"), t - T0, &mut out);
         }
     }
     let kinds: Vec<(AnomalyKind, String)> = anomalies(&out)

@@ -2,22 +2,38 @@
 //! `advance` fires what the watermark has passed, emits early firings and purges; snapshots of
 //! one input partition's state go into checkpoints.
 //!
-//! Time is event time. Each input partition has its own watermark: the largest event time seen
-//! minus the bounded out-of-orderness. Trades are keyed by instrument, so every window lives in
-//! exactly one partition, and its watermark is that partition's. This keeps results a function
-//! of each partition's record order alone: a replay after a crash classifies every trade (on
-//! time, late, too late) exactly as the first run did. A partition that has had no record for
-//! `idle_timeout` of processing time lets its watermark follow the wall clock, so the last windows
-//! of a quiet instrument still close. Time the pipeline could not read its input (waiting for a
-//! sink or a checkpoint) does not count: see [`Aggregator::exclude_stall`].
+//! Time is event time. Each input partition has its own watermark, and inside the partition each
+//! upstream source (the raw partition a trade was normalized from, see
+//! [`tickflow_shared::watermark`]) has its own progress: the partition's watermark is the
+//! smallest newest event time over its active sources, minus the bounded out-of-orderness, so a
+//! backlog caught up source by source cannot make another source's trades late. A source with no
+//! record for `idle_timeout` of processing time is left out until it sends again; when every
+//! source of a partition is idle, the watermark follows the wall clock, so the last windows of a
+//! quiet instrument still close. Time the pipeline could not read its input (waiting for a sink
+//! or a checkpoint) does not count: see [`Aggregator::exclude_stall`]. Trades are keyed by
+//! instrument, so every window lives in exactly one partition. Per-source progress and idle
+//! flags are checkpointed: between two `advance` calls a record's fate (on time, late, too late)
+//! is a function of the partition's record order alone.
+//!
+//! Late is never lost. A trade within the allowed lateness corrects its window in memory. A
+//! trade beyond it (its minute no longer held) goes to the late topic as the audit of what came
+//! late, is merged into the roll-up windows still held, and schedules a recomputation of its
+//! minute and of every roll-up window no longer held, from the stored trades (see
+//! [`correction`]): the pipeline reads them from Cassandra once the trade itself has landed
+//! there, and re-emits the windows with a higher revision.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{Candle, Micros, Trade, CONSOLIDATED_VENUE, MICROS_PER_SECOND};
 
+use tickflow_shared::watermark::{fallback_source, SourceClocks};
+
 use crate::rollup::{Interval, Rollups};
 use crate::window::{window_start, CandleState, WindowKey};
+
+pub mod correction;
+pub use correction::{Correction, CorrectionKey};
 
 /// The operator's timing, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +44,9 @@ pub struct Timing {
     pub idle_timeout: Micros,
     /// Emit in-progress candles of changed windows this often (processing time); `None`: never.
     pub early_firing_interval: Option<Micros>,
+    /// A window beyond the allowed lateness is recomputed this long (processing time) after the
+    /// first too-late trade that needs it, together with every other one meanwhile.
+    pub correction_delay: Micros,
 }
 
 impl Default for Timing {
@@ -38,6 +57,7 @@ impl Default for Timing {
             allowed_lateness: 60 * MICROS_PER_SECOND,
             idle_timeout: 30 * MICROS_PER_SECOND,
             early_firing_interval: Some(MICROS_PER_SECOND),
+            correction_delay: MICROS_PER_SECOND,
         }
     }
 }
@@ -51,6 +71,9 @@ pub enum Emission {
     Final,
     /// A final value again, corrected by a late trade within the allowed lateness.
     Correction,
+    /// A final value again, recomputed from the stored trades after a trade beyond the allowed
+    /// lateness.
+    Recomputed,
 }
 
 impl Emission {
@@ -60,6 +83,7 @@ impl Emission {
             Emission::Early => "early",
             Emission::Final => "final",
             Emission::Correction => "late_update",
+            Emission::Recomputed => "recomputed",
         }
     }
 }
@@ -80,6 +104,14 @@ pub enum Output {
 pub struct PartitionState {
     /// Largest event time seen in this partition.
     pub max_event_time: Option<Micros>,
+    /// Progress of each upstream source. (Absent from checkpoints written before it existed.)
+    #[serde(default)]
+    pub sources: SourceClocks,
+    /// Windows beyond the allowed lateness waiting to be recomputed from the stored trades, with
+    /// the processing time they are due. Checkpointed: a too-late trade read before a checkpoint
+    /// has its correction done by whoever restores it.
+    #[serde(default, with = "correction::pending")]
+    pub corrections: BTreeMap<CorrectionKey, Micros>,
     /// Watermark, monotone. `i64::MIN` before the first trade.
     pub watermark: Micros,
     /// Open windows (not yet purged) by window end, then instrument, then venue. Lookups by
@@ -132,8 +164,21 @@ impl Aggregator {
         self.timing
     }
 
-    /// Adds one trade of `partition`, received at processing time `now`.
+    /// Adds one trade of `partition`, received at processing time `now`, its source named by
+    /// its provider and exchange (see [`fallback_source`]).
     pub fn on_trade(&mut self, partition: i32, trade: &Trade, now: Micros, out: &mut Vec<Output>) {
+        self.on_trade_from(partition, &fallback_source(trade), trade, now, out);
+    }
+
+    /// Adds one trade of `partition` from `source`, received at processing time `now`.
+    pub fn on_trade_from(
+        &mut self,
+        partition: i32,
+        source: &str,
+        trade: &Trade,
+        now: Micros,
+        out: &mut Vec<Output>,
+    ) {
         let timing = self.timing;
         let interval = self.interval.clone();
         let rollup_intervals = self.rollups.clone();
@@ -151,6 +196,7 @@ impl Aggregator {
                 trade: trade.clone(),
                 watermark: state.watermark,
             });
+            correction::schedule(state, trade, &timing, &rollup_intervals, now);
         } else {
             let late = end <= state.watermark;
             let bin = state.windows.entry(end).or_default();
@@ -175,9 +221,12 @@ impl Aggregator {
                 }
             }
         }
-        let watermark = trade.event_time.saturating_sub(timing.out_of_orderness);
-        let state = self.partition(partition);
-        state.watermark = state.watermark.max(watermark);
+        state.sources.observe(source, trade.event_time, now);
+        if let Some(low) = state.sources.low() {
+            state.watermark = state
+                .watermark
+                .max(low.saturating_sub(timing.out_of_orderness));
+        }
     }
 
     /// The pipeline could not read its input for `stall` (a sink or a checkpoint waited for
@@ -187,6 +236,7 @@ impl Aggregator {
     pub fn exclude_stall(&mut self, stall: Micros) {
         for state in self.partitions.values_mut() {
             state.last_record_at = state.last_record_at.saturating_add(stall);
+            state.sources.exclude_stall(stall);
         }
     }
 
@@ -206,9 +256,18 @@ impl Aggregator {
         let live_from = now.saturating_sub(timing.window);
         let intervals = &self.rollups;
         for state in self.partitions.values_mut() {
-            if state.max_event_time.is_some()
-                && now.saturating_sub(state.last_record_at) >= timing.idle_timeout
-            {
+            state.sources.mark_idle(now, timing.idle_timeout);
+            // A checkpoint from before per-source progress has no sources: the partition as a
+            // whole counts as one until its first record.
+            let all_idle = state.sources.all_idle()
+                || (state.sources.is_empty()
+                    && state.max_event_time.is_some()
+                    && now.saturating_sub(state.last_record_at) >= timing.idle_timeout);
+            if let Some(low) = state.sources.low() {
+                state.watermark = state
+                    .watermark
+                    .max(low.saturating_sub(timing.out_of_orderness));
+            } else if all_idle {
                 let follow = now
                     .saturating_sub(timing.idle_timeout)
                     .saturating_sub(timing.out_of_orderness);
@@ -292,8 +351,17 @@ impl Aggregator {
         };
         let mut state: PartitionState = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
         state.last_record_at = now;
+        state.sources.restored(now);
         self.partitions.insert(partition, state);
         Ok(())
+    }
+
+    /// Starts `partition` from its beginning, without a checkpoint: its sources are not known
+    /// yet, so its watermark waits one idle timeout for them (see
+    /// [`SourceClocks::await_unseen`]).
+    pub fn start_fresh(&mut self, partition: i32, now: Micros) {
+        self.partitions.remove(&partition);
+        self.partition(partition).sources.await_unseen(now);
     }
 
     /// Forgets a partition (after it was handed to another instance).
@@ -303,6 +371,13 @@ impl Aggregator {
 
     pub fn watermark(&self, partition: i32) -> Option<Micros> {
         self.partitions.get(&partition).map(|s| s.watermark)
+    }
+
+    /// (active, idle) upstream sources of a partition.
+    pub fn sources(&self, partition: i32) -> (usize, usize) {
+        self.partitions
+            .get(&partition)
+            .map_or((0, 0), |s| s.sources.counts())
     }
 
     /// Windows held over all partitions.

@@ -17,6 +17,7 @@ fn timing() -> Timing {
         allowed_lateness: 60 * S,
         idle_timeout: 30 * S,
         early_firing_interval: None,
+        correction_delay: S,
     }
 }
 
@@ -60,7 +61,7 @@ fn latest_of(outputs: &[Output], interval: &str) -> BTreeMap<(String, String, Mi
 /// Every roll-up's last emission equals the batch computation over the longer window.
 fn assert_rollups_equal_the_batch(outputs: &[Output], trades: &[Trade], intervals: &[Interval]) {
     for interval in intervals {
-        let expected = batch_rollups(trades, &timing(), interval.length, &interval.label);
+        let expected = batch_rollups(trades, interval.length, &interval.label);
         let got = latest_of(outputs, &interval.label);
         assert_eq!(got.len(), expected.len(), "{}", interval.label);
         for (key, candle) in &expected {
@@ -70,6 +71,16 @@ fn assert_rollups_equal_the_batch(outputs: &[Output], trades: &[Trade], interval
                 interval.label,
                 got[key]
             );
+        }
+    }
+}
+
+/// What the pipeline does with the due corrections: recompute each window from the stored
+/// trades (here every trade of the test, as Cassandra `trades` holds them) and emit it last.
+fn correct(op: &mut Aggregator, stored: &[Trade], out: &mut Vec<Output>) {
+    for c in op.due_corrections(Micros::MAX) {
+        for candle in correction::recompute(&c, stored).unwrap() {
+            out.push(Output::Candle(candle, Emission::Recomputed));
         }
     }
 }
@@ -89,10 +100,12 @@ fn nasty_stream() -> Vec<Trade> {
         trade("a", "x", T0 + S, "100", "1"),
         trade("b", "y", T0 + 30 * S, "101", "2"),
         trade("c", "x", T0 + 10 * S, "99", "1"), // out of order, same window
-        trade("d", "x", T0 + MIN + S, "102", "1"),
-        trade("e", "y", T0 + MIN + 5 * S, "103", "1"), // watermark passes T0+MIN: window 0 fires
-        trade("f", "x", T0 + 50 * S, "98", "3"),       // late, within lateness: corrected
+        trade("d", "x", T0 + MIN + 3 * S, "102", "1"),
+        // Both sources past T0+MIN+2s: the watermark passes T0+MIN, window 0 fires.
+        trade("e", "y", T0 + MIN + 5 * S, "103", "1"),
+        trade("f", "x", T0 + 50 * S, "98", "3"), // late, within lateness: corrected
         trade("g", "x", T0 + 3 * MIN, "104", "1"),
+        trade("g2", "y", T0 + 3 * MIN + S, "104", "1"),
         trade("h", "y", T0 + 20 * S, "97", "1"), // window 0 closed > 60 s ago: too late
         trade("i", "x", T0 + 3 * MIN, "105", "1"), // same event time as g
         trade("j", "x", T0 + 5 * MIN, "106", "1"),
@@ -105,6 +118,7 @@ fn final_candles_equal_the_batch_recomputation() {
     let mut op = Aggregator::new(timing());
     let mut out = run(&mut op, &trades, T0);
     op.advance(T0 + 3600 * S, &mut out); // idle: everything closes
+    correct(&mut op, &trades, &mut out);
     let (expected, too_late) = batch_candles(&trades, &timing());
     let got = latest(&out);
     assert_eq!(got.len(), expected.len());
@@ -299,6 +313,7 @@ fn snapshot_and_restore_anywhere_give_the_same_result() {
     let mut whole = Aggregator::new(timing());
     let mut expected = run(&mut whole, &trades, T0);
     whole.advance(T0 + 3600 * S, &mut expected);
+    correct(&mut whole, &trades, &mut expected);
     for cut in 0..trades.len() {
         let mut before = Aggregator::new(timing());
         let mut out = run(&mut before, &trades[..cut], T0);
@@ -307,6 +322,7 @@ fn snapshot_and_restore_anywhere_give_the_same_result() {
         after.restore(0, &snapshot, STATE_FORMAT, T0).unwrap();
         out.extend(run(&mut after, &trades[cut..], T0));
         after.advance(T0 + 3600 * S, &mut out);
+        correct(&mut after, &trades, &mut out);
         let (a, b) = (latest(&out), latest(&expected));
         assert_eq!(a.len(), b.len(), "cut at {cut}");
         for (key, candle) in &b {
@@ -384,6 +400,7 @@ fn rollups_equal_a_batch_over_the_longer_window() {
     let mut op = Aggregator::new(timing()).with_rollups(intervals.clone());
     let mut out = run(&mut op, &trades, T0);
     op.advance(T0 + 3600 * S, &mut out);
+    correct(&mut op, &trades, &mut out);
     assert_rollups_equal_the_batch(&out, &trades, &intervals);
 }
 
@@ -394,6 +411,7 @@ fn rollups_survive_snapshot_and_restore() {
     let mut whole = Aggregator::new(timing()).with_rollups(intervals.clone());
     let mut expected = run(&mut whole, &trades, T0);
     whole.advance(T0 + 3600 * S, &mut expected);
+    correct(&mut whole, &trades, &mut expected);
     for cut in 0..trades.len() {
         let mut before = Aggregator::new(timing()).with_rollups(intervals.clone());
         let mut out = run(&mut before, &trades[..cut], T0);
@@ -403,6 +421,7 @@ fn rollups_survive_snapshot_and_restore() {
             .unwrap();
         out.extend(run(&mut after, &trades[cut..], T0));
         after.advance(T0 + 3600 * S, &mut out);
+        correct(&mut after, &trades, &mut out);
         let (a, b) = (latest_of(&out, "5m"), latest_of(&expected, "5m"));
         assert_eq!(a.len(), b.len(), "cut at {cut}");
         for (key, candle) in &b {
@@ -456,7 +475,163 @@ fn long_rollups_hold_only_the_minutes_that_can_still_change() {
         }
     }
     op.advance(T0 + 24 * 3600 * S, &mut out);
+    correct(&mut op, &trades, &mut out);
     // The minute being filled, the one closing and the one within its allowed lateness.
     assert!(most <= 3, "a roll-up window held {most} minutes apart");
+    assert_rollups_equal_the_batch(&out, &trades, &intervals);
+}
+
+/// Trades of `sources` (one exchange each) over `minutes`, one every `every`, each source's
+/// trades in its own order.
+fn block(source: &str, from: Micros, minutes: i64, every: Micros) -> Vec<Trade> {
+    (0..minutes * MIN / every)
+        .map(|i| {
+            trade(
+                &format!("{source}{i}"),
+                source,
+                from + i * every,
+                &format!("{}.{}", 100 + i % 9, i % 7),
+                "0.5",
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_backlog_caught_up_source_by_source_makes_no_trade_late() {
+    // Five minutes of three sources, read as a backlog: all of a's, then b's, then c's (a
+    // normalizer catching up raw partitions one after the other). With one watermark for the
+    // partition, b's and c's trades would all be too late.
+    let mut trades = block("a", T0, 5, 2 * S);
+    trades.extend(block("b", T0 + S, 5, 3 * S));
+    trades.extend(block("c", T0 + 500_000, 5, 5 * S));
+    let mut op = Aggregator::new(timing());
+    let mut out = Vec::new();
+    let now = T0 + 20 * MIN;
+    // No checkpoint: the sources are not known when the first block comes.
+    op.start_fresh(0, now);
+    for t in &trades {
+        op.on_trade_from(0, &format!("md.raw.{}:0", t.exchange), t, now, &mut out);
+        op.advance(now, &mut out);
+    }
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::TooLate { .. })),
+        "{:?}",
+        out.iter()
+            .filter(|o| matches!(o, Output::TooLate { .. }))
+            .count()
+    );
+    assert_eq!(op.pending_corrections(), 0);
+    op.advance(now + 3600 * S, &mut out);
+    // The reference replays a partition whose sources are known from the start, so it is not
+    // asked which trades are late here; the candles must be whole without any correction.
+    let (expected, _) = batch_candles(&trades, &timing());
+    let got = latest(&out);
+    assert_eq!(got.len(), expected.len());
+    for (key, candle) in &expected {
+        assert!(same_values(&got[key], candle), "{key:?}");
+    }
+}
+
+#[test]
+fn a_silent_source_holds_the_watermark_until_its_own_idle_timeout() {
+    let mut op = Aggregator::new(timing());
+    let mut out = Vec::new();
+    op.on_trade_from(0, "q", &trade("q1", "q", T0 + S, "1", "1"), T0, &mut out);
+    // p goes on for minutes; q stays silent.
+    for i in 0..20 {
+        let now = T0 + i * S;
+        op.on_trade_from(
+            0,
+            "p",
+            &trade(&format!("p{i}"), "p", T0 + i * 10 * S, "2", "1"),
+            now,
+            &mut out,
+        );
+        op.advance(now, &mut out);
+    }
+    assert_eq!(op.watermark(0), Some(T0 - S), "q holds the partition back");
+    assert!(out.is_empty(), "nothing closes while q is active: {out:?}");
+    // 30 s after q's last record, q is left out: p alone moves the watermark.
+    op.advance(T0 + 30 * S, &mut out);
+    assert_eq!(op.watermark(0), Some(T0 + 190 * S - 2 * S));
+    assert_eq!(op.sources(0), (1, 1));
+    assert!(!out.is_empty(), "the first minutes close");
+    // q comes back: it holds the watermark again from its new record on (no moving back).
+    let before = op.watermark(0);
+    op.on_trade_from(
+        0,
+        "q",
+        &trade("q2", "q", T0 + 100 * S, "1", "1"),
+        T0 + 31 * S,
+        &mut out,
+    );
+    assert_eq!(op.sources(0), (2, 0));
+    assert_eq!(op.watermark(0), before);
+}
+
+#[test]
+fn a_trade_beyond_the_lateness_is_recomputed_once_with_its_window() {
+    let intervals = vec![
+        Interval::parse("5m").unwrap(),
+        Interval::parse("15m").unwrap(),
+    ];
+    let mut op = Aggregator::new(timing()).with_rollups(intervals.clone());
+    let mut trades = block("x", T0, 20, 5 * S);
+    let mut out = Vec::new();
+    for t in &trades {
+        op.on_trade(0, t, T0, &mut out);
+        op.advance(T0, &mut out);
+    }
+    // Three trades of the first minute, 19 minutes late: the minute and its 5-minute window
+    // are gone, the 15-minute window [T0+15m, T0+30m) is not concerned, [T0, T0+15m) is gone too.
+    let late: Vec<Trade> = (0..3)
+        .map(|i| trade(&format!("late{i}"), "x", T0 + (10 + i) * S, "50", "1"))
+        .collect();
+    // And one for the 15-minute window still held: [T0+15m, T0+30m), minute T0+16m.
+    let held = trade("late-held", "x", T0 + 16 * MIN + S, "51", "1");
+    let now = T0 + 10 * S;
+    for t in late.iter().chain([&held]) {
+        op.on_trade(0, t, now, &mut out);
+    }
+    trades.extend(late.iter().cloned());
+    trades.push(held.clone());
+    let too_late = out
+        .iter()
+        .filter(|o| matches!(o, Output::TooLate { .. }))
+        .count();
+    assert_eq!(too_late, 4, "each one is audited on the late topic");
+    // Coalesced: minute T0, 5m T0 and 15m T0 once each, and minute T0+16m. The roll-ups of
+    // T0+16m (5m from T0+15m, 15m from T0+15m) are still held: they take the trade at once.
+    assert_eq!(op.pending_corrections(), 4);
+    assert!(
+        op.due_corrections(now + S - 1).is_empty(),
+        "not due before the delay"
+    );
+    let snapshot = op.snapshot(0).unwrap();
+    let mut restored = Aggregator::new(timing()).with_rollups(intervals.clone());
+    restored.restore(0, &snapshot, STATE_FORMAT, now).unwrap();
+    assert_eq!(
+        restored.pending_corrections(),
+        4,
+        "pending corrections are checkpointed"
+    );
+    let due = op.due_corrections(now + S);
+    assert_eq!(due.len(), 4);
+    assert_eq!(op.pending_corrections(), 0);
+    let mut labels: Vec<&str> = due.iter().map(|c| c.interval.as_str()).collect();
+    labels.sort_unstable();
+    assert_eq!(labels, ["15m", "1m", "1m", "5m"]);
+    for c in &due {
+        for candle in correction::recompute(c, &trades).unwrap() {
+            out.push(Output::Candle(candle, Emission::Recomputed));
+        }
+    }
+    op.advance(T0 + 3600 * S, &mut out);
+    let (expected, _) = batch_candles(&trades, &timing());
+    let got = latest(&out);
+    for (key, candle) in &expected {
+        assert!(same_values(&got[key], candle), "{key:?}");
+    }
     assert_rollups_equal_the_batch(&out, &trades, &intervals);
 }

@@ -130,8 +130,7 @@ impl Scenario {
             expected.extend(candles);
             too_late.extend(late.into_iter().map(|t| t.trade_id));
             for interval in agg.rollup_intervals() {
-                let rollups =
-                    batch_rollups(partition_trades, &timing, interval.length, &interval.label);
+                let rollups = batch_rollups(partition_trades, interval.length, &interval.label);
                 expected_rollups.extend(
                     rollups
                         .into_iter()
