@@ -152,11 +152,12 @@ impl SourceClocks {
         self.sources.values().map(|c| c.newest).max()
     }
 
-    /// The source that sent last: (its newest event time, when it sent).
+    /// The source that sent last (among those that sent last at the same time, the one
+    /// furthest ahead): (its newest event time, when it sent).
     pub fn last_arrival(&self) -> Option<(Micros, Micros)> {
         self.sources
             .values()
-            .max_by_key(|c| c.last_arrival)
+            .max_by_key(|c| (c.last_arrival, c.newest))
             .map(|c| (c.newest, c.last_arrival))
     }
 

@@ -79,9 +79,14 @@ pub struct FairPriceConfig {
     /// Every instrument is published at least this often (event time), trades or not.
     /// Milliseconds.
     pub heartbeat_ms: u64,
-    /// When no trade has arrived for this long (wall clock), the event-time clock advances with
-    /// the wall clock, so heartbeats go on and show staleness. Milliseconds.
+    /// An upstream source (raw partition) without a record for this long (wall clock, while the
+    /// service reads) stops holding the event-time clock back until it sends again.
+    /// Milliseconds.
     pub idle_after_ms: u64,
+    /// Once every source is idle and nothing has arrived for this long (wall clock), the
+    /// event-time clock advances with the wall clock, so heartbeats go on and show staleness.
+    /// Milliseconds.
+    pub wall_clock_after_ms: u64,
     /// On start and on partition assignment, this much input before the committed offset is read
     /// again (without publishing) to rebuild the lookback and the data-quality state.
     /// Milliseconds; at least `lookback_ms`.
@@ -118,6 +123,7 @@ impl Default for FairPriceConfig {
             throttle_ms: 100,
             heartbeat_ms: 1_000,
             idle_after_ms: 2_000,
+            wall_clock_after_ms: 2_000,
             replay_ms: 60_000,
             write_cassandra: true,
             max_in_flight: 64,
@@ -279,6 +285,7 @@ impl FairPriceConfig {
             throttle: ms(self.throttle_ms),
             heartbeat: ms(self.heartbeat_ms),
             idle_after: ms(self.idle_after_ms),
+            wall_clock_after: ms(self.wall_clock_after_ms),
             quality_by_class: by_class,
         }
     }
@@ -335,6 +342,11 @@ impl FairPriceConfig {
         problems.check(
             self.idle_after_ms > 0,
             "fair_price.idle_after_ms",
+            "must be > 0",
+        );
+        problems.check(
+            self.wall_clock_after_ms > 0,
+            "fair_price.wall_clock_after_ms",
             "must be > 0",
         );
         problems.check(

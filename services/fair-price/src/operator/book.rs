@@ -120,6 +120,12 @@ impl Book {
         self.exact
     }
 
+    /// The time of the first trade after `t`.
+    pub fn first_after(&self, t: Micros) -> Option<Micros> {
+        let at = self.entries.partition_point(|k| k.time() <= t);
+        self.entries.get(at).map(Keyed::time)
+    }
+
     /// Adds a trade.
     pub fn push(&mut self, entry: Entry) {
         let Tick { price, size, .. } = entry.tick;

@@ -6,16 +6,24 @@
 //! event-time clock, the minimum over the active upstream sources of every input partition of
 //! their newest trade time (the same per-source progress as the aggregator's watermark, see
 //! [`tickflow_shared::watermark`]: a backlog caught up source by source does not make the others
-//! look stale), which follows the wall clock once every source has been idle for `idle_after`
-//! (so heartbeats go on, and show staleness, when all data stops).
+//! look stale). A source without records for `idle_after` (processing time) stops holding the
+//! clock back; once every source is idle, the clock moves to the newest trade seen, and once
+//! nothing has arrived for `wall_clock_after` it follows the wall clock (so heartbeats go on, and
+//! show staleness, when all data stops).
 //!
-//! Publication. A trade makes the operator compute its instrument's result as of the
-//! instrument's clock, at most once per `throttle` (counted from the last such computation or
-//! publication, whichever is later); the result is published if it changed (price, stale flag,
-//! or which sources count). A trade within the throttle defers the computation to the end of
-//! the throttle, which runs when the global clock passes it. So however fast an instrument
-//! trades, it costs at most one computation per throttle plus one per heartbeat. Every
-//! `heartbeat` boundary of the global clock publishes each instrument not published during the
+//! Trades are read ahead of the clock (one source's block of a backlog before another's), so
+//! everything evaluated as of an instant looks only at the trades at or before it: the lookback,
+//! the rates, and each source's last trade for the data-quality checks.
+//!
+//! Publication. A trade makes the operator compute its instrument's result as of the trade's
+//! time, or as of the end of the `throttle` if the instrument was computed less than a throttle
+//! before (counted from the last such computation or publication, whichever is later), once
+//! the global clock has reached that instant: every active source has reached it, so the result
+//! does not depend on how the sources' trades interleave on the way here. The result is published if it
+//! changed (price, stale flag, or which sources count). So every fair price carries a
+//! non-decreasing `computed_at` per instrument, and however fast an instrument trades it costs at
+//! most one computation per throttle plus one per heartbeat. Every `heartbeat` boundary of the
+//! global clock publishes each instrument not published during the
 //! last heartbeat, and runs the data-quality checks.
 
 pub mod book;
@@ -78,7 +86,10 @@ pub struct Settings {
     pub min_sources_for_outliers: usize,
     pub throttle: Micros,
     pub heartbeat: Micros,
+    /// A source without records this long (processing time) stops holding the clock back.
     pub idle_after: Micros,
+    /// Every source idle and nothing arrived for this long: the clock follows the wall clock.
+    pub wall_clock_after: Micros,
     /// By asset class name (`CRYPTO`, `EQUITY`, `FX`, `OTHER`).
     pub quality_by_class: BTreeMap<&'static str, Quality>,
 }
@@ -98,11 +109,35 @@ struct Source {
     provider: String,
     exchange: String,
     first_event_time: Micros,
+    /// The newest trade as of the last heartbeat boundary evaluated (the data-quality checks
+    /// look at a source as of the boundary, not at trades read ahead of the clock).
     last_event_time: Option<Micros>,
     last_price: Option<Decimal>,
+    /// Trades after that boundary, by event time (among equal times in arrival order): folded
+    /// into `last_*` as boundaries pass them.
+    ahead: VecDeque<(Micros, Decimal)>,
     /// Trade counts per second of event time, for the rate.
     counts: VecDeque<(Micros, u32)>,
     detector: Detector,
+}
+
+impl Source {
+    /// A trade at or before the boundary being evaluated: the newest by event time, among equal
+    /// times the later arrival, is the source's last.
+    fn settle(&mut self, event_time: Micros, price: Decimal) {
+        if self.last_event_time.is_none_or(|t| event_time >= t) {
+            self.last_event_time = Some(event_time);
+            self.last_price = Some(price);
+        }
+    }
+
+    /// Folds the trades up to `at` into the source's last.
+    fn settle_until(&mut self, at: Micros) {
+        while let Some(&(t, price)) = self.ahead.front().filter(|&&(t, _)| t <= at) {
+            self.ahead.pop_front();
+            self.settle(t, price);
+        }
+    }
 }
 
 impl SourceView for Source {
@@ -135,6 +170,7 @@ struct Instrument {
     /// the throttle runs from it, so an instrument is computed at most once per throttle
     /// however fast it trades.
     evaluated_at: Option<Micros>,
+    /// Its newest trade.
     clock: Micros,
     /// The last result published (or computed during replay).
     last: Option<Outcome>,
@@ -260,9 +296,18 @@ impl Operator {
         });
         let source = &mut inst.sources[index];
         source.first_event_time = source.first_event_time.min(trade.event_time);
-        if source.last_event_time.is_none_or(|t| trade.event_time >= t) {
-            source.last_event_time = Some(trade.event_time);
-            source.last_price = Some(trade.price);
+        let evaluated = self.next_boundary - self.settings.heartbeat;
+        if self.clock.is_some() && trade.event_time <= evaluated {
+            // Behind the boundaries already evaluated: it is the source's state as of them.
+            source.settle(trade.event_time, trade.price);
+        } else {
+            let t = trade.event_time;
+            let at = if source.ahead.back().is_none_or(|&(b, _)| b <= t) {
+                source.ahead.len()
+            } else {
+                source.ahead.partition_point(|&(b, _)| b <= t)
+            };
+            source.ahead.insert(at, (t, trade.price));
         }
         let second = trade.event_time.div_euclid(MICROS_PER_SECOND);
         match source.counts.iter_mut().rev().find(|(s, _)| *s == second) {
@@ -274,30 +319,15 @@ impl Operator {
         }
         inst.clock = inst.clock.max(trade.event_time);
 
-        // A change held back until an instant this trade has passed goes out first, as of
-        // that instant.
-        let as_of = inst.clock;
-        if inst.dirty {
-            let due = inst.throttle_from().unwrap_or(as_of) + throttle;
-            if due < as_of {
-                inst.dirty = false;
-                self.throttled.remove(&(due, idx));
-                self.publish_if_changed(idx, due, Trigger::Change, out);
-            }
-        }
-
-        // Change-driven publication, throttled in event time.
-        let inst = &mut self.instruments[idx];
-        match inst.throttle_from() {
-            Some(last) if as_of - last < throttle => {
-                if !inst.dirty {
-                    inst.dirty = true;
-                    self.throttled.insert((last + throttle, idx));
-                }
-            }
-            _ => {
-                self.publish_if_changed(idx, as_of, Trigger::Change, out);
-            }
+        // Change-driven publication, throttled in event time, as of an instant the global clock
+        // has reached (every active source is past it, so the result is final): the change is
+        // queued at its instant, or at the end of the throttle, and `advance` publishes it.
+        if !inst.dirty {
+            let due = inst.throttle_from().map_or(trade.event_time, |last| {
+                trade.event_time.max(last + throttle)
+            });
+            inst.dirty = true;
+            self.throttled.insert((due, idx));
         }
 
         self.partitions
@@ -313,38 +343,40 @@ impl Operator {
         let Some(target) = self.global_time(now) else {
             return;
         };
-        match self.clock {
-            Some(c) if target <= c => return,
-            Some(_) => {}
-            None => {
-                self.clock = Some(target);
-                self.next_boundary = next_multiple(target, self.settings.heartbeat);
-                return;
-            }
-        }
-        // Boundaries b with b < target fire (strictly: every trade at b has been seen).
         let hb = self.settings.heartbeat;
-        let pending = (target - self.next_boundary + hb - 1).div_euclid(hb);
-        if pending > MAX_BOUNDARIES_PER_ADVANCE {
-            let skip = pending - MAX_BOUNDARIES_PER_ADVANCE;
-            tracing::warn!(
-                skipped = skip,
-                "the event-time clock jumped; only the newest heartbeats are evaluated"
-            );
-            self.next_boundary += skip * hb;
+        match self.clock {
+            None => self.next_boundary = next_multiple(target, hb),
+            Some(c) if target > c => {
+                // Boundaries b with b < target fire (strictly: every trade at b has been seen).
+                let pending = (target - self.next_boundary + hb - 1).div_euclid(hb);
+                if pending > MAX_BOUNDARIES_PER_ADVANCE {
+                    let skip = pending - MAX_BOUNDARIES_PER_ADVANCE;
+                    tracing::warn!(
+                        skipped = skip,
+                        "the event-time clock jumped; only the newest heartbeats are evaluated"
+                    );
+                    self.next_boundary += skip * hb;
+                }
+            }
+            Some(_) => {}
         }
+        let clock = self.clock.map_or(target, |c| c.max(target));
+        self.clock = Some(clock);
+        // Changes at or before the clock, and boundaries before it, in event-time order (a
+        // boundary first at equal times).
         loop {
-            let next_throttle = self
+            let change = self
                 .throttled
                 .first()
                 .copied()
-                .filter(|(due, _)| *due < target);
-            let boundary = (self.next_boundary < target).then_some(self.next_boundary);
-            match (next_throttle, boundary) {
+                .filter(|&(due, _)| due <= clock);
+            let boundary = (self.next_boundary < clock).then_some(self.next_boundary);
+            match (change, boundary) {
                 (Some((due, idx)), b) if b.is_none_or(|b| due < b) => {
                     self.throttled.pop_first();
                     self.instruments[idx].dirty = false;
                     self.publish_if_changed(idx, due, Trigger::Change, out);
+                    self.queue_after(idx, due);
                 }
                 (_, Some(b)) => {
                     self.next_boundary += hb;
@@ -353,7 +385,22 @@ impl Operator {
                 _ => break,
             }
         }
-        self.clock = Some(target);
+    }
+
+    /// After instrument `idx` was computed as of `at`, queues the change its trades after `at`
+    /// make (at the first of them, or at the end of the throttle).
+    fn queue_after(&mut self, idx: usize, at: Micros) {
+        let throttle = self.settings.throttle;
+        let inst = &mut self.instruments[idx];
+        if inst.dirty || inst.clock <= at {
+            return;
+        }
+        let Some(next) = inst.book.first_after(at) else {
+            return;
+        };
+        let from = inst.throttle_from().unwrap_or(at);
+        inst.dirty = true;
+        self.throttled.insert((next.max(from + throttle), idx));
     }
 
     /// The pipeline could not read its input for `stall` (waiting for a sink, say): that time
@@ -393,7 +440,12 @@ impl Operator {
                     .values()
                     .filter_map(SourceClocks::newest)
                     .max()?;
-                all_newest.max(newest_of_last + (now - last_arrival))
+                let silent_for = now - last_arrival;
+                if silent_for >= self.settings.wall_clock_after {
+                    all_newest.max(newest_of_last + silent_for)
+                } else {
+                    all_newest
+                }
             }
         };
         Some(self.clock.map_or(base, |c| c.max(base)))
@@ -511,6 +563,7 @@ impl Operator {
             let start = anomalies.len();
             for &i in &inst.order {
                 let source = &mut inst.sources[i];
+                source.settle_until(at);
                 let from = (at - quality.rate_window).div_euclid(MICROS_PER_SECOND);
                 let to = at.div_euclid(MICROS_PER_SECOND);
                 let count: u32 = source

@@ -229,17 +229,13 @@ fn changes_are_throttled_in_event_time_and_released_by_the_clock() {
     // 50 ms later a new price: held back by the 100 ms throttle.
     op.on_trade(0, &trade("a", "a", T0 + 50 * MS, "101", "1"), 0, &mut out);
     assert_eq!(prices(&out).len(), 1);
-    // A trade at +150 ms (a new source) passes the end of the throttle: the held change goes out
-    // first, as of T0 + 100 ms; the new trade is itself within the throttle of that publication.
+    // A trade at +150 ms (a new source) passes the end of the throttle, but source a is still at
+    // +50 ms, so the clock is: nothing goes out yet (a could still trade before +100 ms).
     op.on_trade(0, &trade("b", "b", T0 + 150 * MS, "101", "1"), 0, &mut out);
-    let published = prices(&out);
-    assert_eq!(published.len(), 2, "{published:#?}");
-    assert_eq!(published[1].computed_at, T0 + 100 * MS);
-    assert_eq!(published[1].price, Some(d("101")), "{published:#?}");
-    assert_eq!(published[1].sources_used.len(), 1);
-    // Trades of another instrument move both sources, and so the clock, past T0 + 200 ms: b's
-    // arrival is published as of then. (One source alone cannot: the clock is the slowest
-    // active source's.)
+    assert_eq!(prices(&out).len(), 1, "{:#?}", prices(&out));
+    // Trades of another instrument move both sources, and so the clock, past T0 + 200 ms: the
+    // held change goes out as of T0 + 100 ms (b's trade is after it), then b's arrival as of the
+    // end of the next throttle.
     for name in ["a", "b"] {
         let mut other = trade(name, name, T0 + 250 * MS, "1", "1");
         other.instrument = "ETH-USD".into();
@@ -251,6 +247,9 @@ fn changes_are_throttled_in_event_time_and_released_by_the_clock() {
         .filter(|p| p.instrument == "BTC-USD")
         .collect();
     assert_eq!(btc.len(), 3, "{btc:#?}");
+    assert_eq!(btc[1].computed_at, T0 + 100 * MS);
+    assert_eq!(btc[1].price, Some(d("101")), "{btc:#?}");
+    assert_eq!(btc[1].sources_used.len(), 1);
     assert_eq!(btc[2].computed_at, T0 + 200 * MS);
     assert_eq!(btc[2].sources_used.len(), 2);
 }
@@ -409,6 +408,150 @@ fn a_silent_source_raises_no_data_for_it_and_its_provider_then_recovers() {
         prices(&out).iter().all(|p| p.price.is_some()),
         "a and b carry the price"
     );
+}
+
+/// The silent-source scenario of the test above, as (provider, event time) in event order.
+fn silent_c_trades() -> Vec<(&'static str, Micros)> {
+    let mut trades = Vec::new();
+    for i in 1..=300 {
+        let t = T0 + i * 100 * MS;
+        for name in ["a", "b", "c"] {
+            if name == "c" && (101..251).contains(&i) {
+                continue;
+            }
+            trades.push((name, t));
+        }
+    }
+    trades
+}
+
+#[test]
+fn a_backlog_raises_the_same_anomalies_as_the_live_stream() {
+    // Live: processing time runs with event time, so c goes idle while silent. Backlog: every
+    // trade read at once (a restart caught up), so c holds the clock back until its trades after
+    // the silence come, and the boundaries in between are evaluated then, with c's trades after
+    // them already read: they must not count for c's state as of those boundaries.
+    let run = |live: bool| {
+        let mut op = Operator::new(settings());
+        let mut out = Vec::new();
+        for (name, t) in silent_c_trades() {
+            let now = if live { t - T0 } else { 0 };
+            op.on_trade(0, &trade(name, name, t, "100", "1"), now, &mut out);
+        }
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::Anomaly(a) => Some(a),
+                Output::FairPrice(_) => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let live = run(true);
+    assert!(
+        live.iter()
+            .any(|a| a.kind == AnomalyKind::NoData && a.provider == "c"),
+        "{live:#?}"
+    );
+    assert!(live
+        .iter()
+        .any(|a| a.kind == AnomalyKind::Recovered && a.provider == "c"));
+    assert_eq!(run(false), live);
+}
+
+#[test]
+fn a_backlog_read_source_by_source_publishes_what_the_event_order_does() {
+    // Three sources' trades over 20 s with moving prices, a throttle shorter than their gaps
+    // and a throttle longer: read in event order, and as a restart catches up, each source's
+    // block after the other (every source seen once first, as each raw partition's backlog
+    // starts with its oldest trades).
+    let trades: Vec<(&str, Micros, String)> = (0..400)
+        .flat_map(|i: i64| {
+            ["a", "b", "c"]
+                .into_iter()
+                .enumerate()
+                .map(move |(k, name)| {
+                    let t = T0 + i * 50 * MS + k as i64 * 7 * MS;
+                    (
+                        name,
+                        t,
+                        format!("{}.{:02}", 100 + (i * 7 + k as i64) % 5, (i * 13) % 100),
+                    )
+                })
+        })
+        .collect();
+    let run = |order: &[&(&str, Micros, String)], throttle: Micros| {
+        let mut op = Operator::new(Settings {
+            throttle,
+            ..settings()
+        });
+        let mut out = Vec::new();
+        for (name, t, price) in order {
+            op.on_trade(0, &trade(name, name, *t, price, "1"), 0, &mut out);
+        }
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::FairPrice(fp) => Some(fp),
+                Output::Anomaly(_) => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let in_event_order: Vec<_> = trades.iter().collect();
+    let (firsts, rest) = trades.split_at(3);
+    let mut by_source: Vec<_> = firsts.iter().collect();
+    for name in ["b", "c", "a"] {
+        by_source.extend(rest.iter().filter(|(n, _, _)| *n == name));
+    }
+    for throttle in [10 * MS, 300 * MS] {
+        let expected = run(&in_event_order, throttle);
+        assert!(
+            expected
+                .iter()
+                .filter(|fp| fp.trigger == Trigger::Change)
+                .count()
+                > 20,
+            "{expected:#?}"
+        );
+        assert!(expected
+            .windows(2)
+            .all(|w| w[0].computed_at <= w[1].computed_at));
+        assert_eq!(
+            run(&by_source, throttle),
+            expected,
+            "throttle {throttle} µs"
+        );
+    }
+}
+
+#[test]
+fn with_every_source_idle_the_clock_reaches_the_newest_trade_then_waits_for_wall_clock_after() {
+    let mut op = Operator::new(Settings {
+        wall_clock_after: 60 * S,
+        ..settings()
+    });
+    let mut out = Vec::new();
+    // a runs 10 s ahead of b, all read at once.
+    for i in 0..100 {
+        op.on_trade(
+            0,
+            &trade("b", "b", T0 + i * 100 * MS, "100", "1"),
+            0,
+            &mut out,
+        );
+        op.on_trade(
+            0,
+            &trade("a", "a", T0 + 10 * S + i * 100 * MS, "100", "1"),
+            0,
+            &mut out,
+        );
+    }
+    assert_eq!(op.clock(), Some(T0 + 9_900 * MS), "b holds the clock back");
+    // Both idle (2 s): the clock moves to the newest trade seen, and no further.
+    op.advance(3 * S, &mut out);
+    assert_eq!(op.clock(), Some(T0 + 19_900 * MS));
+    op.advance(59 * S, &mut out);
+    assert_eq!(op.clock(), Some(T0 + 19_900 * MS));
+    // Nothing for 60 s: it follows the wall clock.
+    op.advance(70 * S, &mut out);
+    assert_eq!(op.clock(), Some(T0 + 19_900 * MS + 70 * S));
 }
 
 #[test]
