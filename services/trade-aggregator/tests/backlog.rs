@@ -237,7 +237,17 @@ async fn a_backlog_over_two_raw_topics_leaves_every_candle_exact() {
     std::fs::write(file.path(), instruments_file()).unwrap();
     let group = testkit::unique_name("norm", "backlog", '-');
     let normalizer_env: Vec<(&str, String)> = vec![
-        ("TICKFLOW_NORMALIZER__INPUT_TOPICS", raw.join(",")),
+        // Both raw topics: a regular expression (librdkafka's `^` convention).
+        (
+            "TICKFLOW_NORMALIZER__INPUT_TOPICS",
+            format!(
+                "^({})$",
+                raw.iter()
+                    .map(|t| t.replace('.', "\\."))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            ),
+        ),
         ("TICKFLOW_NORMALIZER__OUTPUT_TOPIC", trades_topic.clone()),
         (
             "TICKFLOW_NORMALIZER__DLQ_TOPIC",
