@@ -215,9 +215,12 @@ async fn a_backlog_over_two_raw_topics_leaves_every_candle_exact() {
     }
     registry.register(&trades_topic, avro::TRADE).await.unwrap();
 
-    // Six minutes of trades, ending ten minutes ago.
+    // Six minutes of trades (and late ones up to 140 s before), all inside the last hour that
+    // has ended, so every roll-up, 1 h included, is final once the watermark follows the wall
+    // clock, whatever the time of day the test runs.
     let mut rng = StdRng::seed_from_u64(25);
-    let t0 = (now_micros() - 16 * 60 * S).div_euclid(60 * S) * 60 * S;
+    let hour = 3_600 * S;
+    let t0 = now_micros().div_euclid(hour) * hour - 50 * 60 * S;
     let first = generate(&mut rng, 12_000, t0, 0);
     let mut raw_out = Raw {
         producer: kafka::producer(&stack.kafka, "it").unwrap(),
