@@ -13,8 +13,8 @@ Conventions:
 - Datasources by fixed uid: tickflow-prometheus and tickflow-cassandra (provisioning/).
 - Template variables instrument (single: CQL reads one partition), provider and exchange
   (multi, All). `job` is the service name (PodMonitor jobLabel).
-- Latency "histograms" are Prometheus summaries today (quantile label), so panels read
-  {quantile="0.99"} and aggregate with max().
+- Latencies are Prometheus histograms (`_bucket` series), so a panel's p99 is
+  histogram_quantile() over the buckets' rate summed across pods.
 - CQL reads one partition: candles_1m (instrument, venue, day), fair_prices (instrument, day),
   fair_price_latest (shard = 0), anomalies (day). `day` is the UTC day of the time range's end:
   the dashboards' timezone is UTC.
@@ -373,23 +373,23 @@ def operations():
                      [prom(f'max by (pod) (tickflow_gateway_queue_depth{{{ns}}})', "{{pod}}")], min_zero=True), w=8)
     b.row("Latency per hop (p50 / p99)")
     b.add(timeseries("Gateway receive → Kafka ack",
-                     [prom(f'max by (provider) (tickflow_gateway_receive_to_ack_seconds{{quantile="0.99", provider=~"$provider", {ns}}})', "p99 {{provider}}"),
-                      prom(f'max by (provider) (tickflow_gateway_receive_to_ack_seconds{{quantile="0.5", provider=~"$provider", {ns}}})', "p50 {{provider}}", "B")],
+                     [prom(f'histogram_quantile(0.99, sum by (le, provider) (rate(tickflow_gateway_receive_to_ack_seconds_bucket{{provider=~"$provider", {ns}}}[$__rate_interval])))', "p99 {{provider}}"),
+                      prom(f'histogram_quantile(0.5, sum by (le, provider) (rate(tickflow_gateway_receive_to_ack_seconds_bucket{{provider=~"$provider", {ns}}}[$__rate_interval])))', "p50 {{provider}}", "B")],
                      unit="s", min_zero=True), w=8)
     b.add(timeseries("Ingest → normalized",
-                     [prom(f'max by (provider) (tickflow_normalizer_ingest_to_normalized_seconds{{quantile="0.99", provider=~"$provider", {ns}}})', "p99 {{provider}}"),
-                      prom(f'max by (provider) (tickflow_normalizer_ingest_to_normalized_seconds{{quantile="0.5", provider=~"$provider", {ns}}})', "p50 {{provider}}", "B")],
+                     [prom(f'histogram_quantile(0.99, sum by (le, provider) (rate(tickflow_normalizer_ingest_to_normalized_seconds_bucket{{provider=~"$provider", {ns}}}[$__rate_interval])))', "p99 {{provider}}"),
+                      prom(f'histogram_quantile(0.5, sum by (le, provider) (rate(tickflow_normalizer_ingest_to_normalized_seconds_bucket{{provider=~"$provider", {ns}}}[$__rate_interval])))', "p50 {{provider}}", "B")],
                      unit="s", min_zero=True), w=8)
     b.add(timeseries("Event time → normalized",
-                     [prom(f'max by (provider) (tickflow_normalizer_event_to_normalized_seconds{{quantile="0.99", provider=~"$provider", {ns}}})', "p99 {{provider}}")],
+                     [prom(f'histogram_quantile(0.99, sum by (le, provider) (rate(tickflow_normalizer_event_to_normalized_seconds_bucket{{provider=~"$provider", {ns}}}[$__rate_interval])))', "p99 {{provider}}")],
                      unit="s", min_zero=True), w=8)
     b.add(timeseries("Trade → fair price on Kafka",
-                     [prom(f'max by (stage) (tickflow_fairprice_latency_seconds{{quantile="0.99", {ns}}})', "p99 from {{stage}} time"),
-                      prom(f'max by (stage) (tickflow_fairprice_latency_seconds{{quantile="0.5", {ns}}})', "p50 from {{stage}} time", "B")],
+                     [prom(f'histogram_quantile(0.99, sum by (le, stage) (rate(tickflow_fairprice_latency_seconds_bucket{{{ns}}}[$__rate_interval])))', "p99 from {{stage}} time"),
+                      prom(f'histogram_quantile(0.5, sum by (le, stage) (rate(tickflow_fairprice_latency_seconds_bucket{{{ns}}}[$__rate_interval])))', "p50 from {{stage}} time", "B")],
                      unit="s", min_zero=True), w=8)
     b.add(timeseries("Normalizer transaction duration",
-                     [prom(f'max(tickflow_normalizer_transaction_duration_seconds{{quantile="0.99", {ns}}})', "p99"),
-                      prom(f'max(tickflow_normalizer_transaction_duration_seconds{{quantile="0.5", {ns}}})', "p50", "B")],
+                     [prom(f'histogram_quantile(0.99, sum by (le) (rate(tickflow_normalizer_transaction_duration_seconds_bucket{{{ns}}}[$__rate_interval])))', "p99"),
+                      prom(f'histogram_quantile(0.5, sum by (le) (rate(tickflow_normalizer_transaction_duration_seconds_bucket{{{ns}}}[$__rate_interval])))', "p50", "B")],
                      unit="s", min_zero=True), w=8)
     b.add(timeseries("Aggregator watermark lag",
                      [prom(f'max by (partition) (tickflow_aggregator_watermark_lag_seconds{{{ns}}})', "partition {{partition}}")],
@@ -440,12 +440,12 @@ def operations():
                            "subscriptions {{provider}}", "C")], min_zero=True), w=8)
     b.row("Cassandra and checkpoints")
     b.add(timeseries("Cassandra write latency (p99)",
-                     [prom(f'max by (sink) (tickflow_aggregator_sink_write_duration_seconds{{quantile="0.99", {ns}}})', "aggregator {{sink}}"),
-                      prom(f'max by (sink) (tickflow_fairprice_sink_write_duration_seconds{{quantile="0.99", {ns}}})', "fair-price {{sink}}", "B")],
+                     [prom(f'histogram_quantile(0.99, sum by (le, sink) (rate(tickflow_aggregator_sink_write_duration_seconds_bucket{{{ns}}}[$__rate_interval])))', "aggregator {{sink}}"),
+                      prom(f'histogram_quantile(0.99, sum by (le, sink) (rate(tickflow_fairprice_sink_write_duration_seconds_bucket{{{ns}}}[$__rate_interval])))', "fair-price {{sink}}", "B")],
                      unit="s", min_zero=True), w=8)
     b.add(timeseries("Checkpoint duration",
-                     [prom(f'max(tickflow_aggregator_checkpoint_duration_seconds{{quantile="0.99", {ns}}})', "p99"),
-                      prom(f'max(tickflow_aggregator_checkpoint_duration_seconds{{quantile="0.5", {ns}}})', "p50", "B")],
+                     [prom(f'histogram_quantile(0.99, sum by (le) (rate(tickflow_aggregator_checkpoint_duration_seconds_bucket{{{ns}}}[$__rate_interval])))', "p99"),
+                      prom(f'histogram_quantile(0.5, sum by (le) (rate(tickflow_aggregator_checkpoint_duration_seconds_bucket{{{ns}}}[$__rate_interval])))', "p50", "B")],
                      unit="s", min_zero=True), w=8)
     b.add(timeseries("Checkpoint size and open windows",
                      [prom(f'max(tickflow_aggregator_checkpoint_size_bytes{{{ns}}})', "checkpoint size (bytes)"),

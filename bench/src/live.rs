@@ -93,6 +93,71 @@ impl Role {
     }
 }
 
+const TRANSACTIONS_WHOLE: &str = "tickflow_normalizer_transaction_duration_seconds";
+const TRANSACTION_STEPS: &str = "tickflow_normalizer_transaction_step_seconds";
+
+/// The cumulative bucket counts of histogram `name` (Prometheus text), over the series whose
+/// labels contain `filter`, summed by upper bound.
+fn buckets(text: &str, name: &str, filter: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(filter))
+    {
+        let Some(le) = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .and_then(|v| {
+                if v == "+Inf" {
+                    Some(f64::INFINITY)
+                } else {
+                    v.parse().ok()
+                }
+            })
+        else {
+            continue;
+        };
+        let Some(count) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        by_le.entry(le.to_bits()).or_insert((le, 0.0)).1 += count;
+    }
+    let mut out: Vec<(f64, f64)> = by_le.into_values().collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The `q` quantile's bucket upper bound (as PromQL's `histogram_quantile` would bound it): the
+/// smallest bound with at least `q` of the observations at or below it. NaN without data.
+fn histogram_quantile(text: &str, name: &str, filter: &str, q: f64) -> f64 {
+    let buckets = buckets(text, name, filter);
+    let Some(&(_, total)) = buckets.last() else {
+        return f64::NAN;
+    };
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total && total > 0.0)
+        .map_or(f64::NAN, |(le, _)| *le)
+}
+
+/// The mean of histogram `name` (`_sum / _count`) over the series whose labels contain `filter`.
+fn histogram_mean(text: &str, name: &str, filter: &str) -> f64 {
+    let total = |suffix: &str| {
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(suffix))
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                    && l.contains(filter)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    total("_sum") / total("_count")
+}
+
 /// Every service's CPU seconds, event count and peak RSS so far at one instant.
 async fn snapshot(running: &BTreeMap<Role, ServiceProcess>) -> BTreeMap<Role, (f64, f64, u64)> {
     let mut out = BTreeMap::new();
@@ -376,22 +441,20 @@ pub async fn run(
         note: "trades on the Trade topic per CPU-second of the four processes (RSS: their sum)"
             .into(),
     };
-    let quantile = |q: &str| {
-        normalizer_metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("tickflow_normalizer_transaction_duration_seconds{")
-                    && l.contains(&format!("quantile=\"{q}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(f64::NAN, f64::max)
-            * 1000.0
+    let step = |label: &str| {
+        let filter = format!("step=\"{label}\"");
+        format!(
+            "{label} {:.1} ms mean, p99 ≤ {:.1} ms",
+            histogram_mean(&normalizer_metrics, TRANSACTION_STEPS, &filter) * 1000.0,
+            histogram_quantile(&normalizer_metrics, TRANSACTION_STEPS, &filter, 0.99) * 1000.0
+        )
     };
     let transactions = format!(
-        "the normalizer's transactions (its own histogram, last minute): p50 {:.1} ms, p99 {:.1} ms; it commits every {} ms while records flow",
-        quantile("0.5"),
-        quantile("0.99"),
-        normalizer::config::NormalizerConfig::default().commit_interval_ms
+        "the normalizer's transactions (its own histograms, whole run): {:.1} ms mean, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms; by step: {}",
+        histogram_mean(&normalizer_metrics, TRANSACTIONS_WHOLE, "") * 1000.0,
+        histogram_quantile(&normalizer_metrics, TRANSACTIONS_WHOLE, "", 0.5) * 1000.0,
+        histogram_quantile(&normalizer_metrics, TRANSACTIONS_WHOLE, "", 0.99) * 1000.0,
+        ["begin", "process", "offsets", "commit"].map(step).join("; ")
     );
     Ok(Live {
         transactions,

@@ -12,7 +12,8 @@
 //! - every 1-minute candle and roll-up in Cassandra equals a batch recomputation from the Trade
 //!   topic;
 //! - every fair price published equals its recomputation from the trades before it;
-//! - every restarted service was ready again within its bound.
+//! - every restarted service was ready again within its bound, and every Kafka consumer killed
+//!   with -9 (normalizer, aggregator, fair-price) consumed again within 10 s of its restart.
 //!
 //! It prints a summary and exits 1 if anything failed. `scripts/chaos` builds and runs it.
 
@@ -78,6 +79,10 @@ struct Args {
     /// A service restarted after kill -9 must answer /readyz 200 within this many seconds.
     #[arg(long, default_value_t = 30)]
     ready_within_s: u64,
+    /// A Kafka consumer (normalizer, aggregator, fair-price) restarted after kill -9 must have
+    /// consumed its first record within this many seconds of its restart.
+    #[arg(long, default_value_t = 10)]
+    consuming_within_s: u64,
     /// After Kafka or Cassandra is back, every service must be ready within this many seconds.
     #[arg(long, default_value_t = 60)]
     recover_within_s: u64,
@@ -112,6 +117,17 @@ impl Service {
             Service::Normalizer => "normalizer",
             Service::Aggregator => "trade-aggregator",
             Service::FairPrice => "fair-price",
+        }
+    }
+
+    /// The counter of records a Kafka consumer has read since it started (`None`: the gateway,
+    /// which consumes no topic).
+    fn consumed_counter(self) -> Option<&'static str> {
+        match self {
+            Service::Gateway => None,
+            Service::Normalizer => Some("tickflow_normalizer_records_total"),
+            Service::Aggregator => Some("tickflow_aggregator_trades_total"),
+            Service::FairPrice => Some("tickflow_fairprice_trades_total"),
         }
     }
 }
@@ -178,6 +194,32 @@ impl Pipeline {
         }
     }
 
+    /// How long from `restarted` until `service` has consumed a record (its counter is above
+    /// zero), or why not within `within` of `restarted`; polled every 50 ms.
+    async fn consuming(
+        &mut self,
+        service: Service,
+        restarted: Instant,
+        within: Duration,
+    ) -> Result<Duration, String> {
+        let counter = service.consumed_counter().expect("a Kafka consumer");
+        let process = self.running.get_mut(&service).expect("a spawned service");
+        loop {
+            let (_, metrics) = process.get("/metrics").await.unwrap_or_default();
+            if testkit::metric_total(&metrics, counter) > 0.0 {
+                return Ok(restarted.elapsed());
+            }
+            if restarted.elapsed() > within {
+                return Err(format!(
+                    "{} consumed nothing within {within:?} of its restart; its log ends:\n{}",
+                    service.binary(),
+                    tail(&process.log(), 30)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// How long until every service is ready.
     async fn all_ready(&mut self, within: Duration) -> Result<Duration, String> {
         let started = Instant::now();
@@ -224,6 +266,8 @@ struct Injected {
     /// From its restart to every affected service ready (`Err`: not within the bound).
     recovered: Result<Duration, String>,
     bound: Duration,
+    /// For a Kafka consumer killed with -9: from its restart to its first record consumed.
+    consuming: Option<(Result<Duration, String>, Duration)>,
 }
 
 /// While the gateway was down, or a provider connection was being dropped, trades the provider
@@ -339,6 +383,7 @@ async fn outage(
         down,
         recovered,
         bound,
+        consuming: None,
     })
 }
 
@@ -567,6 +612,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut injected: Vec<Injected> = Vec::new();
     let mut windows: Vec<LossWindow> = Vec::new();
     let ready_bound = Duration::from_secs(args.ready_within_s);
+    let consuming_bound = Duration::from_secs(args.consuming_within_s);
     let recover_bound = Duration::from_secs(args.recover_within_s);
     let at_s = |i: Instant| i.duration_since(load_started).as_secs_f64();
     let pause = |rng: &mut StdRng, from_ms: u64, to_ms: u64| {
@@ -583,15 +629,30 @@ async fn run(args: Args) -> Result<bool, String> {
             pipeline.kill_hard(service);
             let down = pause(&mut rng, 200, 3_000);
             tokio::time::sleep(down).await;
+            let restarted = Instant::now();
             pipeline.spawn(service);
             let recovered = pipeline.ready(service, ready_bound).await;
+            let consuming = match (&recovered, service.consumed_counter()) {
+                (Ok(_), Some(_)) => Some((
+                    pipeline
+                        .consuming(service, restarted, consuming_bound)
+                        .await,
+                    consuming_bound,
+                )),
+                _ => None,
+            };
             let what = format!("kill -9 {} (round {})", service.binary(), round + 1);
             log(format!(
-                "{what} at +{:.1} s: {}",
+                "{what} at +{:.1} s: {}{}",
                 at_s(killed_at),
                 match &recovered {
                     Ok(d) => format!("ready again {:.1} s after its restart", d.as_secs_f64()),
                     Err(e) => e.clone(),
+                },
+                match &consuming {
+                    Some((Ok(d), _)) => format!(", consuming again after {:.1} s", d.as_secs_f64()),
+                    Some((Err(e), _)) => format!("; {e}"),
+                    None => String::new(),
                 }
             ));
             if service == Service::Gateway {
@@ -607,6 +668,7 @@ async fn run(args: Args) -> Result<bool, String> {
                 down,
                 recovered,
                 bound: ready_bound,
+                consuming,
             });
             if drops_left > 0 && rng.random_bool(0.5) {
                 drops_left -= 1;
@@ -912,6 +974,9 @@ async fn run(args: Args) -> Result<bool, String> {
         if let Err(e) = &fault.recovered {
             failures.push(format!("{}: {e}", fault.what));
         }
+        if let Some((Err(e), _)) = &fault.consuming {
+            failures.push(format!("{}: {e}", fault.what));
+        }
     }
 
     // The summary.
@@ -931,7 +996,37 @@ async fn run(args: Args) -> Result<bool, String> {
                     fault.bound.as_secs()
                 ),
                 Err(_) => format!("NOT ready within {} s", fault.bound.as_secs()),
+            } + &match &fault.consuming {
+                Some((Ok(d), bound)) => format!(
+                    ", consuming after {:>5.1} s (bound {} s)",
+                    d.as_secs_f64(),
+                    bound.as_secs()
+                ),
+                Some((Err(_), bound)) => {
+                    format!(", NOT consuming within {} s", bound.as_secs())
+                }
+                None => String::new(),
             }
+        );
+    }
+    let consuming: Vec<f64> = injected
+        .iter()
+        .filter_map(|f| {
+            f.consuming
+                .as_ref()?
+                .0
+                .as_ref()
+                .ok()
+                .map(|d| d.as_secs_f64())
+        })
+        .collect();
+    if !consuming.is_empty() {
+        let mut sorted = consuming.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!(
+            "kill -9 to consuming again (from the restart): median {:.1} s, max {:.1} s",
+            testkit::percentile(&sorted, 0.5),
+            sorted[sorted.len() - 1]
         );
     }
     let recoveries: Vec<f64> = injected
@@ -1041,6 +1136,7 @@ async fn drop_connection(
         down: recovered.as_ref().copied().unwrap_or_default(),
         recovered,
         bound: Duration::from_secs(30),
+        consuming: None,
     });
 }
 

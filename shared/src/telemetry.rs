@@ -42,9 +42,20 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
     Ok(())
 }
 
-/// Installs the Prometheus recorder and describes the shared metrics.
+/// Upper bounds (seconds) of every latency histogram's buckets: fine from 1 ms to 250 ms, where
+/// the latency targets are, then coarse up to the 5 minutes a backlog can take.
+pub const LATENCY_BUCKETS: [f64; 20] = [
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Installs the Prometheus recorder and describes the shared metrics. Histograms are exported
+/// as Prometheus histograms (`_bucket` series with [`LATENCY_BUCKETS`]), so a quantile can be
+/// aggregated across pods with `histogram_quantile`.
 pub fn init_metrics(service: &str) -> Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        .set_buckets(&LATENCY_BUCKETS)
+        .map_err(|e| Error::Config(format!("metrics buckets: {e}")))?
         .install_recorder()
         .map_err(|e| Error::Config(format!("metrics recorder: {e}")))?;
     describe_shared_metrics();

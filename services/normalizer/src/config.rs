@@ -45,10 +45,14 @@ pub struct NormalizerConfig {
     pub group_id: String,
     /// Transactional id of this instance: stable across its restarts (so a restart fences the
     /// previous incarnation), different between instances. Default: `normalizer-<hostname>`.
+    /// It is also the instance's `group.instance.id` (static membership): a restarted instance
+    /// takes its partitions back at once instead of after the dead one's session timeout.
     pub transactional_id: Option<String>,
-    /// A transaction is committed after this many input records at most...
+    /// A transaction starts as soon as records are ready and takes every record already
+    /// fetched, up to this many...
     pub max_batch: usize,
-    /// ...or after this long, in milliseconds.
+    /// ...and for at most this long after its first record, in milliseconds (a bound under a
+    /// continuous stream, not a wait: a batch ends as soon as no record is ready).
     pub commit_interval_ms: u64,
     /// Trades with an event time later than their receive time plus this are refused
     /// (`event_time_future`), in milliseconds.
@@ -112,15 +116,9 @@ impl NormalizerConfig {
     }
 
     pub fn transactional_id(&self) -> String {
-        self.transactional_id.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME")
-                .ok()
-                .filter(|h| !h.is_empty())
-                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|| "0".into());
-            format!("normalizer-{host}")
-        })
+        self.transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("normalizer-{}", tickflow_shared::kafka::host_name()))
     }
 
     fn validate(&self, problems: &mut Problems) {

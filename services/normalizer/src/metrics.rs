@@ -9,6 +9,7 @@ pub const EVENT_TO_NORMALIZED: &str = "tickflow_normalizer_event_to_normalized_s
 pub const INGEST_TO_NORMALIZED: &str = "tickflow_normalizer_ingest_to_normalized_seconds";
 pub const TRANSACTIONS: &str = "tickflow_normalizer_transactions_total";
 pub const TRANSACTION_SECONDS: &str = "tickflow_normalizer_transaction_duration_seconds";
+pub const TRANSACTION_STEP_SECONDS: &str = "tickflow_normalizer_transaction_step_seconds";
 pub const CONSUMER_LAG: &str = "tickflow_normalizer_consumer_lag_messages";
 pub const INSTRUMENTS: &str = "tickflow_normalizer_instruments";
 pub const DEDUP_HELD: &str = "tickflow_normalizer_dedup_entries";
@@ -51,6 +52,13 @@ pub fn describe() {
         TRANSACTION_SECONDS,
         Unit::Seconds,
         "Time from a batch's first record to its committed transaction."
+    );
+    describe_histogram!(
+        TRANSACTION_STEP_SECONDS,
+        Unit::Seconds,
+        "Each step of a committed transaction, by step: begin, process (decode, normalize, \
+         hand the outputs to the producer), offsets (send the input offsets), commit (the \
+         outputs delivered and the transaction committed)."
     );
     describe_gauge!(
         CONSUMER_LAG,

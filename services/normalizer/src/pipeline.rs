@@ -1,6 +1,8 @@
 //! Consume, normalize, produce: exactly once, with Kafka transactions.
 //!
-//! Records are read in batches (`max_batch` records or `commit_interval_ms`). Each batch is one
+//! Records are read in batches: a batch starts with the first record ready and takes every record
+//! already fetched (up to `max_batch`, within `commit_interval_ms`), so nothing waits for a timer
+//! and a batch under a steady stream is what arrived during the previous commit. Each batch is one
 //! transaction: its trades and dead letters are produced, then the offsets of the next records
 //! to read are sent with the consumer's group metadata, then it commits. No transaction is ever
 //! open while the consumer is polled for a new batch, so a rebalance (served inside the poll)
@@ -142,6 +144,7 @@ impl Pipeline {
         let n = &config.normalizer;
         let mut consumer_config = kafka::consumer_config(&config.kafka, "normalizer", &n.group_id);
         consumer_config.set("statistics.interval.ms", "5000");
+        kafka::static_membership(&mut consumer_config, &n.transactional_id());
         let consumer: Input = consumer_config.create_with_context(Context::default())?;
         consumer.subscribe(&[n.input_topics.as_str()])?;
         let Some(producer) = new_producer(&config, shutdown).await? else {
@@ -161,8 +164,16 @@ impl Pipeline {
         }))
     }
 
-    /// Runs until shutdown; the batch in hand is committed before returning.
+    /// Runs until shutdown; the batch in hand is committed before returning, then the instance
+    /// leaves the consumer group so its partitions move on at once.
     pub async fn run(mut self, shutdown: &Shutdown) -> Result<()> {
+        self.serve(shutdown).await?;
+        kafka::leave_group(&self.consumer, Duration::from_secs(5)).await;
+        tracing::info!("left the consumer group");
+        Ok(())
+    }
+
+    async fn serve(&mut self, shutdown: &Shutdown) -> Result<()> {
         let interval = Duration::from_millis(self.config.normalizer.commit_interval_ms);
         let mut pause = Duration::ZERO;
         loop {
@@ -180,7 +191,7 @@ impl Pipeline {
                 self.context_generation = generation;
                 self.after_rebalance().await?;
             }
-            let batch = self.collect(interval, generation, shutdown).await;
+            let batch = self.collect(interval, generation, shutdown).await?;
             if self.consumer.context().generation.load(Ordering::SeqCst) != generation {
                 // A rebalance came while collecting: drop the batch, re-read from committed.
                 continue;
@@ -234,31 +245,55 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Reads up to `max_batch` records, or what comes within `interval`.
+    /// The next batch: waits up to `interval` for a first record, then takes every record the
+    /// consumer has already fetched, up to `max_batch` and until `interval` after the first. A
+    /// transaction thus starts as soon as there is work, with whatever was fetched meanwhile
+    /// (librdkafka fetches in the background while a commit is in flight), instead of waiting
+    /// for a timer: under a steady stream a batch is what arrived during the previous commit.
     async fn collect(
         &self,
         interval: Duration,
         generation: u64,
         shutdown: &Shutdown,
-    ) -> Vec<Record> {
+    ) -> Result<Vec<Record>> {
         let max = self.config.normalizer.max_batch;
         let mut batch = Vec::with_capacity(max.min(4096));
-        let deadline = tokio::time::Instant::now() + interval;
+        let mut deadline = tokio::time::Instant::now() + interval;
         while batch.len() < max {
+            // Nothing ready after the first record: the batch is complete.
+            let wait_until = if batch.is_empty() {
+                deadline
+            } else {
+                tokio::time::Instant::now().min(deadline)
+            };
             let message = tokio::select! {
-                m = tokio::time::timeout_at(deadline, self.consumer.recv()) => m,
+                biased;
                 () = shutdown.triggered() => break,
+                m = tokio::time::timeout_at(wait_until, self.consumer.recv()) => m,
             };
             match message {
                 Err(_) => break,
-                Ok(Ok(m)) => batch.push(Record {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                }),
+                Ok(Ok(m)) => {
+                    if batch.is_empty() {
+                        deadline = tokio::time::Instant::now() + interval;
+                    }
+                    batch.push(Record {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
+                }
                 Ok(Err(e)) => {
+                    if let Some(fatal) = kafka::fatal_consumer_error(
+                        &e,
+                        self.consumer.client(),
+                        "normalizer.transactional_id",
+                        &self.config.normalizer.transactional_id(),
+                    ) {
+                        return Err(fatal);
+                    }
                     tracing::warn!(error = %e, "consumer error");
                     break;
                 }
@@ -267,7 +302,7 @@ impl Pipeline {
                 break;
             }
         }
-        batch
+        Ok(batch)
     }
 
     /// After a rebalance: forget revoked partitions, seek every owned partition to its committed
@@ -370,6 +405,7 @@ impl Pipeline {
     async fn transact(&mut self, batch: &[Record]) -> Result<(), Failure> {
         let started = Instant::now();
         tokio::task::block_in_place(|| self.producer.begin_transaction()).map_err(classify)?;
+        let begun = Instant::now();
         let mut stats = BatchStats::default();
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         let mut index = self.reference.snapshot();
@@ -501,15 +537,27 @@ impl Pipeline {
             .consumer
             .group_metadata()
             .ok_or_else(|| Failure::Retry("no consumer group metadata yet".into()))?;
+        let processed = Instant::now();
         tokio::task::block_in_place(|| {
             self.producer
                 .send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
         })
         .map_err(classify)?;
+        let offsets_sent = Instant::now();
         tokio::task::block_in_place(|| self.producer.commit_transaction(TXN_TIMEOUT))
             .map_err(classify)?;
+        let committed = Instant::now();
         metrics::counter!(TRANSACTIONS, "outcome" => "committed").increment(1);
-        metrics::histogram!(TRANSACTION_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(TRANSACTION_SECONDS).record((committed - started).as_secs_f64());
+        for (step, from, to) in [
+            ("begin", started, begun),
+            ("process", begun, processed),
+            ("offsets", processed, offsets_sent),
+            ("commit", offsets_sent, committed),
+        ] {
+            metrics::histogram!(TRANSACTION_STEP_SECONDS, "step" => step)
+                .record((to - from).as_secs_f64());
+        }
         stats.emit();
         Ok(())
     }

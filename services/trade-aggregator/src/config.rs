@@ -45,6 +45,11 @@ pub struct AggregatorConfig {
     /// `operator_id` share the partitions through their consumer group, with state hand-over on
     /// rebalances. A list: exactly these (static; instances must own disjoint sets).
     pub partitions: Vec<i32>,
+    /// This instance's identity in the consumer group (`group.instance.id`, static
+    /// membership): stable across its restarts, so a restarted instance takes its partitions
+    /// back at once instead of after the dead one's session timeout; different between live
+    /// instances. Default: `<operator_id>-<hostname>` (on Kubernetes, the pod's name).
+    pub instance_id: Option<String>,
     /// Bounded out-of-orderness of event times, in milliseconds.
     pub out_of_orderness_ms: u64,
     /// How long after a window closes a late trade still corrects it, in milliseconds.
@@ -82,6 +87,7 @@ impl Default for AggregatorConfig {
             candles_topic: names::CANDLES_1M.into(),
             late_topic: names::TRADES_LATE.into(),
             operator_id: "trade-aggregator".into(),
+            instance_id: None,
             partitions: Vec::new(),
             out_of_orderness_ms: 2_000,
             allowed_lateness_ms: 60_000,
@@ -109,6 +115,17 @@ impl AggregatorConfig {
             early_firing_interval: (self.early_firing_interval_ms > 0)
                 .then(|| ms(self.early_firing_interval_ms)),
         }
+    }
+
+    /// `instance_id`, or its default.
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                self.operator_id,
+                tickflow_shared::kafka::host_name()
+            )
+        })
     }
 
     /// The roll-up intervals (those that parse; `validate` reports the others).

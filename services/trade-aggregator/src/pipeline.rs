@@ -205,20 +205,16 @@ type GroupConsumer = StreamConsumer<HandoverContext>;
 fn group_consumer(
     config: &KafkaConfig,
     group_id: &str,
+    instance_id: &str,
 ) -> Result<(GroupConsumer, mpsc::UnboundedReceiver<Handover>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut client = kafka::consumer_config(config, "aggregator", group_id);
-    // Unless `[kafka.librdkafka]` says otherwise: cooperative hand-over, and a crashed
-    // instance's partitions move on after 10 s instead of librdkafka's 45 s.
-    for (key, value) in [
-        ("partition.assignment.strategy", "cooperative-sticky"),
-        ("session.timeout.ms", "10000"),
-        ("heartbeat.interval.ms", "2000"),
-    ] {
-        if client.get(key).is_none() {
-            client.set(key, value);
-        }
+    // Unless `[kafka.librdkafka]` says otherwise: cooperative hand-over, a restarted instance
+    // takes its partitions back at once, and a stopped one's move on after 10 s.
+    if client.get("partition.assignment.strategy").is_none() {
+        client.set("partition.assignment.strategy", "cooperative-sticky");
     }
+    kafka::static_membership(&mut client, instance_id);
     Ok((client.create_with_context(HandoverContext { tx })?, rx))
 }
 
@@ -274,7 +270,8 @@ pub async fn run(
         max_in_flight: agg.max_in_flight,
     };
 
-    let (consumer, mut handovers) = group_consumer(&config.kafka, &agg.operator_id)?;
+    let (consumer, mut handovers) =
+        group_consumer(&config.kafka, &agg.operator_id, &agg.instance_id())?;
     let Some(all) =
         kafka::topic_partitions(&consumer, &config.aggregator.input_topic, shutdown).await
     else {
@@ -329,6 +326,14 @@ pub async fn run(
                 let message = match message {
                     Ok(m) => m,
                     Err(e) => {
+                        if let Some(fatal) = kafka::fatal_consumer_error(
+                            &e,
+                            consumer.client(),
+                            "aggregator.instance_id",
+                            &agg.instance_id(),
+                        ) {
+                            return Err(fatal);
+                        }
                         tracing::warn!(error = %e, "kafka consumer error");
                         continue;
                     }
@@ -360,12 +365,13 @@ pub async fn run(
                     Some(source) => operator.on_trade_from(partition, source, &trade, now_micros(), &mut outputs),
                     None => operator.on_trade(partition, &trade, now_micros(), &mut outputs),
                 }
-                collect(&mut outputs, &mut batch);
+                let finals = collect(&mut outputs, &mut batch);
                 if sinks.trades.is_some() {
                     batch.trades.push(trade);
                 }
                 pending += 1;
-                if pending >= agg.max_batch {
+                // A window the watermark has just closed lands now, not at the next tick.
+                if pending >= agg.max_batch || finals {
                     let waited = Instant::now();
                     let landed = sinks.flush(std::mem::take(&mut batch), shutdown).await?;
                     note_stall(&mut operator, waited);
@@ -480,6 +486,11 @@ pub async fn run(
                 // Rebalances while the consumer closes are applied by the callback itself.
                 handovers.close();
                 tracing::info!("stopped consuming; outputs flushed and checkpointed");
+                if agg.partitions.is_empty() {
+                    // Hand the partitions on now, not after the session timeout.
+                    kafka::leave_group(&consumer, Duration::from_secs(5)).await;
+                    tracing::info!("left the consumer group");
+                }
                 return Ok(());
             }
         }
@@ -548,11 +559,15 @@ async fn correct(
     Ok(true)
 }
 
-fn collect(outputs: &mut Vec<Output>, batch: &mut Batch) {
+/// Moves the operator's outputs into `batch`; `true` if a window's first final value is among
+/// them (it lands at once rather than at the next tick; corrections wait for the tick).
+fn collect(outputs: &mut Vec<Output>, batch: &mut Batch) -> bool {
+    let mut finals = false;
     for output in outputs.drain(..) {
         match output {
             Output::Candle(c, emission) => {
                 metrics::counter!(CANDLES_EMITTED, "kind" => emission.label()).increment(1);
+                finals |= matches!(emission, Emission::Final);
                 batch.add_candle(c);
             }
             Output::TooLate { trade, watermark } => {
@@ -567,6 +582,7 @@ fn collect(outputs: &mut Vec<Output>, batch: &mut Batch) {
             }
         }
     }
+    finals
 }
 
 /// Waits of the loop (a sink, a checkpoint, the registry) longer than this are time the input

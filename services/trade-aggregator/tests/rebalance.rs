@@ -47,6 +47,16 @@ async fn assigned(service: &ServiceProcess) -> f64 {
         .sum()
 }
 
+/// The environment of instance `name`: its own identity in the group (static membership).
+fn instance(scenario: &Scenario, name: &str) -> Vec<(&'static str, String)> {
+    let mut env = scenario.env.clone();
+    env.push((
+        "TICKFLOW_AGGREGATOR__INSTANCE_ID",
+        format!("aggregator-{name}"),
+    ));
+    env
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_move_between_instances_with_their_state_and_nothing_is_lost() {
     // Four partitions (one instrument each), so every instance gets some; a short session
@@ -64,7 +74,7 @@ async fn partitions_move_between_instances_with_their_state_and_nothing_is_lost(
     let binary = env!("CARGO_BIN_EXE_trade-aggregator");
     let mut rng = StdRng::seed_from_u64(11);
 
-    let mut a = ServiceProcess::spawn(binary, &scenario.stack, &scenario.env);
+    let mut a = ServiceProcess::spawn(binary, &scenario.stack, &instance(&scenario, "a"));
     a.wait_for("/readyz", 200, Duration::from_secs(60)).await;
     wait_for_log(
         &a,
@@ -75,7 +85,7 @@ async fn partitions_move_between_instances_with_their_state_and_nothing_is_lost(
     tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..2_000))).await;
 
     // B joins; A is killed right after it has handed partitions over.
-    let mut b = ServiceProcess::spawn(binary, &scenario.stack, &scenario.env);
+    let mut b = ServiceProcess::spawn(binary, &scenario.stack, &instance(&scenario, "b"));
     wait_for_log(&a, "released", Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
     a.kill_hard();
@@ -97,7 +107,7 @@ async fn partitions_move_between_instances_with_their_state_and_nothing_is_lost(
     }
 
     // C joins and B leaves gracefully.
-    let mut c = ServiceProcess::spawn(binary, &scenario.stack, &scenario.env);
+    let mut c = ServiceProcess::spawn(binary, &scenario.stack, &instance(&scenario, "c"));
     c.wait_for("/readyz", 200, Duration::from_secs(60)).await;
     wait_for_log(
         &c,

@@ -85,6 +85,83 @@ pub fn consumer_config(config: &KafkaConfig, role: &str, group_id: &str) -> Clie
     client
 }
 
+/// This host's name: `HOSTNAME`, else `/etc/hostname`, else `0`. On Kubernetes it is the pod's
+/// name, which a container restarted in its pod keeps.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "0".into())
+}
+
+/// Static group membership (KIP-345) for a consumer that subscribes: `instance_id` is this
+/// instance's identity in the group, stable across its restarts and unique among the group's
+/// live members. A restarted instance gets its partitions back as soon as it rejoins, without a
+/// rebalance and without waiting for its dead incarnation's session to expire (librdkafka's
+/// default is 45 s). The trade-offs: a static member does not leave the group when it stops, so
+/// the partitions of an instance that stops for good (a scale-down, a pod renamed by a rollout)
+/// wait for its session timeout, 10 s here; and a second live instance with the same identity
+/// fences the first, which then stops with [`fatal_consumer_error`]. `[kafka.librdkafka]`
+/// overrides every value set here.
+pub fn static_membership(client: &mut ClientConfig, instance_id: &str) {
+    for (key, value) in [
+        ("group.instance.id", instance_id),
+        ("session.timeout.ms", "10000"),
+        ("heartbeat.interval.ms", "2000"),
+    ] {
+        if client.get(key).is_none() {
+            client.set(key, value);
+        }
+    }
+}
+
+/// Leaves the consumer group, as a stopping instance should: a static member
+/// ([`static_membership`]) that only closes keeps its partitions until its session times out,
+/// while one that leaves hands them on at once. Serves the consumer's callbacks until its
+/// assignment is empty (at most `within`); records read meanwhile are dropped, so the caller
+/// saves its progress first. A restart of the same instance then joins as a new member.
+pub async fn leave_group<C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    within: Duration,
+) {
+    consumer.unsubscribe();
+    let deadline = tokio::time::Instant::now() + within;
+    while consumer.assignment().is_ok_and(|a| a.count() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+}
+
+/// A consumer error the consumer cannot recover from (librdkafka's fatal errors, such as this
+/// instance fenced by another with the same `group.instance.id`, the config key `key`), as the
+/// error that stops the service; `None` for the transient errors, which are logged and waited
+/// out.
+pub fn fatal_consumer_error<C: rdkafka::ClientContext>(
+    e: &rdkafka::error::KafkaError,
+    client: &rdkafka::client::Client<C>,
+    key: &str,
+    instance_id: &str,
+) -> Option<Error> {
+    if !matches!(e, rdkafka::error::KafkaError::MessageConsumptionFatal(_)) {
+        return None;
+    }
+    let (code, reason) = client
+        .fatal_error()
+        .unwrap_or((rdkafka::types::RDKafkaErrorCode::Fatal, e.to_string()));
+    let hint = if code == rdkafka::types::RDKafkaErrorCode::FencedInstanceId {
+        format!(": another live instance of this group has the same {key} ({instance_id:?}); give every instance its own")
+    } else {
+        String::new()
+    };
+    Some(Error::Config(format!(
+        "the Kafka consumer stopped on a fatal error ({code}: {reason}){hint}"
+    )))
+}
+
 pub fn producer(config: &KafkaConfig, role: &str) -> Result<FutureProducer> {
     Ok(producer_config(config, role).create()?)
 }
@@ -192,6 +269,23 @@ mod tests {
             compression: Compression::Zstd,
             ..KafkaConfig::default()
         }
+    }
+
+    #[test]
+    fn static_membership_fills_what_the_passthrough_leaves_unset() {
+        let mut client = consumer_config(&KafkaConfig::default(), "normalizer", "g");
+        static_membership(&mut client, "normalizer-0");
+        assert_eq!(client.get("group.instance.id"), Some("normalizer-0"));
+        assert_eq!(client.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(client.get("heartbeat.interval.ms"), Some("2000"));
+
+        let config = KafkaConfig {
+            librdkafka: [("session_timeout_ms".to_string(), "6000".to_string())].into(),
+            ..KafkaConfig::default()
+        };
+        let mut client = consumer_config(&config, "normalizer", "g");
+        static_membership(&mut client, "normalizer-0");
+        assert_eq!(client.get("session.timeout.ms"), Some("6000"));
     }
 
     #[test]
