@@ -57,8 +57,8 @@ pub fn describe() {
         TRANSACTION_STEP_SECONDS,
         Unit::Seconds,
         "Each step of a committed transaction, by step: begin, process (decode, normalize, \
-         hand the outputs to the producer), offsets (send the input offsets), commit (the \
-         outputs delivered and the transaction committed)."
+         hand the outputs to the producer), offsets (send the input offsets), deliver (every \
+         output acknowledged by the brokers), commit (EndTxn: the transaction committed)."
     );
     describe_gauge!(
         CONSUMER_LAG,
