@@ -454,7 +454,9 @@ pub async fn run(
         histogram_mean(&normalizer_metrics, TRANSACTIONS_WHOLE, "") * 1000.0,
         histogram_quantile(&normalizer_metrics, TRANSACTIONS_WHOLE, "", 0.5) * 1000.0,
         histogram_quantile(&normalizer_metrics, TRANSACTIONS_WHOLE, "", 0.99) * 1000.0,
-        ["begin", "process", "offsets", "commit"].map(step).join("; ")
+        ["begin", "process", "offsets", "deliver", "commit"]
+            .map(step)
+            .join("; ")
     );
     Ok(Live {
         transactions,

@@ -3,9 +3,11 @@
 //! Runs the four services on the real local stack (Kafka, the schema registry, Cassandra) with
 //! a steady load from local Binance, Coinbase and Kraken servers (their documented WebSocket
 //! protocols, live timestamps), and does its worst while they run: kill -9 of every service in
-//! turn, several rounds, at random moments; provider connections dropped; the Kafka broker
-//! restarted; Cassandra stopped for a minute. Then the load stops, the pipeline drains, and
-//! everything is checked against what the providers really sent:
+//! turn, several rounds, at random moments; provider connections dropped; the normalizer away
+//! for longer than the allowed lateness; the Kafka broker restarted; Cassandra stopped for a
+//! minute. After each of the last three, every candle of a window that ended before it must
+//! equal the batch recomputation within a stated time. Then the load stops, the pipeline
+//! drains, and everything is checked against what the providers really sent:
 //! - every trade the gateway received is on the Trade topic exactly once (read_committed), with
 //!   its price and size, and nothing else is; a trade the providers sent but the gateway never
 //!   received must have been sent while the gateway was down or its connection was dropping;
@@ -70,6 +72,15 @@ struct Args {
     /// Restart the Kafka broker mid-stream (`scripts/stack stop kafka`, then `start kafka`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     kafka_restart: bool,
+    /// Seconds the normalizer stays killed mid-stream, longer than the aggregator's allowed
+    /// lateness so that what it then delivers is too late and corrected (0: no such outage).
+    #[arg(long, default_value_t = 75)]
+    normalizer_outage_s: u64,
+    /// After the normalizer outage, the Kafka restart and the Cassandra outage, every candle and
+    /// roll-up of a window that had ended must equal the batch recomputation within this many
+    /// seconds of the service or dependency being back.
+    #[arg(long, default_value_t = 120)]
+    settle_within_s: u64,
     /// Seconds Cassandra stays stopped mid-stream (0: no Cassandra outage).
     #[arg(long, default_value_t = 60)]
     cassandra_outage_s: u64,
@@ -387,6 +398,113 @@ async fn outage(
     })
 }
 
+/// What the candle check after a fault needs.
+struct CandleCheck<'a> {
+    stack: &'a Stack,
+    trades_topic: &'a str,
+    codec: &'a AvroCodec,
+    store: &'a CandleStore,
+    agg: &'a AggregatorConfig,
+}
+
+impl CandleCheck<'_> {
+    /// The expected candles and roll-ups of windows ended by `ended_by`, recomputed from every
+    /// trade on the Trade topic now, against those stored; the mismatches and how many compared.
+    async fn mismatches(&self, ended_by: Micros) -> Result<(Vec<String>, usize), String> {
+        let timing = self.agg.timing();
+        let intervals = self.agg.rollup_intervals();
+        let mut expected: BTreeMap<(String, String, i64), Candle> = BTreeMap::new();
+        let mut expected_rollups: BTreeMap<(String, String, String, i64), Candle> = BTreeMap::new();
+        let mut by_partition: BTreeMap<i32, Vec<Trade>> = BTreeMap::new();
+        for (partition, bytes) in fair::read_partitions_to_end(self.stack, self.trades_topic).await
+        {
+            let trade = self
+                .codec
+                .decode_trade(&bytes)
+                .await
+                .map_err(|e| e.to_string())?;
+            by_partition.entry(partition).or_default().push(trade);
+        }
+        for trades in by_partition.values() {
+            expected.extend(batch_candles(trades, &timing).0);
+            for interval in &intervals {
+                expected_rollups.extend(
+                    batch_rollups(trades, interval.length, &interval.label)
+                        .into_iter()
+                        .map(|((i, v, start), c)| ((i, v, interval.label.clone(), start), c)),
+                );
+            }
+        }
+        expected.retain(|_, c| c.window_end <= ended_by);
+        expected_rollups.retain(|_, c| c.window_end <= ended_by);
+        let instruments: Vec<&str> = INSTRUMENTS.iter().map(|(i, _)| *i).collect();
+        let venues: Vec<&str> = DIALECTS.iter().map(|(_, n)| *n).chain(["*"]).collect();
+        let days = agg::days_of(&expected);
+        let mut stored = agg::stored_candles(self.store, &instruments, &venues, &days)
+            .await
+            .map_err(|e| e.to_string())?;
+        stored.retain(|_, c| c.window_end <= ended_by);
+        let mut stored_rollups =
+            agg::stored_rollups(self.store, &instruments, &venues, &intervals, &days)
+                .await
+                .map_err(|e| e.to_string())?;
+        stored_rollups.retain(|_, c| c.window_end <= ended_by);
+        let mut mismatches = Vec::new();
+        agg::scenario::compare(&expected, &stored, &mut mismatches);
+        agg::scenario::compare(&expected_rollups, &stored_rollups, &mut mismatches);
+        Ok((mismatches, expected.len() + expected_rollups.len()))
+    }
+
+    /// After `what` recovered at `back`: waits until every candle and roll-up of a window that
+    /// ended before it equals the batch recomputation from every trade on the Trade topic
+    /// (too-late ones included, through the aggregator's corrections), at most `within` after
+    /// `back`. The time it took from `back`, or why not.
+    async fn settle(&self, what: &str, back: Instant, within: Duration) -> Settled {
+        let ended_by = now_micros() - Micros::try_from(back.elapsed().as_micros()).unwrap_or(0);
+        loop {
+            match self.mismatches(ended_by).await {
+                Ok((wrong, compared)) if wrong.is_empty() => {
+                    log(format!(
+                        "  after the {what}: all {compared} candles and roll-ups of windows ended before it equal the recomputation, {:.1} s after recovery",
+                        back.elapsed().as_secs_f64()
+                    ));
+                    return Settled {
+                        what: what.to_string(),
+                        outcome: Ok((back.elapsed(), compared)),
+                        within,
+                    };
+                }
+                Ok((wrong, compared)) if back.elapsed() > within => {
+                    return Settled {
+                        what: what.to_string(),
+                        outcome: Err(format!(
+                            "after the {what}: {} of {compared} candles and roll-ups still differ from the recomputation {within:?} after recovery, e.g.\n{}",
+                            wrong.len(),
+                            wrong.iter().take(3).cloned().collect::<Vec<_>>().join("\n")
+                        )),
+                        within,
+                    }
+                }
+                Err(e) if back.elapsed() > within => {
+                    return Settled {
+                        what: what.to_string(),
+                        outcome: Err(format!("after the {what}: {e}")),
+                        within,
+                    }
+                }
+                _ => tokio::time::sleep(Duration::from_secs(3)).await,
+            }
+        }
+    }
+}
+
+/// A candle check after a fault: (time to settle, candles compared), or what still differed.
+struct Settled {
+    what: String,
+    outcome: Result<(Duration, usize), String>,
+    within: Duration,
+}
+
 fn stack_command(script: &PathBuf, args: &[&str]) -> Result<(), String> {
     let output = std::process::Command::new(script)
         .args(args)
@@ -696,6 +814,62 @@ async fn run(args: Args) -> Result<bool, String> {
         .await;
     }
 
+    // Candles after each long fault: the normalizer away for longer than the allowed lateness,
+    // Kafka restarted, Cassandra stopped.
+    let check_codec = AvroCodec::new(&registry, &[]);
+    let check_store = CandleStore::new(session.clone(), &cassandra_config.keyspace)
+        .await
+        .map_err(|e| e.to_string())?;
+    let check_stack = Stack::require().await;
+    let check = CandleCheck {
+        stack: &check_stack,
+        trades_topic: &topics.input,
+        codec: &check_codec,
+        store: &check_store,
+        agg: &agg_config,
+    };
+    let settle_within = Duration::from_secs(args.settle_within_s);
+    let mut settled: Vec<Settled> = Vec::new();
+
+    if args.normalizer_outage_s > 0 {
+        tokio::time::sleep(pause(&mut rng, 2_000, 5_000)).await;
+        let killed_at = Instant::now();
+        pipeline.kill_hard(Service::Normalizer);
+        let down = Duration::from_secs(args.normalizer_outage_s);
+        log(format!(
+            "normalizer killed for {} s at +{:.1} s (longer than the allowed lateness, {} s)",
+            down.as_secs(),
+            at_s(killed_at),
+            agg_config.allowed_lateness_ms / 1000
+        ));
+        tokio::time::sleep(down).await;
+        let restarted = Instant::now();
+        pipeline.spawn(Service::Normalizer);
+        let recovered = pipeline.ready(Service::Normalizer, ready_bound).await;
+        let consuming = match &recovered {
+            Ok(_) => Some((
+                pipeline
+                    .consuming(Service::Normalizer, restarted, consuming_bound)
+                    .await,
+                consuming_bound,
+            )),
+            Err(_) => None,
+        };
+        injected.push(Injected {
+            what: "normalizer killed for longer than the lateness".into(),
+            at_s: at_s(killed_at),
+            down,
+            recovered,
+            bound: ready_bound,
+            consuming,
+        });
+        settled.push(
+            check
+                .settle("normalizer outage", restarted, settle_within)
+                .await,
+        );
+    }
+
     if args.kafka_restart {
         tokio::time::sleep(pause(&mut rng, 3_000, 8_000)).await;
         let down_for = pause(&mut rng, 1_000, 5_000);
@@ -712,6 +886,11 @@ async fn run(args: Args) -> Result<bool, String> {
                 "Kafka broker restart".into(),
             )
             .await?,
+        );
+        settled.push(
+            check
+                .settle("Kafka restart", Instant::now(), settle_within)
+                .await,
         );
     }
 
@@ -732,6 +911,11 @@ async fn run(args: Args) -> Result<bool, String> {
                 what,
             )
             .await?,
+        );
+        settled.push(
+            check
+                .settle("Cassandra outage", Instant::now(), settle_within)
+                .await,
         );
     }
 
@@ -965,6 +1149,16 @@ async fn run(args: Args) -> Result<bool, String> {
         ));
     }
     for service in [Service::Gateway, Service::Normalizer, Service::Aggregator] {
+        if let Some(process) = pipeline.running.get_mut(&service) {
+            if !process.is_running() {
+                failures.push(format!(
+                    "{} exited before the final SIGTERM; its log ends:\n{}",
+                    service.binary(),
+                    tail(&process.log(), 40)
+                ));
+                continue;
+            }
+        }
         let code = pipeline.terminate(service);
         if code != Some(0) {
             failures.push(format!("{} exited {code:?} on SIGTERM", service.binary()));
@@ -976,6 +1170,11 @@ async fn run(args: Args) -> Result<bool, String> {
         }
         if let Some((Err(e), _)) = &fault.consuming {
             failures.push(format!("{}: {e}", fault.what));
+        }
+    }
+    for check in &settled {
+        if let Err(e) = &check.outcome {
+            failures.push(e.clone());
         }
     }
 
@@ -1006,6 +1205,20 @@ async fn run(args: Args) -> Result<bool, String> {
                     format!(", NOT consuming within {} s", bound.as_secs())
                 }
                 None => String::new(),
+            }
+        );
+    }
+    for check in &settled {
+        println!(
+            "  candles after the {}: {}",
+            check.what,
+            match &check.outcome {
+                Ok((d, n)) => format!(
+                    "all {n} of the windows ended before it equal the recomputation {:.1} s after recovery (bound {} s)",
+                    d.as_secs_f64(),
+                    check.within.as_secs()
+                ),
+                Err(_) => format!("NOT settled within {} s", check.within.as_secs()),
             }
         );
     }

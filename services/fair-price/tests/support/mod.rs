@@ -292,6 +292,26 @@ pub async fn read_to_end(stack: &Stack, topic: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `attempt` until it succeeds, for at most 30 s: right after a broker restart a partition may
+/// have no leader yet.
+fn retried<T>(
+    what: &str,
+    topic: &str,
+    mut attempt: impl FnMut() -> rdkafka::error::KafkaResult<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match attempt() {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("{what} of {topic}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("{what} of {topic}: {e}"),
+        }
+    }
+}
+
 /// Every record of `topic` up to its end (read_committed: the last stable offset, so a
 /// transactional topic's markers and aborted records do not count), with its partition, each
 /// partition in offset order.
@@ -301,21 +321,23 @@ pub async fn read_partitions_to_end(stack: &Stack, topic: &str) -> Vec<(i32, Vec
             .set("enable.partition.eof", "true")
             .create()
             .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .unwrap();
+    let partitions: Vec<i32> = retried("metadata", topic, || {
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map(|m| m.topics()[0].partitions().iter().map(|p| p.id()).collect())
+    });
     // Up to the end as of now: a partition is done at its end of partition event, or at the high
     // watermark it has now if records keep arriving (then no such event comes).
     let mut assignment = rdkafka::TopicPartitionList::new();
     let mut remaining = BTreeMap::new();
-    for p in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(5))
-            .unwrap();
+    for p in partitions {
+        let (low, high) = retried("watermarks", topic, || {
+            consumer.fetch_watermarks(topic, p, Duration::from_secs(5))
+        });
         if high > low {
-            remaining.insert(p.id(), high);
+            remaining.insert(p, high);
             assignment
-                .add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                .add_partition_offset(topic, p, rdkafka::Offset::Beginning)
                 .unwrap();
         }
     }
