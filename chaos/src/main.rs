@@ -868,6 +868,21 @@ async fn run(args: Args) -> Result<bool, String> {
                 .settle("normalizer outage", restarted, settle_within)
                 .await,
         );
+        if let Some(aggregator) = pipeline.running.get(&Service::Aggregator) {
+            let (_, metrics) = aggregator.get("/metrics").await.unwrap_or_default();
+            let recomputed: f64 = metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("tickflow_aggregator_corrections_total")
+                        && l.contains("outcome=\"recomputed\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            log(format!(
+                "  the aggregator so far: {} trades beyond the allowed lateness, {recomputed} windows recomputed from the stored trades",
+                testkit::metric_total(&metrics, "tickflow_aggregator_late_trades_dropped_total")
+            ));
+        }
     }
 
     if args.kafka_restart {
