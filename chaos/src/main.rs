@@ -72,9 +72,10 @@ struct Args {
     /// Restart the Kafka broker mid-stream (`scripts/stack stop kafka`, then `start kafka`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     kafka_restart: bool,
-    /// Seconds the normalizer stays killed mid-stream, longer than the aggregator's allowed
-    /// lateness so that what it then delivers is too late and corrected (0: no such outage).
-    #[arg(long, default_value_t = 75)]
+    /// Seconds the normalizer stays killed mid-stream: longer than the aggregator's idle
+    /// timeout plus its allowed lateness (92 s with the defaults), so that part of what it then
+    /// delivers is too late and corrected from the stored trades (0: no such outage).
+    #[arg(long, default_value_t = 105)]
     normalizer_outage_s: u64,
     /// After the normalizer outage, the Kafka restart and the Cassandra outage, every candle and
     /// roll-up of a window that had ended must equal the batch recomputation within this many
@@ -837,9 +838,10 @@ async fn run(args: Args) -> Result<bool, String> {
         pipeline.kill_hard(Service::Normalizer);
         let down = Duration::from_secs(args.normalizer_outage_s);
         log(format!(
-            "normalizer killed for {} s at +{:.1} s (longer than the allowed lateness, {} s)",
+            "normalizer killed for {} s at +{:.1} s (longer than the idle timeout, {} s, plus the allowed lateness, {} s)",
             down.as_secs(),
             at_s(killed_at),
+            agg_config.idle_timeout_ms / 1000,
             agg_config.allowed_lateness_ms / 1000
         ));
         tokio::time::sleep(down).await;
@@ -856,7 +858,7 @@ async fn run(args: Args) -> Result<bool, String> {
             Err(_) => None,
         };
         injected.push(Injected {
-            what: "normalizer killed for longer than the lateness".into(),
+            what: "normalizer killed past the lateness".into(),
             at_s: at_s(killed_at),
             down,
             recovered,
@@ -879,8 +881,9 @@ async fn run(args: Args) -> Result<bool, String> {
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum();
             log(format!(
-                "  the aggregator so far: {} trades beyond the allowed lateness, {recomputed} windows recomputed from the stored trades",
+                "  the aggregator so far: {:.0} trades beyond the allowed lateness, {recomputed:.0} windows recomputed from the stored trades",
                 testkit::metric_total(&metrics, "tickflow_aggregator_late_trades_dropped_total")
+                    .abs()
             ));
         }
     }

@@ -210,7 +210,7 @@ fn group_consumer(
     let (tx, rx) = mpsc::unbounded_channel();
     let mut client = kafka::consumer_config(config, "aggregator", group_id);
     // Unless `[kafka.librdkafka]` says otherwise: cooperative hand-over, a restarted instance
-    // takes its partitions back at once, and a stopped one's move on after 10 s.
+    // takes its partitions back at once, and a dead one's move on after 30 s.
     if client.get("partition.assignment.strategy").is_none() {
         client.set("partition.assignment.strategy", "cooperative-sticky");
     }

@@ -101,16 +101,20 @@ pub fn host_name() -> String {
 /// instance's identity in the group, stable across its restarts and unique among the group's
 /// live members. A restarted instance gets its partitions back as soon as it rejoins, without a
 /// rebalance and without waiting for its dead incarnation's session to expire (librdkafka's
-/// default is 45 s). The trade-offs: a static member does not leave the group when it stops, so
-/// the partitions of an instance that stops for good (a scale-down, a pod renamed by a rollout)
-/// wait for its session timeout, 10 s here; and a second live instance with the same identity
-/// fences the first, which then stops with [`fatal_consumer_error`]. `[kafka.librdkafka]`
-/// overrides every value set here.
+/// default is 45 s). The trade-offs: a static member does not leave the group when it is killed,
+/// so the partitions of an instance that dies for good (a pod rescheduled under a new name) wait
+/// for its session timeout, 30 s here (a stopping instance leaves with [`leave_group`]); and a
+/// second live instance with the same identity fences the first, which then stops with
+/// [`fatal_consumer_error`]. The session timeout is longer than a broker restart on purpose:
+/// when a static member's session times out while the broker is away, librdkafka rejoins under a
+/// new member id and can then be fenced by its own identity, a fatal error (seen in the chaos
+/// suite with 10 s and an 11 s Kafka restart). `[kafka.librdkafka]` overrides every value set
+/// here.
 pub fn static_membership(client: &mut ClientConfig, instance_id: &str) {
     for (key, value) in [
         ("group.instance.id", instance_id),
-        ("session.timeout.ms", "10000"),
-        ("heartbeat.interval.ms", "2000"),
+        ("session.timeout.ms", "30000"),
+        ("heartbeat.interval.ms", "3000"),
     ] {
         if client.get(key).is_none() {
             client.set(key, value);
@@ -276,8 +280,8 @@ mod tests {
         let mut client = consumer_config(&KafkaConfig::default(), "normalizer", "g");
         static_membership(&mut client, "normalizer-0");
         assert_eq!(client.get("group.instance.id"), Some("normalizer-0"));
-        assert_eq!(client.get("session.timeout.ms"), Some("10000"));
-        assert_eq!(client.get("heartbeat.interval.ms"), Some("2000"));
+        assert_eq!(client.get("session.timeout.ms"), Some("30000"));
+        assert_eq!(client.get("heartbeat.interval.ms"), Some("3000"));
 
         let config = KafkaConfig {
             librdkafka: [("session_timeout_ms".to_string(), "6000".to_string())].into(),
