@@ -44,7 +44,9 @@ pub struct CommonArgs {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum LogFormatArg {
+    /// Readable lines on stderr.
     Human,
+    /// Cloud Logging's structured JSON (`severity`, `time`, `message`) on stdout.
     Json,
 }
 

@@ -23,23 +23,45 @@ pub const BUILD_INFO: &str = "tickflow_build_info";
 pub const START_TIME: &str = "tickflow_process_start_time_seconds";
 
 /// Initializes logging. `RUST_LOG`, when set, overrides `level`.
+///
+/// `human` writes readable lines to stderr. `json` writes one object per line to stdout in
+/// Cloud Logging's structured format (`severity`, `time`, `message`, `target`, the event's
+/// fields camelCased, span fields under `span`): GKE's agent reads `severity` from it, where a
+/// `level` field on stderr would be shown as ERROR.
 pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = match std::env::var("RUST_LOG") {
         Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive),
         _ => EnvFilter::try_new(level),
     }
     .map_err(|e| Error::Config(format!("log level: {e}")))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Human => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .try_init()
+            .is_ok(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(cloud_logging_layer(std::io::stdout))
+            .try_init()
+            .is_ok(),
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
     Ok(())
+}
+
+/// The `json` format's layer, writing to `make_writer`.
+fn cloud_logging_layer<S, W>(make_writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + 'static,
+{
+    tracing_stackdriver::layer().with_writer(make_writer)
 }
 
 /// Upper bounds (seconds) of every latency histogram's buckets: fine from 1 ms to 250 ms, where
@@ -142,6 +164,52 @@ impl InstrumentLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Collects what a layer writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn json_logs_carry_the_severity_cloud_logging_reads() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(cloud_logging_layer(captured.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(dependency = "kafka", error_type = "timeout", "Kafka did not answer");
+            tracing::error!("fenced");
+            tracing::info!("started");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+            .collect();
+        let severities: Vec<&str> = lines.iter().map(|l| l["severity"].as_str().unwrap()).collect();
+        assert_eq!(severities, ["WARNING", "ERROR", "INFO"]);
+        assert_eq!(lines[0]["message"], "Kafka did not answer");
+        assert_eq!(lines[0]["dependency"], "kafka");
+        assert_eq!(lines[0]["errorType"], "timeout");
+        assert!(lines[0]["time"].as_str().is_some_and(|t| t.contains('T')));
+        assert!(lines.iter().all(|l| l.get("level").is_none()));
+    }
 
     #[test]
     fn allow_list_folds_the_rest_into_other() {
