@@ -7,7 +7,9 @@
 Dashboards as code: panels are declared below with small helpers, so the three dashboards stay
 consistent (datasource uids, template variables, units) and reviewable. scripts/validate-deploy
 runs --check, parses every PromQL expression with promtool, checks every metric name against
-grafana/metrics.txt and every CQL query against shared/cql/*.cql.
+grafana/metrics.txt and every CQL query against shared/cql/*.cql, and decodes every dashboard
+strictly with Grafana's generated types (deploy/validate/grafana_schema.sh): a field the
+schema of a panel's type does not know, or a required one missing, fails there.
 
 Conventions:
 - Datasources by fixed uid: tickflow-prometheus and tickflow-cassandra (provisioning/).
@@ -94,7 +96,7 @@ def timeseries(title, targets, unit="short", description="", bars=False, min_zer
     return {"type": "timeseries", "title": title, "description": description,
             "datasource": targets[0]["datasource"], "targets": targets,
             "fieldConfig": {"defaults": defaults, "overrides": []},
-            "options": {"legend": {"displayMode": "table", "placement": "bottom",
+            "options": {"legend": {"showLegend": True, "displayMode": "table", "placement": "bottom",
                                    "calcs": ["lastNotNull", "max"]},
                         "tooltip": {"mode": "multi", "sort": "desc"}}}
 
@@ -110,15 +112,34 @@ def stat(title, targets, unit="short", description="", decimals=None, thresholds
             "datasource": targets[0]["datasource"], "targets": targets,
             "fieldConfig": {"defaults": defaults, "overrides": []},
             "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                        "colorMode": "value", "graphMode": "area", "textMode": "auto"}}
+                        "colorMode": "value", "graphMode": "area", "textMode": "auto",
+                        "justifyMode": "auto", "orientation": "auto", "wideLayout": True,
+                        "showPercentChange": False, "percentChangeColorMode": "standard"}}
 
 
 def table(title, targets, description="", unit="short", transformations=None):
     return {"type": "table", "title": title, "description": description,
             "datasource": targets[0]["datasource"], "targets": targets,
             "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-            "options": {"showHeader": True, "cellHeight": "sm"},
+            "options": {"frameIndex": 0, "showHeader": True, "cellHeight": "sm"},
             "transformations": transformations or []}
+
+
+def candlestick(title, targets, description=""):
+    """Grafana's candlestick panel: OHLC candles over volume bars, its fields mapped by name to
+    the query's columns (open, high, low, close, volume), so no guessing from field order."""
+    return {"type": "candlestick", "title": title, "description": description,
+            "datasource": targets[0]["datasource"], "targets": targets,
+            "fieldConfig": {"defaults": {"unit": "none", "custom": {"lineWidth": 1, "fillOpacity": 80}},
+                            "overrides": [{"matcher": {"id": "byName", "options": "volume"},
+                                           "properties": [{"id": "unit", "value": "short"}]}]},
+            "options": {"mode": "candles+volume", "candleStyle": "candles", "colorStrategy": "open-close",
+                        "fields": {"open": "open", "high": "high", "low": "low", "close": "close",
+                                   "volume": "volume"},
+                        "colors": {"up": "green", "down": "red", "flat": "gray"},
+                        "legend": {"showLegend": True, "displayMode": "list", "placement": "bottom",
+                                   "calcs": []},
+                        "tooltip": {"mode": "multi", "sort": "none"}, "includeAllFields": False}}
 
 
 def steps(*pairs):
@@ -140,8 +161,7 @@ def variables(include_job=False, extra=()):
         return {"name": name, "label": label, "type": "query", "datasource": PROM,
                 "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
                 "refresh": 2, "sort": 1, "multi": multi, "includeAll": include_all,
-                "allValue": ".*" if include_all else None,
-                "current": {}, "options": [], "hide": 0}
+                "allValue": ".*" if include_all else None, "options": [], "hide": 0}
 
     out = [
         query_var("instrument", "label_values(tickflow_normalizer_trades_total, instrument)",
@@ -172,8 +192,9 @@ def dashboard(uid, title, description, board, include_job=False, refresh="10s", 
             "expr": 'ALERTS{alertname=~"Tickflow.*", alertstate="firing"}',
             "titleFormat": "{{ alertname }}", "textFormat": "{{ summary }}",
         }]},
-        "links": [{"title": "tickflow", "type": "dashboards", "tags": ["tickflow"],
-                   "asDropdown": True}],
+        "links": [{"title": "tickflow", "type": "dashboards", "tags": ["tickflow"], "asDropdown": True,
+                   "icon": "external link", "tooltip": "", "targetBlank": False,
+                   "includeVars": True, "keepTime": True}],
         "panels": board.finish(),
     }
 
@@ -235,6 +256,17 @@ def trading():
                unit="percentunit", thresholds=steps(("red", None), ("orange", 0.5), ("green", 0.8))),
           w=4, h=5)
     b.row("Candles and history — $instrument")
+    # instrument first: the plugin makes one frame per value of the first column. Ascending, as
+    # a time axis wants it (the table clusters newest first).
+    b.add(candlestick(
+        "1-minute candles (consolidated)",
+        [cql("SELECT instrument, window_start, CAST(open AS double) AS open, CAST(high AS double) AS high, "
+             "CAST(low AS double) AS low, CAST(close AS double) AS close, CAST(volume AS double) AS volume "
+             f"FROM market.candles_1m WHERE instrument = '$instrument' AND venue = '*' AND day = {DAY} "
+             "AND window_start >= $__timeFrom AND window_start <= $__timeTo ORDER BY window_start ASC")],
+        description="Cassandra candles_1m, venue '*' (all exchanges): open, high, low, close and base-currency "
+        "volume per minute, UTC day of the range's end. The newest candle is the minute in progress."),
+        w=24, h=12)
     b.add(table(
         "Past 1-minute candles (consolidated)",
         [cql("SELECT window_start, CAST(open AS double) AS open, CAST(high AS double) AS high, "
