@@ -193,7 +193,11 @@ mod tests {
         let captured = Captured::default();
         let subscriber = tracing_subscriber::registry().with(cloud_logging_layer(captured.clone()));
         tracing::subscriber::with_default(subscriber, || {
-            tracing::warn!(dependency = "kafka", error_type = "timeout", "Kafka did not answer");
+            tracing::warn!(
+                dependency = "kafka",
+                error_type = "timeout",
+                "Kafka did not answer"
+            );
             tracing::error!("fenced");
             tracing::info!("started");
         });
@@ -202,7 +206,10 @@ mod tests {
             .lines()
             .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
             .collect();
-        let severities: Vec<&str> = lines.iter().map(|l| l["severity"].as_str().unwrap()).collect();
+        let severities: Vec<&str> = lines
+            .iter()
+            .map(|l| l["severity"].as_str().unwrap())
+            .collect();
         assert_eq!(severities, ["WARNING", "ERROR", "INFO"]);
         assert_eq!(lines[0]["message"], "Kafka did not answer");
         assert_eq!(lines[0]["dependency"], "kafka");

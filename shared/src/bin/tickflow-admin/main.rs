@@ -5,6 +5,8 @@
 //!   tickflow-admin check              check that Kafka, the registry and Cassandra answer
 //!   tickflow-admin feed-trades        random-walk trades to md.trades (the demo's stand-in feed)
 //!   tickflow-admin publish-instruments   instruments from a file to md.instruments (live update)
+//!   tickflow-admin topics             topics with offsets, consumer groups with lag (Kafdrop's view)
+//!   tickflow-admin read TOPIC         records of a topic decoded through the registry, or its tail
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,13 +21,16 @@ use tickflow_shared::config::{
 use tickflow_shared::kafka::names;
 
 mod feed;
+mod read;
+mod render;
+mod topics;
 
 #[derive(Parser)]
 #[command(
     name = "tickflow-admin",
     version,
-    about = "Operator commands for tickflow: Cassandra migrations, schema registration, dependency checks.",
-    long_about = "Operator commands for tickflow.\n\nConfiguration is layered like the services': built-in defaults, then the TOML file given with --config (or TICKFLOW_CONFIG), then TICKFLOW_<SECTION>__<KEY> environment variables. Only the [kafka], [registry], [cassandra] and [service] sections are read."
+    about = "Operator commands for tickflow: Cassandra migrations, schema registration, dependency checks, topic inspection.",
+    long_about = "Operator commands for tickflow.\n\nConfiguration is layered like the services': built-in defaults, then the TOML file given with --config (or TICKFLOW_CONFIG), then TICKFLOW_<SECTION>__<KEY> environment variables. Only the [kafka], [registry], [cassandra] and [service] sections are read.\n\n`topics` and `read` give what Kafdrop shows, on a machine without Docker: offsets and consumer-group lag, and records decoded through the schema registry. Both only read: they never join a group or commit an offset."
 )]
 struct Args {
     /// TOML configuration file.
@@ -71,6 +76,31 @@ enum Command {
         #[arg(long, default_value = names::INSTRUMENTS)]
         topic: String,
     },
+    /// List topics with partitions, offsets and message counts, and consumer groups with lag.
+    ///
+    /// For each topic: its partitions with the low offset (oldest record kept), the high
+    /// watermark (next offset) and their difference; then every consumer group that committed
+    /// offsets on it (or those named with --group), with each partition's committed offset and
+    /// lag, the high watermark minus the committed offset. Read-only: offsets are fetched without
+    /// joining any group.
+    Topics(topics::TopicsArgs),
+    /// Show a range or the tail of a topic, decoded through the schema registry.
+    ///
+    /// Reads from where --from-beginning/--from-offset/--from-time/--last says (default: the
+    /// last 10 records of each partition) to the end the partitions have when the command
+    /// starts, or on with --follow. Avro values (trades, candles, fair prices, anomalies,
+    /// instruments, raw envelopes) are decoded with the writer schema the registry has under
+    /// the record's schema id; a raw frame's payload, and anything that is not Avro (what the
+    /// gateway dead-letters), shows as text. Headers show with each record: a dead letter's
+    /// `tickflow.reason`, `tickflow.reason.text` and source. One line per record:
+    /// `partition:offset  time  key  [headers]  Schema field=value…`, or with --json an object
+    /// with topic, partition, offset, timestamp_ms, key, headers, schema, schema_id, value (and
+    /// decode_error when a value looked like Avro but could not be decoded). Committed records
+    /// only (read_committed); never commits an offset.
+    #[command(
+        after_help = "Examples:\n  tickflow-admin read md.trades --last 5 --instrument BTC-USD\n  tickflow-admin read md.raw.kraken --follow\n  tickflow-admin read md.dlq.normalizer --from-beginning --json | jq '.headers'\n  tickflow-admin read md.candles.1m --from-time 2025-11-22T09:30:00Z --venue coinbase --count 20"
+    )]
+    Read(read::ReadArgs),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,10 +132,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _ = tickflow_shared::telemetry::init_logging(
-        config.service.log_format,
-        &config.service.log_level,
-    );
+    // `topics` and `read` write data to stdout, where the json log format goes too: they report
+    // their problems on stderr themselves instead.
+    if !matches!(args.command, Command::Topics(_) | Command::Read(_)) {
+        let _ = tickflow_shared::telemetry::init_logging(
+            config.service.log_format,
+            &config.service.log_level,
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,6 +161,8 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<()> {
     match command {
+        Command::Topics(args) => topics::run(&config.kafka, &args).await?,
+        Command::Read(args) => read::run(&config.kafka, &config.registry, &args).await?,
         Command::FeedTrades {
             rate,
             seconds,
