@@ -12,6 +12,13 @@ One line, PASS or FAIL with every problem:
   TICKFLOW_GATEWAY__REPLICA_INDEX comes from the pod-index label;
 - PodMonitors, ServiceMonitors and PrometheusRules carry release: kube-prometheus-stack;
 - no Secret with data is committed (Secrets are referenced only);
+- Cassandra authenticates: its StatefulSet turns PasswordAuthenticator on, every pod labelled
+  tickflow.io/cassandra-client reads TICKFLOW_CASSANDRA__USERNAME/PASSWORD from Secret
+  tickflow-cassandra-credentials (required, not optional), and the migration Job sets up the
+  roles (init container cassandra-auth) before it migrates;
+- Gateways: every HTTPS listener terminates TLS with a certificate reference and the Gateway
+  names its cert-manager issuer; a route that sends traffic to a backend attaches only to HTTPS
+  listeners (plain HTTP may only redirect);
 - every ConfigMap or Secret a pod mounts or reads exists in the overlay, or is a Secret marked
   optional / created by Ansible; every Service, PDB and HPA points at a workload that exists.
 """
@@ -23,7 +30,8 @@ import yaml
 SERVICES = {"ingest-gateway": 9101, "normalizer": 9102, "trade-aggregator": 9103, "fair-price": 9104}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
 # Secrets Ansible creates before it applies the overlay (ansible/roles/tickflow_deploy).
-EXTERNAL_SECRETS = {"kafdrop-basic-auth"}
+CASSANDRA_SECRET = "tickflow-cassandra-credentials"
+EXTERNAL_SECRETS = {"kafdrop-basic-auth", CASSANDRA_SECRET, "tickflow-cassandra-admin"}
 
 
 def env_value(container, name):
@@ -31,6 +39,59 @@ def env_value(container, name):
         if env.get("name") == name:
             return env
     return None
+
+
+def cassandra_client_problems(name, pod):
+    """A CQL client logs in with the services' role; without the Secret it must not start."""
+    problems = []
+    for container in pod.get("containers", []):
+        for key, var in (("username", "TICKFLOW_CASSANDRA__USERNAME"), ("password", "TICKFLOW_CASSANDRA__PASSWORD")):
+            ref = ((env_value(container, var) or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+            if ref.get("name") != CASSANDRA_SECRET or ref.get("key") != key:
+                problems.append(f"{name}/{container['name']}: {var} does not come from Secret {CASSANDRA_SECRET} key {key}")
+            elif ref.get("optional"):
+                problems.append(f"{name}/{container['name']}: {var} is optional, but Cassandra refuses anonymous clients")
+    return problems
+
+
+def cassandra_auth_problems(by_kind):
+    problems = []
+    cassandra = by_kind.get("StatefulSet", {}).get("cassandra")
+    if cassandra is not None:
+        container = cassandra["spec"]["template"]["spec"]["containers"][0]
+        opts = str((env_value(container, "JVM_EXTRA_OPTS") or {}).get("value", ""))
+        if "cassandra.config.allow_system_properties=true" not in opts or \
+                "authenticator.class_name=org.apache.cassandra.auth.PasswordAuthenticator" not in opts:
+            problems.append("cassandra: PasswordAuthenticator is not turned on (JVM_EXTRA_OPTS)")
+    job = by_kind.get("Job", {}).get("tickflow-migrate")
+    if job is not None:
+        inits = [c["name"] for c in job["spec"]["template"]["spec"].get("initContainers", [])]
+        if "cassandra-auth" not in inits:
+            problems.append("tickflow-migrate: no cassandra-auth init container: nobody replaces cassandra/cassandra")
+    return problems
+
+
+def gateway_problems(by_kind):
+    problems = []
+    listeners = {}
+    for name, gateway in by_kind.get("Gateway", {}).items():
+        namespace = gateway["metadata"].get("namespace")
+        if not gateway["metadata"].get("annotations", {}).get("cert-manager.io/cluster-issuer"):
+            problems.append(f"Gateway {name}: no cert-manager.io/cluster-issuer annotation")
+        for listener in gateway["spec"].get("listeners", []):
+            listeners[(namespace, name, listener["name"])] = listener["protocol"]
+            if listener["protocol"] == "HTTPS" and not listener.get("tls", {}).get("certificateRefs"):
+                problems.append(f"Gateway {name}: HTTPS listener {listener['name']} has no certificateRefs")
+    for name, route in by_kind.get("HTTPRoute", {}).items():
+        serves = any(rule.get("backendRefs") for rule in route["spec"].get("rules", []))
+        for parent in route["spec"].get("parentRefs", []):
+            key = (parent.get("namespace", route["metadata"].get("namespace")), parent["name"], parent.get("sectionName"))
+            protocol = listeners.get(key)
+            if protocol is None:
+                problems.append(f"HTTPRoute {name}: no listener {key[2]} on Gateway {key[0]}/{key[1]} (name a sectionName)")
+            elif serves and protocol != "HTTPS":
+                problems.append(f"HTTPRoute {name}: serves a backend on the {protocol} listener {key[2]}: HTTPS only")
+    return problems
 
 
 def main(argv):
@@ -58,12 +119,14 @@ def main(argv):
             cm = volume.get("configMap", {}).get("name")
             if cm and cm not in configmaps:
                 problems.append(f"{name}: mounts ConfigMap {cm}, which the overlay does not define")
-        for container in pod.get("containers", []):
+        for container in pod.get("initContainers", []) + pod.get("containers", []):
             for env in container.get("env", []):
                 ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if ref and ref["name"] not in secrets and not ref.get("optional") \
                         and ref["name"] not in EXTERNAL_SECRETS:
                     problems.append(f"{name}: reads Secret {ref['name']} that nobody creates (mark it optional or create it in Ansible)")
+        if labels.get("tickflow.io/cassandra-client") == "true":
+            problems += cassandra_client_problems(name, pod)
         if not ours:
             continue
         psc = pod.get("securityContext", {})
@@ -112,6 +175,9 @@ def main(argv):
         if "apps.kubernetes.io/pod-index" not in field:
             problems.append("ingest-gateway: TICKFLOW_GATEWAY__REPLICA_INDEX does not come from the pod-index label")
 
+    problems += cassandra_auth_problems(by_kind)
+    problems += gateway_problems(by_kind)
+
     for kind in ("PodMonitor", "ServiceMonitor", "PrometheusRule"):
         for name, doc in by_kind.get(kind, {}).items():
             if doc["metadata"].get("labels", {}).get("release") != "kube-prometheus-stack":
@@ -140,7 +206,8 @@ def main(argv):
         print(f"FAIL k8s/policy/{overlay}: " + " | ".join(problems))
         return 1
     print(f"PASS k8s/policy/{overlay}: hardened pods, probes, resources, gateway shards = replicas "
-          f"({gateway['spec'].get('replicas', 1)}), monitoring labels, no committed secret values, references resolve")
+          f"({gateway['spec'].get('replicas', 1)}), monitoring labels, no committed secret values, references resolve, "
+          f"Cassandra authentication, HTTPS-only routes ({len(by_kind.get('HTTPRoute', {}))})")
     return 0
 
 
