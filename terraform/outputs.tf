@@ -10,8 +10,8 @@ output "region" {
   value       = var.region
 }
 
-output "environment" {
-  description = "dev or prod: the kustomize overlay Ansible deploys."
+output "tickflow_environment" {
+  description = "dev or prod: the kustomize overlay Ansible deploys (not `environment`: a reserved name in Ansible, which reads these outputs as variables)."
   value       = var.environment
 }
 

@@ -3,9 +3,9 @@
 
 Runs `tofu output -json` (or `terraform output -json` when tofu is absent; TICKFLOW_TF_BIN
 overrides) in the terraform directory (TICKFLOW_TF_DIR overrides) and returns one host,
-`gke-<environment>`, connected locally: the playbooks drive the cluster through its API (kubectl,
+`gke-<tickflow_environment>`, connected locally: the playbooks drive the cluster through its API (kubectl,
 helm), so the "host" is the control machine, and the Terraform outputs are its variables
-(project_id, region, cluster_name, cluster_location, image_repository, environment, ...).
+(project_id, region, cluster_name, cluster_location, image_repository, tickflow_environment, ...).
 With TICKFLOW_TF_OUTPUTS=file.json the outputs are read from that file instead (CI, tests).
 """
 
@@ -40,7 +40,13 @@ def main():
     values = {name: item.get("value") for name, item in outputs().items()}
     if not values:
         sys.exit("inventory: the Terraform state has no outputs yet: run `tofu apply` in terraform/ first")
-    host = f"gke-{values.get('environment', 'dev')}"
+    # `environment` is a play keyword: as a variable it makes templating loop. The output is
+    # named tickflow_environment; a state applied before the rename still has the old name.
+    if "tickflow_environment" not in values:
+        sys.exit("inventory: no `tickflow_environment` output (a state from before its rename from "
+                 "`environment`): run `tofu apply` in terraform/ to update the outputs")
+    values.pop("environment", None)
+    host = f"gke-{values['tickflow_environment']}"
     hostvars = dict(values, ansible_connection="local", ansible_python_interpreter=sys.executable)
     print(json.dumps({
         "all": {"children": ["gke"]},
