@@ -49,6 +49,14 @@ resource "google_container_cluster" "main" {
     channel = var.release_channel
   }
 
+  # The Gateway API's CRDs and GKE's Gateway controller, for ui_entry: gke-gateway (Ansible).
+  dynamic "gateway_api_config" {
+    for_each = var.gateway_api ? ["CHANNEL_STANDARD"] : []
+    content {
+      channel = gateway_api_config.value
+    }
+  }
+
   workload_identity_config {
     workload_pool = "${var.project_id}.svc.id.goog"
   }

@@ -45,3 +45,13 @@ output "network" {
   description = "VPC name."
   value       = google_compute_network.vpc.name
 }
+
+output "cert_manager_dns_project" {
+  description = "Project of ui_host's Cloud DNS zone for cert-manager's DNS-01 challenge (empty: none). The ingress role's ui_tls_dns_project defaults to it."
+  value       = var.cert_manager_dns_project
+}
+
+output "cert_manager_dns_service_account" {
+  description = "Email of cert-manager's Google service account for DNS-01 (empty: none). The ingress role's ui_tls_dns_service_account defaults to it."
+  value       = var.cert_manager_dns_project == "" ? "" : google_service_account.cert_manager_dns[0].email
+}

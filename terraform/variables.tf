@@ -116,6 +116,23 @@ variable "release_channel" {
   }
 }
 
+variable "gateway_api" {
+  description = "Turn on GKE's Gateway API (gateway_api_config, channel CHANNEL_STANDARD): needed when Ansible's ui_entry is gke-gateway (overlay prod-gateway)."
+  type        = bool
+  default     = false
+}
+
+variable "cert_manager_dns_project" {
+  description = "Project of the Cloud DNS zone that holds ui_host, for Let's Encrypt's DNS-01 challenge (Ansible's ui_tls_acme_solver: dns01). Set: a service account for cert-manager with roles/dns.admin there, bound to cert-manager/cert-manager by Workload Identity. Empty: none."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cert_manager_dns_project == "" || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.cert_manager_dns_project))
+    error_message = "cert_manager_dns_project must be empty or a GCP project id."
+  }
+}
+
 variable "machine_type" {
   description = "Machine type of the node pool. dev fits e2-standard-4 (4 vCPU, 16 GiB); prod wants n2-standard-8 for three Kafka and three Cassandra nodes beside the services."
   type        = string

@@ -9,7 +9,9 @@ TARGET_DIR (a fresh clone builds them later, in `cargo test`), when the binary i
 crate's or shared/'s sources (its answer could be stale), or when the only complaint is a key
 announced for the service but not implemented yet (PENDING below: the line says so).
 Values the kubelet fills in are given samples: the pod-index label "0", the pod name
-"<service>-0". Secrets are left out (they are optional and hold credentials only).
+"<service>-0", and for a Secret's key `sample-<key>` (e.g. TICKFLOW_CASSANDRA__USERNAME =
+"sample-username"), so every variable the pod sets reaches the service's config loader, required
+Secrets or optional; no real Secret is read.
 """
 
 import glob
@@ -36,8 +38,11 @@ def pod_env(container, service):
         if "value" in item:
             env[name] = str(item["value"])
             continue
-        field = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "")
-        if "pod-index" in field:
+        source = item.get("valueFrom", {})
+        field = source.get("fieldRef", {}).get("fieldPath", "")
+        if "secretKeyRef" in source:
+            env[name] = f"sample-{source['secretKeyRef']['key']}"
+        elif "pod-index" in field:
             env[name] = "0"
         elif field == "metadata.name":
             env[name] = f"{service}-0"
