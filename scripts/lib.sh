@@ -26,3 +26,16 @@ export_stack_env() {
   local line
   while IFS= read -r line; do export "${line?}"; done < <("$ROOT/scripts/stack" env)
 }
+
+# cargo-machete (pinned, from crates.io) in ~/.cache/tickflow/tools/cargo/bin: finds dependencies
+# a crate declares and never uses. Prints the binary's path.
+CARGO_MACHETE_VERSION=0.9.2
+ensure_cargo_machete() {
+  local root=${TICKFLOW_TOOLS_HOME:-$HOME/.cache/tickflow/tools}/cargo
+  local bin=$root/bin/cargo-machete
+  if ! [ -x "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "$CARGO_MACHETE_VERSION"; then
+    log "installing cargo-machete $CARGO_MACHETE_VERSION from crates.io (about a minute)"
+    cargo install --quiet --locked "cargo-machete@$CARGO_MACHETE_VERSION" --root "$root" >&2
+  fi
+  printf '%s\n' "$bin"
+}
