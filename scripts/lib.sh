@@ -39,3 +39,22 @@ ensure_cargo_machete() {
   fi
   printf '%s\n' "$bin"
 }
+
+# The shared target directory only grows (every clone, profile and test binary); incremental
+# caches are most of what it keeps and are rebuilt on demand. Below 10 GiB free on its file
+# system, they are dropped (the next build is slower, not wrong); below 4 GiB after that the run
+# stops here rather than failing later in the middle of a build with "No space left".
+ensure_disk_space() {
+  local dir=$CARGO_TARGET_DIR avail_kib
+  mkdir -p "$dir"
+  avail_kib=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+  if [ "$avail_kib" -lt $((10 * 1024 * 1024)) ]; then
+    log "only $((avail_kib / 1024 / 1024)) GiB free beside $dir: removing its incremental caches ($(du -sh "$dir"/*/incremental 2>/dev/null | awk '{print $1}' | paste -sd+ -))"
+    rm -rf "$dir"/*/incremental
+    avail_kib=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+  fi
+  if [ "$avail_kib" -lt $((4 * 1024 * 1024)) ]; then
+    log "only $((avail_kib / 1024 / 1024)) GiB free beside $dir: free some space (cargo clean, or scripts/images --prune)"
+    exit 1
+  fi
+}

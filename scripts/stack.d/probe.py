@@ -7,6 +7,7 @@
 Prints one line describing the answer and exits 0, or prints the error and exits 1.
 """
 import json
+import socket
 import sys
 import urllib.request
 
@@ -14,6 +15,11 @@ import urllib.request
 def kafka(bootstrap: str) -> str:
     from confluent_kafka.admin import AdminClient
 
+    # While the broker starts, librdkafka would log a "Connection refused" line per attempt:
+    # ask the port first, quietly.
+    host, port = bootstrap.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=3):
+        pass
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000})
     metadata = admin.list_topics(timeout=5)
     return f"{len(metadata.brokers)} broker(s), {len(metadata.topics)} topic(s), cluster {metadata.cluster_id}"

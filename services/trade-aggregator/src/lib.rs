@@ -3,9 +3,10 @@
 //! Cassandra `candles_1m` and Kafka `md.candles.1m`, with checkpoints that give the effect of
 //! exactly-once across crashes.
 //!
-//! Not built yet (issue 5): roll-ups are computed by the operator (`rollup.rs`) but not yet wired
-//! to configuration, tables and topics; no state hand-over on consumer-group rebalances
-//! (instances own configured partition sets instead).
+//! Roll-ups of the 1-minute candles (`rollup.rs`, `aggregator.rollups`) go to Cassandra
+//! `candles_rollup` and to Kafka; instances share the input partitions through the consumer
+//! group, each partition's state handed over through a checkpoint on revoke and assign
+//! (`pipeline.rs`).
 #![forbid(unsafe_code)]
 
 pub mod config;
