@@ -15,6 +15,7 @@ pub mod instruments;
 pub mod kafka;
 pub mod proto;
 pub mod retry;
+pub mod runtime;
 pub mod service;
 pub mod shutdown;
 pub mod simfeed;

@@ -4,9 +4,10 @@
 //! exactly-once across crashes.
 //!
 //! Roll-ups of the 1-minute candles (`rollup.rs`, `aggregator.rollups`) go to Cassandra
-//! `candles_rollup` and to Kafka; instances share the input partitions through the consumer
-//! group, each partition's state handed over through a checkpoint on revoke and assign
-//! (`pipeline.rs`).
+//! `candles_rollup` (not to Kafka). The window operator (`operator/`) runs on the shared stream
+//! runtime (`tickflow_shared::runtime`), which shares the input partitions among the instances
+//! through the consumer group, each partition's state handed over through a checkpoint on revoke
+//! and assign; `pipeline.rs` is the wiring: the sinks and the recomputations of each tick.
 #![forbid(unsafe_code)]
 
 pub mod config;

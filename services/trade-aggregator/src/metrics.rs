@@ -16,6 +16,7 @@ pub const OWNED_PARTITIONS: &str = "tickflow_aggregator_owned_partitions";
 pub const CORRECTIONS: &str = "tickflow_aggregator_corrections_total";
 pub const PENDING_CORRECTIONS: &str = "tickflow_aggregator_pending_corrections";
 pub const SOURCES: &str = "tickflow_aggregator_sources";
+pub const CONSUMER_LAG: &str = "tickflow_aggregator_consumer_lag_messages";
 
 /// `outcome` of [`CORRECTIONS`]: the window was recomputed from the stored trades and re-emitted.
 pub const CORRECTION_RECOMPUTED: &str = "recomputed";
@@ -25,11 +26,6 @@ pub const CORRECTION_NO_TRADE_STORE: &str = "no_trade_store";
 pub const CORRECTION_BEYOND_TTL: &str = "beyond_ttl";
 /// `outcome` of [`CORRECTIONS`]: not recomputed, the window's sums overflow.
 pub const CORRECTION_OVERFLOW: &str = "overflow";
-
-/// `reason` of [`INPUT_ERRORS`]: a record without a value.
-pub const INPUT_EMPTY: &str = "empty";
-/// `reason` of [`INPUT_ERRORS`]: a value that is not a Trade in the registry's wire format.
-pub const INPUT_UNDECODABLE: &str = "undecodable";
 
 /// `sink` of [`SINK_ERRORS`] and [`SINK_WRITE_SECONDS`], with the `error_type` its writes fail
 /// with when its dependency is away.
@@ -42,9 +38,7 @@ pub const SINK_LATE: (&str, &str) = ("kafka_late", "kafka");
 /// as an increase (see [`tickflow_shared::telemetry::zero_counter`]).
 pub fn zero_error_counters() {
     use tickflow_shared::telemetry::zero_counter;
-    for reason in [INPUT_EMPTY, INPUT_UNDECODABLE] {
-        zero_counter(INPUT_ERRORS, &[("reason", reason)]);
-    }
+    crate::pipeline::RUNTIME_METRICS.zero();
     for rejection in crate::window::Rejection::ALL {
         zero_counter(REJECTED, &[("reason", rejection.reason())]);
     }
@@ -58,9 +52,6 @@ pub fn zero_error_counters() {
         CORRECTION_OVERFLOW,
     ] {
         zero_counter(CORRECTIONS, &[("interval", "1m"), ("outcome", outcome)]);
-    }
-    for kind in ["assigned", "revoked", "lost"] {
-        zero_counter(HANDOVERS, &[("kind", kind)]);
     }
 }
 
@@ -83,6 +74,11 @@ pub fn describe() {
     describe_gauge!(
         SOURCES,
         "Upstream sources (raw partitions) of the owned input partitions, by state: active (holding the watermark) or idle (left out after idle_timeout)."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Records of the input partition not yet read (the broker's high watermark minus the next \
+         offset), by partition, once a second."
     );
     describe_gauge!(
         OWNED_PARTITIONS,

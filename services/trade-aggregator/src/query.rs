@@ -11,23 +11,30 @@ use serde_json::{json, Value};
 use tickflow_shared::domain::Candle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pipeline::Query;
+use tickflow_shared::runtime::Inspect;
 
-pub fn routes(queries: mpsc::Sender<Query>) -> Router {
+use crate::operator::Aggregator;
+
+/// The channel queries reach the running operator through.
+pub type Queries = mpsc::Sender<Inspect<Aggregator>>;
+
+pub fn routes(queries: Queries) -> Router {
     Router::new()
         .route("/candles/{instrument}", get(candles))
         .with_state(queries)
 }
 
 async fn candles(
-    State(queries): State<mpsc::Sender<Query>>,
+    State(queries): State<Queries>,
     Path(instrument): Path<String>,
 ) -> impl IntoResponse {
     let (reply, answer) = oneshot::channel();
     let asked = queries
-        .send(Query {
-            instrument: instrument.clone(),
-            reply,
+        .send({
+            let instrument = instrument.clone();
+            Box::new(move |operator: &Aggregator| {
+                let _ = reply.send(operator.candles_of(&instrument));
+            })
         })
         .await;
     match (asked, answer.await) {
