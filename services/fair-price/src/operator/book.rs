@@ -13,10 +13,15 @@
 //! instrument has seen (rescaled when a finer one arrives). An instrument whose prices or sizes do
 //! not fit an i64 at that scale is computed by [`Scan`] from then on, the same function that
 //! checks the book in the tests.
+//!
+//! A checkpoint holds the trades and the scales (a price's text keeps the book's scale, so they
+//! cannot be derived from the trades still held), not the window: the first computation after a
+//! restore rebuilds it from the trades, to the same integers.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tickflow_shared::domain::Micros;
 use tickflow_shared::fairprice::Trigger;
 
@@ -100,6 +105,79 @@ impl Default for Book {
             exact: true,
             window: None,
         }
+    }
+}
+
+/// One trade in a checkpoint: (source, event time, price, size), decimals as their exact text.
+#[derive(Serialize, Deserialize)]
+struct SavedTrade(
+    u32,
+    Micros,
+    #[serde(with = "rust_decimal::serde::str")] Decimal,
+    #[serde(with = "rust_decimal::serde::str")] Decimal,
+);
+
+/// A book in a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct SavedBook {
+    /// By event time; among equal times in arrival order.
+    trades: Vec<SavedTrade>,
+    price_scale: u32,
+    size_scale: u32,
+    exact: bool,
+}
+
+/// The largest scale a [`Decimal`] has (`Decimal::new` panics beyond it).
+const MAX_SCALE: u32 = 28;
+
+impl Serialize for Book {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SavedBook {
+            trades: self
+                .entries
+                .iter()
+                .map(|k| {
+                    let Entry { source, tick } = k.entry;
+                    SavedTrade(source, tick.event_time, tick.price, tick.size)
+                })
+                .collect(),
+            price_scale: self.price_scale,
+            size_scale: self.size_scale,
+            exact: self.exact,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Book {
+    /// The trades are pushed again, so the keys are recomputed (and rescaled or given up on, if
+    /// a checkpoint disagrees with its scales) rather than trusted.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let saved = SavedBook::deserialize(deserializer)?;
+        if saved.price_scale > MAX_SCALE || saved.size_scale > MAX_SCALE {
+            return Err(serde::de::Error::custom(format!(
+                "book scales {} and {} beyond a decimal's {MAX_SCALE}",
+                saved.price_scale, saved.size_scale
+            )));
+        }
+        let mut book = Book {
+            entries: VecDeque::with_capacity(saved.trades.len()),
+            price_scale: saved.price_scale,
+            size_scale: saved.size_scale,
+            exact: saved.exact,
+            window: None,
+        };
+        for SavedTrade(source, event_time, price, size) in saved.trades {
+            book.push(Entry {
+                source,
+                tick: Tick {
+                    event_time,
+                    price,
+                    size,
+                },
+            });
+        }
+        Ok(book)
     }
 }
 

@@ -10,12 +10,14 @@
 //!
 //! [`evaluate`] does the arithmetic and returns an [`Outcome`] that names sources by index, so
 //! the operator can tell "did the result change" without building strings; only a result that
-//! is published becomes a [`FairPrice`] record ([`Outcome::to_fair_price`]).
+//! is published becomes a [`FairPrice`] record ([`Outcome::to_fair_price`]), and what the next
+//! comparison needs of it is kept as a [`Published`].
 
 use std::collections::VecDeque;
 
 use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{round_derived, Micros};
 use tickflow_shared::fairprice::{
     Exclusion, FairPrice, Method, SourceExcluded, SourceUsed, Trigger,
@@ -119,25 +121,91 @@ pub struct Outcome {
     pub trigger: Trigger,
 }
 
-impl Outcome {
-    /// The same result, ignoring why and when it was computed: what "changed" compares (the
-    /// price, and which sources counted or were excluded for which reason).
-    pub fn same_result(&self, other: &Outcome) -> bool {
-        self.price == other.price
-            && self.used.len() == other.used.len()
+/// What the operator keeps of an instrument's last result (published, or computed during
+/// replay): when it was computed, and what tells whether the next one changed. Part of the
+/// checkpoint; the rest of the outcome (volumes, statistics) is never read again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Published {
+    pub computed_at: Micros,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub price: Option<Decimal>,
+    /// The sources used (indices), in evaluation order.
+    pub used: Vec<usize>,
+    /// The sources excluded (indices) and why, in evaluation order.
+    #[serde(with = "exclusions")]
+    pub excluded: Vec<(usize, Exclusion)>,
+}
+
+impl Published {
+    /// Becomes `outcome`'s result, reusing its buffers: no allocation once they have grown to
+    /// the instrument's number of sources.
+    pub fn set(&mut self, outcome: &Outcome) {
+        self.computed_at = outcome.computed_at;
+        self.price = outcome.price;
+        self.used.clear();
+        self.used.extend(outcome.used.iter().map(|u| u.source));
+        self.excluded.clear();
+        self.excluded
+            .extend(outcome.excluded.iter().map(|e| (e.source, e.reason())));
+    }
+
+    /// `outcome` is the same result, whenever and why it was computed: what "changed" compares
+    /// (the price, and which sources counted or were excluded for which reason).
+    pub fn same_result(&self, outcome: &Outcome) -> bool {
+        self.price == outcome.price
+            && self.used.len() == outcome.used.len()
             && self
                 .used
                 .iter()
-                .zip(&other.used)
-                .all(|(a, b)| a.source == b.source)
-            && self.excluded.len() == other.excluded.len()
+                .zip(&outcome.used)
+                .all(|(&a, b)| a == b.source)
+            && self.excluded.len() == outcome.excluded.len()
             && self
                 .excluded
                 .iter()
-                .zip(&other.excluded)
-                .all(|(a, b)| a.source == b.source && a.reason() == b.reason())
+                .zip(&outcome.excluded)
+                .all(|(&(source, reason), b)| source == b.source && reason == b.reason())
     }
 
+    /// The largest source index it names, to check a restored one against its sources.
+    pub fn max_source(&self) -> Option<usize> {
+        self.used
+            .iter()
+            .copied()
+            .chain(self.excluded.iter().map(|e| e.0))
+            .max()
+    }
+}
+
+/// [`Exclusion`] in checkpoints by its name (the shared type reads only its Avro form).
+mod exclusions {
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use tickflow_shared::fairprice::Exclusion;
+
+    pub fn serialize<S: Serializer>(
+        excluded: &[(usize, Exclusion)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(excluded.iter().map(|(s, e)| (s, e.as_str())))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(usize, Exclusion)>, D::Error> {
+        Vec::<(usize, String)>::deserialize(deserializer)?
+            .into_iter()
+            .map(|(s, e)| {
+                Exclusion::from_str(&e)
+                    .map(|e| (s, e))
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
+}
+
+impl Outcome {
     /// Whether source `source` took part: used, or fresh but excluded as an outlier.
     pub fn fresh(&self, source: usize) -> bool {
         self.used.iter().any(|u| u.source == source)

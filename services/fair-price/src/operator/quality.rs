@@ -7,19 +7,24 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{Micros, MICROS_PER_SECOND};
 use tickflow_shared::fairprice::{Anomaly, AnomalyKind};
 
 use super::Quality;
 
-/// What the detector knows about one source.
-#[derive(Debug, Default, Clone)]
+/// What the detector knows about one source. Part of the checkpoint.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Detector {
     /// Active anomalies and when each started.
+    #[serde(with = "kinds")]
     pub active: BTreeMap<AnomalyKind, Micros>,
     /// Since when the source has been beyond the divergence threshold.
     diverging_since: Option<Micros>,
     /// Trades per second, exponentially averaged over the trailing time; None until measured.
+    /// As text in checkpoints: it reaches the anomalies' thresholds, so a restored detector must
+    /// hold the very same value, which JSON numbers do not promise.
+    #[serde(with = "float_text")]
     trailing_rate: Option<f64>,
     /// When the first heartbeat saw this source (the trailing rate needs a window of history).
     first_seen: Option<Micros>,
@@ -214,4 +219,85 @@ pub fn group_transition(
         started_at: started,
         detected_at: at,
     });
+}
+
+/// Active anomalies in checkpoints, by kind name (the shared type reads only its Avro form).
+mod kinds {
+    use std::collections::BTreeMap;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use tickflow_shared::domain::Micros;
+    use tickflow_shared::fairprice::AnomalyKind;
+
+    pub fn serialize<S: Serializer>(
+        active: &BTreeMap<AnomalyKind, Micros>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(active.iter().map(|(k, since)| (k.as_str(), since)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<AnomalyKind, Micros>, D::Error> {
+        BTreeMap::<String, Micros>::deserialize(deserializer)?
+            .into_iter()
+            .map(|(k, since)| {
+                AnomalyKind::from_str(&k)
+                    .map(|k| (k, since))
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
+}
+
+/// An `f64` as its shortest text that reads back to the same value (`Display`, then `parse`,
+/// which rounds correctly), where a JSON number would be read back only approximately.
+mod float_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<f64>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(v) => serializer.serialize_some(&v.to_string()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<f64>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| text.parse::<f64>().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detector_reads_back_exactly_from_its_checkpoint_text() {
+        for rate in [
+            0.1 + 0.2,
+            1.0 / 3.0,
+            9.999_999_999_999_998,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            -0.0,
+        ] {
+            let detector = Detector {
+                active: BTreeMap::from([(AnomalyKind::RateDrop, 7), (AnomalyKind::NoData, -3)]),
+                diverging_since: Some(11),
+                trailing_rate: Some(rate),
+                first_seen: Some(5),
+            };
+            let json = serde_json::to_string(&detector).unwrap();
+            let back: Detector = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, detector, "{json}");
+            let bits = back.trailing_rate.map(f64::to_bits);
+            assert_eq!(bits, Some(rate.to_bits()), "{json}");
+        }
+    }
 }

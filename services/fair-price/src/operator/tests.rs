@@ -1,6 +1,7 @@
-//! Case tables for the methods, and scenarios for publication and data quality.
+//! Case tables for the methods, and scenarios for publication, data quality, partitions and
+//! their hand-over through checkpoints.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use rust_decimal::Decimal;
 use tickflow_shared::domain::{parse_decimal, AssetClass, Micros, Trade};
@@ -317,19 +318,30 @@ fn a_stall_of_the_pipeline_is_not_idleness() {
 }
 
 #[test]
-fn the_global_clock_waits_for_the_slowest_active_partition() {
+fn a_partition_clock_waits_for_its_own_slowest_active_source_only() {
     let mut op = Operator::new(settings());
     let mut out = Vec::new();
-    op.on_trade(0, &trade("a", "a", T0, "100", "1"), 0, &mut out);
-    let mut other = trade("a", "a", T0 + 5 * S, "100", "1");
-    other.instrument = "ETH-USD".into();
-    op.on_trade(1, &other, 0, &mut out);
-    assert_eq!(
-        op.clock(),
-        Some(T0),
-        "partition 0 is active and still at T0"
-    );
+    op.on_trade(0, &trade("b", "b", T0, "100", "1"), 0, &mut out);
     op.on_trade(0, &trade("a", "a", T0 + 3 * S, "100", "1"), 0, &mut out);
+    assert_eq!(op.partition_clock(0), Some(T0), "b holds partition 0 back");
+    // Partition 1's only source is at T0 + 5 s: partition 0's slow b does not hold it back, so
+    // its instrument is published as of its trade at once.
+    let mut eth = trade("a", "a", T0 + 5 * S, "2000", "1");
+    eth.instrument = "ETH-USD".into();
+    op.on_trade(1, &eth, 0, &mut out);
+    assert_eq!(op.partition_clock(1), Some(T0 + 5 * S));
+    assert_eq!(op.partition_clock(0), Some(T0));
+    assert_eq!(op.clock(), Some(T0), "the slowest partition's");
+    let eth: Vec<Micros> = prices(&out)
+        .iter()
+        .filter(|p| p.instrument == "ETH-USD")
+        .map(|p| p.computed_at)
+        .collect();
+    assert_eq!(eth, [T0 + 5 * S]);
+    // b catches up: partition 0 moves, and partition 1 stays where its own sources are.
+    op.on_trade(0, &trade("b", "b", T0 + 3 * S, "100", "1"), 0, &mut out);
+    assert_eq!(op.partition_clock(0), Some(T0 + 3 * S));
+    assert_eq!(op.partition_clock(1), Some(T0 + 5 * S));
     assert_eq!(op.clock(), Some(T0 + 3 * S));
 }
 
@@ -642,4 +654,359 @@ fn the_same_input_gives_the_same_output() {
     let first = run();
     assert!(prices(&first).len() > 100);
     assert_eq!(first, run());
+}
+
+/// One trade of a scenario: partition, trade, processing time it arrives at when read live.
+type Fed = (i32, Trade, Micros);
+
+/// 40 s of two instruments on partition 0: sources a and b with prices of mixed scales and
+/// trailing zeros (a finer one early on), c silent from 10 s to 25 s on both (its provider goes silent), and on BTC-USD
+/// a fourth source d far off from 12 s to 30 s (an outlier, then PRICE_DIVERGENCE). Sources
+/// trade 7 ms apart within each 100 ms, so changes wait for the throttle.
+fn handover_scenario() -> Vec<Fed> {
+    let mut fed = Vec::new();
+    for i in 1..=400i64 {
+        for (k, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let t = T0 + i * 100 * MS + k as i64 * 7 * MS;
+            if name == "c" && (101..251).contains(&i) {
+                continue;
+            }
+            let price = match name {
+                // A finer scale only in the first 3 s: pruned long before most cuts, it still
+                // sets the scale of the book's prices.
+                "a" if i <= 30 => format!("100.{:02}00", (i * 7) % 100),
+                "a" => format!("100.{:02}0", (i * 7) % 100),
+                "b" => format!("100.{:02}", (i * 13) % 100),
+                "c" => format!("99.{}", i % 10),
+                _ if (120..300).contains(&i) => "106.50".to_string(),
+                _ => format!("100.{:03}", (i * 31) % 1000),
+            };
+            let mut btc = trade(name, name, t, &price, "0.50");
+            btc.size = d(&format!("0.{}", 1 + i % 9));
+            fed.push((0, btc.clone(), t - T0));
+            if name != "d" {
+                let mut eth = btc;
+                eth.instrument = "ETH-USD".into();
+                eth.price = d(&format!("20{price}"));
+                fed.push((0, eth, t - T0 + 1));
+            }
+        }
+    }
+    fed
+}
+
+/// The first difference between two runs' outputs, compared by their debug text, which shows a
+/// decimal's scale and a float's every digit (equality of decimals would not).
+fn assert_same_outputs(got: &[Output], want: &[Output], what: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(
+            format!("{g:?}"),
+            format!("{w:?}"),
+            "{what}: output {i} differs"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{what}: as many outputs");
+}
+
+#[test]
+fn a_partition_handed_over_through_checkpoints_publishes_what_it_would_have() {
+    let fed = handover_scenario();
+    for live in [false, true] {
+        let now = |at: Micros| if live { at } else { 0 };
+        let mut straight = Operator::new(settings());
+        let mut want = Vec::new();
+        for (partition, t, at) in &fed {
+            straight.on_trade(*partition, t, now(*at), &mut want);
+        }
+        let anomaly_kinds: BTreeSet<(AnomalyKind, String)> = want
+            .iter()
+            .filter_map(|o| match o {
+                Output::Anomaly(a) => Some((a.kind, format!("{}/{}", a.provider, a.instrument))),
+                Output::FairPrice(_) => None,
+            })
+            .collect();
+        for expected in [
+            (AnomalyKind::NoData, "c/BTC-USD"),
+            (AnomalyKind::NoData, "c/*"),
+            (AnomalyKind::PriceDivergence, "d/BTC-USD"),
+            (AnomalyKind::Recovered, "c/*"),
+            (AnomalyKind::Recovered, "d/BTC-USD"),
+        ] {
+            assert!(
+                anomaly_kinds.contains(&(expected.0, expected.1.to_string())),
+                "live {live}: the scenario raises {expected:?}: {anomaly_kinds:?}"
+            );
+        }
+        assert!(prices(&want).iter().any(|p| p
+            .sources_excluded
+            .iter()
+            .any(|e| e.reason == Exclusion::Outlier)));
+
+        // Cut every 97 trades, and around c's silence and d's divergence.
+        let cuts: BTreeSet<usize> = (1..fed.len())
+            .step_by(97)
+            .chain([2, 3, 1_001, 1_003, 1_700, 2_400, 2_401])
+            .collect();
+        let mut op = Operator::new(settings());
+        let mut got = Vec::new();
+        let (mut queued_at_cut, mut silent_at_cut) = (0, 0);
+        for (i, (partition, t, at)) in fed.iter().enumerate() {
+            if cuts.contains(&i) {
+                if !op.partitions[&0].throttled.is_empty() {
+                    queued_at_cut += 1;
+                }
+                if op.active_anomalies().iter().any(|a| a.3 == ANY) {
+                    silent_at_cut += 1;
+                }
+                let bytes = op.snapshot(0).unwrap();
+                op = Operator::new(settings());
+                op.restore(0, &bytes, STATE_FORMAT, now(*at)).unwrap();
+                assert!(
+                    op.snapshot(0).unwrap() == bytes,
+                    "live {live}: the state restored at cut {i} snapshots differently"
+                );
+            }
+            op.on_trade(*partition, t, now(*at), &mut got);
+        }
+        assert!(
+            queued_at_cut > 0,
+            "a cut between a change queued and its release"
+        );
+        assert!(silent_at_cut > 0, "a cut while provider c is silent");
+        assert_same_outputs(&got, &want, if live { "live" } else { "backlog" });
+    }
+}
+
+/// Partition 0: BTC-USD, sources a, b and c, c silent from 10 s to 25 s. Partition 1: ETH-USD,
+/// sources a, b and d, 3 s behind partition 0 in event time and with d off the others for a while.
+fn two_partitions() -> Vec<Fed> {
+    let mut fed = Vec::new();
+    for i in 1..=300i64 {
+        for (k, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let t = T0 + i * 100 * MS + k as i64 * 11 * MS;
+            if name == "c" && (101..251).contains(&i) {
+                continue;
+            }
+            let price = format!("{}.{:02}", 100 + (i + k as i64) % 3, (i * 17) % 100);
+            fed.push((0, trade(name, name, t, &price, "1"), t - T0));
+        }
+        for (k, name) in ["a", "b", "d"].into_iter().enumerate() {
+            let t = T0 - 3 * S + i * 100 * MS + k as i64 * 13 * MS;
+            let price = match name {
+                "d" if (50..200).contains(&i) => "2100".to_string(),
+                _ => format!("2000.{}", (i * 3 + k as i64) % 10),
+            };
+            let mut eth = trade(name, name, t, &price, "2");
+            eth.instrument = "ETH-USD".into();
+            // Arrives with partition 0's trades of the same step.
+            fed.push((1, eth, T0 + i * 100 * MS - T0));
+        }
+    }
+    fed
+}
+
+#[test]
+fn each_partition_publishes_the_same_beside_another_as_alone() {
+    let fed = two_partitions();
+    for live in [false, true] {
+        let now = |at: Micros| if live { at } else { 0 };
+        let run = |only: Option<i32>| {
+            let mut op = Operator::new(settings());
+            let mut out = Vec::new();
+            for (partition, t, at) in &fed {
+                if only.is_none_or(|p| p == *partition) {
+                    op.on_trade(*partition, t, now(*at), &mut out);
+                }
+            }
+            out
+        };
+        let both = run(None);
+        for (partition, instrument) in [(0, "BTC-USD"), (1, "ETH-USD")] {
+            // Every fair price, and the anomalies of the instrument's sources (provider-wide
+            // ones depend on the partitions owned).
+            let of = |out: &[Output]| -> Vec<Output> {
+                out.iter()
+                    .filter(|o| match o {
+                        Output::FairPrice(fp) => fp.instrument == instrument,
+                        Output::Anomaly(a) => a.instrument == instrument,
+                    })
+                    .cloned()
+                    .collect()
+            };
+            let alone = of(&run(Some(partition)));
+            assert!(prices(&alone).len() > 50, "{instrument}");
+            assert!(!anomalies(&alone).is_empty(), "{instrument}");
+            assert_same_outputs(&of(&both), &alone, instrument);
+        }
+    }
+}
+
+#[test]
+fn provider_silence_is_reported_when_its_sources_in_every_owned_partition_are_silent() {
+    // c trades BTC-USD on partition 0 and ETH-USD on partition 1: silent on BTC-USD only from
+    // 10 s to 25 s (not the provider), then on both from 35 s to 50 s (the provider).
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    for i in 1..=600i64 {
+        let t = T0 + i * 100 * MS;
+        for (partition, instrument) in [(0, "BTC-USD"), (1, "ETH-USD")] {
+            for name in ["a", "c"] {
+                let btc_only = partition == 0 && (100..250).contains(&i);
+                if name == "c" && (btc_only || (350..500).contains(&i)) {
+                    continue;
+                }
+                let mut x = trade(name, name, t, "100", "1");
+                x.instrument = instrument.into();
+                op.on_trade(partition, &x, t - T0, &mut out);
+            }
+        }
+    }
+    let provider: Vec<(AnomalyKind, Micros)> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Anomaly(a) if a.instrument == ANY && a.provider == "c" => {
+                Some((a.kind, a.started_at))
+            }
+            _ => None,
+        })
+        .collect();
+    let kinds: Vec<AnomalyKind> = provider.iter().map(|p| p.0).collect();
+    assert_eq!(
+        kinds,
+        [AnomalyKind::NoData, AnomalyKind::Recovered],
+        "{provider:?}"
+    );
+    assert_eq!(
+        provider[0].1,
+        T0 + 34_900 * MS,
+        "since c's last trade anywhere"
+    );
+    let mut silent: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Anomaly(a) if a.kind == AnomalyKind::NoData && a.instrument != ANY => {
+                Some(a.instrument.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    silent.sort_unstable();
+    assert_eq!(silent, ["BTC-USD", "BTC-USD", "ETH-USD"], "c's own NO_DATA");
+}
+
+#[test]
+fn a_partition_started_fresh_waits_idle_after_for_sources_not_seen_yet() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    op.start_fresh(0, 0);
+    op.on_trade(0, &trade("a", "a", T0, "100", "1"), 0, &mut out);
+    op.on_trade(
+        0,
+        &trade("a", "a", T0 + S, "100", "1"),
+        1_500 * MS,
+        &mut out,
+    );
+    op.on_trade(
+        0,
+        &trade("b", "b", T0 + 500 * MS, "101", "1"),
+        1_500 * MS,
+        &mut out,
+    );
+    op.advance(1_900 * MS, &mut out);
+    assert_eq!(
+        op.partition_clock(0),
+        None,
+        "a source not seen yet may still come"
+    );
+    assert!(out.is_empty());
+    // idle_after (2 s) since the start: the sources seen are all there is.
+    op.advance(2_000 * MS, &mut out);
+    assert_eq!(op.partition_clock(0), Some(T0 + 500 * MS));
+    let times: Vec<Micros> = prices(&out).iter().map(|p| p.computed_at - T0).collect();
+    assert_eq!(times, [0, 500 * MS]);
+}
+
+#[test]
+fn restore_rejects_unknown_formats_and_garbage_and_keeps_what_it_had() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    for i in 0..20 {
+        op.on_trade(
+            0,
+            &trade("a", "a", T0 + i * 300 * MS, "100.5", "1"),
+            0,
+            &mut out,
+        );
+    }
+    let good = op.snapshot(0).unwrap();
+    for format in [0, 2, -1, i32::MAX] {
+        let e = op.restore(0, &good, format, 0).unwrap_err();
+        assert!(e.contains("format"), "{e}");
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&lz4_flex::decompress_size_prepended(&good).unwrap()).unwrap();
+    let edited = |path: &[&str], value: serde_json::Value| {
+        let mut state = state.clone();
+        let mut at = &mut state;
+        for key in path {
+            at = match key.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*key],
+            };
+        }
+        *at = value;
+        lz4_flex::compress_prepend_size(&serde_json::to_vec(&state).unwrap())
+    };
+    let mut huge_size = vec![0xff; 4];
+    huge_size.extend([0x10, b'{', b'}']);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("shorter than the size", vec![1, 2]),
+        ("a size no block gives", huge_size),
+        (
+            "noise",
+            (0..300u32).map(|i| (i * 7_919 % 251) as u8).collect(),
+        ),
+        ("cut short", good[..good.len() / 2].to_vec()),
+        ("not JSON", lz4_flex::compress_prepend_size(b"tickflow")),
+        (
+            "not the state",
+            lz4_flex::compress_prepend_size(b"{\"instruments\": 3}"),
+        ),
+        (
+            "an unknown asset class",
+            edited(&["instruments", "0", "asset_class"], "BONDS".into()),
+        ),
+        (
+            "a price that is no decimal",
+            edited(
+                &["instruments", "0", "book", "trades", "0", "2"],
+                "1e".into(),
+            ),
+        ),
+        (
+            "a trade of a source it does not have",
+            edited(&["instruments", "0", "book", "trades", "0", "0"], 7.into()),
+        ),
+        (
+            "a scale beyond a decimal's",
+            edited(&["instruments", "0", "book", "price_scale"], 40.into()),
+        ),
+        (
+            "an unknown anomaly kind",
+            edited(
+                &["instruments", "0", "sources", "0", "detector", "active"],
+                serde_json::json!({ "ON_FIRE": 1 }),
+            ),
+        ),
+    ];
+    for (what, bytes) in cases {
+        assert!(
+            op.restore(0, &bytes, STATE_FORMAT, 0).is_err(),
+            "{what} is refused"
+        );
+    }
+    assert_eq!(op.snapshot(0).unwrap(), good, "the partition is as it was");
+    op.restore(0, &good, STATE_FORMAT, 0).unwrap();
+    assert_eq!(op.snapshot(0).unwrap(), good);
 }
