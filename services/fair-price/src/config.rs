@@ -52,9 +52,20 @@ pub struct FairPriceConfig {
     pub output_topic: String,
     /// Data-quality events out (Avro `Anomaly`, key = instrument or `*`).
     pub anomalies_topic: String,
-    /// The consumer group the input offsets are committed under. One instance reads every input
-    /// partition (splitting them across instances is not built yet).
+    /// The consumer group the instances share the input partitions through, and the operator id
+    /// of their checkpoints: each partition's state is handed over through its checkpoint when
+    /// it moves to another instance.
     pub group_id: String,
+    /// This instance's `group.instance.id` (static membership): stable across its restarts, so a
+    /// restarted instance takes its partitions back at once; unique among the live instances.
+    /// Default: `<group_id>-<hostname>` (on Kubernetes, the pod's name).
+    pub instance_id: Option<String>,
+    /// Input partitions this instance owns. Empty (the default): shared by the instances of the
+    /// group; a list: exactly these (instances must own disjoint sets).
+    pub partitions: Vec<i32>,
+    /// How often each owned partition's state and next offset are checkpointed (in Cassandra,
+    /// after every output before them has landed). Milliseconds.
+    pub checkpoint_interval_ms: u64,
     /// vw_median (default), median, vwap or trimmed_mean.
     pub method: Method,
     /// Share of sources dropped at each end by trimmed_mean, 0 ≤ x < 0.5.
@@ -87,11 +98,12 @@ pub struct FairPriceConfig {
     /// event-time clock advances with the wall clock, so heartbeats go on and show staleness.
     /// Milliseconds.
     pub wall_clock_after_ms: u64,
-    /// On start and on partition assignment, this much input before the committed offset is read
-    /// again (without publishing) to rebuild the lookback and the data-quality state.
-    /// Milliseconds; at least `lookback_ms`.
+    /// A partition without a checkpoint (the first start, or `write_cassandra` off, which keeps
+    /// no checkpoints) starts this much input before the group's committed offset, read again
+    /// without publishing to rebuild the lookback and the data-quality state. Milliseconds; at
+    /// least `lookback_ms`.
     pub replay_ms: u64,
-    /// Also write fair prices and anomalies to Cassandra.
+    /// Also write fair prices and anomalies to Cassandra, and keep the checkpoints there.
     pub write_cassandra: bool,
     /// Cassandra writes in flight at once.
     pub max_in_flight: usize,
@@ -112,6 +124,9 @@ impl Default for FairPriceConfig {
             output_topic: names::FAIR_PRICE.into(),
             anomalies_topic: names::ANOMALIES.into(),
             group_id: "fair-price".into(),
+            instance_id: None,
+            partitions: Vec::new(),
+            checkpoint_interval_ms: 2_000,
             method: Method::VwMedian,
             trimmed_share: 0.2,
             lookback_ms: 5_000,
@@ -257,6 +272,13 @@ impl QualityConfig {
 }
 
 impl FairPriceConfig {
+    /// `instance_id`, or its default.
+    pub fn instance_id(&self) -> String {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.group_id, tickflow_shared::kafka::host_name()))
+    }
+
     /// The operator's settings, in microseconds of event time.
     pub fn settings(&self) -> Settings {
         let mut by_class = BTreeMap::new();
@@ -299,6 +321,16 @@ impl FairPriceConfig {
         ] {
             problems.check(!topic.trim().is_empty(), key, "must not be empty");
         }
+        problems.check(
+            self.partitions.iter().all(|p| *p >= 0),
+            "fair_price.partitions",
+            "must be partition numbers >= 0",
+        );
+        problems.check(
+            self.checkpoint_interval_ms > 0,
+            "fair_price.checkpoint_interval_ms",
+            "must be > 0",
+        );
         problems.check(
             (0.0..0.5).contains(&self.trimmed_share),
             "fair_price.trimmed_share",

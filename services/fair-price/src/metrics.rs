@@ -18,11 +18,10 @@ pub const LATENCY: &str = "tickflow_fairprice_latency_seconds";
 pub const SINK_WRITE_SECONDS: &str = "tickflow_fairprice_sink_write_duration_seconds";
 pub const SINK_ERRORS: &str = "tickflow_fairprice_sink_errors_total";
 pub const CONSUMER_LAG: &str = "tickflow_fairprice_consumer_lag_messages";
-
-/// `reason` of [`INPUT_ERRORS`]: a record without a value.
-pub const INPUT_EMPTY: &str = "empty";
-/// `reason` of [`INPUT_ERRORS`]: a value that is not a Trade in the registry's wire format.
-pub const INPUT_UNDECODABLE: &str = "undecodable";
+pub const HANDOVERS: &str = "tickflow_fairprice_partition_handovers_total";
+pub const OWNED_PARTITIONS: &str = "tickflow_fairprice_owned_partitions";
+pub const CHECKPOINT_SECONDS: &str = "tickflow_fairprice_checkpoint_duration_seconds";
+pub const CHECKPOINT_BYTES: &str = "tickflow_fairprice_checkpoint_size_bytes";
 
 /// `sink` of [`SINK_ERRORS`], with the `error_type` its writes fail with when its dependency
 /// is away.
@@ -36,9 +35,7 @@ pub const SINK_ANOMALIES_CASSANDRA: (&str, &str) = ("cassandra_anomalies", "cass
 /// when the service writes to Cassandra.
 pub fn zero_error_counters(cassandra: bool) {
     use tickflow_shared::telemetry::zero_counter;
-    for reason in [INPUT_EMPTY, INPUT_UNDECODABLE] {
-        zero_counter(INPUT_ERRORS, &[("reason", reason)]);
-    }
+    crate::pipeline::RUNTIME_METRICS.zero();
     let mut sinks = vec![SINK_PRICES_KAFKA, SINK_ANOMALIES_KAFKA];
     if cassandra {
         sinks.extend([SINK_PRICES_CASSANDRA, SINK_ANOMALIES_CASSANDRA]);
@@ -48,8 +45,11 @@ pub fn zero_error_counters(cassandra: bool) {
     }
 }
 
-/// Every metric this service promises (a test checks `/metrics` against it).
-pub const ALL: [&str; 18] = [
+/// Every metric this service promises (a test checks `/metrics` against it); the checkpoint
+/// metrics only appear with checkpoints (`write_cassandra`), after the first.
+pub const ALL: [&str; 20] = [
+    HANDOVERS,
+    OWNED_PARTITIONS,
     TRADES_IN,
     INPUT_ERRORS,
     PRICE,
@@ -135,4 +135,21 @@ pub fn describe() {
         "Failed sink writes (retried), by sink and error type."
     );
     describe_gauge!(CONSUMER_LAG, "Input records not yet read, by partition.");
+    describe_counter!(
+        HANDOVERS,
+        "Input partitions taken over from (assigned, state restored from its checkpoint) or handed \
+         to another instance of the group (revoked, after a checkpoint), or lost (dropped without a \
+         checkpoint), by kind."
+    );
+    describe_gauge!(OWNED_PARTITIONS, "Input partitions this instance owns.");
+    describe_histogram!(
+        CHECKPOINT_SECONDS,
+        Unit::Seconds,
+        "Time to checkpoint the owned partitions' state and offsets in Cassandra."
+    );
+    describe_gauge!(
+        CHECKPOINT_BYTES,
+        Unit::Bytes,
+        "Size of the last checkpoint's states, all owned partitions together."
+    );
 }

@@ -1,50 +1,199 @@
-//! The async loop around the pure operator: read trades from the owned input partitions, feed
-//! the operator, land its outputs, commit input offsets, export gauges.
+//! fair-price on the stream runtime ([`tickflow_shared::runtime`]): the fair-price operator, its
+//! sinks (Kafka, then Cassandra), the latest prices the query API serves, and the gauges.
 //!
-//! Restart: for each partition, reading starts `replay_ms` before the committed offset (by
-//! record time) and the records before the committed offset rebuild the lookback and the
-//! data-quality state without publishing. Offsets are committed only after the outputs of the
-//! records before them have landed; the outputs replayed after a crash are the same keyed
-//! records and upserts again, so the effect is that of a run without the crash.
+//! The runtime does consumption, partition ownership (configured in `fair_price.partitions`, or
+//! shared by the instances of the consumer group `fair_price.group_id`, each partition's lookback
+//! and data-quality state handed over through its checkpoint), delivery and shutdown; see its
+//! module doc. With `write_cassandra` on (the default) each partition's state and next offset are
+//! checkpointed in Cassandra after its outputs have landed, so a restart or a new owner goes on
+//! exactly where the last one stopped. With it off no state is kept: the group's committed
+//! offsets are the progress, and a partition starts `replay_ms` before them, rebuilding its state
+//! without publishing. Either way the outputs published again after a crash are the same keyed
+//! records, so the effect is that of a run without the crash.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra::FairPriceStore;
-use tickflow_shared::domain::{now_micros, Trade};
+use tickflow_shared::cassandra::{CheckpointStore, FairPriceStore};
+use tickflow_shared::domain::{Micros, Trade};
 use tickflow_shared::error::Error;
 use tickflow_shared::fairprice::{AnomalyKind, Trigger};
 use tickflow_shared::kafka;
-use tickflow_shared::retry::{self, RetryPolicy};
+use tickflow_shared::runtime::{self, Checkpoints, Fresh, Job, Plan, Record};
 use tickflow_shared::service::CassandraHandle;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
-use tickflow_shared::watermark;
+use tickflow_shared::watermark::fallback_source;
 use tickflow_shared::Result;
 
 use crate::api::Latest;
 use crate::config::Config;
 use crate::metrics::*;
-use crate::operator::{Operator, Output};
+use crate::operator::{Operator, Output, READABLE_STATE_FORMATS, STATE_FORMAT};
 use crate::sink::{Batch, Sinks};
 
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the once-a-second lag query may wait for the broker before it is skipped.
-const LAG_TIMEOUT: Duration = Duration::from_secs(1);
+/// The runtime's metric names for fair-price.
+pub const RUNTIME_METRICS: runtime::Metrics = runtime::Metrics {
+    input_errors: INPUT_ERRORS,
+    handovers: HANDOVERS,
+    owned_partitions: OWNED_PARTITIONS,
+    checkpoint_seconds: CHECKPOINT_SECONDS,
+    checkpoint_bytes: CHECKPOINT_BYTES,
+    consumer_lag: CONSUMER_LAG,
+};
 
-/// Where each owned partition starts, and where its publishing resumes.
-struct Position {
-    start: Offset,
-    /// Records before this offset were already processed by a previous run: replay only.
-    resume: i64,
+impl runtime::Operator for Operator {
+    type Output = Output;
+    const STATE_FORMAT: i32 = STATE_FORMAT;
+    const READABLE_STATE_FORMATS: &'static [i32] = &READABLE_STATE_FORMATS;
+
+    fn on_trade(
+        &mut self,
+        partition: i32,
+        source: Option<&str>,
+        trade: &Trade,
+        now: Micros,
+        out: &mut Vec<Output>,
+    ) {
+        match source {
+            Some(source) => self.on_trade_from(partition, source, trade, now, out),
+            None => self.on_trade_from(partition, &fallback_source(trade), trade, now, out),
+        }
+    }
+    fn advance(&mut self, now: Micros, out: &mut Vec<Output>) {
+        Operator::advance(self, now, out);
+    }
+    fn exclude_stall(&mut self, stall: Micros) {
+        Operator::exclude_stall(self, stall);
+    }
+    fn snapshot(&self, partition: i32) -> std::result::Result<Vec<u8>, String> {
+        Operator::snapshot(self, partition)
+    }
+    fn restore(
+        &mut self,
+        partition: i32,
+        state: &[u8],
+        format: i32,
+        now: Micros,
+    ) -> std::result::Result<(), String> {
+        Operator::restore(self, partition, state, format, now)
+    }
+    fn start_fresh(&mut self, partition: i32, now: Micros) {
+        Operator::start_fresh(self, partition, now);
+    }
+    fn drop_partition(&mut self, partition: i32) {
+        Operator::drop_partition(self, partition);
+    }
+    fn set_replaying(&mut self, partition: i32, replaying: bool) {
+        Operator::set_replaying(self, partition, replaying);
+    }
 }
 
-/// Runs until shutdown. Returns an error only for what needs a human (missing tables).
+/// fair-price's side of the runtime: the batch, where it lands, what the API serves.
+struct Prices {
+    sinks: Sinks,
+    batch: Batch,
+    labels: InstrumentLabels,
+    latest: Arc<Latest>,
+    /// The anomalies active at the last report, to clear their gauges when they end.
+    active: HashSet<(AnomalyKind, String, String, String)>,
+}
+
+impl Job for Prices {
+    type Operator = Operator;
+
+    /// Every output is urgent: a changed price lands within milliseconds of its trade.
+    fn collect(&mut self, outputs: &mut Vec<Output>, record: Option<Record>) -> bool {
+        if let Some(r) = record.as_ref().filter(|r| !r.replaying) {
+            let t = &r.trade;
+            metrics::counter!(TRADES_IN, "provider" => t.provider.clone(), "exchange" => t.exchange.clone(), "instrument" => self.labels.label(&t.instrument)).increment(1);
+        }
+        let trade = record.as_ref().map(|r| &r.trade);
+        let any = !outputs.is_empty();
+        for output in outputs.drain(..) {
+            match output {
+                Output::FairPrice(fp) => {
+                    let instrument = self.labels.label(&fp.instrument);
+                    metrics::counter!(PUBLISHED, "instrument" => instrument.clone(), "trigger" => fp.trigger.as_str()).increment(1);
+                    if let Some(p) = fp
+                        .price
+                        .and_then(|p| rust_decimal::prelude::ToPrimitive::to_f64(&p))
+                    {
+                        metrics::gauge!(PRICE, "instrument" => instrument.clone()).set(p);
+                    }
+                    metrics::gauge!(STALE, "instrument" => instrument.clone()).set(if fp.stale {
+                        1.0
+                    } else {
+                        0.0
+                    });
+                    metrics::gauge!(ACTIVE_SOURCES, "instrument" => instrument.clone())
+                        .set(fp.sources_used.len() as f64);
+                    metrics::gauge!(DISPERSION, "instrument" => instrument.clone())
+                        .set(fp.dispersion);
+                    metrics::gauge!(CONFIDENCE, "instrument" => instrument.clone())
+                        .set(fp.confidence);
+                    for e in &fp.sources_excluded {
+                        metrics::counter!(EXCLUDED, "provider" => e.provider.clone(), "exchange" => e.exchange.clone(), "instrument" => instrument.clone(), "reason" => e.reason.as_str()).increment(1);
+                    }
+                    self.latest.publish(&fp);
+                    // The receive time of the trade that caused a change, for the latency
+                    // histogram.
+                    let ingest = trade
+                        .filter(|t| fp.trigger == Trigger::Change && t.instrument == fp.instrument)
+                        .map(|t| t.ingest_time);
+                    self.batch.prices.push((fp, ingest));
+                }
+                Output::Anomaly(a) => {
+                    metrics::counter!(ANOMALIES, "kind" => a.kind.as_str(), "provider" => a.provider.clone(), "exchange" => a.exchange.clone(), "instrument" => self.labels.label(&a.instrument)).increment(1);
+                    tracing::info!(kind = a.kind.as_str(), provider = %a.provider, exchange = %a.exchange, instrument = %a.instrument, observed = a.observed, threshold = a.threshold, detail = %a.detail, "anomaly");
+                    self.batch.anomalies.push(a);
+                }
+            }
+        }
+        any
+    }
+
+    async fn flush(&mut self, shutdown: &Shutdown) -> Result<bool> {
+        self.sinks
+            .flush(std::mem::take(&mut self.batch), shutdown)
+            .await
+    }
+
+    fn discard(&mut self) {
+        self.batch = Batch::default();
+    }
+
+    /// Per-source gauges and the active-anomaly gauges.
+    fn report(&mut self, operator: &Operator, _owned: &BTreeSet<i32>) {
+        let labels = &self.labels;
+        operator.source_stats(|instrument, provider, exchange, age, rate, ratio| {
+            let l = [
+                ("provider", provider.to_string()),
+                ("exchange", exchange.to_string()),
+                ("instrument", labels.label(instrument)),
+            ];
+            if age.is_finite() {
+                metrics::gauge!(SOURCE_AGE, &l).set(age);
+            }
+            metrics::gauge!(SOURCE_RATE, &l).set(rate);
+            if let Some(r) = ratio {
+                metrics::gauge!(SOURCE_RATIO, &l).set(r);
+            }
+        });
+        let active: HashSet<_> = operator.active_anomalies().into_iter().collect();
+        for key in self.active.iter().chain(active.iter()) {
+            let (kind, provider, exchange, instrument) = key;
+            metrics::gauge!(ANOMALY_ACTIVE, "kind" => kind.as_str(), "provider" => provider.clone(), "exchange" => exchange.clone(), "instrument" => labels.label(instrument))
+                .set(if active.contains(key) { 1.0 } else { 0.0 });
+        }
+        self.active = active;
+    }
+}
+
+/// Runs until shutdown. Returns an error only for what needs a human (missing tables, a
+/// checkpoint it cannot read).
 pub async fn run(
     config: &Config,
     registry: &Registry,
@@ -54,22 +203,30 @@ pub async fn run(
     shutdown: &Shutdown,
 ) -> Result<()> {
     let fp = &config.fair_price;
-    let store = if let Some(cassandra) = cassandra.filter(|_| fp.write_cassandra) {
+    let (store, checkpoints) = if let Some(cassandra) = cassandra.filter(|_| fp.write_cassandra) {
         let Some(session) = cassandra.session(shutdown).await else {
             return Ok(());
         };
         let keyspace = &config.cassandra.keyspace;
-        Some(
-            FairPriceStore::new(session, keyspace)
-                .await
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "{e}\nhint: apply the Cassandra migrations first: `tickflow-admin migrate` (keyspace {keyspace})"
-                    ))
-                })?,
+        let missing_tables = |e: Error| {
+            Error::Config(format!(
+                "{e}\nhint: apply the Cassandra migrations first: `tickflow-admin migrate` (keyspace {keyspace})"
+            ))
+        };
+        (
+            Some(
+                FairPriceStore::new(session.clone(), keyspace)
+                    .await
+                    .map_err(missing_tables)?,
+            ),
+            Some(
+                CheckpointStore::new(session, keyspace)
+                    .await
+                    .map_err(missing_tables)?,
+            ),
         )
     } else {
-        None
+        (None, None)
     };
     let codec = Arc::new(AvroCodec::new(
         registry,
@@ -78,324 +235,48 @@ pub async fn run(
             (fp.anomalies_topic.as_str(), avro::ANOMALY),
         ],
     ));
-    let sinks = Sinks {
-        store,
-        producer: kafka::producer(&config.kafka, "fair-price")?,
-        codec: codec.clone(),
-        prices_topic: fp.output_topic.clone(),
-        anomalies_topic: fp.anomalies_topic.clone(),
-        max_in_flight: fp.max_in_flight,
+    let mut job = Prices {
+        sinks: Sinks {
+            store,
+            producer: kafka::producer(&config.kafka, "fair-price")?,
+            codec: codec.clone(),
+            prices_topic: fp.output_topic.clone(),
+            anomalies_topic: fp.anomalies_topic.clone(),
+            max_in_flight: fp.max_in_flight,
+        },
+        batch: Batch::default(),
+        labels,
+        latest,
+        active: HashSet::new(),
     };
-
-    let consumer: StreamConsumer =
-        kafka::stream_consumer(&config.kafka, "fair-price", &fp.group_id)?;
-    let Some(partitions) = kafka::topic_partitions(&consumer, &fp.input_topic, shutdown).await
-    else {
-        return Ok(());
+    let plan = Plan {
+        kafka: &config.kafka,
+        role: "fair-price",
+        group_id: &fp.group_id,
+        instance_id: fp.instance_id(),
+        instance_id_key: "fair_price.instance_id",
+        topic: &fp.input_topic,
+        partitions: &fp.partitions,
+        fresh: Fresh::Replay {
+            replay_ms: fp.replay_ms,
+        },
+        checkpoint_interval: Duration::from_millis(fp.checkpoint_interval_ms),
+        max_batch: fp.max_batch,
+        metrics: RUNTIME_METRICS,
     };
-    let Some(positions) = retry::until_ok(
-        "find start offsets",
-        RetryPolicy::DEPENDENCY,
+    let checkpoints = match &checkpoints {
+        Some(store) => Checkpoints::Cassandra(store),
+        None => Checkpoints::None,
+    };
+    let mut operator = Operator::new(fp.settings());
+    runtime::run(
+        &plan,
+        &codec,
+        checkpoints,
+        &mut operator,
+        &mut job,
+        None,
         shutdown,
-        || async { positions(&consumer, &fp.input_topic, &partitions, fp.replay_ms) },
     )
     .await
-    else {
-        return Ok(());
-    };
-
-    let mut operator = Operator::new(fp.settings());
-    let mut assignment = TopicPartitionList::new();
-    let mut resume: BTreeMap<i32, i64> = BTreeMap::new();
-    for (&p, pos) in &positions {
-        assignment
-            .add_partition_offset(&fp.input_topic, p, pos.start)
-            .map_err(Error::Kafka)?;
-        let replays = match pos.start {
-            Offset::Offset(o) => o < pos.resume,
-            _ => false,
-        };
-        if replays {
-            operator.set_replaying(p, true);
-            resume.insert(p, pos.resume);
-        }
-        tracing::info!(partition = p, start = ?pos.start, resume = pos.resume, replays, "partition position");
-    }
-    consumer.assign(&assignment)?;
-    tracing::info!(topic = %fp.input_topic, partitions = ?partitions, replaying = resume.len(), "consuming");
-
-    let mut batch = Batch::default();
-    let mut outputs = Vec::new();
-    let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut uncommitted = false;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut gauges = tokio::time::interval(Duration::from_secs(1));
-    let mut anomaly_gauges = HashSet::new();
-    // Flushes always finish, even when shutdown comes in the middle (the service's shutdown
-    // deadline bounds them): a half-landed batch would make the next run's replay the only copy.
-    let never = Shutdown::new();
-
-    loop {
-        tokio::select! {
-            // Ticks before records, so a steady stream cannot starve them.
-            biased;
-            () = shutdown.triggered() => {
-                operator.advance(now_micros(), &mut outputs);
-                collect(&mut outputs, &mut batch, None, &labels, &latest);
-                if sinks.flush(std::mem::take(&mut batch), &never).await? {
-                    commit(&consumer, &fp.input_topic, &next_offsets);
-                    let _ = tokio::task::block_in_place(|| {
-                        rdkafka::producer::Producer::flush(&sinks.producer, KAFKA_TIMEOUT)
-                    });
-                }
-                tracing::info!("stopped consuming; outputs landed and offsets committed");
-                return Ok(());
-            }
-            _ = tick.tick() => {
-                operator.advance(now_micros(), &mut outputs);
-                collect(&mut outputs, &mut batch, None, &labels, &latest);
-                let waited = Instant::now();
-                sinks.flush(std::mem::take(&mut batch), &never).await?;
-                note_stall(&mut operator, waited);
-                if uncommitted {
-                    commit(&consumer, &fp.input_topic, &next_offsets);
-                    uncommitted = false;
-                }
-            }
-            _ = gauges.tick() => {
-                report(&operator, &labels, &mut anomaly_gauges);
-                lag(&consumer, &fp.input_topic, &next_offsets);
-            }
-            message = consumer.recv() => {
-                let message = match message {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka consumer error");
-                        continue;
-                    }
-                };
-                let partition = message.partition();
-                let offset = message.offset();
-                if resume.get(&partition).is_some_and(|r| offset >= *r) {
-                    resume.remove(&partition);
-                    operator.set_replaying(partition, false);
-                    tracing::info!(partition, offset, "replay done; publishing");
-                }
-                let replaying = resume.contains_key(&partition);
-                if !replaying {
-                    next_offsets.insert(partition, offset + 1);
-                    uncommitted = true;
-                }
-                let Some(payload) = message.payload() else {
-                    input_error(INPUT_EMPTY, partition, offset, "record without a value");
-                    continue;
-                };
-                let trade = match avro::decode_trade_waiting(&codec, payload, shutdown).await {
-                    Some(Ok(t)) => t,
-                    Some(Err(e)) => {
-                        input_error(INPUT_UNDECODABLE, partition, offset, &e.to_string());
-                        continue;
-                    }
-                    None => return Ok(()),
-                };
-                if !replaying {
-                    metrics::counter!(TRADES_IN, "provider" => trade.provider.clone(), "exchange" => trade.exchange.clone(), "instrument" => labels.label(&trade.instrument)).increment(1);
-                }
-                match watermark::source_header(&message) {
-                    Some(source) => operator.on_trade_from(partition, source, &trade, now_micros(), &mut outputs),
-                    None => operator.on_trade(partition, &trade, now_micros(), &mut outputs),
-                }
-                collect(&mut outputs, &mut batch, Some(&trade), &labels, &latest);
-                if batch.len() >= fp.max_batch {
-                    let waited = Instant::now();
-                    sinks.flush(std::mem::take(&mut batch), &never).await?;
-                    note_stall(&mut operator, waited);
-                }
-            }
-            // Nothing else ready: what was computed lands now (a price published within
-            // milliseconds of the trade that changed it), not at the next tick; under a steady
-            // stream the input is rarely empty for long, so outputs still land in batches.
-            () = std::future::ready(()), if !batch.is_empty() => {
-                let waited = Instant::now();
-                sinks.flush(std::mem::take(&mut batch), &never).await?;
-                note_stall(&mut operator, waited);
-            }
-        }
-    }
-}
-
-fn collect(
-    outputs: &mut Vec<Output>,
-    batch: &mut Batch,
-    trade: Option<&Trade>,
-    labels: &InstrumentLabels,
-    latest: &Latest,
-) {
-    for output in outputs.drain(..) {
-        match output {
-            Output::FairPrice(fp) => {
-                let instrument = labels.label(&fp.instrument);
-                metrics::counter!(PUBLISHED, "instrument" => instrument.clone(), "trigger" => fp.trigger.as_str()).increment(1);
-                if let Some(p) = fp
-                    .price
-                    .and_then(|p| rust_decimal::prelude::ToPrimitive::to_f64(&p))
-                {
-                    metrics::gauge!(PRICE, "instrument" => instrument.clone()).set(p);
-                }
-                metrics::gauge!(STALE, "instrument" => instrument.clone()).set(if fp.stale {
-                    1.0
-                } else {
-                    0.0
-                });
-                metrics::gauge!(ACTIVE_SOURCES, "instrument" => instrument.clone())
-                    .set(fp.sources_used.len() as f64);
-                metrics::gauge!(DISPERSION, "instrument" => instrument.clone()).set(fp.dispersion);
-                metrics::gauge!(CONFIDENCE, "instrument" => instrument.clone()).set(fp.confidence);
-                for e in &fp.sources_excluded {
-                    metrics::counter!(EXCLUDED, "provider" => e.provider.clone(), "exchange" => e.exchange.clone(), "instrument" => instrument.clone(), "reason" => e.reason.as_str()).increment(1);
-                }
-                latest.publish(&fp);
-                // The receive time of the trade that caused a change, for the latency histogram.
-                let ingest = trade
-                    .filter(|t| fp.trigger == Trigger::Change && t.instrument == fp.instrument)
-                    .map(|t| t.ingest_time);
-                batch.prices.push((fp, ingest));
-            }
-            Output::Anomaly(a) => {
-                metrics::counter!(ANOMALIES, "kind" => a.kind.as_str(), "provider" => a.provider.clone(), "exchange" => a.exchange.clone(), "instrument" => labels.label(&a.instrument)).increment(1);
-                tracing::info!(kind = a.kind.as_str(), provider = %a.provider, exchange = %a.exchange, instrument = %a.instrument, observed = a.observed, threshold = a.threshold, detail = %a.detail, "anomaly");
-                batch.anomalies.push(a);
-            }
-        }
-    }
-}
-
-/// Per-source gauges and the active-anomaly gauges, once a second.
-fn report(
-    operator: &Operator,
-    labels: &InstrumentLabels,
-    previously_active: &mut HashSet<(AnomalyKind, String, String, String)>,
-) {
-    operator.source_stats(|instrument, provider, exchange, age, rate, ratio| {
-        let instrument = labels.label(instrument);
-        let l = [
-            ("provider", provider.to_string()),
-            ("exchange", exchange.to_string()),
-            ("instrument", instrument),
-        ];
-        if age.is_finite() {
-            metrics::gauge!(SOURCE_AGE, &l).set(age);
-        }
-        metrics::gauge!(SOURCE_RATE, &l).set(rate);
-        if let Some(r) = ratio {
-            metrics::gauge!(SOURCE_RATIO, &l).set(r);
-        }
-    });
-    let active: HashSet<_> = operator.active_anomalies().into_iter().collect();
-    for key in previously_active.iter().chain(active.iter()) {
-        let (kind, provider, exchange, instrument) = key;
-        metrics::gauge!(ANOMALY_ACTIVE, "kind" => kind.as_str(), "provider" => provider.clone(), "exchange" => exchange.clone(), "instrument" => labels.label(instrument))
-            .set(if active.contains(key) { 1.0 } else { 0.0 });
-    }
-    *previously_active = active;
-}
-
-fn commit(consumer: &StreamConsumer, topic: &str, next_offsets: &BTreeMap<i32, i64>) {
-    let mut list = TopicPartitionList::new();
-    for (&p, &o) in next_offsets {
-        if list
-            .add_partition_offset(topic, p, Offset::Offset(o))
-            .is_err()
-        {
-            return;
-        }
-    }
-    if list.count() == 0 {
-        return;
-    }
-    // Progress only: a lost commit means a little more replay after a restart.
-    if let Err(e) = consumer.commit(&list, CommitMode::Async) {
-        tracing::warn!(error = %e, "offset commit failed; will commit again");
-    }
-}
-
-/// Consumer lag per partition from the broker's high watermark. The gauge is first set when the
-/// start positions are read, so it exists from the start even while a query here times out.
-fn lag(consumer: &StreamConsumer, topic: &str, next_offsets: &BTreeMap<i32, i64>) {
-    for (&p, &next) in next_offsets {
-        match tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, LAG_TIMEOUT)) {
-            Ok((_, high)) => set_lag(p, high - next),
-            Err(e) => {
-                tracing::debug!(partition = p, error = %e, "high watermark not read; lag gauge kept")
-            }
-        }
-    }
-}
-
-fn set_lag(partition: i32, lag: i64) {
-    metrics::gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag.max(0) as f64);
-}
-
-/// Start and resume offsets: `replay_ms` of record time before the committed offset (or before
-/// now, for a group that never committed, which then publishes from there).
-fn positions(
-    consumer: &StreamConsumer,
-    topic: &str,
-    partitions: &[i32],
-    replay_ms: u64,
-) -> Result<BTreeMap<i32, Position>> {
-    let mut wanted = TopicPartitionList::new();
-    for &p in partitions {
-        wanted.add_partition(topic, p);
-    }
-    let committed =
-        tokio::task::block_in_place(|| consumer.committed_offsets(wanted, KAFKA_TIMEOUT))?;
-    let since = (now_micros() / 1000 - i64::try_from(replay_ms).unwrap_or(i64::MAX)).max(0);
-    let mut query = TopicPartitionList::new();
-    for &p in partitions {
-        query
-            .add_partition_offset(topic, p, Offset::Offset(since))
-            .map_err(Error::Kafka)?;
-    }
-    let by_time = tokio::task::block_in_place(|| consumer.offsets_for_times(query, KAFKA_TIMEOUT))?;
-    let mut out = BTreeMap::new();
-    for &p in partitions {
-        let (_, high) =
-            tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT))?;
-        let from_time = match by_time.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            // No record that recent: nothing to replay.
-            _ => high,
-        };
-        let committed = match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        };
-        let resume = committed.unwrap_or(from_time);
-        set_lag(p, high - resume);
-        out.insert(
-            p,
-            Position {
-                start: Offset::Offset(from_time.min(resume)),
-                resume,
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// Waits of the loop on a sink longer than this are time the input was not read, and do not
-/// count as the partitions being idle.
-const STALL: Duration = Duration::from_millis(100);
-
-fn note_stall(operator: &mut Operator, since: Instant) {
-    let waited = since.elapsed();
-    if waited >= STALL {
-        operator.exclude_stall(i64::try_from(waited.as_micros()).unwrap_or(i64::MAX));
-    }
-}
-
-fn input_error(reason: &'static str, partition: i32, offset: i64, detail: &str) {
-    metrics::counter!(INPUT_ERRORS, "reason" => reason).increment(1);
-    tracing::warn!(reason, partition, offset, detail, "input record skipped");
 }

@@ -1,6 +1,7 @@
 //! A kill -9 in the middle of the multi-provider scenario, against the real stack. The restarted
-//! service rebuilds its state by replaying the lookback from Kafka and goes on publishing from its
-//! committed offset: every fair price either process published equals the independent
+//! service restores its partition's state (lookback, data-quality state, clock) from the last
+//! checkpoint in Cassandra and goes on from the checkpoint's offset: every fair price either
+//! process published equals the independent
 //! recomputation as of its instant (so one published twice, before the crash and again after it,
 //! is the same record), and the instants leave no hole at the crash.
 
@@ -75,9 +76,10 @@ async fn after_a_kill_9_the_replay_publishes_what_a_recomputation_says_with_no_h
         "the first half was not published; log:\n{}",
         service.log()
     );
-    // Killed at once: offsets are committed every 100 ms after the outputs landed, so the
-    // newest outputs may be on Kafka with their input not committed, and are published again
-    // after the restart; they must be the same records.
+    // A checkpoint is written every `checkpoint_interval_ms` (2 s) after the outputs before it
+    // landed: wait for one, then kill. The outputs after it are on Kafka with their input not
+    // checkpointed, and are published again after the restart; they must be the same records.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     service.kill_hard();
 
     // The second half while it is down, then the restart with the same group.
@@ -104,8 +106,8 @@ async fn after_a_kill_9_the_replay_publishes_what_a_recomputation_says_with_no_h
     let (code, _) = service.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", service.log());
     assert!(
-        service.log().contains("replay done"),
-        "the restart did not replay the lookback:\n{}",
+        service.log().contains("restored=1"),
+        "the restart did not restore its partition from a checkpoint:\n{}",
         service.log()
     );
 

@@ -732,21 +732,31 @@ impl PartitionState {
             return false;
         };
         let hb = settings.heartbeat;
-        match self.clock {
-            None => self.next_boundary = next_multiple(target, hb),
-            Some(c) if target > c => {
-                // Boundaries b with b < target fire (strictly: every trade at b has been seen).
-                let pending = (target - self.next_boundary + hb - 1).div_euclid(hb);
-                if pending > MAX_BOUNDARIES_PER_ADVANCE {
-                    let skip = pending - MAX_BOUNDARIES_PER_ADVANCE;
-                    tracing::warn!(
-                        skipped = skip,
-                        "the event-time clock jumped; only the newest heartbeats are evaluated"
-                    );
-                    self.next_boundary += skip * hb;
-                }
+        let first = self.clock.is_none();
+        if first {
+            // The first boundary follows the partition's earliest trade, not the instant the
+            // clock is first allowed: a partition started fresh holds its clock back while
+            // sources not seen yet may come, and its backlog read meanwhile still gets its
+            // heartbeats.
+            let earliest = self
+                .instruments
+                .iter()
+                .flat_map(|i| i.sources.iter().map(|s| s.first_event_time))
+                .min()
+                .map_or(target, |e| e.min(target));
+            self.next_boundary = next_multiple(earliest, hb);
+        }
+        if first || self.clock.is_some_and(|c| target > c) {
+            // Boundaries b with b < target fire (strictly: every trade at b has been seen).
+            let pending = (target - self.next_boundary + hb - 1).div_euclid(hb);
+            if pending > MAX_BOUNDARIES_PER_ADVANCE {
+                let skip = pending - MAX_BOUNDARIES_PER_ADVANCE;
+                tracing::warn!(
+                    skipped = skip,
+                    "the event-time clock jumped; only the newest heartbeats are evaluated"
+                );
+                self.next_boundary += skip * hb;
             }
-            Some(_) => {}
         }
         self.clock = Some(self.clock.map_or(target, |c| c.max(target)));
         true

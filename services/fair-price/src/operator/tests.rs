@@ -1010,3 +1010,39 @@ fn restore_rejects_unknown_formats_and_garbage_and_keeps_what_it_had() {
     op.restore(0, &good, STATE_FORMAT, 0).unwrap();
     assert_eq!(op.snapshot(0).unwrap(), good);
 }
+
+#[test]
+fn a_backlog_read_while_a_fresh_partition_waits_for_unseen_sources_gets_every_heartbeat() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    let now0 = 1_000 * S;
+    op.start_fresh(0, now0);
+    // 50 s of trades read within 0.1 s: before idle_after the clock is held back for sources
+    // not seen yet, so it is first allowed at the end of the backlog.
+    for i in 0..100 {
+        for src in ["a", "b", "c"] {
+            op.on_trade(
+                0,
+                &trade(src, src, T0 + i * 500 * MS, "100", "1"),
+                now0 + i * MS,
+                &mut out,
+            );
+        }
+    }
+    assert!(out.is_empty());
+    for k in 1..=30 {
+        op.advance(now0 + k * 100 * MS, &mut out);
+    }
+    let heartbeats: Vec<Micros> = prices(&out)
+        .iter()
+        .filter(|p| p.trigger == Trigger::Heartbeat)
+        .map(|p| (p.computed_at - T0) / S)
+        .collect();
+    // Every boundary from the first trade to the newest (49.5 s) is published once.
+    let want: Vec<Micros> = (1..=49).collect();
+    assert_eq!(
+        heartbeats[..49],
+        want[..],
+        "heartbeats (s after the first trade): {heartbeats:?}"
+    );
+}
