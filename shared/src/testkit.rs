@@ -226,6 +226,32 @@ impl ServiceProcess {
         Some((status, response.text().await.unwrap_or_default()))
     }
 
+    /// Waits until the log contains `text`; panics with the log after `timeout`.
+    pub async fn wait_for_log(&self, text: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.log().contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{text}` in the log within {timeout:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The sum of the samples of metric `name` whose labels contain `labels` (say
+    /// `kind="assigned"`) on `/metrics`; 0 while the server does not answer.
+    pub async fn metric_sum(&self, name: &str, labels: &str) -> f64 {
+        let Some((_, exposition)) = self.get("/metrics").await else {
+            return 0.0;
+        };
+        exposition
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Waits until `path` answers `status`; panics with the log after `timeout`.
     pub async fn wait_for(&mut self, path: &str, status: u16, timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra::{CheckpointStore, FairPriceStore};
-use tickflow_shared::domain::{Micros, Trade};
 use tickflow_shared::error::Error;
 use tickflow_shared::fairprice::{AnomalyKind, Trigger};
 use tickflow_shared::kafka;
@@ -25,13 +24,12 @@ use tickflow_shared::runtime::{self, Checkpoints, Fresh, Job, Plan, Record};
 use tickflow_shared::service::CassandraHandle;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
-use tickflow_shared::watermark::fallback_source;
 use tickflow_shared::Result;
 
 use crate::api::Latest;
 use crate::config::Config;
 use crate::metrics::*;
-use crate::operator::{Operator, Output, READABLE_STATE_FORMATS, STATE_FORMAT};
+use crate::operator::{Operator, Output};
 use crate::sink::{Batch, Sinks};
 
 /// The runtime's metric names for fair-price.
@@ -43,53 +41,6 @@ pub const RUNTIME_METRICS: runtime::Metrics = runtime::Metrics {
     checkpoint_bytes: CHECKPOINT_BYTES,
     consumer_lag: CONSUMER_LAG,
 };
-
-impl runtime::Operator for Operator {
-    type Output = Output;
-    const STATE_FORMAT: i32 = STATE_FORMAT;
-    const READABLE_STATE_FORMATS: &'static [i32] = &READABLE_STATE_FORMATS;
-
-    fn on_trade(
-        &mut self,
-        partition: i32,
-        source: Option<&str>,
-        trade: &Trade,
-        now: Micros,
-        out: &mut Vec<Output>,
-    ) {
-        match source {
-            Some(source) => self.on_trade_from(partition, source, trade, now, out),
-            None => self.on_trade_from(partition, &fallback_source(trade), trade, now, out),
-        }
-    }
-    fn advance(&mut self, now: Micros, out: &mut Vec<Output>) {
-        Operator::advance(self, now, out);
-    }
-    fn exclude_stall(&mut self, stall: Micros) {
-        Operator::exclude_stall(self, stall);
-    }
-    fn snapshot(&self, partition: i32) -> std::result::Result<Vec<u8>, String> {
-        Operator::snapshot(self, partition)
-    }
-    fn restore(
-        &mut self,
-        partition: i32,
-        state: &[u8],
-        format: i32,
-        now: Micros,
-    ) -> std::result::Result<(), String> {
-        Operator::restore(self, partition, state, format, now)
-    }
-    fn start_fresh(&mut self, partition: i32, now: Micros) {
-        Operator::start_fresh(self, partition, now);
-    }
-    fn drop_partition(&mut self, partition: i32) {
-        Operator::drop_partition(self, partition);
-    }
-    fn set_replaying(&mut self, partition: i32, replaying: bool) {
-        Operator::set_replaying(self, partition, replaying);
-    }
-}
 
 /// fair-price's side of the runtime: the batch, where it lands, what the API serves.
 struct Prices {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra::{CandleStore, CheckpointStore, TradeStore, TRADES_TTL};
-use tickflow_shared::domain::{now_micros, Micros, Trade};
+use tickflow_shared::domain::{now_micros, Micros};
 use tickflow_shared::error::Error;
 use tickflow_shared::kafka;
 use tickflow_shared::retry::{self, RetryPolicy};
@@ -20,16 +20,13 @@ use tickflow_shared::runtime::{self, Checkpoints, Fresh, Inspect, Job, Plan, Rec
 use tickflow_shared::service::CassandraHandle;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
-use tickflow_shared::watermark::fallback_source;
 use tickflow_shared::Result;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::metrics::*;
 use crate::operator::correction::recompute;
-use crate::operator::{
-    Aggregator, Correction, Emission, Output, READABLE_STATE_FORMATS, STATE_FORMAT,
-};
+use crate::operator::{Aggregator, Correction, Emission, Output};
 use crate::sink::{Batch, Sinks};
 
 /// The runtime's metric names for the aggregator.
@@ -41,50 +38,6 @@ pub const RUNTIME_METRICS: runtime::Metrics = runtime::Metrics {
     checkpoint_bytes: CHECKPOINT_BYTES,
     consumer_lag: CONSUMER_LAG,
 };
-
-impl runtime::Operator for Aggregator {
-    type Output = Output;
-    const STATE_FORMAT: i32 = STATE_FORMAT;
-    const READABLE_STATE_FORMATS: &'static [i32] = &READABLE_STATE_FORMATS;
-
-    fn on_trade(
-        &mut self,
-        partition: i32,
-        source: Option<&str>,
-        trade: &Trade,
-        now: Micros,
-        out: &mut Vec<Output>,
-    ) {
-        match source {
-            Some(source) => self.on_trade_from(partition, source, trade, now, out),
-            None => self.on_trade_from(partition, &fallback_source(trade), trade, now, out),
-        }
-    }
-    fn advance(&mut self, now: Micros, out: &mut Vec<Output>) {
-        Aggregator::advance(self, now, out);
-    }
-    fn exclude_stall(&mut self, stall: Micros) {
-        Aggregator::exclude_stall(self, stall);
-    }
-    fn snapshot(&self, partition: i32) -> std::result::Result<Vec<u8>, String> {
-        Aggregator::snapshot(self, partition).map_err(|e| e.to_string())
-    }
-    fn restore(
-        &mut self,
-        partition: i32,
-        state: &[u8],
-        format: i32,
-        now: Micros,
-    ) -> std::result::Result<(), String> {
-        Aggregator::restore(self, partition, state, format, now)
-    }
-    fn start_fresh(&mut self, partition: i32, now: Micros) {
-        Aggregator::start_fresh(self, partition, now);
-    }
-    fn drop_partition(&mut self, partition: i32) {
-        Aggregator::drop_partition(self, partition);
-    }
-}
 
 /// The aggregator's side of the runtime: the batch of outputs and where it lands.
 struct Windows {

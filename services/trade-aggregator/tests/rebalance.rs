@@ -22,29 +22,9 @@ use support::scenario::Scenario;
 
 const HANDOVERS: &str = "tickflow_aggregator_partition_handovers_total";
 
-/// Waits until `service`'s log contains `text`.
-async fn wait_for_log(service: &ServiceProcess, text: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !service.log().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "no `{text}` in the log within {timeout:?}:\n{}",
-            service.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The number of partitions `service` has taken over (assigned) so far.
 async fn assigned(service: &ServiceProcess) -> f64 {
-    let Some((_, exposition)) = service.get("/metrics").await else {
-        return 0.0;
-    };
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(HANDOVERS) && l.contains("kind=\"assigned\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    service.metric_sum(HANDOVERS, "kind=\"assigned\"").await
 }
 
 /// The environment of instance `name`: its own identity in the group (static membership).
@@ -76,17 +56,13 @@ async fn partitions_move_between_instances_with_their_state_and_nothing_is_lost(
 
     let mut a = ServiceProcess::spawn(binary, &scenario.stack, &instance(&scenario, "a"));
     a.wait_for("/readyz", 200, Duration::from_secs(60)).await;
-    wait_for_log(
-        &a,
-        "consuming from the checkpoints",
-        Duration::from_secs(30),
-    )
-    .await;
+    a.wait_for_log("consuming from the checkpoints", Duration::from_secs(30))
+        .await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..2_000))).await;
 
     // B joins; A is killed right after it has handed partitions over.
     let mut b = ServiceProcess::spawn(binary, &scenario.stack, &instance(&scenario, "b"));
-    wait_for_log(&a, "released", Duration::from_secs(60)).await;
+    a.wait_for_log("released", Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
     a.kill_hard();
     b.wait_for("/readyz", 200, Duration::from_secs(60)).await;
@@ -109,12 +85,8 @@ async fn partitions_move_between_instances_with_their_state_and_nothing_is_lost(
     // C joins and B leaves gracefully.
     let mut c = ServiceProcess::spawn(binary, &scenario.stack, &instance(&scenario, "c"));
     c.wait_for("/readyz", 200, Duration::from_secs(60)).await;
-    wait_for_log(
-        &c,
-        "consuming from the checkpoints",
-        Duration::from_secs(60),
-    )
-    .await;
+    c.wait_for_log("consuming from the checkpoints", Duration::from_secs(60))
+        .await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(500..1_500))).await;
     assert!(
         !scenario.producing.is_finished(),

@@ -411,10 +411,7 @@ pub async fn run<J: Job>(
                 urgent |= job.collect(&mut outputs, Some(Record { trade, partition, replaying }));
                 read += 1;
                 if read >= plan.max_batch {
-                    let waited = Instant::now();
-                    let landed = job.flush(shutdown).await?;
-                    note_stall(operator, waited);
-                    if !landed {
+                    if !land(job, operator, shutdown).await? {
                         return Ok(());
                     }
                     read = 0;
@@ -425,10 +422,7 @@ pub async fn run<J: Job>(
             // that caused them), not at the next tick; under a steady stream the input is
             // rarely empty for long, so outputs still land in batches.
             () = std::future::ready(()), if urgent => {
-                let waited = Instant::now();
-                let landed = job.flush(shutdown).await?;
-                note_stall(operator, waited);
-                if !landed {
+                if !land(job, operator, shutdown).await? {
                     return Ok(());
                 }
                 read = 0;
@@ -443,6 +437,19 @@ async fn next_question<O>(inspect: &mut Option<mpsc::Receiver<Inspect<O>>>) -> O
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Flushes the job's batch, telling the operator how long the input was not read meanwhile.
+/// `Ok(false)`: shutdown came first.
+async fn land<J: Job>(
+    job: &mut J,
+    operator: &mut J::Operator,
+    shutdown: &Shutdown,
+) -> Result<bool> {
+    let waited = Instant::now();
+    let landed = job.flush(shutdown).await?;
+    note_stall(operator, waited);
+    Ok(landed)
 }
 
 fn count_handovers(plan: &Plan<'_>, kind: &'static str, partitions: &[i32]) {

@@ -58,6 +58,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{AssetClass, Micros, Trade, MICROS_PER_SECOND};
 use tickflow_shared::fairprice::{Anomaly, AnomalyKind, FairPrice, Method, Trigger, ANY};
+use tickflow_shared::runtime;
 use tickflow_shared::watermark::{fallback_source, SourceClocks};
 
 use book::Book;
@@ -335,22 +336,6 @@ impl Operator {
         }
     }
 
-    /// While a partition replays, its instruments' outputs are computed but not emitted, and no
-    /// provider-wide check is made.
-    pub fn set_replaying(&mut self, partition: i32, replaying: bool) {
-        match self.partitions.get_mut(&partition) {
-            Some(state) => state.replaying = replaying,
-            None if replaying => {
-                let state = PartitionState {
-                    replaying,
-                    ..PartitionState::default()
-                };
-                self.partitions.insert(partition, state);
-            }
-            None => {}
-        }
-    }
-
     /// The instant every owned partition's event-time clock has reached: the smallest of them
     /// (`None` while no partition has one).
     pub fn clock(&self) -> Option<Micros> {
@@ -385,23 +370,6 @@ impl Operator {
         self.advance_partition(partition, now, out);
     }
 
-    /// Moves every partition's clock to what its sources and the wall clock (`now`) allow,
-    /// firing throttled changes and heartbeats on the way. Call it regularly even without
-    /// trades.
-    pub fn advance(&mut self, now: Micros, out: &mut Vec<Output>) {
-        // By key, not by an iterator: the group checks between boundaries need the whole map.
-        let mut from = Some(i32::MIN);
-        while let Some(start) = from {
-            let Some(&partition) = self.partitions.range(start..).next().map(|(p, _)| p) else {
-                break;
-            };
-            self.advance_partition(partition, now, out);
-            from = partition.checked_add(1);
-        }
-        // A partition dropped since the last call may have been what held a group check back.
-        self.group_checks(out);
-    }
-
     fn advance_partition(&mut self, partition: i32, now: Micros, out: &mut Vec<Output>) {
         let moved = self
             .partitions
@@ -418,83 +386,6 @@ impl Operator {
                 Progress::Done => return,
             }
         }
-    }
-
-    /// The pipeline could not read its input for `stall` (waiting for a sink, say): that time
-    /// does not count as the partitions being idle, so their clocks do not run on with the wall
-    /// clock through it and mark every source stale while trades wait in Kafka.
-    pub fn exclude_stall(&mut self, stall: Micros) {
-        for p in self.partitions.values_mut() {
-            p.sources.exclude_stall(stall);
-        }
-    }
-
-    /// One partition's state for a checkpoint, in [`STATE_FORMAT`]; for a partition not held,
-    /// the state of one that has seen nothing.
-    pub fn snapshot(&self, partition: i32) -> Result<Vec<u8>, String> {
-        let empty = PartitionState::default();
-        let state = self.partitions.get(&partition).unwrap_or(&empty);
-        let json = serde_json::to_vec(state)
-            .map_err(|e| format!("serializing the state of partition {partition}: {e}"))?;
-        Ok(lz4_flex::compress_prepend_size(&json))
-    }
-
-    /// Restores one partition from a checkpoint taken by [`Operator::snapshot`] (here or in
-    /// another process), replacing what this operator held of it. Processing-time state starts
-    /// at `now`: every source's idle timeout counts from it. A partition marked as replaying
-    /// stays so. On an error nothing changes.
-    pub fn restore(
-        &mut self,
-        partition: i32,
-        bytes: &[u8],
-        format: i32,
-        now: Micros,
-    ) -> Result<(), String> {
-        if !READABLE_STATE_FORMATS.contains(&format) {
-            return Err(format!(
-                "unknown fair-price state format {format} (this build reads \
-                 {READABLE_STATE_FORMATS:?})"
-            ));
-        }
-        let garbage = |e: &dyn std::fmt::Display| {
-            format!("the state of partition {partition} cannot be read: {e}")
-        };
-        let (size, _) = lz4_flex::block::uncompressed_size(bytes).map_err(|e| garbage(&e))?;
-        if size > bytes.len().saturating_mul(LZ4_MAX_RATIO) {
-            return Err(garbage(&format!(
-                "{size} bytes cannot come from {} compressed",
-                bytes.len()
-            )));
-        }
-        let json = lz4_flex::decompress_size_prepended(bytes).map_err(|e| garbage(&e))?;
-        let mut state: PartitionState = serde_json::from_slice(&json).map_err(|e| garbage(&e))?;
-        state.rebuild(&self.settings).map_err(|e| garbage(&e))?;
-        state.sources.restored(now);
-        state.idle_checked_at = now;
-        state.replaying = self.partitions.get(&partition).is_some_and(|p| p.replaying);
-        state.group_current = state.group_silence();
-        state.group_seed = true;
-        self.partitions.insert(partition, state);
-        Ok(())
-    }
-
-    /// Starts `partition` from its beginning, without a checkpoint: its sources are not known
-    /// yet, so its clock waits `idle_after` for them (see [`SourceClocks::await_unseen`]). A
-    /// partition marked as replaying stays so.
-    pub fn start_fresh(&mut self, partition: i32, now: Micros) {
-        let mut state = PartitionState {
-            replaying: self.partitions.get(&partition).is_some_and(|p| p.replaying),
-            ..PartitionState::default()
-        };
-        state.sources.await_unseen(now);
-        self.partitions.insert(partition, state);
-    }
-
-    /// Forgets a partition (after it was handed to another instance). Provider-wide NO_DATA
-    /// raised over its sources alone is forgotten too (its new owner reports it), without a
-    /// RECOVERED.
-    pub fn drop_partition(&mut self, partition: i32) {
-        self.partitions.remove(&partition);
     }
 
     /// NO_DATA for a whole provider or exchange (every one of its sources silent), at each
@@ -618,6 +509,138 @@ impl Operator {
             }
         }
         all
+    }
+}
+
+/// The fair-price operator on the stream runtime ([`tickflow_shared::runtime`]): the hooks it
+/// calls.
+impl runtime::Operator for Operator {
+    type Output = Output;
+    const STATE_FORMAT: i32 = STATE_FORMAT;
+    const READABLE_STATE_FORMATS: &'static [i32] = &READABLE_STATE_FORMATS;
+
+    fn on_trade(
+        &mut self,
+        partition: i32,
+        source: Option<&str>,
+        trade: &Trade,
+        now: Micros,
+        out: &mut Vec<Output>,
+    ) {
+        match source {
+            Some(source) => self.on_trade_from(partition, source, trade, now, out),
+            None => self.on_trade_from(partition, &fallback_source(trade), trade, now, out),
+        }
+    }
+
+    /// While a partition replays, its instruments' outputs are computed but not emitted, and no
+    /// provider-wide check is made.
+    fn set_replaying(&mut self, partition: i32, replaying: bool) {
+        match self.partitions.get_mut(&partition) {
+            Some(state) => state.replaying = replaying,
+            None if replaying => {
+                let state = PartitionState {
+                    replaying,
+                    ..PartitionState::default()
+                };
+                self.partitions.insert(partition, state);
+            }
+            None => {}
+        }
+    }
+
+    /// Moves every partition's clock to what its sources and the wall clock (`now`) allow,
+    /// firing throttled changes and heartbeats on the way. Call it regularly even without
+    /// trades.
+    fn advance(&mut self, now: Micros, out: &mut Vec<Output>) {
+        // By key, not by an iterator: the group checks between boundaries need the whole map.
+        let mut from = Some(i32::MIN);
+        while let Some(start) = from {
+            let Some(&partition) = self.partitions.range(start..).next().map(|(p, _)| p) else {
+                break;
+            };
+            self.advance_partition(partition, now, out);
+            from = partition.checked_add(1);
+        }
+        // A partition dropped since the last call may have been what held a group check back.
+        self.group_checks(out);
+    }
+
+    /// The pipeline could not read its input for `stall` (waiting for a sink, say): that time
+    /// does not count as the partitions being idle, so their clocks do not run on with the wall
+    /// clock through it and mark every source stale while trades wait in Kafka.
+    fn exclude_stall(&mut self, stall: Micros) {
+        for p in self.partitions.values_mut() {
+            p.sources.exclude_stall(stall);
+        }
+    }
+
+    /// One partition's state for a checkpoint, in [`STATE_FORMAT`]; for a partition not held,
+    /// the state of one that has seen nothing.
+    fn snapshot(&self, partition: i32) -> Result<Vec<u8>, String> {
+        let empty = PartitionState::default();
+        let state = self.partitions.get(&partition).unwrap_or(&empty);
+        let json = serde_json::to_vec(state)
+            .map_err(|e| format!("serializing the state of partition {partition}: {e}"))?;
+        Ok(lz4_flex::compress_prepend_size(&json))
+    }
+
+    /// Restores one partition from a checkpoint taken by [`Operator::snapshot`] (here or in
+    /// another process), replacing what this operator held of it. Processing-time state starts
+    /// at `now`: every source's idle timeout counts from it. A partition marked as replaying
+    /// stays so. On an error nothing changes.
+    fn restore(
+        &mut self,
+        partition: i32,
+        bytes: &[u8],
+        format: i32,
+        now: Micros,
+    ) -> Result<(), String> {
+        if !READABLE_STATE_FORMATS.contains(&format) {
+            return Err(format!(
+                "unknown fair-price state format {format} (this build reads \
+                 {READABLE_STATE_FORMATS:?})"
+            ));
+        }
+        let garbage = |e: &dyn std::fmt::Display| {
+            format!("the state of partition {partition} cannot be read: {e}")
+        };
+        let (size, _) = lz4_flex::block::uncompressed_size(bytes).map_err(|e| garbage(&e))?;
+        if size > bytes.len().saturating_mul(LZ4_MAX_RATIO) {
+            return Err(garbage(&format!(
+                "{size} bytes cannot come from {} compressed",
+                bytes.len()
+            )));
+        }
+        let json = lz4_flex::decompress_size_prepended(bytes).map_err(|e| garbage(&e))?;
+        let mut state: PartitionState = serde_json::from_slice(&json).map_err(|e| garbage(&e))?;
+        state.rebuild(&self.settings).map_err(|e| garbage(&e))?;
+        state.sources.restored(now);
+        state.idle_checked_at = now;
+        state.replaying = self.partitions.get(&partition).is_some_and(|p| p.replaying);
+        state.group_current = state.group_silence();
+        state.group_seed = true;
+        self.partitions.insert(partition, state);
+        Ok(())
+    }
+
+    /// Starts `partition` from its beginning, without a checkpoint: its sources are not known
+    /// yet, so its clock waits `idle_after` for them (see [`SourceClocks::await_unseen`]). A
+    /// partition marked as replaying stays so.
+    fn start_fresh(&mut self, partition: i32, now: Micros) {
+        let mut state = PartitionState {
+            replaying: self.partitions.get(&partition).is_some_and(|p| p.replaying),
+            ..PartitionState::default()
+        };
+        state.sources.await_unseen(now);
+        self.partitions.insert(partition, state);
+    }
+
+    /// Forgets a partition (after it was handed to another instance). Provider-wide NO_DATA
+    /// raised over its sources alone is forgotten too (its new owner reports it), without a
+    /// RECOVERED.
+    fn drop_partition(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
     }
 }
 

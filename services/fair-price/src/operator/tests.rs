@@ -2,6 +2,7 @@
 //! their hand-over through checkpoints.
 
 use std::collections::{BTreeSet, VecDeque};
+use tickflow_shared::runtime::Operator as _;
 
 use rust_decimal::Decimal;
 use tickflow_shared::domain::{parse_decimal, AssetClass, Micros, Trade};

@@ -239,6 +239,37 @@ pub fn recompute(trades: &[Trade], as_of: Micros) -> Expected {
     }
 }
 
+/// No hole in the instants `instrument` was published at: the first before `t0 + 2 s`, the last
+/// at or after `last`, and every heartbeat interval of event time in between with a publication
+/// (one per interval at least, so two are < 2 s apart). `cuts`: where processes changed, for the
+/// message.
+pub fn assert_no_hole(
+    instrument: &str,
+    times: &[Micros],
+    t0: Micros,
+    last: Micros,
+    cuts: &[Micros],
+) {
+    assert!(
+        times.first().is_some_and(|&t| t < t0 + 2 * S) && times.last().is_some_and(|&t| t >= last),
+        "{instrument}: published from t0 + {:?} ms to t0 + {:?} ms",
+        times.first().map(|t| (t - t0) / MS),
+        times.last().map(|t| (t - t0) / MS)
+    );
+    let widest = times
+        .windows(2)
+        .max_by_key(|w| w[1] - w[0])
+        .map(|w| (w[0], w[1]))
+        .unwrap();
+    let cuts: Vec<Micros> = cuts.iter().map(|c| (c - t0) / MS).collect();
+    assert!(
+        widest.1 - widest.0 < 2 * S,
+        "{instrument}: a hole from t0 + {} ms to t0 + {} ms (processes changed near t0 + {cuts:?} ms)",
+        (widest.0 - t0) / MS,
+        (widest.1 - t0) / MS,
+    );
+}
+
 pub fn observed(fp: &FairPrice) -> Expected {
     Expected {
         price: fp.price,

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{Candle, Micros, Trade, CONSOLIDATED_VENUE, MICROS_PER_SECOND};
 
+use tickflow_shared::runtime;
 use tickflow_shared::watermark::{fallback_source, SourceClocks};
 
 use crate::rollup::{Interval, Rollups};
@@ -229,11 +230,90 @@ impl Aggregator {
         }
     }
 
+    pub fn watermark(&self, partition: i32) -> Option<Micros> {
+        self.partitions.get(&partition).map(|s| s.watermark)
+    }
+
+    /// (active, idle) upstream sources of a partition.
+    pub fn sources(&self, partition: i32) -> (usize, usize) {
+        self.partitions
+            .get(&partition)
+            .map_or((0, 0), |s| s.sources.counts())
+    }
+
+    /// Windows held over all partitions.
+    pub fn open_windows(&self) -> usize {
+        self.partitions
+            .values()
+            .flat_map(|s| s.windows.values())
+            .flat_map(|bin| bin.values())
+            .map(HashMap::len)
+            .sum()
+    }
+
+    /// The current candles of an instrument (every venue and `*`), newest window first.
+    pub fn candles_of(&self, instrument: &str) -> Vec<Candle> {
+        let window = self.timing.window;
+        let mut out: Vec<Candle> = self
+            .partitions
+            .values()
+            .flat_map(|s| s.windows.iter())
+            .filter_map(|(&end, bin)| bin.get(instrument).map(|venues| (end, venues)))
+            .flat_map(|(end, venues)| {
+                venues.iter().map(move |(venue, w)| {
+                    let key = WindowKey {
+                        end,
+                        instrument: instrument.to_string(),
+                        venue: venue.clone(),
+                        start: end - window,
+                    };
+                    w.candle(&key, &self.interval, w.fired && !w.dirty)
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.window_start
+                .cmp(&a.window_start)
+                .then(a.venue.cmp(&b.venue))
+        });
+        out
+    }
+
+    fn partition(&mut self, partition: i32) -> &mut PartitionState {
+        self.partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionState {
+                watermark: Micros::MIN,
+                ..Default::default()
+            })
+    }
+}
+
+/// The aggregator on the stream runtime ([`tickflow_shared::runtime`]): the hooks it calls.
+impl runtime::Operator for Aggregator {
+    type Output = Output;
+    const STATE_FORMAT: i32 = STATE_FORMAT;
+    const READABLE_STATE_FORMATS: &'static [i32] = &READABLE_STATE_FORMATS;
+
+    fn on_trade(
+        &mut self,
+        partition: i32,
+        source: Option<&str>,
+        trade: &Trade,
+        now: Micros,
+        out: &mut Vec<Output>,
+    ) {
+        match source {
+            Some(source) => self.on_trade_from(partition, source, trade, now, out),
+            None => self.on_trade_from(partition, &fallback_source(trade), trade, now, out),
+        }
+    }
+
     /// The pipeline could not read its input for `stall` (a sink or a checkpoint waited for
     /// Cassandra, say): that time does not count towards any partition's idle timeout. Else a
     /// pause longer than the timeout would make a partition look idle, move its watermark to the
     /// wall clock, and turn the trades waiting in Kafka into too-late ones.
-    pub fn exclude_stall(&mut self, stall: Micros) {
+    fn exclude_stall(&mut self, stall: Micros) {
         for state in self.partitions.values_mut() {
             state.last_record_at = state.last_record_at.saturating_add(stall);
             state.sources.exclude_stall(stall);
@@ -241,7 +321,7 @@ impl Aggregator {
     }
 
     /// Fires, purges and emits early firings for every partition at processing time `now`.
-    pub fn advance(&mut self, now: Micros, out: &mut Vec<Output>) {
+    fn advance(&mut self, now: Micros, out: &mut Vec<Output>) {
         let timing = self.timing;
         let early = match timing.early_firing_interval {
             Some(every) if now.saturating_sub(self.last_early_firing) >= every => {
@@ -325,17 +405,18 @@ impl Aggregator {
     }
 
     /// Serialized state of one partition, for a checkpoint, in [`STATE_FORMAT`].
-    pub fn snapshot(&self, partition: i32) -> Result<Vec<u8>, serde_json::Error> {
+    fn snapshot(&self, partition: i32) -> Result<Vec<u8>, String> {
         let empty = PartitionState {
             watermark: Micros::MIN,
             ..Default::default()
         };
-        let json = serde_json::to_vec(self.partitions.get(&partition).unwrap_or(&empty))?;
+        let json = serde_json::to_vec(self.partitions.get(&partition).unwrap_or(&empty))
+            .map_err(|e| e.to_string())?;
         Ok(lz4_flex::compress_prepend_size(&json))
     }
 
     /// Restores one partition from a checkpoint taken by [`Aggregator::snapshot`].
-    pub fn restore(
+    fn restore(
         &mut self,
         partition: i32,
         bytes: &[u8],
@@ -359,72 +440,14 @@ impl Aggregator {
     /// Starts `partition` from its beginning, without a checkpoint: its sources are not known
     /// yet, so its watermark waits one idle timeout for them (see
     /// [`SourceClocks::await_unseen`]).
-    pub fn start_fresh(&mut self, partition: i32, now: Micros) {
+    fn start_fresh(&mut self, partition: i32, now: Micros) {
         self.partitions.remove(&partition);
         self.partition(partition).sources.await_unseen(now);
     }
 
     /// Forgets a partition (after it was handed to another instance).
-    pub fn drop_partition(&mut self, partition: i32) {
+    fn drop_partition(&mut self, partition: i32) {
         self.partitions.remove(&partition);
-    }
-
-    pub fn watermark(&self, partition: i32) -> Option<Micros> {
-        self.partitions.get(&partition).map(|s| s.watermark)
-    }
-
-    /// (active, idle) upstream sources of a partition.
-    pub fn sources(&self, partition: i32) -> (usize, usize) {
-        self.partitions
-            .get(&partition)
-            .map_or((0, 0), |s| s.sources.counts())
-    }
-
-    /// Windows held over all partitions.
-    pub fn open_windows(&self) -> usize {
-        self.partitions
-            .values()
-            .flat_map(|s| s.windows.values())
-            .flat_map(|bin| bin.values())
-            .map(HashMap::len)
-            .sum()
-    }
-
-    /// The current candles of an instrument (every venue and `*`), newest window first.
-    pub fn candles_of(&self, instrument: &str) -> Vec<Candle> {
-        let window = self.timing.window;
-        let mut out: Vec<Candle> = self
-            .partitions
-            .values()
-            .flat_map(|s| s.windows.iter())
-            .filter_map(|(&end, bin)| bin.get(instrument).map(|venues| (end, venues)))
-            .flat_map(|(end, venues)| {
-                venues.iter().map(move |(venue, w)| {
-                    let key = WindowKey {
-                        end,
-                        instrument: instrument.to_string(),
-                        venue: venue.clone(),
-                        start: end - window,
-                    };
-                    w.candle(&key, &self.interval, w.fired && !w.dirty)
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| {
-            b.window_start
-                .cmp(&a.window_start)
-                .then(a.venue.cmp(&b.venue))
-        });
-        out
-    }
-
-    fn partition(&mut self, partition: i32) -> &mut PartitionState {
-        self.partitions
-            .entry(partition)
-            .or_insert_with(|| PartitionState {
-                watermark: Micros::MIN,
-                ..Default::default()
-            })
     }
 }
 
