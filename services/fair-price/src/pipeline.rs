@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra::{CheckpointStore, FairPriceStore};
+use tickflow_shared::domain::Micros;
 use tickflow_shared::error::Error;
 use tickflow_shared::fairprice::{AnomalyKind, Trigger};
 use tickflow_shared::kafka;
@@ -106,7 +107,9 @@ impl Job for Prices {
         any
     }
 
-    async fn flush(&mut self, shutdown: &Shutdown) -> Result<bool> {
+    /// Needs no stamp: `fair_price_latest` is written at the price's own instant, and every
+    /// other row is keyed by its instant with the same value whoever writes it.
+    async fn flush(&mut self, _stamp: Micros, shutdown: &Shutdown) -> Result<bool> {
         self.sinks
             .flush(std::mem::take(&mut self.batch), shutdown)
             .await

@@ -82,9 +82,9 @@ impl Job for Windows {
         finals
     }
 
-    async fn flush(&mut self, shutdown: &Shutdown) -> Result<bool> {
+    async fn flush(&mut self, stamp: Micros, shutdown: &Shutdown) -> Result<bool> {
         self.sinks
-            .flush(std::mem::take(&mut self.batch), shutdown)
+            .flush(std::mem::take(&mut self.batch), stamp, shutdown)
             .await
     }
 
@@ -95,13 +95,18 @@ impl Job for Windows {
     /// Every trade read so far has landed in Cassandra: due corrections can read them. Their
     /// candles land before the loop goes on, so no checkpoint is written between taking a
     /// correction out of the state and landing its result.
-    async fn on_tick(&mut self, operator: &mut Aggregator, shutdown: &Shutdown) -> Result<bool> {
+    async fn on_tick(
+        &mut self,
+        operator: &mut Aggregator,
+        stamp: Micros,
+        shutdown: &Shutdown,
+    ) -> Result<bool> {
         let due = operator.due_corrections(now_micros());
         if due.is_empty() {
             return Ok(true);
         }
         Ok(correct(&due, &self.sinks, &mut self.batch, shutdown).await?
-            && self.flush(shutdown).await?)
+            && self.flush(stamp, shutdown).await?)
     }
 
     fn report(&mut self, operator: &Aggregator, owned: &BTreeSet<i32>) {

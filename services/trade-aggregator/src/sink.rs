@@ -39,6 +39,11 @@ fn partition_batches(trades: &[Trade]) -> Vec<Vec<&Trade>> {
 
 /// Header that carries why a trade is on the late topic.
 pub const REASON_HEADER: &str = "tickflow.reason";
+/// Header of every record on the candle topic: the write stamp its flush was given (decimal
+/// microseconds), the same as the candle's Cassandra write timestamp. Of a window's records, the
+/// one with the highest stamp is current, whatever their order in the topic: an instance paused
+/// past its session timeout may append stale records after its successor's.
+pub const STAMP_HEADER: &str = "tickflow.stamp";
 
 /// Outputs collected since the last flush.
 #[derive(Default)]
@@ -79,8 +84,10 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Writes the batch. `Ok(false)` if shutdown interrupted it (nothing may be checkpointed then).
-    pub async fn flush(&self, batch: Batch, shutdown: &Shutdown) -> Result<bool> {
+    /// Writes the batch, its candles at write timestamp `stamp` (a candle's order is not in its
+    /// data: see the runtime's fencing). `Ok(false)` if shutdown interrupted it (nothing may be
+    /// checkpointed then).
+    pub async fn flush(&self, batch: Batch, stamp: Micros, shutdown: &Shutdown) -> Result<bool> {
         if batch.is_empty() {
             return Ok(true);
         }
@@ -101,7 +108,7 @@ impl Sinks {
         let candles: Vec<&Candle> = batch.candles.values().collect();
         if !self
             .each(&candles, SINK_CANDLES.0, shutdown, |c| {
-                self.candles.upsert(c)
+                self.candles.upsert(c, stamp)
             })
             .await
         {
@@ -114,7 +121,7 @@ impl Sinks {
             .collect();
         if !self
             .each(&one_minute, SINK_CANDLES_KAFKA.0, shutdown, |c| {
-                self.send_candle(c)
+                self.send_candle(c, stamp)
             })
             .await
         {
@@ -173,14 +180,20 @@ impl Sinks {
         .await
     }
 
-    async fn send_candle(&self, candle: &Candle) -> Result<()> {
+    async fn send_candle(&self, candle: &Candle, stamp: Micros) -> Result<()> {
         let bytes = self
             .codec
             .encode_candle(&self.candles_topic, candle)
             .await?;
+        let stamp = stamp.to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: STAMP_HEADER,
+            value: Some(&stamp),
+        });
         let record = FutureRecord::to(&self.candles_topic)
             .key(&candle.instrument)
-            .payload(&bytes);
+            .payload(&bytes)
+            .headers(headers);
         self.producer
             .send(record, Duration::from_secs(10))
             .await

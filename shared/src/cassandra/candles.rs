@@ -51,6 +51,24 @@ struct RollupRow {
     row: CandleRow,
 }
 
+/// A 1-minute candle's row and its write timestamp (the `USING TIMESTAMP` marker).
+#[derive(Debug, scylla::SerializeRow)]
+struct StampedCandle {
+    #[scylla(flatten)]
+    row: CandleRow,
+    #[scylla(rename = "[timestamp]")]
+    stamp: i64,
+}
+
+/// A roll-up's row and its write timestamp.
+#[derive(Debug, scylla::SerializeRow)]
+struct StampedRollup {
+    #[scylla(flatten)]
+    row: RollupRow,
+    #[scylla(rename = "[timestamp]")]
+    stamp: i64,
+}
+
 /// The interval of the candles in `candles_1m`; every other interval is a roll-up.
 pub const ONE_MINUTE: &str = "1m";
 
@@ -71,7 +89,9 @@ impl CandleStore {
         // The same window written again with its latest value: safe for the driver to retry.
         let upsert = prepare(
             &session,
-            format!("INSERT INTO {keyspace}.candles_1m ({COLUMNS}) VALUES ({marks})"),
+            format!(
+                "INSERT INTO {keyspace}.candles_1m ({COLUMNS}) VALUES ({marks}) USING TIMESTAMP ?"
+            ),
             "candles upsert",
         )
         .await?;
@@ -84,7 +104,7 @@ impl CandleStore {
         let upsert_rollup = prepare(
             &session,
             format!(
-                "INSERT INTO {keyspace}.candles_rollup (interval, {COLUMNS}) VALUES (?, {marks})"
+                "INSERT INTO {keyspace}.candles_rollup (interval, {COLUMNS}) VALUES (?, {marks}) USING TIMESTAMP ?"
             ),
             "roll-up upsert",
         )
@@ -118,17 +138,23 @@ impl CandleStore {
         })
     }
 
-    /// Upserts a 1-minute candle into `candles_1m`, any other interval into `candles_rollup`.
-    pub async fn upsert(&self, c: &Candle) -> Result<()> {
+    /// Upserts a 1-minute candle into `candles_1m`, any other interval into `candles_rollup`, at
+    /// write timestamp `stamp` (µs): of two writes of a window, the one stamped later stays,
+    /// whichever lands last.
+    pub async fn upsert(&self, c: &Candle, stamp: Micros) -> Result<()> {
         let row = Self::row(c)?;
         let result = if c.interval == ONE_MINUTE {
-            self.session.execute_unpaged(&self.upsert, row).await
+            self.session
+                .execute_unpaged(&self.upsert, StampedCandle { row, stamp })
+                .await
         } else {
             let row = RollupRow {
                 interval: c.interval.clone(),
                 row,
             };
-            self.session.execute_unpaged(&self.upsert_rollup, row).await
+            self.session
+                .execute_unpaged(&self.upsert_rollup, StampedRollup { row, stamp })
+                .await
         };
         result.map_err(|e| err("upsert candle", e))?;
         Ok(())

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "checkpoint_chunks",
         cql: include_str!("../../cql/V005__checkpoint_chunks.cql"),
     },
+    Migration {
+        version: 6,
+        name: "checkpoint_leases",
+        cql: include_str!("../../cql/V006__checkpoint_leases.cql"),
+    },
 ];
 
 /// What a run did.

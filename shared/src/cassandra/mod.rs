@@ -17,7 +17,7 @@ use scylla::policies::load_balancing::DefaultPolicy;
 use secrecy::ExposeSecret;
 
 pub use candles::{CandleStore, ONE_MINUTE};
-pub use checkpoints::{Checkpoint, CheckpointStore, CHUNK_BYTES};
+pub use checkpoints::{Checkpoint, CheckpointStore, Claim, Lease, Stored, CHUNK_BYTES};
 pub use fair_prices::{FairPriceRow, FairPriceStore};
 pub use migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};
 pub use trades::{

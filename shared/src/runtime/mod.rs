@@ -28,6 +28,15 @@
 //!   checkpoint store ([`Checkpoints::None`]) the group's committed offsets are the progress,
 //!   and state is rebuilt by replay ([`Fresh::Replay`]). (The normalizer's Kafka transactions are
 //!   its own loop: not on this runtime yet.)
+//! - **Fencing.** Taking up a partition claims its checkpoint row (a new ownership epoch, see
+//!   [`crate::cassandra::CheckpointStore::claim`]); every checkpoint is written only if that
+//!   epoch still holds, so an instance paused past its session timeout (SIGSTOP, a long GC-like
+//!   stall, a frozen VM) whose partitions were claimed meanwhile finds itself fenced when it
+//!   wakes: its partitions are dropped as if lost, never checkpointed over its successor's.
+//!   Each flush is given a write timestamp ([`Job::flush`]'s `stamp`) for rows whose order is
+//!   not in their data (the aggregator's candles): it lies within the owner's lease, renewed
+//!   before it runs out, and a new owner stamps above its predecessor's lease, so a paused
+//!   instance's late writes are older than its successor's and Cassandra keeps the newer.
 //! - **Delivery.** Outputs are collected into the job's batch and flushed at the job's size limit,
 //!   at every tick, before every checkpoint and hand-over, and, when the job marks them urgent
 //!   (a final candle, a changed price), as soon as no record is waiting. A flush waits (with
@@ -50,7 +59,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::avro::{self, AvroCodec};
-use crate::cassandra::{Checkpoint, CheckpointStore};
+use crate::cassandra::{Checkpoint, CheckpointStore, Lease, Stored};
 use crate::config::KafkaConfig;
 use crate::domain::{now_micros, Micros, Trade};
 use crate::error::Error;
@@ -67,8 +76,9 @@ pub const INPUT_EMPTY: &str = "empty";
 /// `reason` of [`Metrics::input_errors`]: a value that is not a Trade in the registry's wire
 /// format.
 pub const INPUT_UNDECODABLE: &str = "undecodable";
-/// `kind` of [`Metrics::handovers`].
-pub const HANDOVER_KINDS: [&str; 3] = ["assigned", "revoked", "lost"];
+/// `kind` of [`Metrics::handovers`]: `fenced` counts partitions another instance claimed while
+/// this one still held them (it was paused past its session timeout).
+pub const HANDOVER_KINDS: [&str; 4] = ["assigned", "revoked", "lost", "fenced"];
 
 /// Waits of the loop (a sink, a checkpoint, the registry) longer than this are time the input
 /// was not read, and do not count towards a source's idle timeout.
@@ -76,6 +86,10 @@ const STALL: Duration = Duration::from_millis(100);
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the once-a-second lag query may wait for the broker before it is skipped.
 const LAG_TIMEOUT: Duration = Duration::from_secs(1);
+/// How far ahead an owner's lease on write timestamps reaches when claimed or renewed (µs).
+const LEASE: Micros = 15_000_000;
+/// A lease with less than this left is renewed before the next flush (µs).
+const RENEW_BEFORE: Micros = 5_000_000;
 
 /// A pure, synchronous operator over trades, with per-partition state.
 pub trait Operator {
@@ -137,16 +151,21 @@ pub trait Job {
         outputs: &mut Vec<<Self::Operator as Operator>::Output>,
         record: Option<Record>,
     ) -> bool;
-    /// Lands the batch, retrying until it has; `Ok(false)`: shutdown came first.
-    fn flush(&mut self, shutdown: &Shutdown) -> impl Future<Output = Result<bool>>;
+    /// Lands the batch, retrying until it has; `Ok(false)`: shutdown came first. `stamp` is the
+    /// write timestamp (µs) for rows whose order is not in their data: later than every stamp
+    /// before it, and, after a hand-over, than every stamp a fenced previous owner can still
+    /// write with (see the module's fencing).
+    fn flush(&mut self, stamp: Micros, shutdown: &Shutdown) -> impl Future<Output = Result<bool>>;
     /// Drops the batch without landing it (its partitions were lost).
     fn discard(&mut self);
     /// At every tick, after the batch has landed: work that needs every output so far landed
     /// (the aggregator's recomputations). Anything it adds to the batch lands before the next
-    /// checkpoint. `Ok(false)`: shutdown came first.
+    /// checkpoint; what it lands itself it writes at `stamp` (see [`Job::flush`]). `Ok(false)`:
+    /// shutdown came first.
     fn on_tick(
         &mut self,
         _operator: &mut Self::Operator,
+        _stamp: Micros,
         _shutdown: &Shutdown,
     ) -> impl Future<Output = Result<bool>> {
         async { Ok(true) }
@@ -248,6 +267,9 @@ pub async fn run<J: Job>(
         owned: BTreeSet::new(),
         next_offsets: BTreeMap::new(),
         replay_until: BTreeMap::new(),
+        leases: BTreeMap::new(),
+        floor: 0,
+        last_stamp: 0,
     };
     if plan.partitions.is_empty() {
         consumer.subscribe(&[plan.topic])?;
@@ -274,9 +296,9 @@ pub async fn run<J: Job>(
     let mut checkpoint_tick = tokio::time::interval(plan.checkpoint_interval);
     checkpoint_tick.tick().await;
 
-    // Each arm either goes on or returns: `Ok(())` when shutdown came first.
     loop {
-        tokio::select! {
+        // Each arm comes to a step: on, stop (shutdown came first), or partitions fenced.
+        let step = tokio::select! {
             // Shutdown and timers before records, so a steady stream cannot starve them.
             biased;
             () = shutdown.triggered() => {
@@ -285,13 +307,20 @@ pub async fn run<J: Job>(
                 let never = Shutdown::new();
                 operator.advance(now_micros(), &mut outputs);
                 job.collect(&mut outputs, None);
-                if job.flush(&never).await? {
-                    let owned: Vec<i32> = parts.owned.iter().copied().collect();
-                    parts.checkpoint(&owned, operator, &never).await?;
+                let owned: Vec<i32> = parts.owned.iter().copied().collect();
+                match land_and_checkpoint(job, &mut parts, operator, &owned, &never).await? {
+                    Step::On => tracing::info!("stopped consuming; outputs landed and checkpointed"),
+                    Step::Stop => {}
+                    Step::Fenced(fenced) => {
+                        // Outputs of fenced partitions may be in the batch: nothing more is
+                        // written; the partitions kept replay from their last checkpoints.
+                        job.discard();
+                        count_handovers(plan, "fenced", &fenced);
+                        tracing::warn!(partitions = ?fenced, "fenced while stopping; unlanded outputs dropped, nothing checkpointed");
+                    }
                 }
                 // Rebalances while the consumer closes are applied by the callback itself.
                 handovers.close();
-                tracing::info!("stopped consuming; outputs landed and checkpointed");
                 if plan.partitions.is_empty() {
                     kafka::leave_group(&consumer, Duration::from_secs(5)).await;
                     tracing::info!("left the consumer group");
@@ -300,24 +329,37 @@ pub async fn run<J: Job>(
             }
             Some(handover) = handovers.recv() => {
                 let waited = Instant::now();
-                let went_on = match handover {
+                let step = match handover {
                     Handover::Assign(taken) => {
                         let taken_up = parts.take(&taken, false, operator, shutdown).await?;
                         count_handovers(plan, "assigned", &taken);
-                        taken_up
+                        Step::on_if(taken_up)
                     }
                     Handover::Revoke(given) => {
                         // Land every output so far and checkpoint what goes, then let it go:
                         // the next owner resumes exactly here.
-                        let given_away = job.flush(shutdown).await?
-                            && parts.checkpoint(&given, operator, shutdown).await?;
-                        if given_away {
-                            read = 0;
-                            urgent = false;
-                            parts.release(&given, operator)?;
-                            count_handovers(plan, "revoked", &given);
+                        let step = land_and_checkpoint(job, &mut parts, operator, &given, shutdown).await?;
+                        read = 0;
+                        urgent = false;
+                        match step {
+                            Step::On => {
+                                parts.release(&given, operator)?;
+                                count_handovers(plan, "revoked", &given);
+                                Step::On
+                            }
+                            Step::Fenced(fenced) => {
+                                // What goes is rewound to its checkpoint with the rest, so it
+                                // goes as it was last checkpointed.
+                                if lose_fenced(job, &mut parts, operator, &fenced, shutdown).await? {
+                                    parts.release(&given, operator)?;
+                                    count_handovers(plan, "revoked", &given);
+                                    Step::On
+                                } else {
+                                    Step::Stop
+                                }
+                            }
+                            Step::Stop => Step::Stop,
                         }
-                        given_away
                     }
                     Handover::Lost(lost) => {
                         // Another instance may own these already: no checkpoint, and no output
@@ -330,44 +372,48 @@ pub async fn run<J: Job>(
                         parts.release(&lost, operator)?;
                         count_handovers(plan, "lost", &lost);
                         let kept: Vec<i32> = parts.owned.iter().copied().collect();
-                        parts.take(&kept, true, operator, shutdown).await?
+                        Step::on_if(parts.take(&kept, true, operator, shutdown).await?)
                     }
                 };
-                if !went_on {
-                    return Ok(());
-                }
                 note_stall(operator, waited);
                 metrics::gauge!(plan.metrics.owned_partitions).set(parts.owned.len() as f64);
+                step
             }
             _ = checkpoint_tick.tick() => {
                 let waited = Instant::now();
                 let owned: Vec<i32> = parts.owned.iter().copied().collect();
-                let saved = job.flush(shutdown).await?
-                    && parts.checkpoint(&owned, operator, shutdown).await?;
+                let step = land_and_checkpoint(job, &mut parts, operator, &owned, shutdown).await?;
                 note_stall(operator, waited);
-                if !saved {
-                    return Ok(());
-                }
                 read = 0;
                 urgent = false;
+                step
             }
             _ = tick.tick() => {
                 operator.advance(now_micros(), &mut outputs);
                 job.collect(&mut outputs, None);
                 let waited = Instant::now();
-                let done = job.flush(shutdown).await? && job.on_tick(operator, shutdown).await?;
-                note_stall(operator, waited);
-                if !done {
-                    return Ok(());
+                let mut step = land(job, &mut parts, operator, shutdown).await?;
+                if matches!(step, Step::On) {
+                    step = match parts.stamp(shutdown).await? {
+                        Stamp::At(stamp) => Step::on_if(job.on_tick(operator, stamp, shutdown).await?),
+                        Stamp::Stop => Step::Stop,
+                        Stamp::Fenced(fenced) => Step::Fenced(fenced),
+                    };
                 }
+                note_stall(operator, waited);
                 read = 0;
                 urgent = false;
+                step
             }
             _ = gauges.tick() => {
                 job.report(operator, &parts.owned);
                 lag.send_replace(parts.next_offsets.clone());
+                Step::On
             }
-            Some(question) = next_question(&mut inspect) => question(operator),
+            Some(question) = next_question(&mut inspect) => {
+                question(operator);
+                Step::On
+            }
             message = consumer.recv() => {
                 let message = match message {
                     Ok(m) => m,
@@ -387,7 +433,7 @@ pub async fn run<J: Job>(
                 let partition = message.partition();
                 let offset = message.offset();
                 if !parts.owned.contains(&partition) {
-                    // Fetched before the partition was released.
+                    // Fetched before the partition was released (or after it was fenced).
                     continue;
                 }
                 parts.next_offsets.insert(partition, offset + 1);
@@ -410,24 +456,50 @@ pub async fn run<J: Job>(
                 operator.on_trade(partition, watermark::source_header(&message), &trade, now_micros(), &mut outputs);
                 urgent |= job.collect(&mut outputs, Some(Record { trade, partition, replaying }));
                 read += 1;
-                if read >= plan.max_batch {
-                    if !land(job, operator, shutdown).await? {
-                        return Ok(());
-                    }
-                    read = 0;
-                    urgent = false;
+                if read < plan.max_batch {
+                    continue;
                 }
+                read = 0;
+                urgent = false;
+                land(job, &mut parts, operator, shutdown).await?
             }
             // Nothing else ready: urgent outputs land now (within milliseconds of the record
             // that caused them), not at the next tick; under a steady stream the input is
             // rarely empty for long, so outputs still land in batches.
             () = std::future::ready(()), if urgent => {
-                if !land(job, operator, shutdown).await? {
-                    return Ok(());
-                }
                 read = 0;
                 urgent = false;
+                land(job, &mut parts, operator, shutdown).await?
             }
+        };
+        match step {
+            Step::On => {}
+            Step::Stop => return Ok(()),
+            Step::Fenced(fenced) => {
+                if !lose_fenced(job, &mut parts, operator, &fenced, shutdown).await? {
+                    return Ok(());
+                }
+                metrics::gauge!(plan.metrics.owned_partitions).set(parts.owned.len() as f64);
+            }
+        }
+    }
+}
+
+/// What landing outputs (and checkpointing) came to.
+enum Step {
+    On,
+    /// Shutdown came first.
+    Stop,
+    /// Another instance claimed these partitions while this one held them.
+    Fenced(Vec<i32>),
+}
+
+impl Step {
+    fn on_if(went_on: bool) -> Self {
+        if went_on {
+            Step::On
+        } else {
+            Step::Stop
         }
     }
 }
@@ -439,17 +511,55 @@ async fn next_question<O>(inspect: &mut Option<mpsc::Receiver<Inspect<O>>>) -> O
     }
 }
 
-/// Flushes the job's batch, telling the operator how long the input was not read meanwhile.
-/// `Ok(false)`: shutdown came first.
+/// Flushes the job's batch under a fresh write stamp, telling the operator how long the input
+/// was not read meanwhile.
 async fn land<J: Job>(
     job: &mut J,
+    parts: &mut Partitions<'_>,
     operator: &mut J::Operator,
     shutdown: &Shutdown,
-) -> Result<bool> {
+) -> Result<Step> {
     let waited = Instant::now();
-    let landed = job.flush(shutdown).await?;
+    let step = match parts.stamp(shutdown).await? {
+        Stamp::At(stamp) => Step::on_if(job.flush(stamp, shutdown).await?),
+        Stamp::Stop => Step::Stop,
+        Stamp::Fenced(fenced) => Step::Fenced(fenced),
+    };
     note_stall(operator, waited);
-    Ok(landed)
+    Ok(step)
+}
+
+/// Lands the batch, then checkpoints `partitions`.
+async fn land_and_checkpoint<J: Job>(
+    job: &mut J,
+    parts: &mut Partitions<'_>,
+    operator: &mut J::Operator,
+    partitions: &[i32],
+    shutdown: &Shutdown,
+) -> Result<Step> {
+    match land(job, parts, operator, shutdown).await? {
+        Step::On => parts.checkpoint(partitions, operator, shutdown).await,
+        other => Ok(other),
+    }
+}
+
+/// Another instance claimed `fenced`: their state goes, with every output not yet landed (the
+/// batch mixes partitions), and the partitions kept are rewound to their checkpoints, as for
+/// lost partitions. The group tells librdkafka of the loss in its own time; until then records
+/// of the fenced partitions are skipped. `Ok(false)`: shutdown came first.
+async fn lose_fenced<J: Job>(
+    job: &mut J,
+    parts: &mut Partitions<'_>,
+    operator: &mut J::Operator,
+    fenced: &[i32],
+    shutdown: &Shutdown,
+) -> Result<bool> {
+    tracing::warn!(partitions = ?fenced, "fenced: another instance claimed these partitions while this one held them (paused past its session timeout?); their state and every unlanded output dropped, the rest rewound to their checkpoints");
+    job.discard();
+    count_handovers(parts.plan, "fenced", fenced);
+    parts.forget(fenced, operator);
+    let kept: Vec<i32> = parts.owned.iter().copied().collect();
+    parts.take(&kept, true, operator, shutdown).await
 }
 
 fn count_handovers(plan: &Plan<'_>, kind: &'static str, partitions: &[i32]) {
@@ -479,6 +589,19 @@ struct Partitions<'a> {
     next_offsets: BTreeMap<i32, i64>,
     /// Partitions replaying ([`Fresh::Replay`]) until this offset.
     replay_until: BTreeMap<i32, i64>,
+    /// This instance's claim on each owned partition (with checkpoints in Cassandra).
+    leases: BTreeMap<i32, Lease>,
+    /// The highest previous owner's lease end of any partition this instance claimed: stamps
+    /// are above it.
+    floor: Micros,
+    last_stamp: Micros,
+}
+
+/// A flush's write stamp, or why there is none.
+enum Stamp {
+    At(Micros),
+    Stop,
+    Fenced(Vec<i32>),
 }
 
 impl Partitions<'_> {
@@ -510,19 +633,40 @@ impl Partitions<'_> {
         let plan = self.plan;
         let saved = match self.checkpoints {
             Checkpoints::Cassandra(store) => {
-                let Some(saved) = retry::until_ok(
-                    "load checkpoints",
-                    RetryPolicy::DEPENDENCY,
-                    shutdown,
-                    || store.load(plan.group_id, plan.topic),
-                )
-                .await
-                else {
+                // Claim first, then read what to restore: once claimed, no other instance can
+                // write these checkpoints.
+                let Some(before) = load_checkpoints(store, plan, shutdown).await else {
+                    return Ok(false);
+                };
+                for &p in partitions {
+                    let seen = before.get(&p).and_then(|s| s.lease);
+                    let Some(claim) = retry::until_ok(
+                        "claim partition",
+                        RetryPolicy::DEPENDENCY,
+                        shutdown,
+                        || store.claim(plan.group_id, plan.topic, p, seen, now_micros() + LEASE),
+                    )
+                    .await
+                    else {
+                        return Ok(false);
+                    };
+                    tracing::debug!(
+                        partition = p,
+                        epoch = claim.lease.epoch,
+                        "partition claimed"
+                    );
+                    self.leases.insert(p, claim.lease);
+                    self.floor = self.floor.max(claim.floor);
+                }
+                let Some(saved) = load_checkpoints(store, plan, shutdown).await else {
                     return Ok(false);
                 };
                 saved
+                    .into_iter()
+                    .filter_map(|(p, s)| Some((p, s.checkpoint?)))
+                    .collect()
             }
-            Checkpoints::None => Default::default(),
+            Checkpoints::None => BTreeMap::new(),
         };
         let fresh: Vec<i32> = partitions
             .iter()
@@ -614,12 +758,9 @@ impl Partitions<'_> {
 
     /// Drops `partitions`' state and removes them from the assignment.
     fn release<O: Operator>(&mut self, partitions: &[i32], operator: &mut O) -> Result<()> {
+        self.forget(partitions, operator);
         let mut tpl = TopicPartitionList::new();
         for &p in partitions {
-            operator.drop_partition(p);
-            self.next_offsets.remove(&p);
-            self.replay_until.remove(&p);
-            self.owned.remove(&p);
             tpl.add_partition(self.plan.topic, p);
         }
         self.consumer.incremental_unassign(&tpl)?;
@@ -627,21 +768,79 @@ impl Partitions<'_> {
         Ok(())
     }
 
+    /// Drops `partitions`' state; they are no longer read (records still fetched are skipped).
+    fn forget<O: Operator>(&mut self, partitions: &[i32], operator: &mut O) {
+        for &p in partitions {
+            operator.drop_partition(p);
+            self.next_offsets.remove(&p);
+            self.replay_until.remove(&p);
+            self.leases.remove(&p);
+            self.owned.remove(&p);
+        }
+    }
+
+    /// The write stamp of the next flush: after every earlier one and above every previous
+    /// owner's lease, within this instance's leases, which are renewed first when they run low.
+    async fn stamp(&mut self, shutdown: &Shutdown) -> Result<Stamp> {
+        if let Checkpoints::Cassandra(store) = self.checkpoints {
+            let plan = self.plan;
+            let due: Vec<(i32, Lease)> = self
+                .leases
+                .iter()
+                .filter(|(_, l)| l.until - now_micros() < RENEW_BEFORE)
+                .map(|(p, l)| (*p, *l))
+                .collect();
+            let mut fenced = Vec::new();
+            for (p, lease) in due {
+                let renewed = retry::until_ok(
+                    "renew partition lease",
+                    RetryPolicy::DEPENDENCY,
+                    shutdown,
+                    || async move {
+                        let renewed = Lease {
+                            epoch: lease.epoch,
+                            until: now_micros() + LEASE,
+                        };
+                        let held = store.renew(plan.group_id, plan.topic, p, renewed).await?;
+                        Ok::<_, Error>(held.then_some(renewed))
+                    },
+                )
+                .await;
+                match renewed {
+                    None => return Ok(Stamp::Stop),
+                    Some(Some(renewed)) => {
+                        self.leases.insert(p, renewed);
+                    }
+                    Some(None) => fenced.push(p),
+                }
+            }
+            if !fenced.is_empty() {
+                return Ok(Stamp::Fenced(fenced));
+            }
+        }
+        let stamp = now_micros().max(self.floor + 1).max(self.last_stamp + 1);
+        self.last_stamp = stamp;
+        Ok(Stamp::At(stamp))
+    }
+
     /// Saves the state and next offset of each of `partitions` that has delivered a record (the
-    /// others keep their previous checkpoint), then commits the offsets to the group. Every
-    /// output of the records before them must have landed. `Ok(false)`: shutdown came first.
+    /// others keep their previous checkpoint), as their owner's epoch, then commits the offsets
+    /// to the group. Every output of the records before them must have landed.
     async fn checkpoint<O: Operator>(
-        &self,
+        &mut self,
         partitions: &[i32],
         operator: &O,
         shutdown: &Shutdown,
-    ) -> Result<bool> {
+    ) -> Result<Step> {
         let plan = self.plan;
         if let Checkpoints::Cassandra(store) = self.checkpoints {
             let started = Instant::now();
             let mut bytes = 0usize;
+            let mut fenced = Vec::new();
             for &p in partitions {
-                let Some(&next_offset) = self.next_offsets.get(&p) else {
+                let (Some(&next_offset), Some(&lease)) =
+                    (self.next_offsets.get(&p), self.leases.get(&p))
+                else {
                     continue;
                 };
                 let state = operator.snapshot(p).map_err(|e| {
@@ -655,19 +854,36 @@ impl Partitions<'_> {
                 };
                 let saved =
                     retry::until_ok("save checkpoint", RetryPolicy::DEPENDENCY, shutdown, || {
-                        store.save(plan.group_id, plan.topic, p, &cp)
+                        let cp = &cp;
+                        async move {
+                            let renewed = Lease {
+                                epoch: lease.epoch,
+                                until: now_micros() + LEASE,
+                            };
+                            let held = store
+                                .save(plan.group_id, plan.topic, p, cp, renewed)
+                                .await?;
+                            Ok::<_, Error>(held.then_some(renewed))
+                        }
                     })
                     .await;
-                if saved.is_none() {
-                    return Ok(false);
+                match saved {
+                    None => return Ok(Step::Stop),
+                    Some(Some(renewed)) => {
+                        self.leases.insert(p, renewed);
+                    }
+                    Some(None) => fenced.push(p),
                 }
             }
             metrics::histogram!(plan.metrics.checkpoint_seconds)
                 .record(started.elapsed().as_secs_f64());
             metrics::gauge!(plan.metrics.checkpoint_bytes).set(bytes as f64);
+            if !fenced.is_empty() {
+                return Ok(Step::Fenced(fenced));
+            }
         }
         self.commit(partitions);
-        Ok(true)
+        Ok(Step::On)
     }
 
     /// Commits the next offsets of `partitions` to the group: the progress lag tools show, and,
@@ -692,6 +908,21 @@ impl Partitions<'_> {
             tracing::warn!(error = %e, "offset commit failed; will commit again");
         }
     }
+}
+
+/// Every partition's checkpoint row, retried until read. `None`: shutdown came first.
+async fn load_checkpoints(
+    store: &CheckpointStore,
+    plan: &Plan<'_>,
+    shutdown: &Shutdown,
+) -> Option<std::collections::HashMap<i32, Stored>> {
+    retry::until_ok(
+        "load checkpoints",
+        RetryPolicy::DEPENDENCY,
+        shutdown,
+        || store.load(plan.group_id, plan.topic),
+    )
+    .await
 }
 
 /// Sets the consumer-lag gauges from the next offsets the loop sends once a second. The broker's

@@ -24,6 +24,7 @@ use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, batch_rollups, same_values};
+use trade_aggregator::sink::STAMP_HEADER;
 
 use super::{aggregator_env, days_of, stored_candles, stored_rollups};
 
@@ -308,9 +309,10 @@ impl Scenario {
             too_late.len()
         );
 
-        // The candle topic carries the same final values: for each window, its last record in the
-        // partition's order. A replay after a crash appends records again (with revisions that may
-        // restart), always after the ones before the crash, so "last wins", as in Cassandra.
+        // The candle topic carries the same final values: for each window, its record with the
+        // highest write stamp (header), as in Cassandra. A replay after a crash appends records
+        // again (with revisions that may restart) under higher stamps; an instance paused past its
+        // session timeout may append stale records after its successor's, under lower ones.
         let consumer = kafka::stream_consumer(
             &stack.kafka,
             "it",
@@ -318,14 +320,14 @@ impl Scenario {
         )
         .unwrap();
         consumer.subscribe(&[&agg.candles_topic]).unwrap();
-        let mut on_kafka: BTreeMap<(String, String, i64), Candle> = BTreeMap::new();
+        let mut on_kafka: BTreeMap<(String, String, i64), (i64, Candle)> = BTreeMap::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while std::time::Instant::now() < deadline {
             let settled = on_kafka.len() == expected.len()
                 && expected.iter().all(|(k, want)| {
                     on_kafka
                         .get(k)
-                        .is_some_and(|got| got.is_final && same_values(got, want))
+                        .is_some_and(|(_, got)| got.is_final && same_values(got, want))
                 });
             if settled {
                 break;
@@ -335,6 +337,11 @@ impl Scenario {
             else {
                 continue;
             };
+            let stamp: i64 = message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == STAMP_HEADER))
+                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                .expect("every candle record has a write stamp");
             let candle = codec
                 .decode_candle(message.payload().unwrap())
                 .await
@@ -344,11 +351,8 @@ impl Scenario {
                 candle.venue.clone(),
                 candle.window_start,
             );
-            let newer = on_kafka.get(&key).is_none_or(|old| {
-                (candle.revision, candle.is_final) >= (old.revision, old.is_final)
-            });
-            if newer {
-                on_kafka.insert(key, candle);
+            if on_kafka.get(&key).is_none_or(|(old, _)| stamp > *old) {
+                on_kafka.insert(key, (stamp, candle));
             }
         }
         let differing: Vec<_> = expected
@@ -356,7 +360,7 @@ impl Scenario {
             .filter(|(k, want)| {
                 !on_kafka
                     .get(*k)
-                    .is_some_and(|got| got.is_final && same_values(got, want))
+                    .is_some_and(|(_, got)| got.is_final && same_values(got, want))
             })
             .map(|(k, _)| k.clone())
             .collect();
