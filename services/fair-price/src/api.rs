@@ -1,4 +1,5 @@
-//! The query API for downstream systems, straight from the operator's latest results:
+//! The query API for downstream systems, from the fair prices published on the output topic by
+//! every instance (see [`crate::query_feed`]), so every replica answers for every instrument:
 //! HTTP `GET /v1/fairprice` (every instrument) and `GET /v1/fairprice/{instrument}`, and the gRPC
 //! service of `proto/tickflow/fairprice/v1/fair_price.proto` (`Latest`, `Subscribe`).
 //! Decimals are strings so no digit is lost.
@@ -42,9 +43,17 @@ impl Default for Latest {
 }
 
 impl Latest {
-    pub fn publish(&self, fp: &FairPrice) {
+    /// Takes `fp` if it is newer (by `computed_at`) than the instrument's latest, and tells the
+    /// subscribers; an older or repeated one (a replayed record) changes nothing.
+    pub fn offer(&self, fp: &FairPrice) {
         // A poisoned lock only means a reader panicked; the map is still whole.
         let mut prices = self.prices.write().unwrap_or_else(|p| p.into_inner());
+        if prices
+            .get(&fp.instrument)
+            .is_some_and(|old| old.computed_at >= fp.computed_at)
+        {
+            return;
+        }
         prices.insert(fp.instrument.clone(), fp.clone());
         drop(prices);
         // No subscriber is not an error.
@@ -83,7 +92,7 @@ async fn one(
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({
-                "error": format!("no fair price for {instrument} on this instance (no trade yet, or another instance owns its partition)")
+                "error": format!("no fair price for {instrument} published (no trade yet, or none within fair_price.query_history_ms)")
             })),
         ),
     }
@@ -171,7 +180,7 @@ impl pb::fair_price_service_server::FairPriceService for Grpc {
         match self.latest.get(&instrument) {
             Some(fp) => Ok(Response::new(to_proto(&fp))),
             None => Err(Status::not_found(format!(
-                "no fair price for {instrument} on this instance"
+                "no fair price for {instrument} published"
             ))),
         }
     }

@@ -109,6 +109,9 @@ pub struct FairPriceConfig {
     pub max_in_flight: usize,
     /// Records processed between two flushes of the outputs at most.
     pub max_batch: usize,
+    /// How far back the query API reads the output topic at start (every instrument that
+    /// published within it is served at once). Milliseconds; at least `heartbeat_ms`.
+    pub query_history_ms: u64,
     /// The gRPC query API (`proto/tickflow/fairprice/v1/fair_price.proto`). Loopback unless set.
     pub grpc_listen: String,
     /// Data-quality thresholds for every instrument.
@@ -143,6 +146,7 @@ impl Default for FairPriceConfig {
             write_cassandra: true,
             max_in_flight: 64,
             max_batch: 5_000,
+            query_history_ms: 600_000,
             grpc_listen: "127.0.0.1:9204".into(),
             quality: QualityConfig::default(),
             quality_by_class: BTreeMap::new(),
@@ -392,6 +396,11 @@ impl FairPriceConfig {
             "must be > 0",
         );
         problems.check(self.max_batch > 0, "fair_price.max_batch", "must be > 0");
+        problems.check(
+            self.query_history_ms >= self.heartbeat_ms,
+            "fair_price.query_history_ms",
+            "must be at least heartbeat_ms",
+        );
         problems.check(
             self.grpc_listen.parse::<std::net::SocketAddr>().is_ok(),
             "fair_price.grpc_listen",

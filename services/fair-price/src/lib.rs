@@ -10,6 +10,7 @@ pub mod config;
 pub mod metrics;
 pub mod operator;
 pub mod pipeline;
+pub mod query_feed;
 pub mod sink;
 
 use std::sync::Arc;
@@ -95,15 +96,37 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     let grpc = tokio::spawn(grpc);
     tracing::info!(http = %started.telemetry.http_addr, grpc = %grpc_addr, "started");
 
+    // The query API serves what every instance publishes, read back from the output topic.
+    let feed = {
+        let fp = &config.fair_price;
+        let (kafka, topic) = (config.kafka.clone(), fp.output_topic.clone());
+        let (history_ms, group) = (
+            fp.query_history_ms,
+            format!("{}-query-{}", fp.group_id, fp.instance_id()),
+        );
+        let codec = tickflow_shared::avro::AvroCodec::new(&started.registry, &[]);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let followed = query_feed::follow(
+                &kafka, &topic, history_ms, &group, &codec, latest, &shutdown,
+            )
+            .await;
+            if let Err(e) = followed {
+                tracing::error!(error = %e, "the query API stopped following the output topic; it serves what it had");
+            }
+        })
+    };
+
     let result = pipeline::run(
         &config,
         &started.registry,
         started.cassandra.as_ref(),
         started.telemetry.instruments.clone(),
-        latest,
         &shutdown,
     )
     .await;
+    shutdown.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(3), feed).await;
     shutdown.trigger();
     match tokio::time::timeout(Duration::from_secs(3), grpc).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),

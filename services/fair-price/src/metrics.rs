@@ -22,6 +22,7 @@ pub const HANDOVERS: &str = "tickflow_fairprice_partition_handovers_total";
 pub const OWNED_PARTITIONS: &str = "tickflow_fairprice_owned_partitions";
 pub const CHECKPOINT_SECONDS: &str = "tickflow_fairprice_checkpoint_duration_seconds";
 pub const CHECKPOINT_BYTES: &str = "tickflow_fairprice_checkpoint_size_bytes";
+pub const QUERY_FEED_ERRORS: &str = "tickflow_fairprice_query_feed_errors_total";
 
 /// `sink` of [`SINK_ERRORS`], with the `error_type` its writes fail with when its dependency
 /// is away.
@@ -36,6 +37,7 @@ pub const SINK_ANOMALIES_CASSANDRA: (&str, &str) = ("cassandra_anomalies", "cass
 pub fn zero_error_counters(cassandra: bool) {
     use tickflow_shared::telemetry::zero_counter;
     crate::pipeline::RUNTIME_METRICS.zero();
+    metrics::counter!(QUERY_FEED_ERRORS).absolute(0);
     let mut sinks = vec![SINK_PRICES_KAFKA, SINK_ANOMALIES_KAFKA];
     if cassandra {
         sinks.extend([SINK_PRICES_CASSANDRA, SINK_ANOMALIES_CASSANDRA]);
@@ -47,7 +49,8 @@ pub fn zero_error_counters(cassandra: bool) {
 
 /// Every metric this service promises (a test checks `/metrics` against it); the checkpoint
 /// metrics only appear with checkpoints (`write_cassandra`), after the first.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
+    QUERY_FEED_ERRORS,
     HANDOVERS,
     OWNED_PARTITIONS,
     TRADES_IN,
@@ -77,6 +80,10 @@ pub fn describe() {
         "Trades read, by provider, exchange and instrument."
     );
     describe_counter!(INPUT_ERRORS, "Input records skipped, by reason.");
+    describe_counter!(
+        QUERY_FEED_ERRORS,
+        "Records of the output topic the query API could not read (skipped)."
+    );
     describe_gauge!(
         PRICE,
         "The latest published fair price (a float copy, for charts)."

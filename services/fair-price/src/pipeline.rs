@@ -1,5 +1,6 @@
 //! fair-price on the stream runtime ([`tickflow_shared::runtime`]): the fair-price operator, its
-//! sinks (Kafka, then Cassandra), the latest prices the query API serves, and the gauges.
+//! sinks (Kafka, then Cassandra), and the gauges. (The query API reads what is published back
+//! from the output topic: [`crate::query_feed`].)
 //!
 //! The runtime does consumption, partition ownership (configured in `fair_price.partitions`, or
 //! shared by the instances of the consumer group `fair_price.group_id`, each partition's lookback
@@ -27,7 +28,6 @@ use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
 use tickflow_shared::Result;
 
-use crate::api::Latest;
 use crate::config::Config;
 use crate::metrics::*;
 use crate::operator::{Operator, Output};
@@ -43,12 +43,11 @@ pub const RUNTIME_METRICS: runtime::Metrics = runtime::Metrics {
     consumer_lag: CONSUMER_LAG,
 };
 
-/// fair-price's side of the runtime: the batch, where it lands, what the API serves.
+/// fair-price's side of the runtime: the batch and where it lands.
 struct Prices {
     sinks: Sinks,
     batch: Batch,
     labels: InstrumentLabels,
-    latest: Arc<Latest>,
     /// The anomalies active at the last report, to clear their gauges when they end.
     active: HashSet<(AnomalyKind, String, String, String)>,
 }
@@ -89,7 +88,6 @@ impl Job for Prices {
                     for e in &fp.sources_excluded {
                         metrics::counter!(EXCLUDED, "provider" => e.provider.clone(), "exchange" => e.exchange.clone(), "instrument" => instrument.clone(), "reason" => e.reason.as_str()).increment(1);
                     }
-                    self.latest.publish(&fp);
                     // The receive time of the trade that caused a change, for the latency
                     // histogram.
                     let ingest = trade
@@ -153,7 +151,6 @@ pub async fn run(
     registry: &Registry,
     cassandra: Option<&CassandraHandle>,
     labels: InstrumentLabels,
-    latest: Arc<Latest>,
     shutdown: &Shutdown,
 ) -> Result<()> {
     let fp = &config.fair_price;
@@ -200,7 +197,6 @@ pub async fn run(
         },
         batch: Batch::default(),
         labels,
-        latest,
         active: HashSet::new(),
     };
     let plan = Plan {

@@ -134,6 +134,33 @@ async fn instances_share_the_partitions_and_hand_their_state_over_with_no_hole()
     c.wait_for_log("consuming from the checkpoints", Duration::from_secs(60))
         .await;
     tokio::time::sleep(Duration::from_millis(rng.random_range(500..1_500))).await;
+    // B and C each compute some of the instruments, and each answers for both: the query API
+    // serves what every instance published.
+    for service in [&b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = service.get("/v1/fairprice").await.unwrap_or_default();
+            let served: Vec<String> = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["fair_prices"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|fp| fp["instrument"].as_str().map(String::from))
+                .collect();
+            if ["BTC-USD", "ETH-USD"]
+                .iter()
+                .all(|i| served.iter().any(|s| s == i))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "an instance serves {served:?}, not every instrument:\n{}",
+                service.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let (code, _) = b.terminate(Duration::from_secs(30));
     assert_eq!(code, Some(0), "{}", b.log());
     assert!(
