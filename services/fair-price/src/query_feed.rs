@@ -13,7 +13,6 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::config::KafkaConfig;
-use tickflow_shared::domain::now_micros;
 use tickflow_shared::error::Error;
 use tickflow_shared::kafka;
 use tickflow_shared::retry::{self, RetryPolicy};
@@ -43,12 +42,11 @@ pub async fn follow(
     let Some(partitions) = kafka::topic_partitions(&consumer, topic, shutdown).await else {
         return Ok(());
     };
-    let since_ms = (now_micros() / 1000 - i64::try_from(history_ms).unwrap_or(i64::MAX)).max(0);
     let Some(assignment) = retry::until_ok(
         "find the query API's start offsets",
         RetryPolicy::DEPENDENCY,
         shutdown,
-        || async { start_offsets(&consumer, topic, &partitions, since_ms) },
+        || async { start_offsets(&consumer, topic, &partitions, history_ms) },
     )
     .await
     else {
@@ -87,25 +85,20 @@ pub async fn follow(
     }
 }
 
-/// Each partition's first offset at or after `since_ms` (its end if nothing is that recent).
+/// Each partition from its first record of the last `history_ms` (its end if none is that
+/// recent).
 fn start_offsets(
     consumer: &StreamConsumer,
     topic: &str,
     partitions: &[i32],
-    since_ms: i64,
+    history_ms: u64,
 ) -> Result<TopicPartitionList> {
-    let mut query = TopicPartitionList::new();
-    for &p in partitions {
-        query
-            .add_partition_offset(topic, p, Offset::Offset(since_ms))
-            .map_err(Error::Kafka)?;
-    }
-    let found = tokio::task::block_in_place(|| consumer.offsets_for_times(query, KAFKA_TIMEOUT))?;
+    let found = kafka::offsets_since(consumer, topic, partitions, history_ms, KAFKA_TIMEOUT)?;
     let mut assignment = TopicPartitionList::new();
     for &p in partitions {
-        let offset = match found.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Offset::Offset(o),
-            _ => Offset::End,
+        let offset = match found.get(&p).copied().flatten() {
+            Some(o) => Offset::Offset(o),
+            None => Offset::End,
         };
         assignment
             .add_partition_offset(topic, p, offset)

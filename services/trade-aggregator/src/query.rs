@@ -1,6 +1,8 @@
 //! Queryable state: `GET /candles/{instrument}` returns the candles the operator holds for an
 //! instrument right now (in progress, and closed ones within the allowed lateness), newest first,
-//! straight from the operator. Decimals are JSON strings so no digit is lost.
+//! straight from the operator. Decimals are JSON strings so no digit is lost. With several
+//! instances each holds the instruments of its own partitions: 404 for the others (the results
+//! of every instance are in Cassandra and on the candle topic).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -38,6 +40,12 @@ async fn candles(
         })
         .await;
     match (asked, answer.await) {
+        (Ok(()), Ok(candles)) if candles.is_empty() => (
+            StatusCode::NOT_FOUND,
+            Json(json!({
+                "error": format!("this instance holds no candle of {instrument}: no trade yet, or its partition is owned by another instance (every instance's candles are in Cassandra candles_1m and on the candle topic)")
+            })),
+        ),
         (Ok(()), Ok(candles)) => (
             StatusCode::OK,
             Json(json!({

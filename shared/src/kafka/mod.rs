@@ -174,6 +174,36 @@ pub fn stream_consumer(config: &KafkaConfig, role: &str, group_id: &str) -> Resu
     Ok(consumer_config(config, role, group_id).create()?)
 }
 
+/// Each of `partitions`' first offset with a record time at most `history_ms` ago (`None`: no
+/// record that recent).
+pub fn offsets_since<C: rdkafka::consumer::ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+    partitions: &[i32],
+    history_ms: u64,
+    timeout: Duration,
+) -> Result<std::collections::BTreeMap<i32, Option<i64>>> {
+    let now_ms = crate::domain::now_micros() / 1000;
+    let since = (now_ms - i64::try_from(history_ms).unwrap_or(i64::MAX)).max(0);
+    let mut query = rdkafka::TopicPartitionList::new();
+    for &p in partitions {
+        query
+            .add_partition_offset(topic, p, rdkafka::Offset::Offset(since))
+            .map_err(crate::error::Error::Kafka)?;
+    }
+    let found = tokio::task::block_in_place(|| consumer.offsets_for_times(query, timeout))?;
+    Ok(partitions
+        .iter()
+        .map(|&p| {
+            let offset = match found.find_partition(topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            (p, offset)
+        })
+        .collect())
+}
+
 /// The partitions of `topic`, waiting (with backoff) until it exists; `None` if shutdown comes
 /// first.
 pub async fn topic_partitions<C: rdkafka::consumer::ConsumerContext>(

@@ -779,6 +779,24 @@ impl Partitions<'_> {
         }
     }
 
+    /// Takes in what a write as `partition`'s owner came to (`None`: shutdown came first, then
+    /// `false`; `Some(None)`: refused, the partition is fenced; else its extended lease).
+    fn held(
+        &mut self,
+        partition: i32,
+        outcome: Option<Option<Lease>>,
+        fenced: &mut Vec<i32>,
+    ) -> bool {
+        match outcome {
+            None => return false,
+            Some(Some(lease)) => {
+                self.leases.insert(partition, lease);
+            }
+            Some(None) => fenced.push(partition),
+        }
+        true
+    }
+
     /// The write stamp of the next flush: after every earlier one and above every previous
     /// owner's lease, within this instance's leases, which are renewed first when they run low.
     async fn stamp(&mut self, shutdown: &Shutdown) -> Result<Stamp> {
@@ -797,21 +815,14 @@ impl Partitions<'_> {
                     RetryPolicy::DEPENDENCY,
                     shutdown,
                     || async move {
-                        let renewed = Lease {
-                            epoch: lease.epoch,
-                            until: now_micros() + LEASE,
-                        };
+                        let renewed = extended(lease);
                         let held = store.renew(plan.group_id, plan.topic, p, renewed).await?;
                         Ok::<_, Error>(held.then_some(renewed))
                     },
                 )
                 .await;
-                match renewed {
-                    None => return Ok(Stamp::Stop),
-                    Some(Some(renewed)) => {
-                        self.leases.insert(p, renewed);
-                    }
-                    Some(None) => fenced.push(p),
+                if !self.held(p, renewed, &mut fenced) {
+                    return Ok(Stamp::Stop);
                 }
             }
             if !fenced.is_empty() {
@@ -856,10 +867,7 @@ impl Partitions<'_> {
                     retry::until_ok("save checkpoint", RetryPolicy::DEPENDENCY, shutdown, || {
                         let cp = &cp;
                         async move {
-                            let renewed = Lease {
-                                epoch: lease.epoch,
-                                until: now_micros() + LEASE,
-                            };
+                            let renewed = extended(lease);
                             let held = store
                                 .save(plan.group_id, plan.topic, p, cp, renewed)
                                 .await?;
@@ -867,12 +875,8 @@ impl Partitions<'_> {
                         }
                     })
                     .await;
-                match saved {
-                    None => return Ok(Step::Stop),
-                    Some(Some(renewed)) => {
-                        self.leases.insert(p, renewed);
-                    }
-                    Some(None) => fenced.push(p),
+                if !self.held(p, saved, &mut fenced) {
+                    return Ok(Step::Stop);
                 }
             }
             metrics::histogram!(plan.metrics.checkpoint_seconds)
@@ -907,6 +911,14 @@ impl Partitions<'_> {
         if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
             tracing::warn!(error = %e, "offset commit failed; will commit again");
         }
+    }
+}
+
+/// `lease` reaching [`LEASE`] from now.
+fn extended(lease: Lease) -> Lease {
+    Lease {
+        epoch: lease.epoch,
+        until: now_micros() + LEASE,
     }
 }
 
@@ -973,23 +985,13 @@ fn replay_positions(
     }
     let committed =
         tokio::task::block_in_place(|| consumer.committed_offsets(wanted, KAFKA_TIMEOUT))?;
-    let since = (now_micros() / 1000 - i64::try_from(replay_ms).unwrap_or(i64::MAX)).max(0);
-    let mut query = TopicPartitionList::new();
-    for &p in partitions {
-        query
-            .add_partition_offset(topic, p, Offset::Offset(since))
-            .map_err(Error::Kafka)?;
-    }
-    let by_time = tokio::task::block_in_place(|| consumer.offsets_for_times(query, KAFKA_TIMEOUT))?;
+    let by_time = kafka::offsets_since(consumer, topic, partitions, replay_ms, KAFKA_TIMEOUT)?;
     let mut out = BTreeMap::new();
     for &p in partitions {
         let (_, high) =
             tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT))?;
-        let from_time = match by_time.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            // No record that recent: nothing to replay.
-            _ => high,
-        };
+        // No record that recent: nothing to replay.
+        let from_time = by_time.get(&p).copied().flatten().unwrap_or(high);
         let resume = match committed.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o,
             _ => from_time,
