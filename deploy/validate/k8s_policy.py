@@ -19,6 +19,8 @@ One line, PASS or FAIL with every problem:
 - Gateways: every HTTPS listener terminates TLS with a certificate reference and the Gateway
   names its cert-manager issuer; a route that sends traffic to a backend attaches only to HTTPS
   listeners (plain HTTP may only redirect);
+- every consumer (normalizer, trade-aggregator, fair-price) runs at least 2 replicas, and an
+  HPA that scales one never goes below 2;
 - every ConfigMap or Secret a pod mounts or reads exists in the overlay, or is a Secret marked
   optional / created by Ansible; every Service, PDB and HPA points at a workload that exists.
 """
@@ -27,6 +29,7 @@ import sys
 
 import yaml
 
+CONSUMERS = ("normalizer", "trade-aggregator", "fair-price")
 SERVICES = {"ingest-gateway": 9101, "normalizer": 9102, "trade-aggregator": 9103, "fair-price": 9104}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
 # Secrets Ansible creates before it applies the overlay (ansible/roles/tickflow_deploy).
@@ -202,12 +205,24 @@ def main(argv):
         if ref["name"] not in by_kind.get(ref["kind"], {}):
             problems.append(f"HorizontalPodAutoscaler {name}: no {ref['kind']} {ref['name']}")
 
+    for name in CONSUMERS:
+        workload = workloads.get(name)
+        if workload is None:
+            problems.append(f"no {name} workload")
+        elif workload["spec"].get("replicas", 1) < 2:
+            problems.append(f"{name}: {workload['spec'].get('replicas', 1)} replica(s); every consumer runs at least 2")
+    for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+        if hpa["spec"]["scaleTargetRef"]["name"] in CONSUMERS and hpa["spec"].get("minReplicas", 1) < 2:
+            problems.append(f"HorizontalPodAutoscaler {name}: minReplicas below 2")
+    autoscaled = sorted(h["spec"]["scaleTargetRef"]["name"] for h in by_kind.get("HorizontalPodAutoscaler", {}).values())
+
     if problems:
         print(f"FAIL k8s/policy/{overlay}: " + " | ".join(problems))
         return 1
     print(f"PASS k8s/policy/{overlay}: hardened pods, probes, resources, gateway shards = replicas "
           f"({gateway['spec'].get('replicas', 1)}), monitoring labels, no committed secret values, references resolve, "
-          f"Cassandra authentication, HTTPS-only routes ({len(by_kind.get('HTTPRoute', {}))})")
+          f"Cassandra authentication, HTTPS-only routes ({len(by_kind.get('HTTPRoute', {}))}), "
+          f"consumers with 2+ replicas, autoscaled: {', '.join(autoscaled) or 'none'}")
     return 0
 
 
