@@ -12,7 +12,7 @@ use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::cassandra::FairPriceStore;
 use tickflow_shared::domain::{now_micros, Micros};
 use tickflow_shared::fairprice::{Anomaly, FairPrice, ANY};
-use tickflow_shared::retry::{self, RetryPolicy};
+use tickflow_shared::runtime;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
 
@@ -136,30 +136,25 @@ impl Sinks {
         }
     }
 
-    /// Writes every item with bounded concurrency, each retried until it lands.
-    async fn each<T, F, Fut>(
+    /// Lands every item with `write` ([`runtime::land_each`]).
+    async fn each<'a, T, F, Fut>(
         &self,
-        items: &[T],
+        items: &'a [T],
         sink: &'static str,
         shutdown: &Shutdown,
         write: F,
     ) -> bool
     where
-        F: Fn(&T) -> Fut,
+        F: Fn(&'a T) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        retry::each_until_ok(
+        runtime::land_each(
             items,
             sink,
-            RetryPolicy::DEPENDENCY,
+            SINK_ERRORS,
             self.max_in_flight,
             shutdown,
-            |item| async {
-                write(item).await.inspect_err(|e| {
-                    metrics::counter!(SINK_ERRORS, "sink" => sink, "error_type" => e.kind())
-                        .increment(1);
-                })
-            },
+            write,
         )
         .await
     }

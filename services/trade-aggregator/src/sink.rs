@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::cassandra::{CandleStore, TradeStore, ONE_MINUTE, PARTITION_BATCH};
 use tickflow_shared::domain::{epoch_day, Candle, Micros, Trade};
-use tickflow_shared::retry::{self, RetryPolicy};
+use tickflow_shared::runtime;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
 
@@ -140,7 +140,7 @@ impl Sinks {
         Ok(true)
     }
 
-    /// Runs `write` for every item, `max_in_flight` at a time, each retried until it succeeds.
+    /// Lands every item with `write` ([`runtime::land_each`]).
     async fn each<'a, T, F, Fut>(
         &self,
         items: &'a [T],
@@ -152,30 +152,13 @@ impl Sinks {
         F: Fn(&'a T) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        let write = &write;
-        retry::each_until_ok(
+        runtime::land_each(
             items,
             sink,
-            RetryPolicy::DEPENDENCY,
+            SINK_ERRORS,
             self.max_in_flight,
             shutdown,
-            |item| async move {
-                match write(item).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        metrics::counter!(SINK_ERRORS, "sink" => sink, "error_type" => e.kind())
-                            .increment(1);
-                        if e.is_retryable() {
-                            Err(e)
-                        } else {
-                            // Retrying cannot help (e.g. a value the schema cannot hold): count
-                            // it, say it loudly, and go on rather than stall the stream.
-                            tracing::error!(sink, error = %e, error_type = e.kind(), "output cannot be written; skipped");
-                            Ok(())
-                        }
-                    }
-                }
-            },
+            write,
         )
         .await
     }

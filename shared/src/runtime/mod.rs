@@ -99,12 +99,12 @@ pub trait Operator {
     /// The formats [`Operator::restore`] reads.
     const READABLE_STATE_FORMATS: &'static [i32];
 
-    /// One trade of `partition` from upstream `source` (`None`: a record without the source
-    /// header, see [`watermark::fallback_source`]), arrived at wall clock `now`.
+    /// One trade of `partition` from upstream `source` (the record's source header, or for a
+    /// record without one [`watermark::fallback_source`]), arrived at wall clock `now`.
     fn on_trade(
         &mut self,
         partition: i32,
-        source: Option<&str>,
+        source: &str,
         trade: &Trade,
         now: Micros,
         out: &mut Vec<Self::Output>,
@@ -453,7 +453,15 @@ pub async fn run<J: Job>(
                     }
                     None => return Ok(()),
                 };
-                operator.on_trade(partition, watermark::source_header(&message), &trade, now_micros(), &mut outputs);
+                let fallback;
+                let source = match watermark::source_header(&message) {
+                    Some(source) => source,
+                    None => {
+                        fallback = watermark::fallback_source(&trade);
+                        &fallback
+                    }
+                };
+                operator.on_trade(partition, source, &trade, now_micros(), &mut outputs);
                 urgent |= job.collect(&mut outputs, Some(Record { trade, partition, replaying }));
                 read += 1;
                 if read < plan.max_batch {
@@ -920,6 +928,47 @@ fn extended(lease: Lease) -> Lease {
         epoch: lease.epoch,
         until: now_micros() + LEASE,
     }
+}
+
+/// Lands every item with `write`, `max_in_flight` at a time: a failure is counted in `errors`
+/// (by `sink` and `error_type`) and retried with backoff until it lands, unless retrying cannot
+/// help (a value the schema cannot hold): then it is logged as an error and skipped rather than
+/// stall the stream. `false`: shutdown came first. The sinks' [`Job::flush`] is made of these.
+pub async fn land_each<'a, T, F, Fut>(
+    items: &'a [T],
+    sink: &'static str,
+    errors: &'static str,
+    max_in_flight: usize,
+    shutdown: &Shutdown,
+    write: F,
+) -> bool
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let write = &write;
+    retry::each_until_ok(
+        items,
+        sink,
+        RetryPolicy::DEPENDENCY,
+        max_in_flight,
+        shutdown,
+        |item| async move {
+            match write(item).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    metrics::counter!(errors, "sink" => sink, "error_type" => e.kind()).increment(1);
+                    if e.is_retryable() {
+                        Err(e)
+                    } else {
+                        tracing::error!(sink, error = %e, error_type = e.kind(), "output cannot be written; skipped");
+                        Ok(())
+                    }
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// Every partition's checkpoint row, retried until read. `None`: shutdown came first.

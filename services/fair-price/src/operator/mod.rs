@@ -522,15 +522,12 @@ impl runtime::Operator for Operator {
     fn on_trade(
         &mut self,
         partition: i32,
-        source: Option<&str>,
+        source: &str,
         trade: &Trade,
         now: Micros,
         out: &mut Vec<Output>,
     ) {
-        match source {
-            Some(source) => self.on_trade_from(partition, source, trade, now, out),
-            None => self.on_trade_from(partition, &fallback_source(trade), trade, now, out),
-        }
+        self.on_trade_from(partition, source, trade, now, out);
     }
 
     /// While a partition replays, its instruments' outputs are computed but not emitted, and no
