@@ -20,6 +20,7 @@ pub mod service;
 pub mod shutdown;
 pub mod simfeed;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod watermark;
 

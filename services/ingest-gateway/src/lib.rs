@@ -250,13 +250,33 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
         },
         shutdown.clone(),
     ));
-    shutdown.triggered().await;
+    // A provider task that ends before shutdown (a panic is a bug) is said at once, never dropped.
+    let mut running: futures::stream::FuturesUnordered<_> = sources.into_iter().collect();
+    loop {
+        tokio::select! {
+            () = shutdown.triggered() => break,
+            Some(ended) = futures::StreamExt::next(&mut running) => source_ended(ended, false),
+        }
+    }
     connections.trigger();
-    for source in sources {
-        let _ = source.await;
+    while let Some(ended) = futures::StreamExt::next(&mut running).await {
+        source_ended(ended, true);
     }
     match sink.await {
         Ok(result) => result,
         Err(e) => Err(tickflow_shared::Error::Config(format!("sink task: {e}"))),
+    }
+}
+
+/// Reports how a provider task ended: a panic as an error with its message; an end before
+/// shutdown (its subscriptions are no longer served) as a warning.
+fn source_ended(ended: std::result::Result<(), tokio::task::JoinError>, stopping: bool) {
+    match ended {
+        Err(e) if e.is_panic() => {
+            tracing::error!(error = %e, "a provider task panicked; its subscriptions are no longer served until the gateway restarts")
+        }
+        Err(e) => tracing::warn!(error = %e, "a provider task was cancelled"),
+        Ok(()) if !stopping => tracing::warn!("a provider task ended before shutdown"),
+        Ok(()) => {}
     }
 }
