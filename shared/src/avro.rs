@@ -286,32 +286,6 @@ impl AvroCodec {
         candle_from_value(self.decode(bytes).await?)
     }
 
-    pub async fn encode_fair_price(
-        &self,
-        topic: &str,
-        fp: &crate::fairprice::FairPrice,
-    ) -> Result<Vec<u8>> {
-        self.encode(topic, crate::fairprice::fair_price_to_value(fp)?)
-            .await
-    }
-
-    pub async fn decode_fair_price(&self, bytes: &[u8]) -> Result<crate::fairprice::FairPrice> {
-        crate::fairprice::fair_price_from_value(self.decode(bytes).await?)
-    }
-
-    pub async fn encode_anomaly(
-        &self,
-        topic: &str,
-        a: &crate::fairprice::Anomaly,
-    ) -> Result<Vec<u8>> {
-        self.encode(topic, crate::fairprice::anomaly_to_value(a))
-            .await
-    }
-
-    pub async fn decode_anomaly(&self, bytes: &[u8]) -> Result<crate::fairprice::Anomaly> {
-        crate::fairprice::anomaly_from_value(self.decode(bytes).await?)
-    }
-
     pub async fn encode_raw(&self, topic: &str, raw: &RawEnvelope) -> Result<Vec<u8>> {
         self.encode(topic, raw_envelope_to_value(raw)).await
     }

@@ -10,7 +10,7 @@ use apache_avro::types::Value;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::avro::{decimal_value, Fields};
+use crate::avro::{decimal_value, AvroCodec, Fields};
 use crate::domain::Micros;
 use crate::error::{Error, Result};
 
@@ -353,6 +353,26 @@ pub fn anomaly_from_value(value: Value) -> Result<Anomaly> {
         started_at: f.long("started_at")?,
         detected_at: f.long("detected_at")?,
     })
+}
+
+/// The fair-price records in the registry's wire format (beside the codec's other records, here so
+/// the codec does not depend on this module).
+impl AvroCodec {
+    pub async fn encode_fair_price(&self, topic: &str, fp: &FairPrice) -> Result<Vec<u8>> {
+        self.encode(topic, fair_price_to_value(fp)?).await
+    }
+
+    pub async fn decode_fair_price(&self, bytes: &[u8]) -> Result<FairPrice> {
+        fair_price_from_value(self.decode(bytes).await?)
+    }
+
+    pub async fn encode_anomaly(&self, topic: &str, a: &Anomaly) -> Result<Vec<u8>> {
+        self.encode(topic, anomaly_to_value(a)).await
+    }
+
+    pub async fn decode_anomaly(&self, bytes: &[u8]) -> Result<Anomaly> {
+        anomaly_from_value(self.decode(bytes).await?)
+    }
 }
 
 #[cfg(test)]

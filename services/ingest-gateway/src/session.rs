@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use metrics::Counter;
+use rand::Rng;
 use tickflow_shared::domain::now_micros;
 use tickflow_shared::telemetry::InstrumentLabels;
 
@@ -111,7 +112,7 @@ pub(crate) fn after_loss<'a>(
     if healthy {
         *attempt = 0;
     }
-    let mut wait = crate::ws::backoff(settings, *attempt);
+    let mut wait = backoff(settings, *attempt);
     *attempt = attempt.saturating_add(1);
     if reason == "invalid_utf8" && healthy {
         // The connection failed on one frame, not on the provider: come back at once.
@@ -172,5 +173,46 @@ impl<T> Paced<T> {
         let item = self.queue.pop_front()?;
         self.next_at = now + self.interval;
         Some(item)
+    }
+}
+
+/// `initial × 2^attempt`, at most the ceiling, then full jitter (a uniform draw from half of it
+/// up to all of it), so connections that fell together do not come back together.
+pub fn backoff(settings: &ProviderSettings, attempt: u32) -> Duration {
+    let base = settings
+        .reconnect_initial
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(settings.reconnect_max);
+    let millis = base.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProviderConfig;
+    use crate::protocol::Protocol as _;
+
+    #[test]
+    fn backoff_grows_to_the_ceiling_with_jitter() {
+        let settings = ProviderConfig {
+            reconnect_initial_ms: Some(100),
+            reconnect_max_ms: Some(1_000),
+            ..Default::default()
+        }
+        .settings(&crate::protocol::binance::Binance.defaults());
+        for (attempt, full) in [
+            (0, 100),
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1_000),
+            (30, 1_000),
+        ] {
+            for _ in 0..50 {
+                let d = backoff(&settings, attempt).as_millis() as u64;
+                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d} ms");
+            }
+        }
     }
 }

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use rand::Rng;
 use tickflow_shared::domain::now_micros;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
@@ -112,17 +111,6 @@ fn retire(ctx: &Context, name: &str) {
     metrics::gauge!(CONNECTION_STATE, "provider" => provider, "connection" => name.to_string())
         .set(0.0);
     ctx.book.drop_connection(provider, name);
-}
-
-/// `initial × 2^attempt`, at most the ceiling, then full jitter (a uniform draw from half of it
-/// up to all of it), so connections that fell together do not come back together.
-pub fn backoff(settings: &ProviderSettings, attempt: u32) -> Duration {
-    let base = settings
-        .reconnect_initial
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(settings.reconnect_max);
-    let millis = base.as_millis() as u64;
-    Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
 }
 
 /// Applies a command while the connection is down: the next session subscribes the result.
@@ -556,34 +544,5 @@ fn dead_frame(
         key: None,
         payload,
         dead_letter: Some(dead),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ProviderConfig;
-
-    #[test]
-    fn backoff_grows_to_the_ceiling_with_jitter() {
-        let settings = ProviderConfig {
-            reconnect_initial_ms: Some(100),
-            reconnect_max_ms: Some(1_000),
-            ..Default::default()
-        }
-        .settings(&crate::protocol::binance::Binance.defaults());
-        for (attempt, full) in [
-            (0, 100),
-            (1, 200),
-            (2, 400),
-            (3, 800),
-            (4, 1_000),
-            (30, 1_000),
-        ] {
-            for _ in 0..50 {
-                let d = backoff(&settings, attempt).as_millis() as u64;
-                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d} ms");
-            }
-        }
     }
 }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod metrics;
 pub mod operator;
+pub mod output;
 pub mod pipeline;
 pub mod query;
 pub mod reference;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{Micros, Trade, CONSOLIDATED_VENUE};
 
-use crate::operator::{Emission, Output};
+use crate::output::{Emission, Output};
 use crate::window::{window_start, CandleState, WindowKey};
 
 /// A roll-up interval: its length and its label (`5m`, `1h`).
