@@ -42,6 +42,8 @@
 //!   (a final candle, a changed price), as soon as no record is waiting. A flush waits (with
 //!   backoff) until everything has landed, so a sink that is down pauses consumption; that wait
 //!   is told to the operator ([`Operator::exclude_stall`]) so it does not count as idle input.
+//!   An output that retrying cannot help (a value the schema cannot hold) is logged as an error,
+//!   counted and skipped ([`land_each`]), never retried forever.
 //! - **Shutdown.** Intake stops, outputs land, every owned partition is checkpointed, and a group
 //!   member leaves the group so its partitions move on at once.
 
@@ -338,28 +340,19 @@ pub async fn run<J: Job>(
                     Handover::Revoke(given) => {
                         // Land every output so far and checkpoint what goes, then let it go:
                         // the next owner resumes exactly here.
-                        let step = land_and_checkpoint(job, &mut parts, operator, &given, shutdown).await?;
+                        // If some are fenced meanwhile, what goes is rewound to its checkpoint with
+                        // the rest, so it goes as it was last checkpointed.
+                        let step = match land_and_checkpoint(job, &mut parts, operator, &given, shutdown).await? {
+                            Step::Fenced(fenced) => Step::on_if(lose_fenced(job, &mut parts, operator, &fenced, shutdown).await?),
+                            other => other,
+                        };
                         read = 0;
                         urgent = false;
-                        match step {
-                            Step::On => {
-                                parts.release(&given, operator)?;
-                                count_handovers(plan, "revoked", &given);
-                                Step::On
-                            }
-                            Step::Fenced(fenced) => {
-                                // What goes is rewound to its checkpoint with the rest, so it
-                                // goes as it was last checkpointed.
-                                if lose_fenced(job, &mut parts, operator, &fenced, shutdown).await? {
-                                    parts.release(&given, operator)?;
-                                    count_handovers(plan, "revoked", &given);
-                                    Step::On
-                                } else {
-                                    Step::Stop
-                                }
-                            }
-                            Step::Stop => Step::Stop,
+                        if matches!(step, Step::On) {
+                            parts.release(&given, operator)?;
+                            count_handovers(plan, "revoked", &given);
                         }
+                        step
                     }
                     Handover::Lost(lost) => {
                         // Another instance may own these already: no checkpoint, and no output
@@ -395,9 +388,8 @@ pub async fn run<J: Job>(
                 let mut step = land(job, &mut parts, operator, shutdown).await?;
                 if matches!(step, Step::On) {
                     step = match parts.stamp(shutdown).await? {
-                        Stamp::At(stamp) => Step::on_if(job.on_tick(operator, stamp, shutdown).await?),
-                        Stamp::Stop => Step::Stop,
-                        Stamp::Fenced(fenced) => Step::Fenced(fenced),
+                        Ok(stamp) => Step::on_if(job.on_tick(operator, stamp, shutdown).await?),
+                        Err(step) => step,
                     };
                 }
                 note_stall(operator, waited);
@@ -529,9 +521,8 @@ async fn land<J: Job>(
 ) -> Result<Step> {
     let waited = Instant::now();
     let step = match parts.stamp(shutdown).await? {
-        Stamp::At(stamp) => Step::on_if(job.flush(stamp, shutdown).await?),
-        Stamp::Stop => Step::Stop,
-        Stamp::Fenced(fenced) => Step::Fenced(fenced),
+        Ok(stamp) => Step::on_if(job.flush(stamp, shutdown).await?),
+        Err(step) => step,
     };
     note_stall(operator, waited);
     Ok(step)
@@ -605,13 +596,6 @@ struct Partitions<'a> {
     last_stamp: Micros,
 }
 
-/// A flush's write stamp, or why there is none.
-enum Stamp {
-    At(Micros),
-    Stop,
-    Fenced(Vec<i32>),
-}
-
 impl Partitions<'_> {
     /// Whether the record at `offset` only rebuilds state; ends the partition's replay at its
     /// resume offset.
@@ -641,13 +625,15 @@ impl Partitions<'_> {
         let plan = self.plan;
         let saved = match self.checkpoints {
             Checkpoints::Cassandra(store) => {
-                // Claim first, then read what to restore: once claimed, no other instance can
-                // write these checkpoints.
-                let Some(before) = load_checkpoints(store, plan, shutdown).await else {
+                // What to restore is what the rows held when claimed: once claimed, no other
+                // instance can write them. A row that changed between the read and the claim
+                // (its lease moves with every save) is read again.
+                let Some(mut saved) = load_checkpoints(store, plan, shutdown).await else {
                     return Ok(false);
                 };
+                let mut changed = false;
                 for &p in partitions {
-                    let seen = before.get(&p).and_then(|s| s.lease);
+                    let seen = saved.get(&p).and_then(|s| s.lease);
                     let Some(claim) = retry::until_ok(
                         "claim partition",
                         RetryPolicy::DEPENDENCY,
@@ -663,12 +649,17 @@ impl Partitions<'_> {
                         epoch = claim.lease.epoch,
                         "partition claimed"
                     );
+                    changed |= claim.floor != seen.map_or(0, |l| l.until)
+                        || claim.lease.epoch != seen.map_or(1, |l| l.epoch + 1);
                     self.leases.insert(p, claim.lease);
                     self.floor = self.floor.max(claim.floor);
                 }
-                let Some(saved) = load_checkpoints(store, plan, shutdown).await else {
-                    return Ok(false);
-                };
+                if changed {
+                    let Some(again) = load_checkpoints(store, plan, shutdown).await else {
+                        return Ok(false);
+                    };
+                    saved = again;
+                }
                 saved
                     .into_iter()
                     .filter_map(|(p, s)| Some((p, s.checkpoint?)))
@@ -807,7 +798,8 @@ impl Partitions<'_> {
 
     /// The write stamp of the next flush: after every earlier one and above every previous
     /// owner's lease, within this instance's leases, which are renewed first when they run low.
-    async fn stamp(&mut self, shutdown: &Shutdown) -> Result<Stamp> {
+    /// `Err`: no stamp, because shutdown came first or partitions are fenced.
+    async fn stamp(&mut self, shutdown: &Shutdown) -> Result<std::result::Result<Micros, Step>> {
         if let Checkpoints::Cassandra(store) = self.checkpoints {
             let plan = self.plan;
             let due: Vec<(i32, Lease)> = self
@@ -830,16 +822,16 @@ impl Partitions<'_> {
                 )
                 .await;
                 if !self.held(p, renewed, &mut fenced) {
-                    return Ok(Stamp::Stop);
+                    return Ok(Err(Step::Stop));
                 }
             }
             if !fenced.is_empty() {
-                return Ok(Stamp::Fenced(fenced));
+                return Ok(Err(Step::Fenced(fenced)));
             }
         }
         let stamp = now_micros().max(self.floor + 1).max(self.last_stamp + 1);
         self.last_stamp = stamp;
-        Ok(Stamp::At(stamp))
+        Ok(Ok(stamp))
     }
 
     /// Saves the state and next offset of each of `partitions` that has delivered a record (the
