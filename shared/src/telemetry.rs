@@ -22,7 +22,9 @@ pub const BUILD_INFO: &str = "tickflow_build_info";
 /// Process start time, seconds since the epoch.
 pub const START_TIME: &str = "tickflow_process_start_time_seconds";
 
-/// Initializes logging. `RUST_LOG`, when set, overrides `level`.
+/// Initializes logging. `RUST_LOG`, when set, overrides `level`. Unless `level` names the
+/// Cassandra driver's connections itself, they log from `warn` up: at `info` every connection
+/// says that Cassandra (unlike ScyllaDB) sends no sharding information.
 ///
 /// `human` writes readable lines to stderr. `json` writes one object per line to stdout in
 /// Cloud Logging's structured format (`severity`, `time`, `message`, `target`, the event's
@@ -34,7 +36,8 @@ pub fn init_logging(format: LogFormat, level: &str) -> Result<()> {
 
     let filter = match std::env::var("RUST_LOG") {
         Ok(directive) if !directive.is_empty() => EnvFilter::try_new(directive),
-        _ => EnvFilter::try_new(level),
+        _ if level.contains("scylla") => EnvFilter::try_new(level),
+        _ => EnvFilter::try_new(format!("{level},scylla::network::connection=warn")),
     }
     .map_err(|e| Error::Config(format!("log level: {e}")))?;
     let result = match format {

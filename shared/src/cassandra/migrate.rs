@@ -119,12 +119,15 @@ pub async fn migrate_with(
         .map_err(|e| err(&format!("use keyspace {keyspace}"), e))?;
     run_ddl(
         session,
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text, checksum text, applied_at timestamp)",
+        &format!("CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (version int PRIMARY KEY, name text, checksum text, applied_at timestamp)"),
     )
     .await?;
 
     let rows = session
-        .query_unpaged("SELECT version, checksum FROM schema_migrations", &[])
+        .query_unpaged(
+            format!("SELECT version, checksum FROM {keyspace}.schema_migrations"),
+            &[],
+        )
         .await
         .map_err(|e| err("read schema_migrations", e))?
         .into_rows_result()
@@ -158,7 +161,7 @@ pub async fn migrate_with(
         }
         session
             .query_unpaged(
-                "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, toTimestamp(now()))",
+                format!("INSERT INTO {keyspace}.schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, toTimestamp(now()))"),
                 (version, migration.name, migration.checksum()),
             )
             .await

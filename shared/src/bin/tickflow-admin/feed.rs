@@ -1,5 +1,5 @@
-//! `tickflow-admin feed-trades`: random-walk trades on md.trades, for the demo until the
-//! gateway's simulator (issue 3) and the normalizer (issue 4) produce the real stream.
+//! `tickflow-admin feed-trades`: random-walk trades straight on md.trades, to drive the
+//! aggregator and fair-price without the gateway and the normalizer.
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //!   tickflow-admin migrate            apply shared/cql migrations to the configured keyspace
 //!   tickflow-admin register-schemas   register every Avro schema under its topic's subject
 //!   tickflow-admin check              check that Kafka, the registry and Cassandra answer
-//!   tickflow-admin feed-trades        random-walk trades to md.trades (the demo's stand-in feed)
+//!   tickflow-admin feed-trades        random-walk trades straight to md.trades
 //!   tickflow-admin publish-instruments   instruments from a file to md.instruments (live update)
 //!   tickflow-admin topics             topics with offsets, consumer groups with lag (Kafdrop's view)
 //!   tickflow-admin read TOPIC         records of a topic decoded through the registry, or its tail
@@ -50,8 +50,8 @@ enum Command {
     RegisterSchemas,
     /// Check that Kafka, the schema registry and Cassandra answer a real request.
     Check,
-    /// Produce random-walk trades straight to md.trades (event time = now). A stand-in for the
-    /// gateway's simulator and the normalizer until those exist, so the demo has data.
+    /// Produce random-walk trades straight to md.trades (event time = now), to drive the
+    /// aggregator and fair-price without the gateway and the normalizer.
     FeedTrades {
         /// Trades per second.
         #[arg(long, default_value_t = 200)]
