@@ -47,6 +47,31 @@ pub enum Error {
 
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+
+    /// A task of the service panicked or was cancelled: a bug, or a shutdown gone wrong.
+    #[error("task {task} ended abnormally: {message}")]
+    Task { task: &'static str, message: String },
+
+    /// A partition's checkpointed state cannot be read or written by this build.
+    #[error("checkpoint of partition {partition}: {message}")]
+    Checkpoint { partition: i32, message: String },
+
+    /// Another live instance took this one's identity (its transactional id or its static
+    /// group membership id): two instances must not share it.
+    #[error("fenced: {0}")]
+    Fenced(String),
+
+    /// Kafka's client stopped on an error it cannot recover from.
+    #[error("kafka, fatal: {0}")]
+    KafkaFatal(String),
+
+    /// A dependency did not answer in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+
+    /// The keyspace lacks tables this service needs: the migrations were not applied.
+    #[error("cassandra keyspace {keyspace} is not migrated: {message}\nhint: apply the Cassandra migrations first: `tickflow-admin migrate` (keyspace {keyspace})")]
+    NotMigrated { keyspace: String, message: String },
 }
 
 impl Error {
@@ -63,6 +88,12 @@ impl Error {
             Error::Cassandra(_) => "cassandra",
             Error::Migration { .. } => "migration",
             Error::Io(_) => "io",
+            Error::Task { .. } => "task",
+            Error::Checkpoint { .. } => "checkpoint",
+            Error::Fenced(_) => "fenced",
+            Error::KafkaFatal(_) => "kafka_fatal",
+            Error::Timeout(_) => "timeout",
+            Error::NotMigrated { .. } => "not_migrated",
         }
     }
 
@@ -76,15 +107,71 @@ impl Error {
                     | Some(rdkafka::types::RDKafkaErrorCode::SaslAuthenticationFailed)
                     | Some(rdkafka::types::RDKafkaErrorCode::InvalidConfig)
             ),
-            Error::Registry(_) | Error::Cassandra(_) | Error::Io(_) | Error::TopicAdmin { .. } => {
-                true
-            }
+            Error::Registry(_)
+            | Error::Cassandra(_)
+            | Error::Io(_)
+            | Error::TopicAdmin { .. }
+            | Error::Timeout(_) => true,
             Error::Config(_)
             | Error::ConfigFile { .. }
             | Error::Decimal { .. }
             | Error::IncompatibleSchema { .. }
             | Error::Avro(_)
-            | Error::Migration { .. } => false,
+            | Error::Migration { .. }
+            | Error::Task { .. }
+            | Error::Checkpoint { .. }
+            | Error::Fenced(_)
+            | Error::KafkaFatal(_)
+            | Error::NotMigrated { .. } => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_needs_a_human_is_not_retried_and_what_is_down_is() {
+        let transient = [
+            Error::Timeout("dedup warm-up".into()),
+            Error::Cassandra("no connection".into()),
+            Error::Registry("503".into()),
+        ];
+        for e in transient {
+            assert!(e.is_retryable(), "{e} ({})", e.kind());
+        }
+        let human = [
+            Error::Task {
+                task: "sink",
+                message: "panicked".into(),
+            },
+            Error::Checkpoint {
+                partition: 3,
+                message: "state format 9".into(),
+            },
+            Error::Fenced("same transactional id".into()),
+            Error::KafkaFatal("fatal".into()),
+            Error::NotMigrated {
+                keyspace: "tickflow".into(),
+                message: "unconfigured table checkpoints".into(),
+            },
+            Error::Config("key `x`".into()),
+        ];
+        for e in human {
+            assert!(!e.is_retryable(), "{e} ({})", e.kind());
+        }
+    }
+
+    #[test]
+    fn a_keyspace_not_migrated_says_how_to_migrate_it() {
+        let e = Error::NotMigrated {
+            keyspace: "tickflow".into(),
+            message: "unconfigured table candles_1m".into(),
+        };
+        let text = e.to_string();
+        assert!(text.contains("unconfigured table candles_1m"), "{text}");
+        assert!(text.contains("tickflow-admin migrate"), "{text}");
+        assert_eq!(e.kind(), "not_migrated");
     }
 }

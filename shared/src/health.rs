@@ -185,7 +185,7 @@ pub async fn serve(
             .with_graceful_shutdown(async move { stop.triggered().await })
             .await;
         if let Err(e) = served {
-            tracing::error!(error = %e, "http server failed");
+            tracing::error!(error = %e, "http server failed: /metrics and the probes stay down until the service restarts");
         }
     });
     tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz");

@@ -122,7 +122,7 @@ where
                 ExitCode::SUCCESS
             }
             (Err(e), _) => {
-                tracing::error!(service = name, error = %e, error_type = e.kind(), "stopped on error");
+                tracing::error!(service = name, error = %e, error_type = e.kind(), retryable = e.is_retryable(), "stopped on error");
                 ExitCode::FAILURE
             }
         }

@@ -505,7 +505,12 @@ async fn confirm(pending: &mut Vec<rdkafka::producer::DeliveryFuture>) -> crate:
         match delivery.await {
             Ok(Ok(_)) => {}
             Ok(Err((e, _))) => return Err(e.into()),
-            Err(_) => return Err(crate::Error::Config("producer closed".into())),
+            Err(_) => {
+                return Err(crate::Error::Task {
+                    task: "producer",
+                    message: "closed".into(),
+                })
+            }
         }
     }
     Ok(())

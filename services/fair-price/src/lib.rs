@@ -126,8 +126,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     )
     .await;
     shutdown.trigger();
-    let _ = tokio::time::timeout(Duration::from_secs(3), feed).await;
-    shutdown.trigger();
+    match tokio::time::timeout(Duration::from_secs(3), feed).await {
+        Ok(Err(e)) if e.is_panic() => {
+            tracing::error!(error = %e, "the query API's feed task panicked")
+        }
+        Err(_) => tracing::warn!("the query API's feed task did not stop within 3 s"),
+        _ => {}
+    }
     match tokio::time::timeout(Duration::from_secs(3), grpc).await {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server stopped with an error"),
         Err(_) => tracing::warn!("gRPC connections still open after 3 s; closing them"),

@@ -159,10 +159,9 @@ pub async fn run(
             return Ok(());
         };
         let keyspace = &config.cassandra.keyspace;
-        let missing_tables = |e: Error| {
-            Error::Config(format!(
-                "{e}\nhint: apply the Cassandra migrations first: `tickflow-admin migrate` (keyspace {keyspace})"
-            ))
+        let missing_tables = |e: Error| Error::NotMigrated {
+            keyspace: keyspace.clone(),
+            message: e.to_string(),
         };
         (
             Some(

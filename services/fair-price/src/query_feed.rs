@@ -67,7 +67,7 @@ pub async fn follow(
         let message = match message {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "query feed: kafka consumer error");
+                tracing::warn!(error = %e, "query feed: kafka consumer error; reading on (the client reconnects by itself)");
                 continue;
             }
         };

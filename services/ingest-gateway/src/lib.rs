@@ -264,7 +264,10 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
     }
     match sink.await {
         Ok(result) => result,
-        Err(e) => Err(tickflow_shared::Error::Config(format!("sink task: {e}"))),
+        Err(e) => Err(tickflow_shared::Error::Task {
+            task: "sink",
+            message: e.to_string(),
+        }),
     }
 }
 

@@ -225,8 +225,8 @@ impl Pipeline {
                             self.replace_producer(shutdown).await?;
                         }
                         Failure::Fenced(why) => {
-                            return Err(Error::Config(format!(
-                                "this instance was fenced: another normalizer uses transactional id {:?} ({why})",
+                            return Err(Error::Fenced(format!(
+                                "another normalizer uses transactional id {:?} ({why})",
                                 self.config.normalizer.transactional_id()
                             )));
                         }
@@ -294,7 +294,7 @@ impl Pipeline {
                     ) {
                         return Err(fatal);
                     }
-                    tracing::warn!(error = %e, "consumer error");
+                    tracing::warn!(error = %e, "consumer error; the batch ends here and reading goes on");
                     break;
                 }
             }

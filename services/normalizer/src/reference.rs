@@ -105,7 +105,7 @@ impl Follower {
                 () = shutdown.triggered() => return,
                 message = self.consumer.recv() => match message {
                     Ok(m) => { let m = m.detach(); self.apply(&m).await }
-                    Err(e) => tracing::warn!(topic = %self.topic, error = %e, "instruments topic read error"),
+                    Err(e) => tracing::warn!(topic = %self.topic, error = %e, "instruments topic read error; reading on"),
                 },
                 Some(reply) = sync.recv() => {
                     self.catch_up().await;
@@ -164,7 +164,9 @@ impl Follower {
                     let m = m.detach();
                     self.apply(&m).await
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "instruments topic read error"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "instruments topic read error; reading on")
+                }
                 Err(_) => {
                     tracing::warn!(topic = %self.topic, "instruments topic catch-up timed out");
                     return;

@@ -82,7 +82,7 @@ pub async fn warm_up(
         let message = tokio::time::timeout(READ_TIMEOUT, consumer.recv())
             .await
             .map_err(|_| {
-                tickflow_shared::Error::Config(format!(
+                tickflow_shared::Error::Timeout(format!(
                     "dedup warm-up of {topic}/{partition}: no record within {READ_TIMEOUT:?}"
                 ))
             })??;

@@ -156,13 +156,13 @@ pub fn fatal_consumer_error<C: rdkafka::ClientContext>(
     let (code, reason) = client
         .fatal_error()
         .unwrap_or((rdkafka::types::RDKafkaErrorCode::Fatal, e.to_string()));
-    let hint = if code == rdkafka::types::RDKafkaErrorCode::FencedInstanceId {
-        format!(": another live instance of this group has the same {key} ({instance_id:?}); give every instance its own")
-    } else {
-        String::new()
-    };
-    Some(Error::Config(format!(
-        "the Kafka consumer stopped on a fatal error ({code}: {reason}){hint}"
+    if code == rdkafka::types::RDKafkaErrorCode::FencedInstanceId {
+        return Some(Error::Fenced(format!(
+            "the Kafka consumer stopped ({code}: {reason}): another live instance of this group has the same {key} ({instance_id:?}); give every instance its own"
+        )));
+    }
+    Some(Error::KafkaFatal(format!(
+        "the consumer stopped ({code}: {reason})"
     )))
 }
 
@@ -254,7 +254,10 @@ pub async fn check(config: &KafkaConfig, timeout: Duration) -> Result<String> {
         ))
     })
     .await
-    .map_err(|e| Error::Config(format!("kafka check task: {e}")))?
+    .map_err(|e| Error::Task {
+        task: "kafka check",
+        message: e.to_string(),
+    })?
 }
 
 /// Topic names, as the design gives them.

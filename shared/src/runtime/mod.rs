@@ -418,7 +418,7 @@ pub async fn run<J: Job>(
                         ) {
                             return Err(fatal);
                         }
-                        tracing::warn!(error = %e, "kafka consumer error");
+                        tracing::warn!(error = %e, "kafka consumer error; reading on (the client reconnects by itself)");
                         continue;
                     }
                 };
@@ -700,19 +700,23 @@ impl Partitions<'_> {
                 Some(cp) if O::READABLE_STATE_FORMATS.contains(&cp.state_format) => {
                     operator
                         .restore(p, &cp.state, cp.state_format, now)
-                        .map_err(|e| {
-                            Error::Config(format!("checkpoint of partition {p} is unreadable: {e}"))
+                        .map_err(|e| Error::Checkpoint {
+                            partition: p,
+                            message: format!("unreadable: {e}"),
                         })?;
                     self.next_offsets.insert(p, cp.next_offset);
                     restored += 1;
                     Offset::Offset(cp.next_offset)
                 }
                 Some(cp) => {
-                    return Err(Error::Config(format!(
-                        "checkpoint of partition {p} has state format {} (this build reads {:?})",
-                        cp.state_format,
-                        O::READABLE_STATE_FORMATS
-                    )))
+                    return Err(Error::Checkpoint {
+                        partition: p,
+                        message: format!(
+                            "state format {} (this build reads {:?})",
+                            cp.state_format,
+                            O::READABLE_STATE_FORMATS
+                        ),
+                    })
                 }
                 None => {
                     operator.start_fresh(p, now);
@@ -854,8 +858,9 @@ impl Partitions<'_> {
                 else {
                     continue;
                 };
-                let state = operator.snapshot(p).map_err(|e| {
-                    Error::Config(format!("cannot serialize the state of partition {p}: {e}"))
+                let state = operator.snapshot(p).map_err(|e| Error::Checkpoint {
+                    partition: p,
+                    message: format!("cannot serialize the state: {e}"),
                 })?;
                 bytes += state.len();
                 let cp = Checkpoint {

@@ -21,7 +21,12 @@ async fn confirm(in_flight: &mut Vec<rdkafka::producer::DeliveryFuture>) -> Resu
         match delivery.await {
             Ok(Ok(_)) => {}
             Ok(Err((e, _))) => return Err(e.into()),
-            Err(_) => return Err(tickflow_shared::Error::Config("producer closed".into())),
+            Err(_) => {
+                return Err(tickflow_shared::Error::Task {
+                    task: "producer",
+                    message: "closed".into(),
+                })
+            }
         }
     }
     Ok(())

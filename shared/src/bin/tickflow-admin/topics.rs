@@ -171,7 +171,10 @@ pub async fn run(kafka: &KafkaConfig, args: &TopicsArgs) -> Result<()> {
         move || collect(&config, &topics, prefix.as_deref(), &groups, no_groups)
     })
     .await
-    .map_err(|e| Error::Config(format!("topics task: {e}")))??;
+    .map_err(|e| Error::Task {
+        task: "topics",
+        message: e.to_string(),
+    })??;
     for view in &views {
         if args.json {
             println!("{}", serde_json::to_string(view).unwrap_or_default());
@@ -272,8 +275,12 @@ fn group_offsets(
                 .collect();
             asks.into_iter()
                 .map(|ask| {
-                    ask.join()
-                        .unwrap_or_else(|_| Err(Error::Config("offset fetch panicked".into())))
+                    ask.join().unwrap_or_else(|_| {
+                        Err(Error::Task {
+                            task: "offset fetch",
+                            message: "panicked".into(),
+                        })
+                    })
                 })
                 .collect()
         });
