@@ -1,4 +1,4 @@
-//! tickflow-chaos — the chaos suite (README, "Chaos suite").
+//! tickflow-chaos — the chaos suite (docs/testing.md, "Chaos suite").
 //!
 //! Runs the four services on the real local stack (Kafka, the schema registry, Cassandra) with
 //! a steady load from local Binance, Coinbase and Kraken servers (their documented WebSocket
@@ -56,7 +56,7 @@ use providers::{Dialect, Fault, ProviderServer, Sent};
              candle and fair price equals its recomputation. Needs `scripts/stack up`; run it \
              through `scripts/chaos`, which builds the services first.",
     after_help = "Exit status: 0 when every check passed, 1 when one failed (the summary says \
-                  which), 2 on bad arguments. A run takes about 8 minutes with the defaults."
+                  which), 2 on bad arguments. A run takes about 11 minutes with the defaults."
 )]
 struct Args {
     /// Seed of the fault schedule (the moments, the dropped provider). Printed at the start,
@@ -1377,7 +1377,7 @@ struct FairCheck {
     mismatches: Vec<String>,
 }
 
-/// Each published fair price as of `T` must equal the recomputation (README, "How the fair
+/// Each published fair price as of `T` must equal the recomputation (docs/architecture.md, "How the fair
 /// price is computed") from its instrument's trades that had arrived when it was computed: a
 /// prefix, in partition order, of the instrument's trades, restricted to event time ≤ T (a
 /// trade that arrives out of order after the computation cannot be in it). Records of one

@@ -12,7 +12,7 @@ use tickflow_shared::service::{self, CommonArgs};
 /// anomalies (NO_DATA, PRICE_DIVERGENCE, RATE_DROP, RECOVERED) to md.anomalies and Cassandra,
 /// and serves the latest prices over HTTP (GET /v1/fairprice[/{instrument}]) and gRPC
 /// (proto/tickflow/fairprice/v1/fair_price.proto, default 127.0.0.1:9204).
-/// Configuration: [fair_price] in the config file or TICKFLOW_FAIR_PRICE__<KEY>; see README.
+/// Configuration: [fair_price] in the config file or TICKFLOW_FAIR_PRICE__<KEY>; see docs/configuration.md.
 #[derive(Parser)]
 #[command(name = "fair-price", version, verbatim_doc_comment)]
 struct Args {

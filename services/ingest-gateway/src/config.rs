@@ -87,7 +87,7 @@ impl Default for AdminConfig {
     }
 }
 
-/// One provider's table. Unset values take the provider's own default (see README).
+/// One provider's table. Unset values take the provider's own default (docs/configuration.md).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderConfig {
@@ -99,8 +99,8 @@ pub struct ProviderConfig {
     pub instruments: Vec<String>,
     /// Streams per connection before another connection is opened (Binance allows 1024).
     pub max_streams_per_connection: Option<usize>,
-    /// Messages the gateway sends per second and connection, subscriptions and pings together
-    /// (Binance allows 5).
+    /// Subscribe and unsubscribe requests the gateway sends per second and connection (Binance
+    /// allows 5 messages, its pings included; pings go out every `ping_interval_ms`, unpaced).
     pub max_messages_per_s: Option<f64>,
     /// A WebSocket ping is sent this often. ms.
     pub ping_interval_ms: Option<u64>,

@@ -15,7 +15,7 @@ use tickflow_shared::service::{self, CommonArgs};
 ///
 /// Needs the Cassandra tables: run `tickflow-admin migrate` first.
 /// HTTP (default 127.0.0.1:9103): /metrics, /healthz, /readyz, /candles/{instrument}.
-/// Configuration: [service], [kafka], [registry], [cassandra], [aggregator] (see README).
+/// Configuration: [service], [kafka], [registry], [cassandra], [aggregator] (see docs/configuration.md).
 #[derive(Parser)]
 #[command(name = "trade-aggregator", version, verbatim_doc_comment)]
 struct Args {

@@ -1,5 +1,5 @@
 //! The fair price of one instrument as of one instant of event time: a pure function of the
-//! sources' trades. Documented step by step in README ("How the fair price is computed"); the
+//! sources' trades. Documented step by step in docs/architecture.md ("How the fair price is computed"); the
 //! integration test recomputes it independently from the same trades.
 //!
 //! 1. Each source's last trade at or before `as_of` and its traded size within the lookback;

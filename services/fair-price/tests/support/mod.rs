@@ -150,7 +150,7 @@ pub fn trade_defaults() -> Trade {
 }
 
 /// What a fair price must be, computed here from the trades with the documented rules
-/// (README, "How the fair price is computed"): default settings, lookback and staleness 5 s,
+/// (docs/architecture.md, "How the fair price is computed"): default settings, lookback and staleness 5 s,
 /// outliers beyond 2% of the median of last prices among >= 3 fresh sources, volume-weighted
 /// median (lower) of the used sources' trades in (as_of - 5 s, as_of].
 #[derive(Debug, PartialEq)]
