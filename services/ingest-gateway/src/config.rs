@@ -119,6 +119,30 @@ pub struct ProviderConfig {
     /// Environment variable with the API token (Finnhub), and a file read when it is unset.
     pub token_env: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// `[gateway.grpc.tls]`: how the gRPC feed's `https://` server is trusted, and this client's
+    /// certificate. WebSocket providers' `wss://` use the system's roots.
+    pub tls: TlsConfig,
+}
+
+/// TLS of the gRPC feed client, used with an `https://` url.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file of the CA certificates that sign the server's certificate, trusted instead of
+    /// the system's roots. Unset: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM files of this client's certificate (chain) and private key, for servers that ask for
+    /// one (mutual TLS). Both or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the url's host.
+    pub domain: Option<String>,
+}
+
+impl TlsConfig {
+    fn is_set(&self) -> bool {
+        *self != TlsConfig::default()
+    }
 }
 
 /// A provider's settings with its defaults applied.
@@ -173,8 +197,7 @@ impl ProviderConfig {
         let key = |k: &str| format!("gateway.{name}.{k}");
         if let Some(url) = &self.url {
             let ok = if name == "grpc" {
-                // No TLS in the gRPC client yet: an https:// feed would never connect.
-                url.starts_with("http://")
+                url.starts_with("http://") || url.starts_with("https://")
             } else {
                 url.starts_with("ws://") || url.starts_with("wss://")
             };
@@ -182,11 +205,48 @@ impl ProviderConfig {
                 ok,
                 &key("url"),
                 if name == "grpc" {
-                    "must start with http:// (the gRPC feed client has no TLS yet)"
+                    "must start with http:// or https://"
                 } else {
                     "must start with ws:// or wss://"
                 },
             );
+        }
+        if name != "grpc" {
+            problems.check(
+                !self.tls.is_set(),
+                &key("tls"),
+                "only the gRPC feed reads it; WebSocket providers trust the system's roots",
+            );
+        } else if self.tls.is_set() {
+            problems.check(
+                self.url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://")),
+                &key("tls"),
+                "is set, but the url is not https://: it would not be used",
+            );
+            problems.check(
+                self.tls.cert_file.is_some() == self.tls.key_file.is_some(),
+                &key(if self.tls.cert_file.is_some() {
+                    "tls.key_file"
+                } else {
+                    "tls.cert_file"
+                }),
+                "a client certificate needs both tls.cert_file and tls.key_file",
+            );
+            for (k, file) in [
+                ("tls.ca_file", &self.tls.ca_file),
+                ("tls.cert_file", &self.tls.cert_file),
+                ("tls.key_file", &self.tls.key_file),
+            ] {
+                if let Some(file) = file {
+                    problems.check(
+                        file.is_file(),
+                        &key(k),
+                        format!("{} is not a readable file", file.display()),
+                    );
+                }
+            }
         }
         if let Some(n) = self.max_streams_per_connection {
             problems.check(n >= 1, &key("max_streams_per_connection"), "must be >= 1");
@@ -419,5 +479,69 @@ impl ServiceRoot for Config {
 
     fn service_mut(&mut self) -> &mut ServiceConfig {
         &mut self.service
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The problems `p` has as provider `name`, as the error message lists them.
+    fn problems(name: &str, p: &ProviderConfig) -> String {
+        let mut problems = Problems::new();
+        p.validate(name, &mut problems);
+        problems
+            .into_result()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn grpc_tls_settings_are_checked_and_name_their_key() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let https = |tls: TlsConfig| ProviderConfig {
+            url: Some("https://feed.example:443".into()),
+            tls,
+            ..Default::default()
+        };
+        let ca_only = TlsConfig {
+            ca_file: Some(file.path().into()),
+            ..Default::default()
+        };
+        assert_eq!(problems("grpc", &https(ca_only.clone())), "");
+        assert_eq!(problems("grpc", &https(TlsConfig::default())), "");
+
+        let cert_only = TlsConfig {
+            cert_file: Some(file.path().into()),
+            ..Default::default()
+        };
+        let e = problems("grpc", &https(cert_only));
+        assert!(e.contains("`gateway.grpc.tls.key_file`"), "{e}");
+
+        let missing = TlsConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let e = problems("grpc", &https(missing));
+        assert!(e.contains("`gateway.grpc.tls.ca_file`"), "{e}");
+
+        let plain = ProviderConfig {
+            url: Some("http://feed.example:80".into()),
+            tls: ca_only.clone(),
+            ..Default::default()
+        };
+        let e = problems("grpc", &plain);
+        assert!(
+            e.contains("`gateway.grpc.tls`") && e.contains("not https://"),
+            "{e}"
+        );
+
+        let websocket = ProviderConfig {
+            tls: ca_only,
+            ..Default::default()
+        };
+        let e = problems("binance", &websocket);
+        assert!(e.contains("`gateway.binance.tls`"), "{e}");
     }
 }

@@ -8,6 +8,10 @@
 //! messages over undecoded, and a copy is decoded only to classify it. Bytes that are not a
 //! ServerMessage are dead letters; the stream carries on.
 //!
+//! An `https://` feed is reached over TLS (rustls through tonic): the server's certificate is
+//! checked against the system's roots or the CA file of `[gateway.grpc.tls]`, and the client
+//! presents its own certificate when one is configured (mutual TLS).
+//!
 //! Liveness is watched with the feed's own Ping/Pong, not HTTP/2 keepalive pings: servers built
 //! on grpc-go close connections that ping more often than every five minutes by default.
 
@@ -25,10 +29,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use crate::config::{ProviderDefaults, ProviderSettings};
+use crate::config::{ProviderDefaults, ProviderSettings, TlsConfig};
 use crate::metrics::*;
 use crate::plan::Desired;
 use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Paced};
@@ -63,6 +67,8 @@ pub struct Context {
     pub settings: ProviderSettings,
     /// Sent as `authorization: Bearer <token>` when set.
     pub token: Option<String>,
+    /// For an `https://` url ([`client_tls`]).
+    pub tls: Option<ClientTlsConfig>,
     pub output: Output,
     pub book: Book,
     pub labels: InstrumentLabels,
@@ -138,6 +144,37 @@ impl Outbox {
     }
 }
 
+/// The TLS client settings for an `https://` feed from `[gateway.grpc.tls]`, its files read
+/// now; `None` for an `http://` one. An unreadable file is a configuration error naming its key.
+pub fn client_tls(url: &str, tls: &TlsConfig) -> tickflow_shared::Result<Option<ClientTlsConfig>> {
+    if !url.starts_with("https://") {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            tickflow_shared::Error::Config(format!(
+                "`gateway.grpc.tls.{key}`: cannot read {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let mut config = ClientTlsConfig::new();
+    config = match &tls.ca_file {
+        Some(path) => config.ca_certificate(Certificate::from_pem(read("ca_file", path)?)),
+        None => config.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        config = config.identity(Identity::from_pem(
+            read("cert_file", cert)?,
+            read("key_file", key)?,
+        ));
+    }
+    if let Some(domain) = &tls.domain {
+        config = config.domain_name(domain.clone());
+    }
+    Ok(Some(config))
+}
+
 /// Runs the feed until shutdown: follows `desired`, holding the stream while anything is wanted.
 pub async fn run(ctx: Context, mut desired: watch::Receiver<Desired>) {
     let state =
@@ -146,16 +183,6 @@ pub async fn run(ctx: Context, mut desired: watch::Receiver<Desired>) {
     let mut symbols = Desired::new();
     let wanted = desired.borrow_and_update().clone();
     follow(&ctx, &mut symbols, &wanted);
-    if ctx.settings.url.starts_with("https://") {
-        // tonic is built without TLS here; retrying would only repeat the same failure.
-        let detail = "gateway.grpc.url is https://, but this build has no TLS for the gRPC feed; use http:// (e.g. a TLS-terminating sidecar)";
-        tracing::error!(provider = PROVIDER, url = %ctx.settings.url, "{detail}: the feed stays down");
-        ctx.book.connection(PROVIDER, CONNECTION, |c| {
-            c.last_error = Some(detail.to_string())
-        });
-        ctx.shutdown.triggered().await;
-        return retire(&ctx);
-    }
     let mut attempt: u32 = 0;
     let mut delay: Option<Duration> = None;
     loop {
@@ -251,6 +278,13 @@ async fn session(
     let endpoint = match Endpoint::from_shared(s.url.clone()) {
         Ok(e) => e.connect_timeout(s.connect_timeout).tcp_nodelay(true),
         Err(e) => return lost("connect_failed", chain(&e), false, false),
+    };
+    let endpoint = match &ctx.tls {
+        Some(tls) => match endpoint.tls_config(tls.clone()) {
+            Ok(e) => e,
+            Err(e) => return lost("connect_failed", chain(&e), false, false),
+        },
+        None => endpoint,
     };
     let wanted: Vec<String> = symbols.keys().cloned().collect();
     let mut outbox = Outbox::new(s.max_messages_per_s);

@@ -216,8 +216,10 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
         sources.push(tokio::spawn(provider::run(ctx, desired)));
     }
     if g.grpc.enabled {
+        let settings = g.grpc.settings(&grpc::DEFAULTS);
         let ctx = grpc::Context {
-            settings: g.grpc.settings(&grpc::DEFAULTS),
+            tls: grpc::client_tls(&settings.url, &g.grpc.tls)?,
+            settings,
             token: provider_token(grpc::PROVIDER, &g.grpc),
             output: output.clone(),
             book: book.clone(),

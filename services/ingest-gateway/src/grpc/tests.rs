@@ -202,8 +202,27 @@ async fn next<T>(rx: &mut UnboundedReceiver<T>) -> T {
         .expect("open")
 }
 
+/// The server's side of TLS: its certificate and key, and the CA it requires client
+/// certificates from (mutual TLS), if any.
+struct ServerTls {
+    cert: String,
+    key: String,
+    client_ca: Option<String>,
+}
+
 impl Harness {
     async fn start(config: ProviderConfig, wanted: &[&str]) -> Self {
+        Self::start_tls(config, wanted, None, None).await
+    }
+
+    /// With `server_tls`, the feed serves TLS on `https://localhost:<port>`; `client_tls` is
+    /// the gateway's side, as [`client_tls`] makes it from `[gateway.grpc.tls]`.
+    async fn start_tls(
+        config: ProviderConfig,
+        wanted: &[&str],
+        server_tls: Option<ServerTls>,
+        client_tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (opened_tx, opened) = mpsc::unbounded_channel();
@@ -213,13 +232,26 @@ impl Harness {
             opened: opened_tx,
             requests: requests_tx,
         };
+        let mut server = tonic::transport::Server::builder();
+        let scheme = match &server_tls {
+            Some(tls) => {
+                let mut config = tonic::transport::ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&tls.cert, &tls.key));
+                if let Some(ca) = &tls.client_ca {
+                    config = config.client_ca_root(Certificate::from_pem(ca));
+                }
+                server = server.tls_config(config).unwrap();
+                "https://localhost"
+            }
+            None => "http://127.0.0.1",
+        };
         tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .add_service(MarketFeedServer::new(feed))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         let settings = ProviderConfig {
-            url: Some(format!("http://{address}")),
+            url: Some(format!("{scheme}:{}", address.port())),
             reconnect_initial_ms: Some(10),
             reconnect_max_ms: Some(20),
             ..config
@@ -231,6 +263,7 @@ impl Harness {
         let ctx = Context {
             settings,
             token: None,
+            tls: client_tls,
             output,
             book: book.clone(),
             labels: InstrumentLabels::new(&MetricsConfig::default()),
@@ -378,4 +411,154 @@ async fn pings_and_a_silent_stream_is_replaced() {
     assert_eq!(n, 1);
     assert!(started.elapsed() >= Duration::from_millis(1_200));
     h.stop().await;
+}
+
+/// A CA made for the test, and certificates it signs.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// (certificate PEM, key PEM) for `names`.
+    fn sign(&self, names: &[&str]) -> (String, String) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// `[gateway.grpc.tls]` with its files written into `dir`.
+fn tls_files(dir: &std::path::Path, ca: &str, client: Option<&(String, String)>) -> TlsConfig {
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    TlsConfig {
+        ca_file: Some(write("ca.pem", ca)),
+        cert_file: client.map(|(cert, _)| write("client.pem", cert)),
+        key_file: client.map(|(_, key)| write("client.key", key)),
+        domain: None,
+    }
+}
+
+/// Sends one trade on the stream the server opened and returns the frame that reached the
+/// gateway's output.
+async fn one_trade_through(h: &mut Harness) -> Frame {
+    let (_, stream) = next(&mut h.opened).await;
+    assert_eq!(next(&mut h.requests).await.1, subscribe(&["A"]));
+    stream
+        .send(Ok(ServerMessage {
+            kind: Some(trade("A", "a-1")),
+        }))
+        .unwrap();
+    h.frame().await
+}
+
+#[tokio::test]
+async fn an_https_feed_is_read_over_tls_trusting_the_configured_ca() {
+    let ca = TestCa::new("tickflow test CA");
+    let (cert, key) = ca.sign(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let url = "https://localhost:1";
+    let tls = client_tls(url, &tls_files(dir.path(), &ca.pem, None)).unwrap();
+    let server = ServerTls {
+        cert,
+        key,
+        client_ca: None,
+    };
+    let mut h = Harness::start_tls(ProviderConfig::default(), &["A"], Some(server), tls).await;
+    let frame = one_trade_through(&mut h).await;
+    assert_eq!((frame.sequence, frame.key.as_deref()), (0, Some("A")));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused_and_retried() {
+    let ours = TestCa::new("the CA the gateway trusts");
+    let theirs = TestCa::new("some other CA");
+    let (cert, key) = theirs.sign(&["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let tls = client_tls("https://x", &tls_files(dir.path(), &ours.pem, None)).unwrap();
+    let server = ServerTls {
+        cert,
+        key,
+        client_ca: None,
+    };
+    let h = Harness::start_tls(ProviderConfig::default(), &["A"], Some(server), tls).await;
+    // Refused at the handshake, again after each backoff: never a stream, and the reason said.
+    let deadline = Instant::now() + WAIT;
+    let connection = loop {
+        let c = h.book.connections().pop();
+        if let Some(c) = c.filter(|c| c.reconnects >= 2) {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retried connection failure in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!connection.up);
+    let error = connection.last_error.unwrap_or_default();
+    assert!(error.contains("certificate"), "{error}");
+    let mut h = h;
+    assert!(
+        h.opened.try_recv().is_err(),
+        "no stream over an untrusted certificate"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_that_asks_for_a_client_certificate_gets_the_configured_one() {
+    let ca = TestCa::new("tickflow test CA");
+    let (server_cert, server_key) = ca.sign(&["localhost"]);
+    let clients = TestCa::new("client CA");
+    let client = clients.sign(&["gateway"]);
+    let dir = tempfile::tempdir().unwrap();
+    let tls = client_tls("https://x", &tls_files(dir.path(), &ca.pem, Some(&client))).unwrap();
+    let server = ServerTls {
+        cert: server_cert,
+        key: server_key,
+        client_ca: Some(clients.pem.clone()),
+    };
+    let mut h = Harness::start_tls(ProviderConfig::default(), &["A"], Some(server), tls).await;
+    let frame = one_trade_through(&mut h).await;
+    assert_eq!(frame.key.as_deref(), Some("A"));
+    h.stop().await;
+}
+
+#[test]
+fn tls_settings_name_their_key_when_wrong() {
+    let missing = TlsConfig {
+        ca_file: Some("/nonexistent/ca.pem".into()),
+        ..Default::default()
+    };
+    let e = client_tls("https://feed:443", &missing)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("gateway.grpc.tls.ca_file"), "{e}");
+    assert!(
+        client_tls("http://feed:80", &missing).unwrap().is_none(),
+        "plain http ignores it"
+    );
 }
