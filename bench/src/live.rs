@@ -38,7 +38,11 @@ use crate::{log, Measured};
 pub const WARM_UP: Duration = Duration::from_secs(15);
 /// After the interval, records still in flight are read for this long.
 const DRAIN: Duration = Duration::from_secs(10);
-/// Partitions of the Trade topic (the aggregator's watermark is the slowest partition's).
+/// The load goes on this long past the measured interval, so that a window the watermark
+/// passed near its end closes as it would under load, not after the sources' idle timeout
+/// (what is received after the interval is not measured).
+const LOAD_TAIL: Duration = Duration::from_secs(3);
+/// Partitions of the Trade topic (each has its own watermark in the aggregator).
 const PARTITIONS: i32 = 2;
 
 /// One latency series: what it measures and its samples in ms.
@@ -55,6 +59,8 @@ pub struct Live {
     pub rate: f64,
     /// The normalizer's own account of its transactions.
     pub transactions: String,
+    /// The gateway's own account of its produce: receive to Kafka's acknowledgement.
+    pub gateway_acks: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,6 +101,7 @@ impl Role {
 
 const TRANSACTIONS_WHOLE: &str = "tickflow_normalizer_transaction_duration_seconds";
 const TRANSACTION_STEPS: &str = "tickflow_normalizer_transaction_step_seconds";
+const GATEWAY_ACKS: &str = "tickflow_gateway_receive_to_ack_seconds";
 
 /// The cumulative bucket counts of histogram `name` (Prometheus text), over the series whose
 /// labels contain `filter`, summed by upper bound.
@@ -322,6 +329,7 @@ pub async fn run(
     let mut candles: HashMap<(String, String, Micros), (Micros, Micros)> = HashMap::new();
     let (mut before, mut after) = (None, None);
     let mut normalizer_metrics = String::new();
+    let mut gateway_metrics = String::new();
     let (mut from, mut until) = (Micros::MAX, Micros::MAX);
     loop {
         let elapsed = started.elapsed();
@@ -334,7 +342,12 @@ pub async fn run(
             if let Some(process) = running.get(&Role::Normalizer) {
                 normalizer_metrics = process.get("/metrics").await.unwrap_or_default().1;
             }
+            if let Some(process) = running.get(&Role::Gateway) {
+                gateway_metrics = process.get("/metrics").await.unwrap_or_default().1;
+            }
             until = now_micros();
+        }
+        if elapsed >= WARM_UP + Duration::from_secs(seconds) + LOAD_TAIL {
             // The load stops; what is in flight drains.
             if let Some(mut gateway) = running.remove(&Role::Gateway) {
                 gateway.terminate(Duration::from_secs(30));
@@ -458,8 +471,16 @@ pub async fn run(
             .map(step)
             .join("; ")
     );
+    let gateway_acks = format!(
+        "the gateway's receive -> Kafka ack (its own histogram, whole run): {:.1} ms mean, p50 <= {:.1} ms, p99 <= {:.1} ms, p99.9 <= {:.1} ms",
+        histogram_mean(&gateway_metrics, GATEWAY_ACKS, "") * 1000.0,
+        histogram_quantile(&gateway_metrics, GATEWAY_ACKS, "", 0.5) * 1000.0,
+        histogram_quantile(&gateway_metrics, GATEWAY_ACKS, "", 0.99) * 1000.0,
+        histogram_quantile(&gateway_metrics, GATEWAY_ACKS, "", 0.999) * 1000.0,
+    );
     Ok(Live {
         transactions,
+        gateway_acks,
         rate: trades_out / ((until - from) as f64 / 1e6),
         latencies: latencies(
             &raw_frames,
@@ -516,10 +537,14 @@ fn latencies(
         })
         .collect();
 
-    // Candle: the watermark passes a window's end when, on every partition, a trade with event
-    // time at or after end + out-of-orderness has arrived; the latest of those receive times.
+    // Candle: each Trade-topic partition has its own watermark (with one source, the raw topic's
+    // one partition): it passes a window's end when a trade of that partition with event time at
+    // or after end + out-of-orderness arrives. A candle's reference is that receive time on its
+    // instrument's partition.
     let mut by_partition: BTreeMap<i32, Vec<(Micros, Micros)>> = BTreeMap::new();
+    let mut partition_of: HashMap<&str, i32> = HashMap::new();
     for t in trades {
+        partition_of.insert(&t.instrument, t.partition);
         by_partition
             .entry(t.partition)
             .or_default()
@@ -534,22 +559,16 @@ fn latencies(
             entry.1 = max;
         }
     }
-    let could_close = |end: Micros| -> Option<Micros> {
+    let could_close = |instrument: &str, end: Micros| -> Option<Micros> {
         let target = end + out_of_orderness;
-        by_partition
-            .values()
-            .map(|seen| {
-                let i = seen.partition_point(|&(_, max)| max < target);
-                seen.get(i).map(|&(ingest, _)| ingest)
-            })
-            .collect::<Option<Vec<_>>>()?
-            .into_iter()
-            .max()
+        let seen = by_partition.get(partition_of.get(instrument)?)?;
+        let i = seen.partition_point(|&(_, max)| max < target);
+        seen.get(i).map(|&(ingest, _)| ingest)
     };
     let to_candle = candles
-        .values()
-        .filter_map(|&(end, read_at)| {
-            let closable = could_close(end)?;
+        .iter()
+        .filter_map(|((instrument, _, _), &(end, read_at))| {
+            let closable = could_close(instrument, end)?;
             inside(closable).then(|| ms(read_at - closable))
         })
         .collect();

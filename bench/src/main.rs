@@ -370,6 +370,7 @@ async fn run(args: Args) -> Result<bool, String> {
             ok &= !sorted.is_empty();
         }
         println!("{}", live.transactions);
+        println!("{}", live.gateway_acks);
     }
     println!(
         "reproduce: bench/run -- --trades {} --instruments {} --spacing-us {} --flink-parallelism {} --flink-checkpoint-ms {} --normalizer-frames {} --live-seconds {} --live-rate {} --live-instruments {}",
