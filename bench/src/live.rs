@@ -13,11 +13,8 @@
 //! Each latency is read by this process's own read_committed consumer, on the same clock as the
 //! gateway's: what a downstream reader sees.
 
-#[path = "../../services/trade-aggregator/tests/support/mod.rs"]
-#[allow(dead_code)]
-mod agg;
-#[path = "../../services/fair-price/tests/support/mod.rs"]
-mod fair;
+use tickflow_testkit::aggregator as agg;
+use tickflow_testkit::fair_price as fair;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -29,7 +26,7 @@ use tickflow_shared::avro::{AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, Micros};
 use tickflow_shared::fairprice::Trigger;
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 
 use crate::{log, Measured};

@@ -32,7 +32,7 @@ use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra;
 use tickflow_shared::domain::Candle;
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -15,7 +15,7 @@ use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::domain::{RawEnvelope, Side, Trade};
 use tickflow_shared::kafka;
 use tickflow_shared::simfeed::{SimMessage, SimTrade};
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
 use crate::{log, Measured};
 

@@ -19,12 +19,9 @@
 //!
 //! It prints a summary and exits 1 if anything failed. `scripts/chaos` builds and runs it.
 
-#[path = "../../services/trade-aggregator/tests/support/mod.rs"]
-mod agg;
-#[path = "../../services/fair-price/tests/support/mod.rs"]
-mod fair;
-#[path = "../../services/ingest-gateway/tests/support/mod.rs"]
-mod providers;
+use tickflow_testkit::aggregator as agg;
+use tickflow_testkit::fair_price as fair;
+use tickflow_testkit::providers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,7 +38,7 @@ use tickflow_shared::cassandra::CandleStore;
 use tickflow_shared::domain::{now_micros, Candle, Micros, Trade, MICROS_PER_SECOND as S};
 use tickflow_shared::fairprice::FairPrice;
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, batch_rollups};
 

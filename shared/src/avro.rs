@@ -694,7 +694,28 @@ pub fn raw_envelope_from_value(value: Value) -> Result<RawEnvelope> {
 pub(crate) mod tests {
     use super::*;
     use crate::domain::parse_decimal;
-    use crate::testkit::sample_trade;
+
+    /// A trade whose fields take the encoder's harder paths: trailing zeros in the price, 12
+    /// fractional digits in the size, a provider sequence, microsecond times.
+    fn sample_trade() -> Trade {
+        Trade {
+            instrument: "ETH-EUR".into(),
+            base: "ETH".into(),
+            quote: "EUR".into(),
+            asset_class: AssetClass::Crypto,
+            exchange: "kraken".into(),
+            provider: "kraken".into(),
+            provider_symbol: "ETH/EUR".into(),
+            trade_id: "81277301".into(),
+            price: parse_decimal("3101.50000").unwrap(),
+            size: parse_decimal("0.000012345678").unwrap(),
+            side: Side::Sell,
+            event_time: 1_763_769_600_000_001,
+            ingest_time: 1_763_769_600_004_250,
+            normalized_time: 1_763_769_600_009_999,
+            provider_sequence: Some(4_294_967_297),
+        }
+    }
 
     /// Writes `value` with `schema` and reads it back.
     pub(crate) fn avro_round_trip(schema: &Schema, value: Value) -> Value {

@@ -20,8 +20,6 @@ pub mod service;
 pub mod shutdown;
 pub mod simfeed;
 pub mod telemetry;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 pub mod watermark;
 
 pub use error::{Error, Result};

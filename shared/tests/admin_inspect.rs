@@ -16,7 +16,7 @@ use serde_json::Value;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::domain::{parse_decimal, RawEnvelope, Side, Trade};
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, Stack};
+use tickflow_testkit::{self as testkit, Stack};
 
 const ADMIN: &str = env!("CARGO_BIN_EXE_tickflow-admin");
 /// Record timestamps the test sets, so `--from-time` has a known answer.

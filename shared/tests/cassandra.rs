@@ -2,7 +2,7 @@
 
 use tickflow_shared::cassandra::{self, Migration, TradeStore};
 use tickflow_shared::domain::{parse_decimal, AssetClass, Side, Trade};
-use tickflow_shared::testkit::{self, Stack};
+use tickflow_testkit::{self as testkit, Stack};
 
 fn trade(trade_id: &str, price: &str, size: &str, event_time: i64) -> Trade {
     Trade {

@@ -14,7 +14,7 @@ use tickflow_shared::error::Error;
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::service;
 use tickflow_shared::shutdown::Shutdown;
-use tickflow_shared::testkit::{self, Stack};
+use tickflow_testkit::{self as testkit, Stack};
 
 fn trades() -> Vec<Trade> {
     let first = testkit::sample_trade();

@@ -26,11 +26,9 @@ use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, Trade};
 use tickflow_shared::fairprice::Trigger;
 use tickflow_shared::kafka;
-use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, sample_trade, ServiceProcess, Stack};
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-use support::{migrated_keyspace, service_env, Topics};
+use tickflow_testkit::fair_price::{migrated_keyspace, service_env, Topics};
 
 const PARTITIONS: i32 = 4;
 const INSTRUMENTS: u64 = 100;

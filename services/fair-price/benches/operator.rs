@@ -20,7 +20,7 @@ use fair_price::config::FairPriceConfig;
 use fair_price::operator::Operator;
 use rust_decimal::Decimal;
 use tickflow_shared::domain::{AssetClass, Trade};
-use tickflow_shared::testkit::sample_trade;
+use tickflow_testkit::sample_trade;
 
 /// The source named in the records' header, as the normalizer writes it.
 const SOURCE: &str = "md.raw.simulator:0";

@@ -15,10 +15,10 @@ use rand::{Rng, SeedableRng};
 use tickflow_shared::avro::{AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, Micros, Trade};
 use tickflow_shared::fairprice::FairPrice;
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
-mod support;
 use support::*;
+use tickflow_testkit::fair_price as support;
 
 const HANDOVERS: &str = "tickflow_fairprice_partition_handovers_total";
 

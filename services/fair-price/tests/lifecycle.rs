@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
 #[tokio::test]
 async fn starts_ready_and_stops_cleanly_on_sigterm() {

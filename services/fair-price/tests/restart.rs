@@ -11,10 +11,10 @@ use std::time::Duration;
 use tickflow_shared::avro::{AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, Micros, Trade};
 use tickflow_shared::fairprice::FairPrice;
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
-mod support;
 use support::*;
+use tickflow_testkit::fair_price as support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kill_9_the_restored_checkpoint_publishes_what_a_recomputation_says_with_no_hole() {

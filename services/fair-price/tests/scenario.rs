@@ -14,10 +14,10 @@ use tickflow_shared::cassandra::FairPriceStore;
 use tickflow_shared::domain::{now_micros, Micros, Trade};
 use tickflow_shared::fairprice::{Anomaly, AnomalyKind, FairPrice, Trigger};
 use tickflow_shared::proto::fairprice as pb;
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
-mod support;
 use support::*;
+use tickflow_testkit::fair_price as support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fair_prices_survive_drift_and_silence_and_equal_a_recomputation() {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use tickflow_shared::testkit::{self, process_usage, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, process_usage, ServiceProcess, Stack};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 

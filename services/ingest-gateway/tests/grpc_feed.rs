@@ -24,7 +24,7 @@ use tickflow_shared::proto::feed::{
     self, client_message, server_message, subscription_status, ClientMessage, ServerMessage,
 };
 use tickflow_shared::proto::Message as _;
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};

@@ -4,7 +4,7 @@
 //! After each run, every frame a server sent during a live connection is on Kafka exactly once:
 //! on the raw topic as sent (byte for byte), or on the dead-letter topic with its reason.
 
-mod support;
+use tickflow_testkit::providers as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use support::{Dialect, Fault, ProviderServer, Sent};
 use tickflow_shared::avro::{AvroCodec, Registry};
 use tickflow_shared::kafka;
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
 const TOKEN: &str = "admin-secret";
 

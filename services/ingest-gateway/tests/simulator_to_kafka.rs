@@ -11,7 +11,7 @@ use rdkafka::message::Message;
 use tickflow_shared::avro::{AvroCodec, Registry};
 use tickflow_shared::kafka;
 use tickflow_shared::simfeed::SimMessage;
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_simulated_frame_reaches_kafka_once_in_sequence() {

@@ -16,7 +16,7 @@ use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, RawEnvelope};
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_shared::simfeed::{SimMessage, SimTrade};
-use tickflow_shared::testkit::{self, process_usage, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, process_usage, ServiceProcess, Stack};
 
 const PARTITIONS: i32 = 4;
 

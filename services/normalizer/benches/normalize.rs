@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
     let index = InstrumentIndex::new(
         parse_toml(&format!(
             "{}{GRPC_INSTRUMENT}",
-            tickflow_shared::testkit::INSTRUMENTS_FIXTURE
+            tickflow_testkit::INSTRUMENTS_FIXTURE
         ))
         .expect("instruments"),
     );

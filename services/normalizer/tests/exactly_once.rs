@@ -18,7 +18,7 @@ use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, RawEnvelope};
 use tickflow_shared::instruments::{self, Instrument};
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
 type TradeKey = (String, String, String);
 

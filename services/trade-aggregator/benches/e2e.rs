@@ -23,7 +23,7 @@ use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra;
 use tickflow_shared::domain::Trade;
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 
 const PARTITIONS: i32 = 4;

@@ -9,7 +9,7 @@ use tickflow_shared::runtime::Operator as _;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tickflow_shared::domain::Trade;
-use tickflow_shared::testkit::synthetic_trades;
+use tickflow_testkit::synthetic_trades;
 use trade_aggregator::operator::{Aggregator, Output, Timing};
 
 const TRADES: usize = 200_000;

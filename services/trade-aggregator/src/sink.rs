@@ -204,7 +204,7 @@ impl Sinks {
 
 #[cfg(test)]
 mod tests {
-    use tickflow_shared::testkit::sample_trade;
+    use tickflow_testkit::sample_trade;
 
     use super::*;
 

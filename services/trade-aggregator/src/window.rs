@@ -298,7 +298,7 @@ pub fn window_start(time: Micros, size: Micros) -> Micros {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tickflow_shared::testkit::sample_trade;
+    use tickflow_testkit::sample_trade;
 
     fn trade(id: &str, time: Micros, price: &str, size: &str, side: Side) -> Trade {
         Trade {

@@ -10,7 +10,7 @@
 //! the new trades come too late when the normalizer is back. Their windows are recomputed from
 //! the stored trades, so every candle again equals the recomputation from every trade.
 
-mod support;
+use tickflow_testkit::aggregator as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra::{self, CandleStore};
 use tickflow_shared::domain::{now_micros, Candle, RawEnvelope, Side, Trade, MICROS_PER_SECOND};
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::operator::Timing;
 use trade_aggregator::reference::{batch_candles, batch_rollups, same_values};

@@ -15,11 +15,11 @@ use tickflow_shared::avro::{self, Registry};
 use tickflow_shared::cassandra::{self, CandleStore};
 use tickflow_shared::domain::Trade;
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
+use tickflow_testkit::{self as testkit, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, same_values};
 
-mod support;
+use tickflow_testkit::aggregator as support;
 
 const T0: i64 = 1_763_769_600_000_000; // 2025-11-22T00:00:00Z
 const INSTRUMENTS: [&str; 2] = ["BTC-USD", "ETH-USD"];

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tickflow_shared::testkit::ServiceProcess;
+use tickflow_testkit::ServiceProcess;
 
-mod support;
+use tickflow_testkit::aggregator as support;
 
 use support::scenario::Scenario;
 

@@ -2,7 +2,7 @@
 
 #[tokio::test]
 async fn starts_ready_and_stops_cleanly_on_sigterm() {
-    tickflow_shared::testkit::check_service_lifecycle(
+    tickflow_testkit::check_service_lifecycle(
         env!("CARGO_BIN_EXE_trade-aggregator"),
         &["kafka", "schema_registry", "cassandra"],
     )

@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tickflow_shared::testkit::ServiceProcess;
+use tickflow_testkit::ServiceProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-mod support;
+use tickflow_testkit::aggregator as support;
 
 use support::scenario::{Scenario, PARTITIONS};
 

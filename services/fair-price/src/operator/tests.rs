@@ -7,7 +7,7 @@ use tickflow_shared::runtime::Operator as _;
 use rust_decimal::Decimal;
 use tickflow_shared::domain::{parse_decimal, AssetClass, Micros, Trade};
 use tickflow_shared::fairprice::{AnomalyKind, Exclusion, FairPrice, Method, Trigger};
-use tickflow_shared::testkit::sample_trade;
+use tickflow_testkit::sample_trade;
 
 use super::compute::{compute, median, SourceTicks, Tick};
 use super::*;

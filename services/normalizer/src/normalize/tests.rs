@@ -5,7 +5,7 @@ use tickflow_shared::instruments::parse_toml;
 const NOW: Micros = 1_763_769_600_000_000;
 
 fn index() -> InstrumentIndex {
-    InstrumentIndex::new(parse_toml(tickflow_shared::testkit::INSTRUMENTS_FIXTURE).unwrap())
+    InstrumentIndex::new(parse_toml(tickflow_testkit::INSTRUMENTS_FIXTURE).unwrap())
 }
 
 fn limits() -> Limits {

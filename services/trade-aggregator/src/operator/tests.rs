@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use tickflow_shared::runtime::Operator as _;
 
 use tickflow_shared::domain::{Side, MICROS_PER_SECOND as S};
-use tickflow_shared::testkit::sample_trade;
+use tickflow_testkit::sample_trade;
 
 use super::*;
 use crate::reference::{batch_candles, batch_rollups, same_values};

@@ -412,7 +412,7 @@ mod tests {
     use apache_avro::schema::ResolvedSchema;
     use tickflow_shared::avro::{self, raw_envelope_to_value, trade_to_value};
     use tickflow_shared::domain::RawEnvelope;
-    use tickflow_shared::testkit::sample_trade;
+    use tickflow_testkit::sample_trade;
 
     fn shown(schema: &avro::SchemaDef, value: &Value) -> Shown {
         let parsed = schema.parse().unwrap();

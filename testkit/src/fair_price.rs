@@ -1,11 +1,12 @@
 //! What the fair-price integration tests share: the multi-provider scenario's trades, the
 //! independent recomputation of a fair price from them, and reading topics back.
-#![allow(dead_code)] // each test binary uses a part
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate as testkit;
+use crate::{sample_trade, Stack};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rust_decimal::Decimal;
@@ -16,7 +17,6 @@ use tickflow_shared::config::CassandraConfig;
 use tickflow_shared::domain::{now_micros, AssetClass, Micros, Trade};
 use tickflow_shared::fairprice::FairPrice;
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, sample_trade, Stack};
 
 /// A fresh keyspace named after `test`, migrated; its config and a session.
 pub async fn migrated_keyspace(stack: &Stack, test: &str) -> (Arc<Session>, CassandraConfig) {

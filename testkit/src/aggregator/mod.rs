@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::Stack;
 use tickflow_shared::cassandra::CandleStore;
 use tickflow_shared::domain::{Candle, MICROS_PER_SECOND as S};
-use tickflow_shared::testkit::Stack;
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::rollup::Interval;
 

@@ -2,7 +2,6 @@
 //! them (subscribe handshake, acknowledgements, heartbeats, errors, trade JSON), with faults on
 //! demand, and a record of every frame they sent during a live connection.
 
-#![allow(dead_code)]
 // The handshake callback's error type is tungstenite's own.
 #![allow(clippy::result_large_err)]
 

@@ -1,13 +1,27 @@
-//! Helpers for integration tests against the real local stack (`scripts/stack up`): endpoints,
-//! unique topic and keyspace names, free ports, and a clear failure when the stack is not running.
-//! Tests never skip: without the stack they fail and say how to start it.
+//! What tickflow's tests, the chaos suite and the benchmark share, as a dev-dependency (never
+//! in a service binary).
+//!
+//! At the root, helpers for integration tests against the real local stack (`scripts/stack up`):
+//! endpoints, unique topic and keyspace names, free ports, service processes, and a clear failure
+//! when the stack is not running. Tests never skip: without the stack they fail and say how to
+//! start it. Beside them, per service:
+//!
+//! - [`aggregator`]: an aggregator process's environment, stored candles, and the seeded
+//!   scenario with its recomputation;
+//! - [`fair_price`]: the multi-provider scenario, the independent recomputation of a fair price,
+//!   and reading topics back;
+//! - [`providers`]: local servers that speak the providers' documented WebSocket protocols.
+
+pub mod aggregator;
+pub mod fair_price;
+pub mod providers;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::config::{CassandraConfig, KafkaConfig, RegistryConfig};
-use crate::domain::{parse_decimal, AssetClass, Side, Trade};
+use tickflow_shared::config::{CassandraConfig, KafkaConfig, RegistryConfig};
+use tickflow_shared::domain::{parse_decimal, AssetClass, Side, Trade};
 
 /// A realistic trade with the awkward cases in it: a price with trailing zeros, a size with 12
 /// fractional digits, microsecond times and a provider sequence.
@@ -97,16 +111,16 @@ impl Stack {
         if let Ok(v) = std::env::var("TICKFLOW_CASSANDRA__CONTACT_POINTS") {
             cassandra.contact_points = v.split(',').map(|s| s.trim().to_string()).collect();
         }
-        if let Err(e) = crate::kafka::check(&kafka, Duration::from_secs(5)).await {
+        if let Err(e) = tickflow_shared::kafka::check(&kafka, Duration::from_secs(5)).await {
             panic!("{HOW_TO_START}\nKafka at {}: {e}", kafka.bootstrap_servers);
         }
-        let client = crate::avro::Registry::new(&registry).expect("registry client");
+        let client = tickflow_shared::avro::Registry::new(&registry).expect("registry client");
         if let Err(e) = client.check().await {
             panic!("{HOW_TO_START}\nschema registry at {}: {e}", registry.url);
         }
-        match crate::cassandra::connect(&cassandra).await {
+        match tickflow_shared::cassandra::connect(&cassandra).await {
             Ok(session) => {
-                if let Err(e) = crate::cassandra::check(&session).await {
+                if let Err(e) = tickflow_shared::cassandra::check(&session).await {
                     panic!("{HOW_TO_START}\nCassandra: {e}");
                 }
             }
@@ -135,7 +149,7 @@ impl Stack {
 pub fn unique_name(prefix: &str, test: &str, sep: char) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let millis = crate::domain::now_micros() / 1000 % 100_000_000;
+    let millis = tickflow_shared::domain::now_micros() / 1000 % 100_000_000;
     format!(
         "{prefix}{sep}{test}{sep}{}{sep}{millis}{sep}{n}",
         std::process::id()
@@ -385,10 +399,10 @@ pub async fn check_service_lifecycle_with(
         // A fresh, migrated keyspace, as `tickflow-admin migrate` leaves it.
         let mut cassandra = stack.cassandra.clone();
         cassandra.keyspace = unique_keyspace("lifecycle");
-        let session = crate::cassandra::connect(&cassandra)
+        let session = tickflow_shared::cassandra::connect(&cassandra)
             .await
             .expect("cassandra");
-        crate::cassandra::migrate(&session, &cassandra)
+        tickflow_shared::cassandra::migrate(&session, &cassandra)
             .await
             .expect("migrate");
         env.push((
@@ -405,7 +419,10 @@ pub async fn check_service_lifecycle_with(
         .wait_for("/readyz", 200, Duration::from_secs(60))
         .await;
     let ready: serde_json::Value = serde_json::from_str(&ready).expect("readyz JSON");
-    for dependency in dependencies.iter().chain(&[crate::service::STARTUP]) {
+    for dependency in dependencies
+        .iter()
+        .chain(&[tickflow_shared::service::STARTUP])
+    {
         assert_eq!(
             ready["dependencies"][dependency]["ready"],
             serde_json::Value::Bool(true),
@@ -437,10 +454,11 @@ pub async fn produce_trades(
     stack: &Stack,
     topic: &str,
     trades: impl IntoIterator<Item = (Option<i32>, Trade)>,
-) -> crate::Result<usize> {
-    let registry = crate::avro::Registry::new(&stack.registry)?;
-    let codec = crate::avro::AvroCodec::new(&registry, &[(topic, crate::avro::TRADE)]);
-    let producer = crate::kafka::producer(&stack.kafka, "it-producer")?;
+) -> tickflow_shared::Result<usize> {
+    let registry = tickflow_shared::avro::Registry::new(&stack.registry)?;
+    let codec =
+        tickflow_shared::avro::AvroCodec::new(&registry, &[(topic, tickflow_shared::avro::TRADE)]);
+    let producer = tickflow_shared::kafka::producer(&stack.kafka, "it-producer")?;
     let mut pending = Vec::new();
     let mut sent = 0;
     for (partition, trade) in trades {
@@ -500,13 +518,15 @@ pub async fn enqueue(
     }
 }
 
-async fn confirm(pending: &mut Vec<rdkafka::producer::DeliveryFuture>) -> crate::Result<()> {
+async fn confirm(
+    pending: &mut Vec<rdkafka::producer::DeliveryFuture>,
+) -> tickflow_shared::Result<()> {
     for delivery in pending.drain(..) {
         match delivery.await {
             Ok(Ok(_)) => {}
             Ok(Err((e, _))) => return Err(e.into()),
             Err(_) => {
-                return Err(crate::Error::Task {
+                return Err(tickflow_shared::Error::Task {
                     task: "producer",
                     message: "closed".into(),
                 })
@@ -521,7 +541,7 @@ async fn confirm(pending: &mut Vec<rdkafka::producer::DeliveryFuture>) -> crate:
 pub fn synthetic_trades(
     count: usize,
     instruments: u64,
-    spacing: crate::domain::Micros,
+    spacing: tickflow_shared::domain::Micros,
 ) -> Vec<Trade> {
     let venues = ["coinbase", "kraken", "binance"];
     // xorshift64, seeded: the same trades on every run and machine.

@@ -4,12 +4,13 @@
 //! must equal a batch recomputation of the same input done here, not one trade lost or counted
 //! twice, only too-late trades may be on the late topic, and the candle topic must end with the
 //! same values.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate as testkit;
+use crate::{sample_trade, ServiceProcess, Stack};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::Consumer;
@@ -21,7 +22,6 @@ use tickflow_shared::cassandra::{self, CandleStore};
 use tickflow_shared::config::CassandraConfig;
 use tickflow_shared::domain::{Candle, Side, Trade, MICROS_PER_SECOND as S};
 use tickflow_shared::kafka::{self, TopicSpec};
-use tickflow_shared::testkit::{self, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, batch_rollups, same_values};
 use trade_aggregator::sink::STAMP_HEADER;
