@@ -20,11 +20,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use fair_price::records::{FairPriceCodec, Trigger};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use tickflow_shared::avro::{AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, Micros};
-use tickflow_shared::fairprice::Trigger;
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;

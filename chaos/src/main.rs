@@ -29,6 +29,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use fair_price::records::{FairPrice, FairPriceCodec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
@@ -36,7 +37,6 @@ use serde_json::Value;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra::CandleStore;
 use tickflow_shared::domain::{now_micros, Candle, Micros, Trade, MICROS_PER_SECOND as S};
-use tickflow_shared::fairprice::FairPrice;
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;

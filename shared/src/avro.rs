@@ -477,10 +477,10 @@ pub fn trade_to_value(t: &Trade) -> Result<Value> {
 }
 
 /// Field access on a decoded record, with errors that name the field.
-pub(crate) struct Fields(HashMap<String, Value>);
+pub struct Fields(HashMap<String, Value>);
 
 impl Fields {
-    pub(crate) fn of(value: Value, record: &str) -> Result<Self> {
+    pub fn of(value: Value, record: &str) -> Result<Self> {
         match value {
             Value::Record(fields) => Ok(Self(fields.into_iter().collect())),
             other => Err(Error::Avro(format!(
@@ -501,14 +501,14 @@ impl Fields {
         })
     }
 
-    pub(crate) fn string(&mut self, name: &str) -> Result<String> {
+    pub fn string(&mut self, name: &str) -> Result<String> {
         match self.take(name)? {
             Value::String(s) | Value::Enum(_, s) => Ok(s),
             other => Err(wrong(name, "string", &other)),
         }
     }
 
-    pub(crate) fn long(&mut self, name: &str) -> Result<i64> {
+    pub fn long(&mut self, name: &str) -> Result<i64> {
         match self.take(name)? {
             Value::Long(v)
             | Value::TimestampMicros(v)
@@ -519,7 +519,7 @@ impl Fields {
         }
     }
 
-    pub(crate) fn opt_long(&mut self, name: &str) -> Result<Option<i64>> {
+    pub fn opt_long(&mut self, name: &str) -> Result<Option<i64>> {
         match self.take(name)? {
             Value::Null => Ok(None),
             Value::Long(v) | Value::TimestampMicros(v) => Ok(Some(v)),
@@ -527,21 +527,21 @@ impl Fields {
         }
     }
 
-    pub(crate) fn boolean(&mut self, name: &str) -> Result<bool> {
+    pub fn boolean(&mut self, name: &str) -> Result<bool> {
         match self.take(name)? {
             Value::Boolean(b) => Ok(b),
             other => Err(wrong(name, "boolean", &other)),
         }
     }
 
-    pub(crate) fn bytes(&mut self, name: &str) -> Result<Vec<u8>> {
+    pub fn bytes(&mut self, name: &str) -> Result<Vec<u8>> {
         match self.take(name)? {
             Value::Bytes(b) => Ok(b),
             other => Err(wrong(name, "bytes", &other)),
         }
     }
 
-    pub(crate) fn decimal(&mut self, name: &str) -> Result<rust_decimal::Decimal> {
+    pub fn decimal(&mut self, name: &str) -> Result<rust_decimal::Decimal> {
         match self.take(name)? {
             Value::Decimal(d) => {
                 let bytes = <Vec<u8>>::try_from(&d).map_err(|e| Error::Avro(e.to_string()))?;
@@ -551,7 +551,7 @@ impl Fields {
         }
     }
 
-    pub(crate) fn opt_decimal(&mut self, name: &str) -> Result<Option<rust_decimal::Decimal>> {
+    pub fn opt_decimal(&mut self, name: &str) -> Result<Option<rust_decimal::Decimal>> {
         match self.take(name)? {
             Value::Null => Ok(None),
             Value::Decimal(d) => {
@@ -562,7 +562,7 @@ impl Fields {
         }
     }
 
-    pub(crate) fn double(&mut self, name: &str) -> Result<f64> {
+    pub fn double(&mut self, name: &str) -> Result<f64> {
         match self.take(name)? {
             Value::Double(v) => Ok(v),
             Value::Float(v) => Ok(f64::from(v)),
@@ -570,7 +570,7 @@ impl Fields {
         }
     }
 
-    pub(crate) fn array(&mut self, name: &str) -> Result<Vec<Value>> {
+    pub fn array(&mut self, name: &str) -> Result<Vec<Value>> {
         match self.take(name)? {
             Value::Array(items) => Ok(items),
             other => Err(wrong(name, "array", &other)),

@@ -9,7 +9,6 @@ pub mod cassandra;
 pub mod config;
 pub mod domain;
 pub mod error;
-pub mod fairprice;
 pub mod health;
 pub mod instruments;
 pub mod kafka;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate as testkit;
 use crate::{sample_trade, Stack};
+use fair_price::records::FairPrice;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rust_decimal::Decimal;
@@ -15,7 +16,6 @@ use tickflow_shared::avro::{self, Registry};
 use tickflow_shared::cassandra;
 use tickflow_shared::config::CassandraConfig;
 use tickflow_shared::domain::{now_micros, AssetClass, Micros, Trade};
-use tickflow_shared::fairprice::FairPrice;
 use tickflow_shared::kafka::{self, TopicSpec};
 
 /// A fresh keyspace named after `test`, migrated; its config and a session.

@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fair_price::records::{FairPriceCodec, Trigger};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rust_decimal::Decimal;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, Trade};
-use tickflow_shared::fairprice::Trigger;
 use tickflow_shared::kafka;
 use tickflow_testkit::{self as testkit, sample_trade, ServiceProcess, Stack};
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
+use crate::records::FairPrice;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -15,7 +16,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures::Stream;
 use serde_json::{json, Value};
-use tickflow_shared::fairprice::FairPrice;
 use tickflow_shared::proto::fairprice as pb;
 use tickflow_shared::shutdown::Shutdown;
 use tokio::sync::broadcast;

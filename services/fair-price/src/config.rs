@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::records::Method;
 use serde::Deserialize;
 use tickflow_shared::config::{
     CassandraConfig, KafkaConfig, Problems, RegistryConfig, ServiceConfig, Validate,
 };
 use tickflow_shared::domain::{AssetClass, Micros};
-use tickflow_shared::fairprice::Method;
 use tickflow_shared::kafka::names;
 use tickflow_shared::service::ServiceRoot;
 

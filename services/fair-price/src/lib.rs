@@ -11,7 +11,9 @@ pub mod metrics;
 pub mod operator;
 pub mod pipeline;
 pub mod query_feed;
+pub mod records;
 pub mod sink;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,11 +16,12 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::records::{AnomalyKind, Trigger};
+use crate::store::FairPriceStore;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra::{CheckpointStore, FairPriceStore};
+use tickflow_shared::cassandra::CheckpointStore;
 use tickflow_shared::domain::Micros;
 use tickflow_shared::error::Error;
-use tickflow_shared::fairprice::{AnomalyKind, Trigger};
 use tickflow_shared::kafka;
 use tickflow_shared::runtime::{self, Checkpoints, Fresh, Job, Plan, Record};
 use tickflow_shared::service::CassandraHandle;

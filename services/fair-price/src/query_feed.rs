@@ -21,6 +21,7 @@ use tickflow_shared::Result;
 
 use crate::api::Latest;
 use crate::metrics::QUERY_FEED_ERRORS;
+use crate::records::FairPriceCodec;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 

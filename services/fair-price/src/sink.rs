@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::records::{Anomaly, FairPrice, FairPriceCodec, ANY};
+use crate::store::FairPriceStore;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tickflow_shared::avro::AvroCodec;
-use tickflow_shared::cassandra::FairPriceStore;
 use tickflow_shared::domain::{now_micros, Micros};
-use tickflow_shared::fairprice::{Anomaly, FairPrice, ANY};
 use tickflow_shared::runtime;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;

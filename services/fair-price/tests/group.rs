@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use fair_price::records::{FairPrice, FairPriceCodec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tickflow_shared::avro::{AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, Micros, Trade};
-use tickflow_shared::fairprice::FairPrice;
 use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
 use support::*;

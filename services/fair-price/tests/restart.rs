@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use fair_price::records::{FairPrice, FairPriceCodec};
 use tickflow_shared::avro::{AvroCodec, Registry};
 use tickflow_shared::domain::{now_micros, Micros, Trade};
-use tickflow_shared::fairprice::FairPrice;
 use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
 use support::*;

@@ -8,11 +8,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use fair_price::records::{Anomaly, AnomalyKind, FairPrice, FairPriceCodec, Trigger};
+use fair_price::store::FairPriceStore;
 use rust_decimal::Decimal;
 use tickflow_shared::avro::{AvroCodec, Registry};
-use tickflow_shared::cassandra::FairPriceStore;
 use tickflow_shared::domain::{now_micros, Micros, Trade};
-use tickflow_shared::fairprice::{Anomaly, AnomalyKind, FairPrice, Trigger};
 use tickflow_shared::proto::fairprice as pb;
 use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 

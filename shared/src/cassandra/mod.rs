@@ -1,9 +1,9 @@
 //! The Cassandra session from `[cassandra]` (contact points, preferred data center, auth, TLS),
-//! a liveness check, versioned migrations and the typed tables.
+//! a liveness check, versioned migrations, the helpers every table's code uses, and the tables
+//! more than one service reads or writes (fair-price's own are in its crate).
 
 mod candles;
 mod checkpoints;
-mod fair_prices;
 mod migrate;
 mod trades;
 
@@ -18,7 +18,6 @@ use secrecy::ExposeSecret;
 
 pub use candles::{CandleStore, ONE_MINUTE};
 pub use checkpoints::{Checkpoint, CheckpointStore, Claim, Lease, Stored, CHUNK_BYTES};
-pub use fair_prices::{FairPriceRow, FairPriceStore};
 pub use migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};
 pub use trades::{
     day_of, from_cql_decimal, to_cql_decimal, TradeStore, PARTITION_BATCH, TRADES_TTL,
@@ -27,7 +26,8 @@ pub use trades::{
 use crate::config::{CassandraConfig, ReplicationClass};
 use crate::error::{Error, Result};
 
-pub(crate) fn err(context: &str, e: impl std::fmt::Display) -> Error {
+/// A driver error `e` while doing `context`, as a retryable Cassandra error.
+pub fn err(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Cassandra(format!("{context}: {e}"))
 }
 
@@ -84,7 +84,7 @@ fn tls_context(config: &CassandraConfig) -> Result<openssl::ssl::SslContext> {
 
 /// Prepares a statement and marks it idempotent: every tickflow statement is an upsert of the
 /// same values or a read, so the driver may retry it on another node.
-pub(crate) async fn prepare(
+pub async fn prepare(
     session: &Session,
     cql: String,
     what: &str,
@@ -98,7 +98,7 @@ pub(crate) async fn prepare(
 }
 
 /// Runs a prepared read and returns its rows.
-pub(crate) async fn select<T>(
+pub async fn select<T>(
     session: &Session,
     statement: &scylla::statement::prepared::PreparedStatement,
     values: impl scylla::serialize::row::SerializeRow,

@@ -20,10 +20,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::records::Trigger;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tickflow_shared::domain::Micros;
-use tickflow_shared::fairprice::Trigger;
 
 use super::compute::{self, Entry, Lookback, Outcome, Scan, SourceView, Tick};
 use super::Settings;
@@ -469,7 +469,7 @@ mod tests {
     use super::*;
     use crate::config::FairPriceConfig;
     use crate::operator::compute::tests::Rng;
-    use tickflow_shared::fairprice::Method;
+    use crate::records::Method;
 
     struct Named(String, Micros);
 

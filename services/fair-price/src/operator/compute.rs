@@ -15,13 +15,11 @@
 
 use std::collections::VecDeque;
 
+use crate::records::{Exclusion, FairPrice, Method, SourceExcluded, SourceUsed, Trigger};
 use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{round_derived, Micros};
-use tickflow_shared::fairprice::{
-    Exclusion, FairPrice, Method, SourceExcluded, SourceUsed, Trigger,
-};
 
 use super::{OutlierRule, Settings};
 
@@ -181,8 +179,8 @@ impl Published {
 mod exclusions {
     use std::str::FromStr;
 
+    use crate::records::Exclusion;
     use serde::{Deserialize, Deserializer, Serializer};
-    use tickflow_shared::fairprice::Exclusion;
 
     pub fn serialize<S: Serializer>(
         excluded: &[(usize, Exclusion)],

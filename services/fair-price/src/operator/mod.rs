@@ -53,11 +53,11 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::str::FromStr;
 
+use crate::records::{Anomaly, AnomalyKind, FairPrice, Method, Trigger, ANY};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{AssetClass, Micros, Trade, MICROS_PER_SECOND};
-use tickflow_shared::fairprice::{Anomaly, AnomalyKind, FairPrice, Method, Trigger, ANY};
 use tickflow_shared::runtime;
 use tickflow_shared::watermark::{fallback_source, SourceClocks};
 

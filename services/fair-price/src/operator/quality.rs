@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::records::{Anomaly, AnomalyKind};
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{Micros, MICROS_PER_SECOND};
-use tickflow_shared::fairprice::{Anomaly, AnomalyKind};
 
 use super::Quality;
 
@@ -226,9 +226,9 @@ mod kinds {
     use std::collections::BTreeMap;
     use std::str::FromStr;
 
+    use crate::records::AnomalyKind;
     use serde::{Deserialize, Deserializer, Serializer};
     use tickflow_shared::domain::Micros;
-    use tickflow_shared::fairprice::AnomalyKind;
 
     pub fn serialize<S: Serializer>(
         active: &BTreeMap<AnomalyKind, Micros>,

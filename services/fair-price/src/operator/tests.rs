@@ -4,9 +4,9 @@
 use std::collections::{BTreeSet, VecDeque};
 use tickflow_shared::runtime::Operator as _;
 
+use crate::records::{AnomalyKind, Exclusion, FairPrice, Method, Trigger};
 use rust_decimal::Decimal;
 use tickflow_shared::domain::{parse_decimal, AssetClass, Micros, Trade};
-use tickflow_shared::fairprice::{AnomalyKind, Exclusion, FairPrice, Method, Trigger};
 use tickflow_testkit::sample_trade;
 
 use super::compute::{compute, median, SourceTicks, Tick};

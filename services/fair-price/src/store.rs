@@ -9,11 +9,11 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDecimal, CqlTimestamp};
 
-use super::trades::{day_of, from_cql_decimal, to_cql_decimal};
-use super::{err, prepare, select};
-use crate::domain::Micros;
-use crate::error::Result;
-use crate::fairprice::{Anomaly, FairPrice};
+use tickflow_shared::cassandra::{day_of, err, from_cql_decimal, prepare, select, to_cql_decimal};
+use tickflow_shared::domain::Micros;
+use tickflow_shared::Result;
+
+use crate::records::{Anomaly, FairPrice};
 
 const FP_COLUMNS: &str = "computed_at_us, computed_at, price, method, sources_used, \
     sources_excluded, dispersion, confidence, lookback_volume, newest_event_us, stale, trigger, detail";

@@ -1,18 +1,19 @@
 //! The fair-price service's results: `FairPrice` (md.fairprice, Cassandra `fair_prices`) and
-//! `Anomaly` (md.anomalies, Cassandra `anomalies`), with their Avro form.
+//! `Anomaly` (md.anomalies, Cassandra `anomalies`), with their Avro form (the schemas are in
+//! `shared/schemas/`, with every topic's) and [`FairPriceCodec`], their registry wire format.
 //!
 //! Prices and volumes are exact decimals; dispersion and confidence are statistics (`f64`).
 
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
 
 use apache_avro::types::Value;
 use rust_decimal::Decimal;
 use serde::Serialize;
-
-use crate::avro::{decimal_value, AvroCodec, Fields};
-use crate::domain::Micros;
-use crate::error::{Error, Result};
+use tickflow_shared::avro::{decimal_value, AvroCodec, Fields};
+use tickflow_shared::domain::Micros;
+use tickflow_shared::{Error, Result};
 
 /// How the sources' trades become one price.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -355,22 +356,36 @@ pub fn anomaly_from_value(value: Value) -> Result<Anomaly> {
     })
 }
 
-/// The fair-price records in the registry's wire format (beside the codec's other records, here so
-/// the codec does not depend on this module).
-impl AvroCodec {
-    pub async fn encode_fair_price(&self, topic: &str, fp: &FairPrice) -> Result<Vec<u8>> {
+/// The fair-price records in the registry's wire format, beside the codec's shared records.
+pub trait FairPriceCodec {
+    fn encode_fair_price(
+        &self,
+        topic: &str,
+        fp: &FairPrice,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    fn decode_fair_price(&self, bytes: &[u8]) -> impl Future<Output = Result<FairPrice>> + Send;
+    fn encode_anomaly(
+        &self,
+        topic: &str,
+        a: &Anomaly,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    fn decode_anomaly(&self, bytes: &[u8]) -> impl Future<Output = Result<Anomaly>> + Send;
+}
+
+impl FairPriceCodec for AvroCodec {
+    async fn encode_fair_price(&self, topic: &str, fp: &FairPrice) -> Result<Vec<u8>> {
         self.encode(topic, fair_price_to_value(fp)?).await
     }
 
-    pub async fn decode_fair_price(&self, bytes: &[u8]) -> Result<FairPrice> {
+    async fn decode_fair_price(&self, bytes: &[u8]) -> Result<FairPrice> {
         fair_price_from_value(self.decode(bytes).await?)
     }
 
-    pub async fn encode_anomaly(&self, topic: &str, a: &Anomaly) -> Result<Vec<u8>> {
+    async fn encode_anomaly(&self, topic: &str, a: &Anomaly) -> Result<Vec<u8>> {
         self.encode(topic, anomaly_to_value(a)).await
     }
 
-    pub async fn decode_anomaly(&self, bytes: &[u8]) -> Result<Anomaly> {
+    async fn decode_anomaly(&self, bytes: &[u8]) -> Result<Anomaly> {
         anomaly_from_value(self.decode(bytes).await?)
     }
 }
@@ -378,9 +393,23 @@ impl AvroCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::avro::tests::avro_round_trip as round_trip;
-    use crate::avro::{ANOMALY, FAIR_PRICE};
-    use crate::domain::parse_decimal;
+    use apache_avro::Schema;
+    use tickflow_shared::avro::{ANOMALY, FAIR_PRICE};
+    use tickflow_shared::domain::parse_decimal;
+
+    /// Writes `value` with `schema` and reads it back.
+    fn round_trip(schema: &Schema, value: Value) -> Value {
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(value)
+            .unwrap();
+        apache_avro::reader::datum::GenericDatumReader::builder(schema)
+            .build()
+            .unwrap()
+            .read_value(&mut body.as_slice())
+            .unwrap()
+    }
 
     #[test]
     fn fair_price_round_trips_through_avro_bytes() {
