@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use normalizer::providers::Provider;
+use tickflow_providers::coinbase::Coinbase;
 
 fuzz_target!(|data: &[u8]| {
-    normalizer::fuzzing::check_parse(Provider::Coinbase, data);
+    normalizer::fuzzing::check_parse(&Coinbase, data);
 });

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use normalizer::providers::Provider;
+use tickflow_providers::finnhub::Finnhub;
 
 fuzz_target!(|data: &[u8]| {
-    normalizer::fuzzing::check_parse(Provider::Finnhub, data);
+    normalizer::fuzzing::check_parse(&Finnhub, data);
 });

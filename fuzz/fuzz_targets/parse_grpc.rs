@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use normalizer::providers::Provider;
+use tickflow_providers::grpc::Grpc;
 
 fuzz_target!(|data: &[u8]| {
-    normalizer::fuzzing::check_parse(Provider::Grpc, data);
+    normalizer::fuzzing::check_parse(&Grpc, data);
 });

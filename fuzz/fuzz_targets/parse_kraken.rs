@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use normalizer::providers::Provider;
+use tickflow_providers::kraken::Kraken;
 
 fuzz_target!(|data: &[u8]| {
-    normalizer::fuzzing::check_parse(Provider::Kraken, data);
+    normalizer::fuzzing::check_parse(&Kraken, data);
 });

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use normalizer::providers::Provider;
+use tickflow_providers::simulator::Simulator;
 
 fuzz_target!(|data: &[u8]| {
-    normalizer::fuzzing::check_parse(Provider::Simulator, data);
+    normalizer::fuzzing::check_parse(&Simulator, data);
 });

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tickflow_providers::websocket::Defaults;
 use tickflow_shared::config::{KafkaConfig, Problems, RegistryConfig, ServiceConfig, Validate};
 use tickflow_shared::service::ServiceRoot;
 
@@ -160,17 +161,8 @@ pub struct ProviderSettings {
     pub connect_timeout: Duration,
 }
 
-/// What a provider chooses where its table is silent.
-#[derive(Debug, Clone, Copy)]
-pub struct ProviderDefaults {
-    pub url: &'static str,
-    pub max_streams_per_connection: usize,
-    pub max_messages_per_s: f64,
-    pub data_silence_timeout_ms: u64,
-}
-
 impl ProviderConfig {
-    pub fn settings(&self, d: &ProviderDefaults) -> ProviderSettings {
+    pub fn settings(&self, d: &Defaults) -> ProviderSettings {
         let ms = Duration::from_millis;
         ProviderSettings {
             url: self.url.clone().unwrap_or_else(|| d.url.to_string()),
@@ -364,12 +356,13 @@ impl Default for SimulatorConfig {
 impl GatewayConfig {
     /// The provider tables by provider id.
     pub fn providers(&self) -> [(&'static str, &ProviderConfig); 5] {
+        use tickflow_providers::{binance, coinbase, finnhub, grpc, kraken};
         [
-            ("binance", &self.binance),
-            ("coinbase", &self.coinbase),
-            ("kraken", &self.kraken),
-            ("finnhub", &self.finnhub),
-            ("grpc", &self.grpc),
+            (binance::ID.as_str(), &self.binance),
+            (coinbase::ID.as_str(), &self.coinbase),
+            (kraken::ID.as_str(), &self.kraken),
+            (finnhub::ID.as_str(), &self.finnhub),
+            (grpc::ID.as_str(), &self.grpc),
         ]
     }
 
@@ -495,6 +488,24 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
+    }
+
+    /// A provider added to `tickflow_providers::ALL` with a WebSocket feed needs its table here,
+    /// or the gateway could never enable it.
+    #[test]
+    fn every_websocket_provider_has_a_table() {
+        let config = GatewayConfig::default();
+        let tables: Vec<&str> = config.providers().iter().map(|(id, _)| *id).collect();
+        for p in tickflow_providers::ALL {
+            if p.websocket().is_some() {
+                assert!(
+                    tables.contains(&p.id().as_str()),
+                    "provider {} has no [gateway.{}] table in GatewayConfig::providers()",
+                    p.id(),
+                    p.id()
+                );
+            }
+        }
     }
 
     #[test]

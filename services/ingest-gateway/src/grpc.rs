@@ -32,7 +32,9 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use crate::config::{ProviderDefaults, ProviderSettings, TlsConfig};
+use tickflow_providers::websocket::Defaults;
+
+use crate::config::{ProviderSettings, TlsConfig};
 use crate::metrics::*;
 use crate::plan::Desired;
 use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Paced};
@@ -44,7 +46,7 @@ mod codec;
 pub use codec::{classify, ClientEncoder, RawCodec, RawDecoder, Received};
 
 /// Provider id: the `provider` label, the raw topic suffix (`md.raw.grpc`), the config table.
-pub const PROVIDER: &str = "grpc";
+pub const PROVIDER: &str = tickflow_providers::grpc::ID.as_str();
 /// The one connection's name (the `connection` label); sessions are `grpc-c0-<µs>`.
 const CONNECTION: &str = "grpc-c0";
 const METHOD: &str = "/tickflow.feed.v1.MarketFeed/Stream";
@@ -53,7 +55,7 @@ pub const SYMBOLS_PER_MESSAGE: usize = 500;
 
 /// What `[gateway.grpc]` falls back to. The URL is required by validation; one stream carries
 /// every symbol, so there is no per-connection limit.
-pub const DEFAULTS: ProviderDefaults = ProviderDefaults {
+pub const DEFAULTS: Defaults = Defaults {
     url: "http://127.0.0.1:50051",
     max_streams_per_connection: usize::MAX,
     max_messages_per_s: 20.0,

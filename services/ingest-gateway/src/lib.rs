@@ -1,8 +1,10 @@
 //! ingest-gateway: holds the connections to market-data providers and puts every frame on Kafka
 //! untouched, with its receive time, as a RawEnvelope on `md.raw.<provider>`.
 //!
-//! Providers: Binance, Coinbase, Kraken v2 and Finnhub over WebSocket (`protocol`, `ws`,
-//! `provider`), the tickflow.feed.v1 gRPC feed (`grpc`), and the built-in simulator. Subscriptions are split across replicas (`plan`) and
+//! Providers (each in its folder of the `tickflow-providers` crate): Binance, Coinbase, Kraken v2
+//! and Finnhub over WebSocket, read by one connection loop (`ws`, `provider`) that asks the
+//! provider's protocol what to send and what a frame is; the tickflow.feed.v1 gRPC feed (`grpc`);
+//! and the built-in simulator. Subscriptions are split across replicas (`plan`) and
 //! change at runtime through the admin API or a config file edit (`control`). Frames go through
 //! one bounded queue to the idempotent producer (`sink`); frames that cannot be forwarded go to
 //! the dead-letter topic with the reason.
@@ -13,7 +15,6 @@ pub mod control;
 pub mod grpc;
 pub mod metrics;
 pub mod plan;
-pub mod protocol;
 pub mod provider;
 mod session;
 pub mod simulator;
@@ -183,16 +184,18 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
             connections.clone(),
         )));
     }
-    for name in protocol::NAMES {
+    for protocol in tickflow_providers::ALL
+        .iter()
+        .copied()
+        .filter_map(|p| p.websocket())
+    {
+        let name = protocol.provider();
         let Some((_, p)) = g.providers().into_iter().find(|(n, _)| *n == name) else {
             continue;
         };
         if !p.enabled {
             continue;
         }
-        let Some(protocol) = protocol::by_name(name) else {
-            continue;
-        };
         let token = provider_token(name, p);
         if protocol.needs_token() && token.is_none() {
             return Err(tickflow_shared::Error::Config(format!(

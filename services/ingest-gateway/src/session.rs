@@ -191,7 +191,7 @@ pub fn backoff(settings: &ProviderSettings, attempt: u32) -> Duration {
 mod tests {
     use super::*;
     use crate::config::ProviderConfig;
-    use crate::protocol::Protocol as _;
+    use tickflow_providers::WebSocket as _;
 
     #[test]
     fn backoff_grows_to_the_ceiling_with_jitter() {
@@ -200,7 +200,7 @@ mod tests {
             reconnect_max_ms: Some(1_000),
             ..Default::default()
         }
-        .settings(&crate::protocol::binance::Binance.defaults());
+        .settings(&tickflow_providers::binance::Binance.defaults());
         for (attempt, full) in [
             (0, 100),
             (1, 200),

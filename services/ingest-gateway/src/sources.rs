@@ -12,7 +12,7 @@ use crate::metrics::*;
 use crate::simulator::Simulator;
 use crate::sink::{Frame, Output};
 
-pub const SIMULATOR: &str = "simulator";
+pub const SIMULATOR: &str = tickflow_providers::simulator::ID.as_str();
 
 /// Runs the simulator until shutdown. Its sequence numbers start at 0 on each start.
 pub async fn run_simulator(

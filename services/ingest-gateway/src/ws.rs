@@ -34,10 +34,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::config::ProviderSettings;
 use crate::metrics::*;
-use crate::protocol::{Inbound, Protocol};
 use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Paced};
 use crate::sink::{DeadLetter, Frame, Offer, Output};
 use crate::state::{Book, SubState};
+use tickflow_providers::{Inbound, WebSocket};
 
 /// A change to what one connection carries: (provider symbol, canonical instrument) pairs.
 #[derive(Debug)]
@@ -49,7 +49,7 @@ pub enum Command {
 /// Everything a connection needs, shared by the provider's connections.
 #[derive(Clone)]
 pub struct Context {
-    pub protocol: Arc<dyn Protocol>,
+    pub protocol: &'static dyn WebSocket,
     pub settings: ProviderSettings,
     pub token: Option<String>,
     pub output: Output,
@@ -151,7 +151,7 @@ impl Outbox {
         }
     }
 
-    fn requests(&mut self, protocol: &dyn Protocol, symbols: &[String], subscribe: bool) {
+    fn requests(&mut self, protocol: &dyn WebSocket, symbols: &[String], subscribe: bool) {
         for chunk in symbols.chunks(protocol.symbols_per_request().max(1)) {
             let id = self.next_request;
             self.next_request += 1;
@@ -175,7 +175,7 @@ async fn session(
     symbols: &mut BTreeMap<String, String>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> Ended {
-    let protocol = ctx.protocol.as_ref();
+    let protocol = ctx.protocol;
     let provider = protocol.provider();
     let s = &ctx.settings;
     let url = protocol.connect_url(&s.url, ctx.token.as_deref());

@@ -9,8 +9,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use normalizer::dedup::Dedup;
 use normalizer::normalize::{normalize, Limits, Outcome, Rules};
-use normalizer::providers::Provider;
 use rust_decimal::Decimal;
+use tickflow_providers::Provider;
 use tickflow_shared::avro::TradeEncoder;
 use tickflow_shared::domain::RawEnvelope;
 use tickflow_shared::instruments::{parse_toml, InstrumentIndex};
@@ -29,29 +29,29 @@ asset_class = "CRYPTO"
 listings = [{ provider = "grpc", symbol = "SOL/USD" }]
 "#;
 
-fn frame(provider: Provider, i: usize) -> Vec<u8> {
+fn frame(provider: &dyn Provider, i: usize) -> Vec<u8> {
     let price = format!("67{:03}.{:02}", i % 1000, i % 100);
     let t = T0_MS + i as i64;
-    let text = match provider {
-        Provider::Binance => format!(
+    let text = match provider.id().as_str() {
+        "binance" => format!(
             r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":{t},"s":"BTCUSDT","t":{i},"p":"{price}","q":"0.00150000","T":{t},"m":true,"M":true}}}}"#
         ),
-        Provider::Coinbase => format!(
+        "coinbase" => format!(
             r#"{{"type":"match","trade_id":{i},"sequence":{i},"maker_order_id":"ac928c66-ca53-498f-9c13-a110027a60e8","taker_order_id":"132fb6ae-456b-4654-b4e0-d681ac05cea1","time":"2025-11-22T00:00:00.{:06}Z","product_id":"BTC-USD","size":"0.0015","price":"{price}","side":"sell"}}"#,
             i % 1_000_000
         ),
-        Provider::Kraken => format!(
+        "kraken" => format!(
             r#"{{"channel":"trade","type":"update","data":[{{"symbol":"BTC/USD","side":"buy","price":{price},"qty":0.0015,"ord_type":"limit","trade_id":{i},"timestamp":"2025-11-22T00:00:00.{:06}Z"}}]}}"#,
             i % 1_000_000
         ),
-        Provider::Finnhub => format!(
+        "finnhub" => format!(
             r#"{{"data":[{{"p":{price},"s":"BINANCE:BTCUSDT","t":{t},"v":0.0015,"c":null}}],"type":"trade"}}"#
         ),
-        Provider::Simulator => format!(
+        "simulator" => format!(
             r#"{{"type":"trade","venue":"sim-a","symbol":"BTC-USD","trade_id":"sim-a-{i}","price":"{price}","size":"0.0015","side":"buy","ts_us":{},"seq":{i}}}"#,
             t * 1000
         ),
-        Provider::Grpc => {
+        "grpc" => {
             let trade = feed::Trade {
                 symbol: "SOL/USD".into(),
                 exchange: Some("xnas".into()),
@@ -65,6 +65,7 @@ fn frame(provider: Provider, i: usize) -> Vec<u8> {
             let kind = server_message::Kind::Trade(trade);
             return ServerMessage { kind: Some(kind) }.encode_to_vec();
         }
+        other => panic!("no bench frame for provider {other}: add one here"),
     };
     text.into_bytes()
 }
@@ -87,10 +88,10 @@ fn bench(c: &mut Criterion) {
     for (name, encode) in [("parse_validate_encode", true), ("parse_validate", false)] {
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(FRAMES as u64));
-        for provider in Provider::ALL {
+        for &provider in tickflow_providers::ALL {
             let envelopes: Vec<RawEnvelope> = (0..FRAMES)
                 .map(|i| RawEnvelope {
-                    provider: provider.id().into(),
+                    provider: provider.id().as_str().into(),
                     connection_id: "c".into(),
                     sequence: i as i64,
                     received_at: T0_MS * 1000 + 1_000_000,

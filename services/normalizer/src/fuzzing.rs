@@ -4,12 +4,12 @@
 
 use tickflow_shared::domain::parse_decimal;
 
-use crate::providers::{Frame, Provider};
+use tickflow_providers::{Frame, Provider};
 
 /// Parses `data` as `provider`'s frame: it must answer (trades, a named non-trade kind, or an
 /// error with its detail) without panicking, and each trade's price and size text must go
 /// through the decimal parsing the normalizer applies next without panicking either.
-pub fn check_parse(provider: Provider, data: &[u8]) {
+pub fn check_parse(provider: &dyn Provider, data: &[u8]) {
     match provider.parse(data) {
         Ok(Frame::Trades(trades)) => {
             for t in trades {
@@ -31,7 +31,7 @@ mod tests {
     fn committed_fuzz_inputs_pass() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
         let mut checked = 0;
-        for provider in Provider::ALL {
+        for &provider in tickflow_providers::ALL {
             let dir = root.join(format!("parse_{}", provider.id()));
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;

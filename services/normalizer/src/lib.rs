@@ -9,7 +9,6 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
-pub mod providers;
 pub mod reason;
 pub mod reference;
 pub mod warmup;

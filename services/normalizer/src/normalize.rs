@@ -8,8 +8,9 @@ use tickflow_shared::domain::{Micros, RawEnvelope, Trade};
 use tickflow_shared::instruments::InstrumentIndex;
 
 use crate::dedup::{trade_key, Dedup};
-use crate::providers::{provider_decimal, Frame, ParseResult, Provider, ProviderTrade};
 use crate::reason::Reason;
+use tickflow_providers::trades::provider_decimal;
+use tickflow_providers::{Frame, ParseResult, Provider, ProviderTrade};
 
 /// Validation limits (from `[normalizer]`).
 #[derive(Debug, Clone)]
@@ -56,7 +57,7 @@ pub struct Rules<'a> {
 
 /// Turns one parsed frame into outcomes, appended to `out`.
 pub fn normalize(
-    provider: Provider,
+    provider: &dyn Provider,
     envelope: &RawEnvelope,
     parsed: ParseResult<'_>,
     rules: Rules<'_>,
@@ -72,7 +73,7 @@ pub fn normalize(
         Err(e) => {
             out.push(Outcome::Rejected {
                 trade_index: None,
-                reason: e.reason,
+                reason: e.kind.into(),
                 detail: e.detail,
             });
             return;
@@ -104,22 +105,24 @@ pub fn normalize(
 type Refusal = (Reason, String);
 
 fn unify(
-    provider: Provider,
+    provider: &dyn Provider,
     envelope: &RawEnvelope,
     raw: ProviderTrade<'_>,
     rules: Rules<'_>,
 ) -> Result<Trade, Refusal> {
     let Rules { index, limits, now } = rules;
-    let resolved = index.resolve(provider.id(), &raw.symbol).ok_or_else(|| {
-        (
-            Reason::UnknownSymbol,
-            format!(
-                "no instrument lists {} symbol {:?}",
-                provider.id(),
-                raw.symbol
-            ),
-        )
-    })?;
+    let resolved = index
+        .resolve(provider.id().as_str(), &raw.symbol)
+        .ok_or_else(|| {
+            (
+                Reason::UnknownSymbol,
+                format!(
+                    "no instrument lists {} symbol {:?}",
+                    provider.id(),
+                    raw.symbol
+                ),
+            )
+        })?;
     let instrument = &resolved.instrument;
     if !instrument.active {
         return Err((

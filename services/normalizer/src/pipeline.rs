@@ -37,10 +37,10 @@ use crate::config::Config;
 use crate::dedup::DedupSet;
 use crate::metrics::*;
 use crate::normalize::{normalize, Outcome, Rules};
-use crate::providers::{Frame, Provider};
 use crate::reason::Reason;
 use crate::reference::Reference;
 use crate::warmup;
+use tickflow_providers::Frame;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -433,7 +433,7 @@ impl Pipeline {
                 },
             };
             let provider_id = envelope.as_ref().map_or("unknown", |e| e.provider.as_str());
-            let provider = Provider::from_id(provider_id);
+            let provider = tickflow_providers::by_id(provider_id);
             if let Some(env) = &envelope {
                 match provider {
                     None => outcomes.push(Outcome::Rejected {
@@ -444,9 +444,9 @@ impl Pipeline {
                     Some(provider) => {
                         let parsed = provider.parse(&env.payload);
                         if let Ok(Frame::Trades(trades)) = &parsed {
-                            let unknown = trades
-                                .iter()
-                                .any(|t| index.resolve(provider.id(), &t.symbol).is_none());
+                            let unknown = trades.iter().any(|t| {
+                                index.resolve(provider.id().as_str(), &t.symbol).is_none()
+                            });
                             if unknown && self.sync_due(&n) {
                                 index = self.reference.catch_up(Duration::from_secs(3)).await;
                             }
@@ -473,7 +473,7 @@ impl Pipeline {
                     detail: "record without a value".into(),
                 });
             }
-            let provider_label = provider.map_or("unknown", Provider::id);
+            let provider_label = provider.map_or("unknown", |p| p.id().as_str());
             stats.records_in(provider_label);
             for outcome in outcomes.drain(..) {
                 match outcome {

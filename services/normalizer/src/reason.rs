@@ -33,6 +33,17 @@ pub enum Reason {
     Unencodable,
 }
 
+impl From<tickflow_providers::FrameErrorKind> for Reason {
+    fn from(kind: tickflow_providers::FrameErrorKind) -> Self {
+        use tickflow_providers::FrameErrorKind as K;
+        match kind {
+            K::Unparsable => Reason::UnparsablePayload,
+            K::MissingField => Reason::MissingField,
+            K::Unsupported => Reason::UnsupportedMessage,
+        }
+    }
+}
+
 impl Reason {
     pub const ALL: [Reason; 14] = [
         Reason::BadEnvelope,

@@ -17,7 +17,6 @@ use tickflow_shared::Result;
 
 use crate::dedup::Dedup;
 use crate::normalize::{normalize, Limits, Rules};
-use crate::providers::Provider;
 
 /// Extra time read back beyond the horizon: receive times and Kafka timestamps differ by the
 /// gateway's produce delay, and connections interleave slightly out of order.
@@ -92,7 +91,7 @@ pub async fn warm_up(
         warmed.records += 1;
         if let Some(bytes) = message.payload() {
             if let Ok(envelope) = codec.decode_raw(bytes).await {
-                if let Some(provider) = Provider::from_id(&envelope.provider) {
+                if let Some(provider) = tickflow_providers::by_id(&envelope.provider) {
                     scratch.clear();
                     let parsed = provider.parse(&envelope.payload);
                     normalize(

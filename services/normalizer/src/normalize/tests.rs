@@ -1,4 +1,8 @@
 use super::*;
+use tickflow_providers::coinbase::Coinbase;
+use tickflow_providers::finnhub::Finnhub;
+use tickflow_providers::kraken::Kraken;
+use tickflow_providers::simulator::Simulator;
 use tickflow_shared::domain::{AssetClass, Side};
 use tickflow_shared::instruments::parse_toml;
 
@@ -28,8 +32,8 @@ fn envelope(provider: &str, payload: &str) -> RawEnvelope {
     }
 }
 
-fn run(provider: Provider, payload: &str, dedup: &mut Dedup) -> Vec<Outcome> {
-    let env = envelope(provider.id(), payload);
+fn run(provider: &dyn Provider, payload: &str, dedup: &mut Dedup) -> Vec<Outcome> {
+    let env = envelope(provider.id().as_str(), payload);
     let mut out = Vec::new();
     normalize(
         provider,
@@ -57,7 +61,7 @@ const T: &str = "2025-11-22T00:00:00.000001Z";
 #[test]
 fn a_valid_trade_is_unified_exactly() {
     let out = run(
-        Provider::Coinbase,
+        &Coinbase,
         &coinbase("67012.34000000", "0.000012345678", T, 7),
         &mut Dedup::default(),
     );
@@ -104,7 +108,7 @@ fn bad_values_are_refused_with_their_reason() {
     ];
     for (i, (price, size, time, reason)) in cases.iter().enumerate() {
         let out = run(
-            Provider::Coinbase,
+            &Coinbase,
             &coinbase(price, size, time, i as u32),
             &mut Dedup::default(),
         );
@@ -134,7 +138,7 @@ fn symbols_control_frames_and_garbage() {
             Some(Reason::UnsupportedMessage),
         ),
     ] {
-        let out = run(Provider::Coinbase, payload, &mut dedup);
+        let out = run(&Coinbase, payload, &mut dedup);
         match (want, out.as_slice()) {
             (Some(reason), [Outcome::Rejected { reason: got, .. }]) => assert_eq!(*got, reason),
             (None, [Outcome::Skipped("heartbeat")]) => {}
@@ -148,9 +152,9 @@ fn symbols_control_frames_and_garbage() {
     };
     let mut out = Vec::new();
     normalize(
-        Provider::Coinbase,
+        &Coinbase,
         &env,
-        Provider::Coinbase.parse(&env.payload),
+        Coinbase.parse(&env.payload),
         Rules {
             index: &index(),
             limits: &limits(),
@@ -173,16 +177,16 @@ fn duplicates_are_dropped_per_provider_and_identity_derived_for_finnhub() {
     let mut dedup = Dedup::default();
     let frame = coinbase("1", "1", T, 9);
     assert!(matches!(
-        run(Provider::Coinbase, &frame, &mut dedup)[0],
+        run(&Coinbase, &frame, &mut dedup)[0],
         Outcome::Trade(_)
     ));
     assert!(matches!(
-        run(Provider::Coinbase, &frame, &mut dedup)[0],
+        run(&Coinbase, &frame, &mut dedup)[0],
         Outcome::Duplicate { .. }
     ));
     // The same exchange trade from another provider is a source of its own.
     let fh = r#"{"type":"trade","data":[{"p":67000.5,"s":"COINBASE:BTC-USD","t":1763769600000,"v":0.25,"c":null}]}"#;
-    let first = run(Provider::Finnhub, fh, &mut dedup);
+    let first = run(&Finnhub, fh, &mut dedup);
     let [Outcome::Trade(t)] = first.as_slice() else {
         panic!("{first:?}")
     };
@@ -192,13 +196,13 @@ fn duplicates_are_dropped_per_provider_and_identity_derived_for_finnhub() {
     // Finnhub delivering the same trade three times: kept once.
     for _ in 0..2 {
         assert!(matches!(
-            run(Provider::Finnhub, fh, &mut dedup)[0],
+            run(&Finnhub, fh, &mut dedup)[0],
             Outcome::Duplicate { .. }
         ));
     }
     let other = fh.replace("0.25", "0.26");
     assert!(matches!(
-        run(Provider::Finnhub, &other, &mut dedup)[0],
+        run(&Finnhub, &other, &mut dedup)[0],
         Outcome::Trade(_)
     ));
 }
@@ -209,7 +213,7 @@ fn one_bad_trade_in_a_batch_frame_does_not_sink_the_others() {
         {"symbol":"BTC/USD","side":"buy","price":67000.1,"qty":0.1,"ord_type":"limit","trade_id":1,"timestamp":"2025-11-22T00:00:00Z"},
         {"symbol":"BTC/USD","side":"buy","price":-3,"qty":0.1,"ord_type":"limit","trade_id":2,"timestamp":"2025-11-22T00:00:00Z"},
         {"symbol":"BTC/USD","side":"sell","price":67000.2,"qty":0.2,"ord_type":"limit","trade_id":3,"timestamp":"2025-11-22T00:00:00Z"}]}"#;
-    let out = run(Provider::Kraken, frame, &mut Dedup::default());
+    let out = run(&Kraken, frame, &mut Dedup::default());
     assert!(matches!(out[0], Outcome::Trade(_)));
     assert!(matches!(
         out[1],
@@ -229,7 +233,7 @@ fn one_bad_trade_in_a_batch_frame_does_not_sink_the_others() {
 #[test]
 fn simulator_venue_comes_from_the_message() {
     let frame = r#"{"type":"trade","venue":"sim-b","symbol":"BTC-USD","trade_id":"b-1","price":"100.5","size":"2","side":"buy","ts_us":1763769600000000,"seq":1}"#;
-    let out = run(Provider::Simulator, frame, &mut Dedup::default());
+    let out = run(&Simulator, frame, &mut Dedup::default());
     let [Outcome::Trade(t)] = out.as_slice() else {
         panic!("{out:?}")
     };

@@ -1,24 +1,15 @@
-//! One parser per provider: the frame's bytes, exactly as the gateway received them, into the
-//! trades they carry, still in the provider's terms (its symbol, the price as the text it sent).
-//! Mapping to canonical instruments and validation happen after, in `normalize`.
+//! What a provider's parser answers: the frame's bytes, exactly as the gateway received them,
+//! into the trades they carry, still in the provider's terms (its symbol, the price as the text
+//! it sent). Mapping to canonical instruments and validation happen after, in the normalizer.
 //!
 //! A parser answers one of three things: the trades in the frame, a documented non-trade frame
 //! (heartbeat, subscription ack, status, the provider's own error message: skipped and counted),
-//! or why the frame cannot be read (dead-lettered).
-
-pub mod binance;
-pub mod coinbase;
-pub mod finnhub;
-pub mod grpc;
-pub mod kraken;
-pub mod simulator;
+//! or why the frame cannot be read (dead-lettered by the normalizer with that reason).
 
 use std::borrow::Cow;
 
 use rust_decimal::Decimal;
 use tickflow_shared::domain::{parse_decimal, Micros, Side};
-
-use crate::reason::Reason;
 
 /// A trade as a provider wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,31 +39,42 @@ pub enum Frame<'a> {
     NonTrade(&'static str),
 }
 
+/// The kinds of unreadable frame; each is a dead-letter reason of the normalizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameErrorKind {
+    /// Not the provider's format (not its JSON or protobuf, a value of the wrong type).
+    Unparsable,
+    /// A field every trade must have is absent.
+    MissingField,
+    /// A message type the provider documents as neither a trade nor a control message.
+    Unsupported,
+}
+
 /// Why a frame cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameError {
-    pub reason: Reason,
+    pub kind: FrameErrorKind,
     pub detail: String,
 }
 
 impl FrameError {
     pub fn unparsable(e: impl std::fmt::Display) -> Self {
         Self {
-            reason: Reason::UnparsablePayload,
+            kind: FrameErrorKind::Unparsable,
             detail: e.to_string(),
         }
     }
 
     pub fn missing(field: &str) -> Self {
         Self {
-            reason: Reason::MissingField,
+            kind: FrameErrorKind::MissingField,
             detail: format!("field {field:?} is missing"),
         }
     }
 
     pub fn unsupported(kind: &str) -> Self {
         Self {
-            reason: Reason::UnsupportedMessage,
+            kind: FrameErrorKind::Unsupported,
             detail: format!("message type {kind:?} is not a trade and not a known control message"),
         }
     }
@@ -88,62 +90,13 @@ pub mod kind {
     pub const PROVIDER_ERROR: &str = "provider_error";
 }
 
-/// The providers the normalizer understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Provider {
-    Binance,
-    Coinbase,
-    Kraken,
-    Finnhub,
-    Grpc,
-    Simulator,
-}
-
-impl Provider {
-    pub const ALL: [Provider; 6] = [
-        Provider::Binance,
-        Provider::Coinbase,
-        Provider::Kraken,
-        Provider::Finnhub,
-        Provider::Grpc,
-        Provider::Simulator,
-    ];
-
-    pub fn from_id(id: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.id() == id)
-    }
-
-    /// The provider id, as in `md.raw.<id>` and the RawEnvelope's `provider` field.
-    pub const fn id(self) -> &'static str {
-        match self {
-            Provider::Binance => "binance",
-            Provider::Coinbase => "coinbase",
-            Provider::Kraken => "kraken",
-            Provider::Finnhub => "finnhub",
-            Provider::Grpc => "grpc",
-            Provider::Simulator => "simulator",
-        }
-    }
-
-    pub fn parse(self, payload: &[u8]) -> ParseResult<'_> {
-        match self {
-            Provider::Binance => binance::parse(payload),
-            Provider::Coinbase => coinbase::parse(payload),
-            Provider::Kraken => kraken::parse(payload),
-            Provider::Finnhub => finnhub::parse(payload),
-            Provider::Grpc => grpc::parse(payload),
-            Provider::Simulator => simulator::parse(payload),
-        }
-    }
-}
-
 /// RFC 3339 text (`2023-09-25T07:48:36.925533Z`) to µs since the epoch, UTC. Digits below the
 /// microsecond are truncated.
 pub fn rfc3339_micros(text: &str) -> Result<Micros, FrameError> {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_micros())
         .map_err(|e| FrameError {
-            reason: Reason::UnparsablePayload,
+            kind: FrameErrorKind::Unparsable,
             detail: format!("time {text:?}: {e}"),
         })
 }

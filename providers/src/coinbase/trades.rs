@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use tickflow_shared::domain::Side;
 
-use super::{kind, rfc3339_micros, Frame, FrameError, ParseResult, ProviderTrade};
+use crate::trades::{kind, rfc3339_micros, Frame, FrameError, ParseResult, ProviderTrade};
 
 #[derive(Deserialize)]
 struct Message<'a> {
@@ -76,7 +76,7 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reason::Reason;
+    use crate::trades::FrameErrorKind;
 
     const DOC: &str = r#"{"type":"match","trade_id":10,"sequence":50,"maker_order_id":"ac928c66-ca53-498f-9c13-a110027a60e8","taker_order_id":"132fb6ae-456b-4654-b4e0-d681ac05cea1","time":"2014-11-07T08:19:27.028459Z","product_id":"BTC-USD","size":"5.23512","price":"400.23","side":"sell"}"#;
 
@@ -115,22 +115,18 @@ mod tests {
             assert_eq!(parse(frame.as_bytes()).unwrap(), Frame::NonTrade(kind));
         }
         for (frame, reason) in [
-            (r#"{"type":"l2update"}"#, Reason::UnsupportedMessage),
+            (r#"{"type":"l2update"}"#, FrameErrorKind::Unsupported),
             (
                 &DOC.replace(r#""price":"400.23","#, "") as &str,
-                Reason::MissingField,
+                FrameErrorKind::MissingField,
             ),
             (
                 &DOC.replace("2014-11-07T08:19:27.028459Z", "yesterday"),
-                Reason::UnparsablePayload,
+                FrameErrorKind::Unparsable,
             ),
-            ("[1,2]", Reason::UnparsablePayload),
+            ("[1,2]", FrameErrorKind::Unparsable),
         ] {
-            assert_eq!(
-                parse(frame.as_bytes()).unwrap_err().reason,
-                reason,
-                "{frame}"
-            );
+            assert_eq!(parse(frame.as_bytes()).unwrap_err().kind, reason, "{frame}");
         }
     }
 }

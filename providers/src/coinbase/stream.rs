@@ -16,10 +16,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{read, says_rate_limited, Inbound, Protocol};
-use crate::config::ProviderDefaults;
-
-pub struct Coinbase;
+use super::Coinbase;
+use crate::websocket::{read, says_rate_limited, Defaults, Inbound, WebSocket};
 
 #[derive(Deserialize)]
 struct Message<'a> {
@@ -43,13 +41,9 @@ struct Channel<'a> {
     product_ids: Vec<String>,
 }
 
-impl Protocol for Coinbase {
-    fn provider(&self) -> &'static str {
-        "coinbase"
-    }
-
-    fn defaults(&self) -> ProviderDefaults {
-        ProviderDefaults {
+impl WebSocket for Coinbase {
+    fn defaults(&self) -> Defaults {
+        Defaults {
             url: "wss://ws-feed.exchange.coinbase.com",
             max_streams_per_connection: 100,
             max_messages_per_s: 5.0,

@@ -17,10 +17,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{read, says_rate_limited, Inbound, Protocol};
-use crate::config::ProviderDefaults;
-
-pub struct Binance;
+use super::Binance;
+use crate::websocket::{read, says_rate_limited, Defaults, Inbound, WebSocket};
 
 #[derive(Deserialize)]
 struct Message<'a> {
@@ -61,13 +59,9 @@ fn stream_name(symbol: &str) -> String {
     format!("{}@trade", symbol.to_ascii_lowercase())
 }
 
-impl Protocol for Binance {
-    fn provider(&self) -> &'static str {
-        "binance"
-    }
-
-    fn defaults(&self) -> ProviderDefaults {
-        ProviderDefaults {
+impl WebSocket for Binance {
+    fn defaults(&self) -> Defaults {
+        Defaults {
             url: "wss://stream.binance.com:443/stream",
             max_streams_per_connection: 1024,
             // Below the documented 5/s, leaving room for pongs.

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tickflow_shared::domain::Side;
 
-use super::{epoch_to_micros, kind, Frame, FrameError, ParseResult, ProviderTrade};
+use crate::trades::{epoch_to_micros, kind, Frame, FrameError, ParseResult, ProviderTrade};
 
 #[derive(Deserialize)]
 struct Envelope<'a> {
@@ -94,7 +94,7 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reason::Reason;
+    use crate::trades::FrameErrorKind;
 
     /// The documented payload, in a combined-stream wrapper.
     const DOC: &str = r#"{"stream":"bnbbtc@trade","data":{"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}}"#;
@@ -142,26 +142,22 @@ mod tests {
     #[test]
     fn bad_frames_say_why() {
         for (frame, reason) in [
-            ("not json", Reason::UnparsablePayload),
+            ("not json", FrameErrorKind::Unparsable),
             (
                 r#"{"stream":"x","data":{"e":"kline","s":"BTCUSDT"}}"#,
-                Reason::UnsupportedMessage,
+                FrameErrorKind::Unsupported,
             ),
             (
                 r#"{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"q":"1","T":1}}"#,
-                Reason::MissingField,
+                FrameErrorKind::MissingField,
             ),
             (
                 r#"{"stream":"x","data":{"e":"trade","s":"BTCUSDT","t":1,"p":1.5,"q":"1","T":1}}"#,
-                Reason::UnparsablePayload,
+                FrameErrorKind::Unparsable,
             ),
-            (r#"{"hello":1}"#, Reason::MissingField),
+            (r#"{"hello":1}"#, FrameErrorKind::MissingField),
         ] {
-            assert_eq!(
-                parse(frame.as_bytes()).unwrap_err().reason,
-                reason,
-                "{frame}"
-            );
+            assert_eq!(parse(frame.as_bytes()).unwrap_err().kind, reason, "{frame}");
         }
     }
 }

@@ -17,10 +17,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{read, says_rate_limited, Inbound, Protocol};
-use crate::config::ProviderDefaults;
-
-pub struct Kraken;
+use super::Kraken;
+use crate::websocket::{read, says_rate_limited, Defaults, Inbound, WebSocket};
 
 #[derive(Deserialize)]
 struct Message<'a> {
@@ -48,13 +46,9 @@ struct Item<'a> {
     symbol: Option<Cow<'a, str>>,
 }
 
-impl Protocol for Kraken {
-    fn provider(&self) -> &'static str {
-        "kraken"
-    }
-
-    fn defaults(&self) -> ProviderDefaults {
-        ProviderDefaults {
+impl WebSocket for Kraken {
+    fn defaults(&self) -> Defaults {
+        Defaults {
             url: "wss://ws.kraken.com/v2",
             max_streams_per_connection: 200,
             max_messages_per_s: 5.0,

@@ -15,10 +15,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{read, says_rate_limited, Inbound, Protocol};
-use crate::config::ProviderDefaults;
-
-pub struct Finnhub;
+use super::Finnhub;
+use crate::websocket::{read, says_rate_limited, Defaults, Inbound, WebSocket};
 
 #[derive(Deserialize)]
 struct Message<'a> {
@@ -36,13 +34,9 @@ struct Item<'a> {
     s: Option<Cow<'a, str>>,
 }
 
-impl Protocol for Finnhub {
-    fn provider(&self) -> &'static str {
-        "finnhub"
-    }
-
-    fn defaults(&self) -> ProviderDefaults {
-        ProviderDefaults {
+impl WebSocket for Finnhub {
+    fn defaults(&self) -> Defaults {
+        Defaults {
             url: "wss://ws.finnhub.io",
             max_streams_per_connection: 50,
             max_messages_per_s: 5.0,

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use tickflow_shared::domain::Side;
 
-use super::{kind, Frame, FrameError, ParseResult, ProviderTrade};
+use crate::trades::{kind, Frame, FrameError, ParseResult, ProviderTrade};
 
 #[derive(Deserialize)]
 struct Message<'a> {
@@ -61,7 +61,7 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reason::Reason;
+    use crate::trades::FrameErrorKind;
     use tickflow_shared::simfeed::{SimMessage, SimTrade};
 
     #[test]
@@ -90,10 +90,8 @@ mod tests {
         let beat = serde_json::to_vec(&SimMessage::Heartbeat { ts_us: 1 }).unwrap();
         assert_eq!(parse(&beat).unwrap(), Frame::NonTrade(kind::HEARTBEAT));
         assert_eq!(
-            parse(br#"{"type":"trade","symbol":"X"}"#)
-                .unwrap_err()
-                .reason,
-            Reason::MissingField
+            parse(br#"{"type":"trade","symbol":"X"}"#).unwrap_err().kind,
+            FrameErrorKind::MissingField
         );
     }
 }

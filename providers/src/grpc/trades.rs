@@ -19,7 +19,7 @@ use tickflow_shared::domain::Side;
 use tickflow_shared::proto::feed::{server_message, subscription_status, ServerMessage, Trade};
 use tickflow_shared::proto::Message as _;
 
-use super::{kind, Frame, FrameError, ParseResult, ProviderTrade};
+use crate::trades::{kind, Frame, FrameError, ParseResult, ProviderTrade};
 
 pub fn parse(payload: &[u8]) -> ParseResult<'_> {
     use server_message::Kind;
@@ -76,7 +76,7 @@ mod tests {
     use tickflow_shared::proto::feed::{self, subscription_status::State};
 
     use super::*;
-    use crate::reason::Reason;
+    use crate::trades::FrameErrorKind;
 
     fn bytes(kind: server_message::Kind) -> Vec<u8> {
         ServerMessage { kind: Some(kind) }.encode_to_vec()
@@ -186,33 +186,41 @@ mod tests {
         for (payload, reason, detail) in [
             (
                 without(|t| t.symbol.clear()),
-                Reason::MissingField,
+                FrameErrorKind::MissingField,
                 "symbol",
             ),
-            (without(|t| t.price.clear()), Reason::MissingField, "price"),
-            (without(|t| t.size.clear()), Reason::MissingField, "size"),
+            (
+                without(|t| t.price.clear()),
+                FrameErrorKind::MissingField,
+                "price",
+            ),
+            (
+                without(|t| t.size.clear()),
+                FrameErrorKind::MissingField,
+                "size",
+            ),
             (
                 without(|t| t.event_time_us = 0),
-                Reason::MissingField,
+                FrameErrorKind::MissingField,
                 "event_time_us",
             ),
             // Truncated: a length of 5 with one byte behind it.
-            (vec![0x0a, 0x05, 0x01], Reason::UnparsablePayload, "Server"),
+            (vec![0x0a, 0x05, 0x01], FrameErrorKind::Unparsable, "Server"),
             // JSON is not this feed.
             (
                 br#"{"type":"trade"}"#.to_vec(),
-                Reason::UnparsablePayload,
+                FrameErrorKind::Unparsable,
                 "Server",
             ),
             // A kind a newer server knows and this build does not (field 15).
             (
                 vec![0x7a, 0x01, b'x'],
-                Reason::UnsupportedMessage,
+                FrameErrorKind::Unsupported,
                 "unknown",
             ),
         ] {
             let e = parse(&payload).unwrap_err();
-            assert_eq!(e.reason, reason, "{payload:?}: {e:?}");
+            assert_eq!(e.kind, reason, "{payload:?}: {e:?}");
             assert!(e.detail.contains(detail), "{payload:?}: {e:?}");
         }
     }

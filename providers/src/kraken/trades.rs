@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tickflow_shared::domain::Side;
 
-use super::{kind, rfc3339_micros, Frame, FrameError, ParseResult, ProviderTrade};
+use crate::trades::{kind, rfc3339_micros, Frame, FrameError, ParseResult, ProviderTrade};
 
 #[derive(Deserialize)]
 struct Message<'a> {
@@ -121,7 +121,7 @@ fn control<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reason::Reason;
+    use crate::trades::FrameErrorKind;
 
     const DOC: &str = r#"{"channel":"trade","type":"update","data":[{"symbol":"MATIC/USD","side":"buy","price":0.5147,"qty":6423.46326,"ord_type":"limit","trade_id":4665846,"timestamp":"2023-09-25T07:48:36.925533Z"},{"symbol":"MATIC/USD","side":"sell","price":0.51470000,"qty":1.2e-7,"ord_type":"market","trade_id":4665847,"timestamp":"2023-09-25T07:48:36.925533Z"}]}"#;
 
@@ -173,23 +173,19 @@ mod tests {
         for (frame, reason) in [
             (
                 r#"{"channel":"book","type":"update","data":[]}"#,
-                Reason::UnsupportedMessage,
+                FrameErrorKind::Unsupported,
             ),
             (
                 r#"{"channel":"trade","type":"update","data":[{"symbol":"X/Y","side":"buy","qty":1,"trade_id":1,"timestamp":"2023-09-25T07:48:36Z"}]}"#,
-                Reason::MissingField,
+                FrameErrorKind::MissingField,
             ),
             (
                 r#"{"channel":"trade","type":"update","data":[{"symbol":"X/Y","price":NaN}]}"#,
-                Reason::UnparsablePayload,
+                FrameErrorKind::Unparsable,
             ),
-            (r#"{}"#, Reason::MissingField),
+            (r#"{}"#, FrameErrorKind::MissingField),
         ] {
-            assert_eq!(
-                parse(frame.as_bytes()).unwrap_err().reason,
-                reason,
-                "{frame}"
-            );
+            assert_eq!(parse(frame.as_bytes()).unwrap_err().kind, reason, "{frame}");
         }
     }
 }

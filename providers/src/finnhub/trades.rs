@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tickflow_shared::domain::Side;
 
-use super::{epoch_to_micros, kind, Frame, FrameError, ParseResult, ProviderTrade};
+use crate::trades::{epoch_to_micros, kind, Frame, FrameError, ParseResult, ProviderTrade};
 
 #[derive(Deserialize)]
 struct Message<'a> {
@@ -74,7 +74,7 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reason::Reason;
+    use crate::trades::FrameErrorKind;
 
     const DOC: &str = r#"{"data":[{"p":7296.89,"s":"BINANCE:BTCUSDT","t":1575526691134,"v":0.011467,"c":null},{"c":["1","8","24","12"],"p":190.21,"s":"AAPL","t":1575526691135,"v":100}],"type":"trade"}"#;
 
@@ -106,19 +106,15 @@ mod tests {
             Frame::NonTrade(kind::PROVIDER_ERROR)
         );
         for (frame, reason) in [
-            (r#"{"type":"news"}"#, Reason::UnsupportedMessage),
-            (r#"{"type":"trade"}"#, Reason::MissingField),
+            (r#"{"type":"news"}"#, FrameErrorKind::Unsupported),
+            (r#"{"type":"trade"}"#, FrameErrorKind::MissingField),
             (
                 r#"{"type":"trade","data":[{"s":"AAPL","t":1,"v":1}]}"#,
-                Reason::MissingField,
+                FrameErrorKind::MissingField,
             ),
-            ("\u{0}\u{1}", Reason::UnparsablePayload),
+            ("\u{0}\u{1}", FrameErrorKind::Unparsable),
         ] {
-            assert_eq!(
-                parse(frame.as_bytes()).unwrap_err().reason,
-                reason,
-                "{frame}"
-            );
+            assert_eq!(parse(frame.as_bytes()).unwrap_err().kind, reason, "{frame}");
         }
     }
 }

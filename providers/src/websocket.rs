@@ -1,18 +1,23 @@
-//! What each WebSocket provider says and expects: its endpoint, its subscribe and unsubscribe
+//! What a WebSocket provider says and expects: its endpoint, its subscribe and unsubscribe
 //! messages, its limits, and what each frame it sends is (market data, an acknowledgement, a
-//! control frame, an error). The connection loop in `ws` is the same for every provider; adding a
-//! provider means adding a module here and a line in [`by_name`].
+//! control frame, an error). ingest-gateway's connection loop is the same for every provider and
+//! asks the provider's [`WebSocket`] for each of these.
 //!
-//! Classification reads only the few fields it needs; the frame itself goes to Kafka untouched.
+//! Classification reads only the few fields it needs, and leniently: the frame itself goes to
+//! Kafka untouched and the normalizer's parsing ([`crate::Provider::parse`]) is what judges a
+//! trade and names the reason it cannot be read. That is why a provider's `stream.rs` reads its
+//! frames through a view of its own, smaller than the one `trades.rs` reads trades with.
 
-pub mod binance;
-pub mod coinbase;
-pub mod finnhub;
-pub mod kraken;
+use crate::Provider;
 
-use std::sync::Arc;
-
-use crate::config::ProviderDefaults;
+/// What a provider chooses where its gateway table (`[gateway.<id>]`) is silent.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub url: &'static str,
+    pub max_streams_per_connection: usize,
+    pub max_messages_per_s: f64,
+    pub data_silence_timeout_ms: u64,
+}
 
 /// What a frame is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +47,12 @@ pub enum Inbound {
 }
 
 /// One WebSocket provider's protocol.
-pub trait Protocol: Send + Sync + 'static {
-    /// Provider id: the `provider` label, the raw topic suffix, the config table.
-    fn provider(&self) -> &'static str;
-    fn defaults(&self) -> ProviderDefaults;
+pub trait WebSocket: Provider {
+    /// The provider id as text: the `provider` label, the raw topic suffix, the config table.
+    fn provider(&self) -> &'static str {
+        self.id().as_str()
+    }
+    fn defaults(&self) -> Defaults;
     /// The URL actually dialled (Finnhub puts its token in the query string).
     fn connect_url(&self, url: &str, _token: Option<&str>) -> String {
         url.to_string()
@@ -62,19 +69,6 @@ pub trait Protocol: Send + Sync + 'static {
     fn classify(&self, text: &str) -> Inbound;
     /// The `channel` written into the RawEnvelope of a data frame.
     fn data_channel(&self) -> &'static str;
-}
-
-/// Every WebSocket provider.
-pub const NAMES: [&str; 4] = ["binance", "coinbase", "kraken", "finnhub"];
-
-pub fn by_name(name: &str) -> Option<Arc<dyn Protocol>> {
-    Some(match name {
-        "binance" => Arc::new(binance::Binance),
-        "coinbase" => Arc::new(coinbase::Coinbase),
-        "kraken" => Arc::new(kraken::Kraken),
-        "finnhub" => Arc::new(finnhub::Finnhub),
-        _ => return None,
-    })
 }
 
 /// `text` read as `T` (only the fields a classifier needs; the rest is skipped unread), or why

@@ -1,0 +1,28 @@
+//! Kraken WebSocket API v2, the `trade` channel.
+//!
+//! [`stream`]: the WebSocket endpoint, subscriptions and frame classification (ingest-gateway);
+//! [`trades`]: the trades in a frame (normalizer). Each file opens with the provider's
+//! documentation and the payloads it shows; its tests use those payloads.
+
+pub mod stream;
+pub mod trades;
+
+use crate::{ParseResult, Provider, ProviderId, WebSocket};
+
+pub const ID: ProviderId = ProviderId::new("kraken");
+
+pub struct Kraken;
+
+impl Provider for Kraken {
+    fn id(&self) -> ProviderId {
+        ID
+    }
+
+    fn parse<'a>(&self, payload: &'a [u8]) -> ParseResult<'a> {
+        trades::parse(payload)
+    }
+
+    fn websocket(&self) -> Option<&dyn WebSocket> {
+        Some(self)
+    }
+}
