@@ -85,6 +85,13 @@ pub trait Provider: Send + Sync + 'static {
     /// frame; or why the frame cannot be read.
     fn parse<'a>(&self, payload: &'a [u8]) -> ParseResult<'a>;
 
+    /// The trade's number in a sequence the provider documents as consecutive per symbol, so
+    /// that a number skipped is a trade printed and never received (the normalizer reports the
+    /// hole as a gap). `None` for a provider that promises no such numbering.
+    fn trade_number(&self, _trade: &ProviderTrade<'_>) -> Option<u64> {
+        None
+    }
+
     /// The provider's WebSocket protocol, when it is reached over WebSocket through the
     /// gateway's shared connection loop.
     fn websocket(&self) -> Option<&dyn WebSocket> {

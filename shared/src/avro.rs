@@ -58,14 +58,25 @@ pub const ANOMALY: SchemaDef = SchemaDef {
     avsc: include_str!("../schemas/anomaly.avsc"),
 };
 
-/// Every schema, for tools that register or check them all.
 pub const INSTRUMENT: SchemaDef = SchemaDef {
     name: "dev.tickflow.md.Instrument",
     avsc: include_str!("../schemas/instrument.avsc"),
 };
+pub const GAP: SchemaDef = SchemaDef {
+    name: "dev.tickflow.md.Gap",
+    avsc: include_str!("../schemas/gap.avsc"),
+};
 
-pub const ALL_SCHEMAS: [SchemaDef; 6] =
-    [RAW_ENVELOPE, TRADE, CANDLE, FAIR_PRICE, ANOMALY, INSTRUMENT];
+/// Every schema, for tools that register or check them all.
+pub const ALL_SCHEMAS: [SchemaDef; 7] = [
+    RAW_ENVELOPE,
+    TRADE,
+    CANDLE,
+    FAIR_PRICE,
+    ANOMALY,
+    INSTRUMENT,
+    GAP,
+];
 
 impl SchemaDef {
     pub fn parse(&self) -> Result<Schema> {

@@ -7,7 +7,7 @@
 pub mod stream;
 pub mod trades;
 
-use crate::{ParseResult, Provider, ProviderId, WebSocket};
+use crate::{ParseResult, Provider, ProviderId, ProviderTrade, WebSocket};
 
 pub const ID: ProviderId = ProviderId::new("kraken");
 
@@ -20,6 +20,11 @@ impl Provider for Kraken {
 
     fn parse<'a>(&self, payload: &'a [u8]) -> ParseResult<'a> {
         trades::parse(payload)
+    }
+
+    /// `trade_id` is sequential per pair.
+    fn trade_number(&self, trade: &ProviderTrade<'_>) -> Option<u64> {
+        trade.trade_id.as_deref()?.parse().ok()
     }
 
     fn websocket(&self) -> Option<&dyn WebSocket> {

@@ -36,6 +36,8 @@ pub struct NormalizerConfig {
     pub output_topic: String,
     /// Dead letters: the original record, reason in headers.
     pub dlq_topic: String,
+    /// Gaps in providers' trade numbering (Avro `Gap`, key = `<provider>/<symbol>`).
+    pub gaps_topic: String,
     /// Reference data topic (compacted, Avro `Instrument`, key = instrument).
     pub instruments_topic: String,
     /// Reference data file loaded at start (`[[instrument]]` tables); the topic's records are
@@ -85,6 +87,7 @@ impl Default for NormalizerConfig {
             input_topics: format!("^{}.*", names::RAW_PREFIX.replace('.', "\\.")),
             output_topic: names::TRADES.into(),
             dlq_topic: names::DLQ_NORMALIZER.into(),
+            gaps_topic: names::GAPS.into(),
             instruments_topic: names::INSTRUMENTS.into(),
             instruments_file: None,
             group_id: "normalizer".into(),
@@ -126,6 +129,7 @@ impl NormalizerConfig {
             ("normalizer.input_topics", &self.input_topics),
             ("normalizer.output_topic", &self.output_topic),
             ("normalizer.dlq_topic", &self.dlq_topic),
+            ("normalizer.gaps_topic", &self.gaps_topic),
             ("normalizer.instruments_topic", &self.instruments_topic),
             ("normalizer.group_id", &self.group_id),
         ] {

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dedup;
 pub mod fuzzing;
+pub mod gaps;
 pub mod metrics;
 pub mod normalize;
 pub mod pipeline;
@@ -36,6 +37,7 @@ pub fn topics(config: &Config) -> Vec<TopicSpec> {
     vec![
         TopicSpec::new(&n.output_topic, 6).retention(Duration::from_secs(7 * 24 * 3600)),
         TopicSpec::new(&n.dlq_topic, 1).retention(Duration::from_secs(14 * 24 * 3600)),
+        TopicSpec::new(&n.gaps_topic, 1).retention(Duration::from_secs(30 * 24 * 3600)),
         TopicSpec::new(&n.instruments_topic, 1).compacted(),
     ]
 }
@@ -47,9 +49,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         Some(path) => instruments::load_file(path)?,
         None => Vec::new(),
     };
-    let schemas: [(&str, SchemaDef); 2] = [
+    let schemas: [(&str, SchemaDef); 3] = [
         (n.output_topic.as_str(), avro::TRADE),
         (n.instruments_topic.as_str(), avro::INSTRUMENT),
+        (n.gaps_topic.as_str(), avro::GAP),
     ];
     let startup = Startup {
         name: NAME,

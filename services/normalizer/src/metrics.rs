@@ -14,6 +14,11 @@ pub const CONSUMER_LAG: &str = "tickflow_normalizer_consumer_lag_messages";
 pub const INSTRUMENTS: &str = "tickflow_normalizer_instruments";
 pub const DEDUP_HELD: &str = "tickflow_normalizer_dedup_entries";
 pub const REBALANCES: &str = "tickflow_normalizer_rebalances_total";
+pub const GAPS: &str = "tickflow_normalizer_gaps_total";
+pub const GAP_TRADES_MISSING: &str = "tickflow_normalizer_gap_trades_missing_total";
+pub const GAP_TRADES_RECOVERED: &str = "tickflow_normalizer_gap_trades_recovered_total";
+pub const GAPS_OPEN: &str = "tickflow_normalizer_gaps_open";
+pub const GAP_TRADES_OPEN: &str = "tickflow_normalizer_gap_trades_open";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -66,6 +71,28 @@ pub fn describe() {
     );
     describe_gauge!(INSTRUMENTS, "Instruments in the reference data.");
     describe_gauge!(DEDUP_HELD, "Trade identities held by the duplicate filter.");
+    describe_counter!(
+        GAPS,
+        "Gaps in providers' trade numbering, by provider, exchange, instrument and status: \
+         OPEN (found), FILLED (every missing trade arrived), DROPPED (no longer tracked)."
+    );
+    describe_counter!(
+        GAP_TRADES_MISSING,
+        "Trades missing from the gaps found, by provider, exchange and instrument."
+    );
+    describe_counter!(
+        GAP_TRADES_RECOVERED,
+        "Missing trades that arrived after their gap was found, by provider, exchange and \
+         instrument."
+    );
+    describe_gauge!(
+        GAPS_OPEN,
+        "Gaps open on this instance's partitions, by provider."
+    );
+    describe_gauge!(
+        GAP_TRADES_OPEN,
+        "Trades the open gaps still miss on this instance's partitions, by provider."
+    );
     describe_counter!(
         REBALANCES,
         "Consumer group rebalances seen by this instance."

@@ -35,6 +35,7 @@ use tickflow_shared::{Error, Result};
 
 use crate::config::Config;
 use crate::dedup::DedupSet;
+use crate::gaps::{self, GapRecord, GapSet};
 use crate::metrics::*;
 use crate::normalize::{normalize, Outcome, Rules};
 use crate::reason::Reason;
@@ -129,6 +130,7 @@ pub struct Pipeline {
     context_generation: u64,
     producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
     dedup: DedupSet,
+    gaps: GapSet,
     last_sync: Option<Instant>,
 }
 
@@ -160,6 +162,7 @@ impl Pipeline {
             context_generation: 0,
             producer,
             dedup: DedupSet::default(),
+            gaps: GapSet::default(),
             last_sync: None,
         }))
     }
@@ -204,9 +207,16 @@ impl Pipeline {
                     pause = Duration::ZERO;
                     self.dedup.commit(self.config.normalizer.dedup_horizon());
                     metrics::gauge!(DEDUP_HELD).set(self.dedup.held() as f64);
+                    self.gaps.commit();
+                    for (provider, (open, missing)) in self.gaps.open() {
+                        metrics::gauge!(GAPS_OPEN, "provider" => provider).set(open as f64);
+                        metrics::gauge!(GAP_TRADES_OPEN, "provider" => provider)
+                            .set(missing as f64);
+                    }
                 }
                 Err(failure) => {
                     self.dedup.rollback();
+                    self.gaps.rollback();
                     match failure {
                         Failure::Retry(why) => {
                             metrics::counter!(TRANSACTIONS, "outcome" => "aborted").increment(1);
@@ -316,6 +326,8 @@ impl Pipeline {
             .collect();
         self.dedup
             .retain(|t, p| owned.iter().any(|(ot, op)| ot == t && *op == p));
+        self.gaps
+            .retain(|t, p| owned.iter().any(|(ot, op)| ot == t && *op == p));
         if owned.is_empty() {
             return Ok(());
         }
@@ -351,6 +363,8 @@ impl Pipeline {
             self.seek(topic, partition, seek_to).await?;
             if !self.dedup.contains_partition(topic, partition) {
                 let dedup = self.dedup.partition(topic, partition);
+                let gaps = self.gaps.partition(topic, partition);
+                *gaps = Default::default();
                 if let Some(committed) = offset {
                     warmup::warm_up(
                         &self.config.kafka,
@@ -363,6 +377,7 @@ impl Pipeline {
                         &index,
                         &self.codec,
                         dedup,
+                        gaps,
                     )
                     .await?;
                 }
@@ -410,6 +425,7 @@ impl Pipeline {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         let mut index = self.reference.snapshot();
         let mut outcomes = Vec::new();
+        let mut gap_events = Vec::new();
         let n = self.config.normalizer.clone();
         let limits = n.limits();
         for record in batch {
@@ -450,6 +466,9 @@ impl Pipeline {
                             if unknown && self.sync_due(&n) {
                                 index = self.reference.catch_up(Duration::from_secs(3)).await;
                             }
+                            let gaps = self.gaps.partition(&record.topic, record.partition);
+                            gap_events.clear();
+                            gaps::observe_frame(gaps, provider, env, trades, &mut gap_events);
                         }
                         let dedup = self.dedup.partition(&record.topic, record.partition);
                         normalize(
@@ -475,6 +494,31 @@ impl Pipeline {
             }
             let provider_label = provider.map_or("unknown", |p| p.id().as_str());
             stats.records_in(provider_label);
+            for event in gap_events.drain(..) {
+                let source = format!("{}/{}@{}", record.topic, record.partition, record.offset);
+                let Some(gap) = GapRecord::of(&event, &index, source) else {
+                    stats.recovered(&event, &index, &self.labels);
+                    continue;
+                };
+                let bytes = match self.codec.encode(&n.gaps_topic, gap.to_value()).await {
+                    Ok(b) => b,
+                    Err(e) if e.is_retryable() => return Err(Failure::Retry(e.to_string())),
+                    Err(e) => {
+                        // The schema registered at start cannot hold it: a bug, reported loudly
+                        // rather than stopping the trades behind it.
+                        tracing::error!(error = %e, provider = %gap.provider, symbol = %gap.symbol, first = gap.first_missing, last = gap.last_missing, status = %gap.status, "cannot encode a gap record; it is not published");
+                        continue;
+                    }
+                };
+                let key = gap.key();
+                self.send(
+                    BaseRecord::to(&n.gaps_topic)
+                        .key(key.as_bytes())
+                        .payload(&bytes),
+                )
+                .await?;
+                stats.gap(gap, &self.labels);
+            }
             for outcome in outcomes.drain(..) {
                 match outcome {
                     Outcome::Trade(trade) => {
@@ -737,6 +781,8 @@ struct BatchStats {
     duplicates: HashMap<(String, String), u64>,
     skipped: HashMap<(String, &'static str), u64>,
     event_latency: Vec<(String, f64, f64)>,
+    gaps: Vec<(GapRecord, String)>,
+    recovered: HashMap<(String, String, String), u64>,
 }
 
 impl BatchStats {
@@ -782,7 +828,48 @@ impl BatchStats {
             .or_default() += 1;
     }
 
+    fn gap(&mut self, gap: GapRecord, labels: &InstrumentLabels) {
+        let label = labels.label(&gap.instrument);
+        self.gaps.push((gap, label));
+    }
+
+    fn recovered(
+        &mut self,
+        event: &gaps::Event,
+        index: &tickflow_shared::instruments::InstrumentIndex,
+        labels: &InstrumentLabels,
+    ) {
+        let resolved = index.resolve(event.provider, &event.symbol);
+        let exchange = resolved
+            .and_then(|r| r.exchange.clone())
+            .unwrap_or_else(|| event.provider.to_string());
+        let instrument = resolved.map_or(String::new(), |r| labels.label(&r.instrument.instrument));
+        *self
+            .recovered
+            .entry((event.provider.to_string(), exchange, instrument))
+            .or_default() += 1;
+    }
+
     fn emit(self) {
+        for (g, instrument) in self.gaps {
+            metrics::counter!(GAPS, "provider" => g.provider.clone(), "exchange" => g.exchange.clone(), "instrument" => instrument.clone(), "status" => g.status.clone()).increment(1);
+            match g.status.as_str() {
+                "OPEN" => {
+                    metrics::counter!(GAP_TRADES_MISSING, "provider" => g.provider.clone(), "exchange" => g.exchange.clone(), "instrument" => instrument)
+                        .increment(g.still_missing as u64);
+                    tracing::warn!(provider = %g.provider, symbol = %g.symbol, first = g.first_missing, last = g.last_missing, missing = g.still_missing, found = %g.found, source = %g.source, "gap in the provider's trade numbering: trades printed and not received");
+                }
+                "FILLED" => {
+                    tracing::info!(provider = %g.provider, symbol = %g.symbol, first = g.first_missing, last = g.last_missing, "gap filled: every missing trade arrived")
+                }
+                _ => {
+                    tracing::warn!(provider = %g.provider, symbol = %g.symbol, first = g.first_missing, last = g.last_missing, still_missing = g.still_missing, reason = %g.reason, "gap no longer tracked")
+                }
+            }
+        }
+        for ((provider, exchange, instrument), n) in self.recovered {
+            metrics::counter!(GAP_TRADES_RECOVERED, "provider" => provider, "exchange" => exchange, "instrument" => instrument).increment(n);
+        }
         for (provider, n) in self.records {
             metrics::counter!(RECORDS_IN, "provider" => provider).increment(n);
         }

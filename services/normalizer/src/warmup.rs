@@ -1,13 +1,15 @@
-//! Rebuilds a partition's duplicate filter after a restart or a rebalance: the partition is read
-//! back from the records received within the dedup horizon before the committed offset, up to
-//! that offset, and each valid trade's identity is remembered exactly as live processing does.
-//! Nothing is produced. Without this a trade repeated across a crash would pass twice.
+//! Rebuilds a partition's duplicate filter and gap tracker after a restart or a rebalance: the
+//! partition is read back from the records received within the dedup horizon before the
+//! committed offset, up to that offset, and each valid trade's identity is remembered, and each
+//! numbered trade observed, exactly as live processing does. Nothing is produced. Without this a
+//! trade repeated across a crash would pass twice, and a gap found before it would be found again.
 
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use tickflow_providers::Frame;
 use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::config::KafkaConfig;
 use tickflow_shared::domain::{now_micros, Micros};
@@ -16,6 +18,7 @@ use tickflow_shared::kafka;
 use tickflow_shared::Result;
 
 use crate::dedup::Dedup;
+use crate::gaps::{self, Gaps};
 use crate::normalize::{normalize, Limits, Rules};
 
 /// Extra time read back beyond the horizon: receive times and Kafka timestamps differ by the
@@ -42,6 +45,7 @@ pub async fn warm_up(
     index: &InstrumentIndex,
     codec: &AvroCodec,
     dedup: &mut Dedup,
+    gaps: &mut Gaps,
 ) -> Result<Warmed> {
     let mut warmed = Warmed::default();
     if committed <= 0 {
@@ -77,6 +81,7 @@ pub async fn warm_up(
     tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
     consumer.assign(&tpl)?;
     let mut scratch = Vec::new();
+    let mut gap_events = Vec::new();
     loop {
         let message = tokio::time::timeout(READ_TIMEOUT, consumer.recv())
             .await
@@ -94,6 +99,11 @@ pub async fn warm_up(
                 if let Some(provider) = tickflow_providers::by_id(&envelope.provider) {
                     scratch.clear();
                     let parsed = provider.parse(&envelope.payload);
+                    if let Ok(Frame::Trades(trades)) = &parsed {
+                        // Gaps found here were published before: rebuild, do not report.
+                        gap_events.clear();
+                        gaps::observe_frame(gaps, provider, &envelope, trades, &mut gap_events);
+                    }
                     normalize(
                         provider,
                         &envelope,
@@ -114,6 +124,7 @@ pub async fn warm_up(
         }
     }
     dedup.commit(horizon);
+    gaps.commit();
     warmed.remembered = dedup.len();
     tracing::info!(
         topic,

@@ -278,9 +278,11 @@ pub mod names {
     pub const TRADES_LATE: &str = "md.trades.late";
     pub const FAIR_PRICE: &str = "md.fairprice";
     pub const ANOMALIES: &str = "md.anomalies";
+    /// Holes in providers' trade numbering, found by the normalizer.
+    pub const GAPS: &str = "md.gaps";
 
     /// The Avro schema of each fixed topic's values (raw topics use RawEnvelope).
-    pub const SCHEMA_OF_TOPIC: [(&str, SchemaDef); 7] = [
+    pub const SCHEMA_OF_TOPIC: [(&str, SchemaDef); 8] = [
         ("md.raw.simulator", avro::RAW_ENVELOPE),
         (INSTRUMENTS, avro::INSTRUMENT),
         (TRADES, avro::TRADE),
@@ -288,6 +290,7 @@ pub mod names {
         (TRADES_LATE, avro::TRADE),
         (FAIR_PRICE, avro::FAIR_PRICE),
         (ANOMALIES, avro::ANOMALY),
+        (GAPS, avro::GAP),
     ];
 }
 
