@@ -349,6 +349,24 @@ def data_quality():
                      f"FROM market.anomalies WHERE day = {DAY} "
                      "AND detected_at_us >= ${__from}000 AND detected_at_us <= ${__to}000 LIMIT 500")],
                 description="Cassandra anomalies: one partition per UTC day, newest first."), w=24, h=9)
+    b.row("Missing trades: holes in the providers' trade numbering")
+    b.add(timeseries("Gaps found and filled (per 5 minutes)",
+                     [prom(f'sum by (provider, status) (increase(tickflow_normalizer_gaps_total{{{sel}}}[5m]))',
+                           "{{provider}} {{status}}")],
+                     bars=True, min_zero=True,
+                     description="OPEN: a gap found (trades printed and not received); FILLED: all its trades arrived later; "
+                                 "DROPPED: no longer tracked. The records are on md.gaps."), w=8)
+    b.add(timeseries("Trades missing and recovered (per 5 minutes)",
+                     [prom(f'sum by (provider) (increase(tickflow_normalizer_gap_trades_missing_total{{{sel}}}[5m]))',
+                           "missing {{provider}}"),
+                      prom(f'sum by (provider) (increase(tickflow_normalizer_gap_trades_recovered_total{{{sel}}}[5m]))',
+                           "recovered {{provider}}", "B")],
+                     min_zero=True), w=8)
+    b.add(timeseries("Open gaps and the trades they miss",
+                     [prom('sum by (provider) (tickflow_normalizer_gaps_open{provider=~"$provider"})', "gaps {{provider}}"),
+                      prom('sum by (provider) (tickflow_normalizer_gap_trades_open{provider=~"$provider"})',
+                           "trades {{provider}}", "B")],
+                     min_zero=True, thresholds=steps(("green", None), ("red", 1))), w=8)
     b.row("Fair price health")
     b.add(timeseries("Dispersion of the used sources",
                      [prom('max by (instrument) (tickflow_fairprice_dispersion_ratio{instrument=~"$instrument"})', "{{instrument}}")],
