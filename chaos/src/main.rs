@@ -35,12 +35,12 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra::CandleStore;
 use tickflow_shared::domain::{now_micros, Candle, Micros, Trade, MICROS_PER_SECOND as S};
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, batch_rollups};
+use trade_aggregator::store::CandleStore;
 
 use providers::{Dialect, Fault, ProviderServer, Sent};
 

@@ -19,6 +19,7 @@ pub mod query;
 pub mod reference;
 pub mod rollup;
 pub mod sink;
+pub mod store;
 pub mod window;
 
 use std::time::Duration;

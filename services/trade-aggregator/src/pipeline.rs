@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::{CandleStore, TradeStore, TRADES_TTL};
 use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra::{CandleStore, CheckpointStore, TradeStore, TRADES_TTL};
+use tickflow_shared::cassandra::CheckpointStore;
 use tickflow_shared::domain::{now_micros, Micros};
 use tickflow_shared::error::Error;
 use tickflow_shared::kafka;

@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::store::{CandleStore, TradeStore, ONE_MINUTE, PARTITION_BATCH};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tickflow_shared::avro::AvroCodec;
-use tickflow_shared::cassandra::{CandleStore, TradeStore, ONE_MINUTE, PARTITION_BATCH};
 use tickflow_shared::domain::{epoch_day, Candle, Micros, Trade};
 use tickflow_shared::runtime;
 use tickflow_shared::shutdown::Shutdown;

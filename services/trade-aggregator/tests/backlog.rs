@@ -21,13 +21,14 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rust_decimal::Decimal;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra::{self, CandleStore};
+use tickflow_shared::cassandra;
 use tickflow_shared::domain::{now_micros, Candle, RawEnvelope, Side, Trade, MICROS_PER_SECOND};
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_testkit::{self as testkit, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::operator::Timing;
 use trade_aggregator::reference::{batch_candles, batch_rollups, same_values};
+use trade_aggregator::store::CandleStore;
 
 use support::{aggregator_env, days_of, stored_candles, stored_rollups};
 

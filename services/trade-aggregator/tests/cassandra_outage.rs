@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use tickflow_shared::avro::{self, Registry};
-use tickflow_shared::cassandra::{self, CandleStore};
+use tickflow_shared::cassandra;
 use tickflow_shared::domain::Trade;
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_testkit::{self as testkit, sample_trade, ServiceProcess, Stack};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, same_values};
+use trade_aggregator::store::CandleStore;
 
 use tickflow_testkit::aggregator as support;
 

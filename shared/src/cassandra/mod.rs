@@ -1,11 +1,11 @@
 //! The Cassandra session from `[cassandra]` (contact points, preferred data center, auth, TLS),
-//! a liveness check, versioned migrations, the helpers every table's code uses, and the tables
-//! more than one service reads or writes (fair-price's own are in its crate).
+//! a liveness check, versioned migrations, the helpers and column values every table's code
+//! uses, and the checkpoint table of the stream runtime. Each service's own tables are in its
+//! crate (trade-aggregator's `store`, fair-price's `store`).
 
-mod candles;
 mod checkpoints;
 mod migrate;
-mod trades;
+mod values;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +16,9 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::DefaultPolicy;
 use secrecy::ExposeSecret;
 
-pub use candles::{CandleStore, ONE_MINUTE};
 pub use checkpoints::{Checkpoint, CheckpointStore, Claim, Lease, Stored, CHUNK_BYTES};
 pub use migrate::{migrate, migrate_with, Migration, MigrationReport, MIGRATIONS};
-pub use trades::{
-    day_of, from_cql_decimal, to_cql_decimal, TradeStore, PARTITION_BATCH, TRADES_TTL,
-};
+pub use values::{day_of, from_cql_decimal, to_cql_decimal};
 
 use crate::config::{CassandraConfig, ReplicationClass};
 use crate::error::{Error, Result};

@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Stack;
-use tickflow_shared::cassandra::CandleStore;
 use tickflow_shared::domain::{Candle, MICROS_PER_SECOND as S};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::rollup::Interval;
+use trade_aggregator::store::CandleStore;
 
 /// The environment of an aggregator process using the stack, `keyspace`, and `agg`'s topics and
 /// operator id, plus `extra` settings.

@@ -18,13 +18,14 @@ use rdkafka::message::{Headers, Message};
 use rust_decimal::Decimal;
 use scylla::client::session::Session;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::cassandra::{self, CandleStore};
+use tickflow_shared::cassandra;
 use tickflow_shared::config::CassandraConfig;
 use tickflow_shared::domain::{Candle, Side, Trade, MICROS_PER_SECOND as S};
 use tickflow_shared::kafka::{self, TopicSpec};
 use trade_aggregator::config::AggregatorConfig;
 use trade_aggregator::reference::{batch_candles, batch_rollups, same_values};
 use trade_aggregator::sink::STAMP_HEADER;
+use trade_aggregator::store::CandleStore;
 
 use super::{aggregator_env, days_of, stored_candles, stored_rollups};
 

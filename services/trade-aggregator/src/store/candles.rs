@@ -8,10 +8,9 @@ use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlDecimal, CqlTimestamp};
 
-use super::trades::{day_of, from_cql_decimal, to_cql_decimal};
-use super::{err, prepare, select};
-use crate::domain::{Candle, Micros};
-use crate::error::Result;
+use tickflow_shared::cassandra::{day_of, err, from_cql_decimal, prepare, select, to_cql_decimal};
+use tickflow_shared::domain::{Candle, Micros};
+use tickflow_shared::Result;
 
 const COLUMNS: &str = "instrument, venue, day, window_start, window_end, open, high, low, close, \
     count, volume, notional, vwap, avg_price, buy_volume, sell_volume, first_trade_us, \
