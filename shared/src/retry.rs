@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use rand::Rng;
 
 use crate::shutdown::Shutdown;
 
@@ -23,6 +24,18 @@ impl RetryPolicy {
         factor: 2.0,
         ceiling: Duration::from_secs(30),
     };
+
+    /// The delay before retry `attempt` (from 0), for loops that keep their own attempt count
+    /// (and start it over after a healthy spell): `initial × factor^attempt`, at most the
+    /// ceiling, then full jitter, a uniform draw from half of it up to all of it, so clients that
+    /// failed together do not come back together.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let grown =
+            self.initial.as_secs_f64() * f64::from(self.factor).powi(attempt.min(64) as i32);
+        let base = grown.min(self.ceiling.as_secs_f64());
+        let millis = (base * 1_000.0) as u64;
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
+    }
 
     /// An endless iterator of delays (with jitter).
     pub fn delays(&self) -> impl Iterator<Item = Duration> {
@@ -150,6 +163,21 @@ mod tests {
         .await;
         assert_eq!(got, Some(7));
         assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn delay_grows_by_the_factor_to_the_ceiling_with_full_jitter() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(100),
+            factor: 3.0,
+            ceiling: Duration::from_secs(2),
+        };
+        for (attempt, full) in [(0, 100), (1, 300), (2, 900), (3, 2_000), (200, 2_000)] {
+            for _ in 0..50 {
+                let d = policy.delay(attempt).as_millis() as u64;
+                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d} ms");
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,7 +37,9 @@ use tickflow_providers::websocket::Defaults;
 use crate::config::{ProviderSettings, TlsConfig};
 use crate::metrics::*;
 use crate::plan::Desired;
-use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Paced};
+use crate::session::{
+    after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Loss, Paced,
+};
 use crate::sink::{DeadLetter, Frame, Output};
 use crate::state::{Book, SubState};
 
@@ -259,10 +261,10 @@ fn chain(e: &dyn std::error::Error) -> String {
 fn status_lost(status: &Status, rate_limited: bool, healthy: bool, opening: bool) -> Ended {
     let limited = rate_limited || status.code() == Code::ResourceExhausted;
     let reason = match status.code() {
-        _ if limited => "rate_limited",
-        Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented => "refused",
-        _ if opening => "open_failed",
-        _ => "stream_error",
+        _ if limited => Loss::RateLimited,
+        Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented => Loss::Refused,
+        _ if opening => Loss::OpenFailed,
+        _ => Loss::StreamError,
     };
     let detail = format!("{:?}: {}", status.code(), status.message());
     lost(reason, detail, limited, healthy)
@@ -279,12 +281,12 @@ async fn session(
     let limit = ctx.output.max_frame_bytes().saturating_mul(4).max(16 << 20);
     let endpoint = match Endpoint::from_shared(s.url.clone()) {
         Ok(e) => e.connect_timeout(s.connect_timeout).tcp_nodelay(true),
-        Err(e) => return lost("connect_failed", chain(&e), false, false),
+        Err(e) => return lost(Loss::ConnectFailed, chain(&e), false, false),
     };
     let endpoint = match &ctx.tls {
         Some(tls) => match endpoint.tls_config(tls.clone()) {
             Ok(e) => e,
-            Err(e) => return lost("connect_failed", chain(&e), false, false),
+            Err(e) => return lost(Loss::ConnectFailed, chain(&e), false, false),
         },
         None => endpoint,
     };
@@ -301,16 +303,16 @@ async fn session(
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| lost("connect_failed", chain(&e), false, false))?;
+            .map_err(|e| lost(Loss::ConnectFailed, chain(&e), false, false))?;
         let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(limit);
         grpc.ready()
             .await
-            .map_err(|e| lost("connect_failed", chain(&e), false, false))?;
+            .map_err(|e| lost(Loss::ConnectFailed, chain(&e), false, false))?;
         let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
         if let Some(token) = &ctx.token {
             let value = format!("Bearer {token}").parse().map_err(|_| {
                 lost(
-                    "refused",
+                    Loss::Refused,
                     "the token is not a valid header value".into(),
                     false,
                     false,
@@ -325,7 +327,7 @@ async fn session(
     let mut stream = tokio::select! {
         () = ctx.shutdown.triggered() => return Ended::Shutdown,
         result = tokio::time::timeout(s.connect_timeout, opening) => match result {
-            Err(_) => return lost("connect_timeout", format!("no stream within {:?}", s.connect_timeout), false, false),
+            Err(_) => return lost(Loss::ConnectTimeout, format!("no stream within {:?}", s.connect_timeout), false, false),
             Ok(Err(ended)) => return ended,
             Ok(Ok(response)) => response.into_inner(),
         },
@@ -385,7 +387,7 @@ async fn session(
             () = async { sleep_until(send_at.unwrap_or_else(Instant::now)).await }, if send_at.is_some() => {
                 if let Some(message) = outbox.pop_due() {
                     if tx.send(message).is_err() {
-                        return lost("send_failed", "the request stream is closed".into(), rate_limited, healthy);
+                        return lost(Loss::SendFailed, "the request stream is closed".into(), rate_limited, healthy);
                     }
                 }
                 continue;
@@ -396,15 +398,15 @@ async fn session(
                     kind: Some(client_message::Kind::Ping(feed::Ping { id: ping_id })),
                 };
                 if tx.send(message).is_err() {
-                    return lost("send_failed", "the request stream is closed".into(), rate_limited, healthy);
+                    return lost(Loss::SendFailed, "the request stream is closed".into(), rate_limited, healthy);
                 }
                 continue;
             }
             () = sleep_until(silence_at) => {
-                return lost("silent", format!("no message for {:?}", s.silence_timeout), rate_limited, healthy);
+                return lost(Loss::Silent, format!("no message for {:?}", s.silence_timeout), rate_limited, healthy);
             }
             () = async { sleep_until(data_silence_at.unwrap_or_else(Instant::now)).await }, if data_silence_at.is_some() => {
-                return lost("no_data", format!("no trade for {:?} (other messages still arrive)", s.data_silence_timeout.unwrap_or_default()), rate_limited, healthy);
+                return lost(Loss::NoData, format!("no trade for {:?} (other messages still arrive)", s.data_silence_timeout.unwrap_or_default()), rate_limited, healthy);
             }
             received = stream.message() => received,
         };
@@ -413,7 +415,7 @@ async fn session(
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
                 return lost(
-                    "closed",
+                    Loss::Closed,
                     "the server ended the stream (status OK)".into(),
                     rate_limited,
                     healthy,
@@ -441,7 +443,7 @@ async fn session(
                 };
                 ctx.output.send(frame).await;
                 return lost(
-                    "oversized",
+                    Loss::Oversized,
                     status.message().to_string(),
                     rate_limited,
                     healthy,

@@ -5,13 +5,65 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use metrics::Counter;
-use rand::Rng;
 use tickflow_shared::domain::now_micros;
+use tickflow_shared::retry::RetryPolicy;
 use tickflow_shared::telemetry::InstrumentLabels;
 
 use crate::config::ProviderSettings;
 use crate::metrics::{BYTES, FRAMES, MESSAGES, RECONNECTS};
 use crate::state::{Book, SubState};
+
+/// Why a session was lost; its code is the `reason` label of the reconnect counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Loss {
+    /// No connection (or stream) within `connect_timeout_ms`.
+    ConnectTimeout,
+    /// Dialling, TLS or the handshake failed.
+    ConnectFailed,
+    /// The WebSocket handshake was answered with an HTTP error status.
+    HandshakeRefused,
+    /// The gRPC server refused us (unauthenticated, permission denied, unimplemented).
+    Refused,
+    /// The gRPC stream could not be opened.
+    OpenFailed,
+    /// No frame for `silence_timeout_ms`.
+    Silent,
+    /// Frames, but no market data for `data_silence_timeout_ms`.
+    NoData,
+    /// The provider closed the connection or ended the stream.
+    Closed,
+    /// The provider said we send too much (close code 1008, RESOURCE_EXHAUSTED).
+    RateLimited,
+    /// A text frame that is not UTF-8: RFC 6455 fails the connection.
+    InvalidUtf8,
+    /// A frame or message beyond the transport's limit.
+    Oversized,
+    ReadFailed,
+    SendFailed,
+    /// The gRPC stream failed with another status.
+    StreamError,
+}
+
+impl Loss {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Loss::ConnectTimeout => "connect_timeout",
+            Loss::ConnectFailed => "connect_failed",
+            Loss::HandshakeRefused => "handshake_refused",
+            Loss::Refused => "refused",
+            Loss::OpenFailed => "open_failed",
+            Loss::Silent => "silent",
+            Loss::NoData => "no_data",
+            Loss::Closed => "closed",
+            Loss::RateLimited => "rate_limited",
+            Loss::InvalidUtf8 => "invalid_utf8",
+            Loss::Oversized => "oversized",
+            Loss::ReadFailed => "read_failed",
+            Loss::SendFailed => "send_failed",
+            Loss::StreamError => "stream_error",
+        }
+    }
+}
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -20,8 +72,7 @@ pub(crate) enum Ended {
     /// Nothing is wanted from it any more.
     Stopped,
     Lost {
-        /// A bounded code: the `reason` label of the reconnect counter.
-        reason: &'static str,
+        reason: Loss,
         detail: String,
         rate_limited: bool,
         /// Data flowed: the next reconnect starts from the first backoff step again.
@@ -29,12 +80,7 @@ pub(crate) enum Ended {
     },
 }
 
-pub(crate) fn lost(
-    reason: &'static str,
-    detail: String,
-    rate_limited: bool,
-    healthy: bool,
-) -> Ended {
+pub(crate) fn lost(reason: Loss, detail: String, rate_limited: bool, healthy: bool) -> Ended {
     Ended::Lost {
         reason,
         detail,
@@ -105,16 +151,17 @@ pub(crate) fn after_loss<'a>(
     connection: &str,
     symbols: impl IntoIterator<Item = &'a String>,
     attempt: &mut u32,
-    ended: (&'static str, String, bool, bool),
+    ended: (Loss, String, bool, bool),
 ) -> Duration {
-    let (reason, detail, rate_limited, healthy) = ended;
+    let (loss, detail, rate_limited, healthy) = ended;
+    let reason = loss.as_str();
     metrics::counter!(RECONNECTS, "provider" => provider, "reason" => reason).increment(1);
     if healthy {
         *attempt = 0;
     }
     let mut wait = backoff(settings, *attempt);
     *attempt = attempt.saturating_add(1);
-    if reason == "invalid_utf8" && healthy {
+    if loss == Loss::InvalidUtf8 && healthy {
         // The connection failed on one frame, not on the provider: come back at once.
         wait = Duration::ZERO;
     }
@@ -176,15 +223,15 @@ impl<T> Paced<T> {
     }
 }
 
-/// `initial × 2^attempt`, at most the ceiling, then full jitter (a uniform draw from half of it
-/// up to all of it), so connections that fell together do not come back together.
+/// The wait before reconnect attempt `attempt` (from 0): the shared retry policy with the
+/// provider's `reconnect_initial_ms` and `reconnect_max_ms`, doubling, jittered.
 pub fn backoff(settings: &ProviderSettings, attempt: u32) -> Duration {
-    let base = settings
-        .reconnect_initial
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(settings.reconnect_max);
-    let millis = base.as_millis() as u64;
-    Duration::from_millis(rand::rng().random_range(millis / 2..=millis.max(1)))
+    RetryPolicy {
+        initial: settings.reconnect_initial,
+        factor: 2.0,
+        ceiling: settings.reconnect_max,
+    }
+    .delay(attempt)
 }
 
 #[cfg(test)]

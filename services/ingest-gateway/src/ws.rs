@@ -34,7 +34,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::config::ProviderSettings;
 use crate::metrics::*;
-use crate::session::{after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Paced};
+use crate::session::{
+    after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Loss, Paced,
+};
 use crate::sink::{DeadLetter, Frame, Offer, Output};
 use crate::state::{Book, SubState};
 use tickflow_providers::{Inbound, WebSocket};
@@ -189,13 +191,13 @@ async fn session(
     let mut ws = tokio::select! {
         () = ctx.shutdown.triggered() => return Ended::Shutdown,
         result = tokio::time::timeout(s.connect_timeout, connecting) => match result {
-            Err(_) => return lost("connect_timeout", format!("no connection within {:?}", s.connect_timeout), false, false),
+            Err(_) => return lost(Loss::ConnectTimeout, format!("no connection within {:?}", s.connect_timeout), false, false),
             Ok(Err(WsError::Http(response))) => {
                 let status = response.status();
                 let limited = status.as_u16() == 429 || status.as_u16() == 418;
-                return lost("handshake_refused", format!("HTTP {status}"), limited, false);
+                return lost(Loss::HandshakeRefused, format!("HTTP {status}"), limited, false);
             }
-            Ok(Err(e)) => return lost("connect_failed", e.to_string(), false, false),
+            Ok(Err(e)) => return lost(Loss::ConnectFailed, e.to_string(), false, false),
             Ok(Ok((ws, _response))) => ws,
         },
     };
@@ -278,24 +280,24 @@ async fn session(
                         requests.insert(id, list);
                     }
                     if let Err(e) = ws.send(Message::text(text)).await {
-                        return lost("send_failed", e.to_string(), rate_limited, healthy);
+                        return lost(Loss::SendFailed, e.to_string(), rate_limited, healthy);
                     }
                 }
                 continue;
             }
             _ = ping.tick(), if open => {
                 if let Err(e) = ws.send(Message::Ping(Bytes::from_static(b"tickflow"))).await {
-                    return lost("send_failed", e.to_string(), rate_limited, healthy);
+                    return lost(Loss::SendFailed, e.to_string(), rate_limited, healthy);
                 }
                 continue;
             }
             () = sleep_until(silence_at), if open => {
-                let ended = lost("silent", format!("no frame for {:?}", s.silence_timeout), rate_limited, healthy);
+                let ended = lost(Loss::Silent, format!("no frame for {:?}", s.silence_timeout), rate_limited, healthy);
                 close_deadline = begin_close(&mut ws, &mut closing, ended).await;
                 continue;
             }
             () = async { sleep_until(data_silence_at.unwrap_or_else(Instant::now)).await }, if open && data_silence_at.is_some() => {
-                let ended = lost("no_data", format!("no market data for {:?} (frames still arrive)", s.data_silence_timeout.unwrap_or_default()), rate_limited, healthy);
+                let ended = lost(Loss::NoData, format!("no market data for {:?} (frames still arrive)", s.data_silence_timeout.unwrap_or_default()), rate_limited, healthy);
                 close_deadline = begin_close(&mut ws, &mut closing, ended).await;
                 continue;
             }
@@ -313,7 +315,7 @@ async fn session(
         let message = match received {
             None => {
                 return lost(
-                    "closed",
+                    Loss::Closed,
                     "closed without a close frame".into(),
                     rate_limited,
                     healthy,
@@ -329,7 +331,7 @@ async fn session(
                     DeadLetter::new("invalid_utf8", format!("a text frame that is not UTF-8 ({detail}); RFC 6455 makes the connection fail")),
                 );
                 ctx.output.send(frame).await;
-                return lost("invalid_utf8", detail, rate_limited, healthy);
+                return lost(Loss::InvalidUtf8, detail, rate_limited, healthy);
             }
             Some(Err(WsError::Capacity(e))) => {
                 let frame = dead_frame(
@@ -341,9 +343,9 @@ async fn session(
                     DeadLetter::new("oversized", format!("{e}: beyond the WebSocket limit of {limit} bytes, the connection fails")),
                 );
                 ctx.output.send(frame).await;
-                return lost("oversized", e.to_string(), rate_limited, healthy);
+                return lost(Loss::Oversized, e.to_string(), rate_limited, healthy);
             }
-            Some(Err(e)) => return lost("read_failed", e.to_string(), rate_limited, healthy),
+            Some(Err(e)) => return lost(Loss::ReadFailed, e.to_string(), rate_limited, healthy),
             Some(Ok(m)) => m,
         };
         last_frame = Instant::now();
@@ -354,7 +356,7 @@ async fn session(
                 frame_type(provider, "ping");
                 // tungstenite queued the pong; send it now rather than on the next write.
                 if let Err(e) = ws.flush().await {
-                    return lost("send_failed", e.to_string(), rate_limited, healthy);
+                    return lost(Loss::SendFailed, e.to_string(), rate_limited, healthy);
                 }
                 continue;
             }
@@ -369,7 +371,11 @@ async fn session(
                 // 1008 is how Binance says "too many requests".
                 let limited = code == CloseCode::Policy || rate_limited;
                 return lost(
-                    if limited { "rate_limited" } else { "closed" },
+                    if limited {
+                        Loss::RateLimited
+                    } else {
+                        Loss::Closed
+                    },
                     format!("closed by the provider: {} {reason}", u16::from(code)),
                     limited,
                     healthy,
