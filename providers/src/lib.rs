@@ -16,6 +16,7 @@
 //! `WebSocket` impl for a WebSocket feed), and one line in [`ALL`]. `docs/providers.md` walks
 //! through it.
 
+pub mod backfill;
 pub mod trades;
 pub mod websocket;
 
@@ -28,6 +29,7 @@ pub mod simulator;
 
 use std::fmt;
 
+pub use backfill::Backfill;
 pub use trades::{Frame, FrameError, FrameErrorKind, ParseResult, ProviderTrade};
 pub use websocket::{Inbound, WebSocket};
 
@@ -89,6 +91,11 @@ pub trait Provider: Send + Sync + 'static {
     /// that a number skipped is a trade printed and never received (the normalizer reports the
     /// hole as a gap). `None` for a provider that promises no such numbering.
     fn trade_number(&self, _trade: &ProviderTrade<'_>) -> Option<u64> {
+        None
+    }
+
+    /// How to fetch the provider's past trades by trade id, when its REST API serves them.
+    fn backfill(&self) -> Option<&dyn Backfill> {
         None
     }
 

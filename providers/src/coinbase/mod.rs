@@ -30,4 +30,63 @@ impl Provider for Coinbase {
     fn websocket(&self) -> Option<&dyn WebSocket> {
         Some(self)
     }
+
+    fn backfill(&self) -> Option<&dyn crate::Backfill> {
+        Some(self)
+    }
+}
+
+/// Coinbase Exchange's product trades.
+///
+/// <https://docs.cdp.coinbase.com/exchange/reference/exchangerestapi_getproducttrades>
+///
+/// `GET /products/BTC-USD/trades?limit=100&after=75` returns the trades with an id below the
+/// cursor `after`, newest first (`limit` up to 1000; public endpoints allow 10 requests per
+/// second): `[{"time":"2014-11-07T22:19:28.578544Z","trade_id":74,"price":"10.00000000",
+/// "size":"0.01000000","side":"buy"}]`, `side` being the maker's as in the `matches` channel.
+/// A page from `first` asks for the ids below `first + limit`. Each trade becomes a `match`.
+impl crate::backfill::Backfill for Coinbase {
+    fn default_rest_url(&self) -> &'static str {
+        "https://api.exchange.coinbase.com"
+    }
+
+    fn page_url(&self, base: &str, symbol: &str, first: u64, last: u64, limit: u32) -> String {
+        let limit = u64::from(limit.clamp(1, 1000)).min(last.saturating_sub(first) + 1);
+        format!(
+            "{}/products/{symbol}/trades?limit={limit}&after={}",
+            crate::backfill::base(base),
+            first + limit
+        )
+    }
+
+    fn frames(&self, symbol: &str, body: &[u8]) -> Result<Vec<(u64, String)>, String> {
+        #[derive(serde::Deserialize)]
+        struct Item<'a> {
+            trade_id: u64,
+            #[serde(borrow)]
+            time: &'a str,
+            #[serde(borrow)]
+            price: &'a str,
+            #[serde(borrow)]
+            size: &'a str,
+            #[serde(borrow)]
+            side: &'a str,
+        }
+        let items: Vec<Item> = serde_json::from_slice(body)
+            .map_err(|e| format!("not a list of Coinbase trades: {e}"))?;
+        Ok(items
+            .into_iter()
+            .map(|t| {
+                let frame = serde_json::json!({
+                    "type": "match", "trade_id": t.trade_id, "time": t.time, "product_id": symbol,
+                    "size": t.size, "price": t.price, "side": t.side,
+                });
+                (t.trade_id, frame.to_string())
+            })
+            .collect())
+    }
+
+    fn requests_per_s(&self) -> f64 {
+        5.0
+    }
 }
