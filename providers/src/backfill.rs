@@ -10,8 +10,10 @@ pub trait Backfill: Send + Sync {
     /// The REST API's base URL in production (`[gateway.<id>] rest_url` overrides it).
     fn default_rest_url(&self) -> &'static str;
 
-    /// The URL of the page of `symbol`'s trades that starts at trade `first` and holds at most
-    /// `limit` of them (the provider's own maximum may be lower), none past `last`.
+    /// The URL of a page of `symbol`'s trades within `first..=last`, at most `limit` of them (the
+    /// provider's own maximum may be lower): a provider that pages forward gives the oldest from
+    /// `first` on (Binance), one that pages backward the newest up to `last` (Coinbase). The
+    /// gateway's walk takes either.
     fn page_url(&self, base: &str, symbol: &str, first: u64, last: u64, limit: u32) -> String;
 
     /// The trades of a page, each as (trade id, a frame of the provider's live format), in any
@@ -39,7 +41,14 @@ mod tests {
     fn documented_pages_become_live_frames() {
         let binance = br#"[{"id":28457,"price":"4.00000100","qty":"12.00000000","quoteQty":"48.000012","time":1499865549590,"isBuyerMaker":true,"isBestMatch":true}]"#;
         let coinbase = br#"[{"time":"2014-11-07T22:19:28.578544Z","trade_id":74,"price":"10.00000000","size":"0.01000000","side":"buy"}]"#;
-        let cases: [(&dyn Provider, &str, &[u8], (&str, &str, &str, Side, i64)); 2] = [
+        // provider, symbol, page, then the trade: id, price, size, aggressor side, time
+        type Case<'a> = (
+            &'a dyn Provider,
+            &'a str,
+            &'a [u8],
+            (&'a str, &'a str, &'a str, Side, i64),
+        );
+        let cases: [Case; 2] = [
             (
                 &Binance,
                 "BNBBTC",
@@ -103,13 +112,13 @@ mod tests {
                 .page_url("http://127.0.0.1:9/", "BTCUSDT", 100, 105, 1000),
             "http://127.0.0.1:9/api/v3/historicalTrades?symbol=BTCUSDT&fromId=100&limit=6"
         );
-        // Coinbase pages backwards from a cursor: the ids below `after`.
+        // Coinbase pages backwards from a cursor: the ids below `after`, newest first.
         assert_eq!(
             Coinbase
                 .backfill()
                 .unwrap()
                 .page_url("http://127.0.0.1:9", "BTC-USD", 100, 5_000, 100),
-            "http://127.0.0.1:9/products/BTC-USD/trades?limit=100&after=200"
+            "http://127.0.0.1:9/products/BTC-USD/trades?limit=100&after=5001"
         );
     }
 }

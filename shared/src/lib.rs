@@ -9,6 +9,7 @@ pub mod cassandra;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod gap;
 pub mod health;
 pub mod instruments;
 pub mod kafka;

@@ -44,7 +44,8 @@ impl Provider for Coinbase {
 /// cursor `after`, newest first (`limit` up to 1000; public endpoints allow 10 requests per
 /// second): `[{"time":"2014-11-07T22:19:28.578544Z","trade_id":74,"price":"10.00000000",
 /// "size":"0.01000000","side":"buy"}]`, `side` being the maker's as in the `matches` channel.
-/// A page from `first` asks for the ids below `first + limit`. Each trade becomes a `match`.
+/// A page of `first..=last` asks for the ids below `last + 1`: the walk goes down from the newest.
+/// Each trade becomes a `match`.
 impl crate::backfill::Backfill for Coinbase {
     fn default_rest_url(&self) -> &'static str {
         "https://api.exchange.coinbase.com"
@@ -55,7 +56,7 @@ impl crate::backfill::Backfill for Coinbase {
         format!(
             "{}/products/{symbol}/trades?limit={limit}&after={}",
             crate::backfill::base(base),
-            first + limit
+            last + 1
         )
     }
 

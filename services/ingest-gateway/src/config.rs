@@ -64,6 +64,39 @@ pub struct GatewayConfig {
     pub grpc: ProviderConfig,
     /// `[gateway.simulator]`: the built-in simulated provider.
     pub simulator: SimulatorConfig,
+    /// `[gateway.backfill]`: filling gaps from the providers' REST APIs.
+    pub backfill: BackfillConfig,
+}
+
+/// `[gateway.backfill]`: the trades of each gap the normalizer publishes, fetched from the
+/// provider's REST API (Binance, Coinbase) and put on the raw topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackfillConfig {
+    pub enabled: bool,
+    /// Where the normalizer publishes gaps.
+    pub gaps_topic: String,
+    /// Consumer group of the backfill, shared by the replicas (one of them walks a gap).
+    pub group_id: String,
+    /// Trades asked per request (the provider's own maximum applies: Binance and Coinbase 1000).
+    pub page_limit: u32,
+    /// A gap larger than this is not fetched (logged and counted as failed).
+    pub max_trades_per_gap: u64,
+    /// Failed requests in a row before a gap is given up.
+    pub max_attempts: u32,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            gaps_topic: tickflow_shared::kafka::names::GAPS.into(),
+            group_id: "ingest-gateway-backfill".into(),
+            page_limit: 1000,
+            max_trades_per_gap: 1_000_000,
+            max_attempts: 10,
+        }
+    }
 }
 
 /// `[gateway.admin]`
@@ -120,6 +153,9 @@ pub struct ProviderConfig {
     /// Environment variable with the API token (Finnhub), and a file read when it is unset.
     pub token_env: Option<String>,
     pub token_file: Option<PathBuf>,
+    /// Base URL of the provider's REST API, where the backfill fetches past trades (Binance,
+    /// Coinbase). Unset: the provider's production API.
+    pub rest_url: Option<String>,
     /// `[gateway.grpc.tls]`: how the gRPC feed's `https://` server is trusted, and this client's
     /// certificate. WebSocket providers' `wss://` use the system's roots.
     pub tls: TlsConfig,
@@ -187,6 +223,20 @@ impl ProviderConfig {
 
     fn validate(&self, name: &str, problems: &mut Problems) {
         let key = |k: &str| format!("gateway.{name}.{k}");
+        if let Some(url) = &self.rest_url {
+            let backfilled =
+                tickflow_providers::by_id(name).is_some_and(|p| p.backfill().is_some());
+            problems.check(
+                backfilled,
+                &key("rest_url"),
+                "this provider has no backfill: only Binance and Coinbase are fetched from REST",
+            );
+            problems.check(
+                url.starts_with("http://") || url.starts_with("https://"),
+                &key("rest_url"),
+                "must start with http:// or https://",
+            );
+        }
         if let Some(url) = &self.url {
             let ok = if name == "grpc" {
                 url.starts_with("http://") || url.starts_with("https://")
@@ -299,6 +349,7 @@ impl Default for GatewayConfig {
             finnhub: ProviderConfig::default(),
             grpc: ProviderConfig::default(),
             simulator: SimulatorConfig::default(),
+            backfill: BackfillConfig::default(),
         }
     }
 }
@@ -395,6 +446,27 @@ impl GatewayConfig {
         for (name, provider) in self.providers() {
             provider.validate(name, problems);
         }
+        let b = &self.backfill;
+        problems.check(
+            !b.gaps_topic.trim().is_empty(),
+            "gateway.backfill.gaps_topic",
+            "must not be empty",
+        );
+        problems.check(
+            !b.group_id.trim().is_empty(),
+            "gateway.backfill.group_id",
+            "must not be empty",
+        );
+        problems.check(
+            b.page_limit >= 1,
+            "gateway.backfill.page_limit",
+            "must be >= 1",
+        );
+        problems.check(
+            b.max_attempts >= 1,
+            "gateway.backfill.max_attempts",
+            "must be >= 1",
+        );
         if self.grpc.enabled {
             problems.check(
                 self.grpc.url.is_some(),

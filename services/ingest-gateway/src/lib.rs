@@ -10,6 +10,7 @@
 //! the dead-letter topic with the reason.
 #![forbid(unsafe_code)]
 
+pub mod backfill;
 pub mod config;
 pub mod control;
 pub mod grpc;
@@ -232,6 +233,39 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
         tracing::info!(provider = grpc::PROVIDER, url = %ctx.settings.url, "provider enabled");
         let desired = control.register(grpc::PROVIDER);
         sources.push(tokio::spawn(grpc::run(ctx, desired)));
+    }
+    let backfilled: Vec<backfill::Source> = g
+        .providers()
+        .into_iter()
+        .filter(|(_, p)| p.enabled)
+        .filter_map(|(name, p)| {
+            let provider = tickflow_providers::by_id(name)?;
+            let rest = provider.backfill()?;
+            let settings = p.settings(&provider.websocket()?.defaults());
+            Some(backfill::Source {
+                provider,
+                rest_url: p
+                    .rest_url
+                    .clone()
+                    .unwrap_or_else(|| rest.default_rest_url().to_string()),
+                rate_limit_backoff: settings.rate_limit_backoff,
+                retry: tickflow_shared::retry::RetryPolicy {
+                    initial: settings.reconnect_initial,
+                    factor: 2.0,
+                    ceiling: settings.reconnect_max,
+                },
+            })
+        })
+        .collect();
+    if g.backfill.enabled && !backfilled.is_empty() {
+        sources.push(tokio::spawn(backfill::run(backfill::Context {
+            config: g.backfill.clone(),
+            kafka: config.kafka.clone(),
+            codec: codec.clone(),
+            sources: backfilled,
+            output: output.clone(),
+            shutdown: connections.clone(),
+        })));
     }
     if enabled.is_empty() {
         tracing::warn!("no provider is enabled: nothing will be received");

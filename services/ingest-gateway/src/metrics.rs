@@ -13,6 +13,10 @@ pub const DELIVERED: &str = "tickflow_gateway_delivered_total";
 pub const FRAMES: &str = "tickflow_gateway_frames_total";
 pub const CONNECTION_STATE: &str = "tickflow_gateway_connection_state";
 pub const RECONNECTS: &str = "tickflow_gateway_reconnects_total";
+pub const BACKFILL_GAPS: &str = "tickflow_gateway_backfill_gaps_total";
+pub const BACKFILL_REQUESTS: &str = "tickflow_gateway_backfill_requests_total";
+pub const BACKFILL_TRADES: &str = "tickflow_gateway_backfill_trades_total";
+pub const BACKFILL_UNRECOVERABLE: &str = "tickflow_gateway_backfill_unrecoverable_trades_total";
 
 /// The error counters at 0 for each enabled provider, so the first error shows as an increase
 /// (see [`tickflow_shared::telemetry::zero_counter`]). Kafka errors with `MessageTimedOut`,
@@ -35,6 +39,22 @@ pub fn describe() {
     describe_counter!(
         MESSAGES,
         "Market-data messages received, by provider and instrument (the simulator: every frame)."
+    );
+    describe_counter!(
+        BACKFILL_GAPS,
+        "Gaps the backfill walked, by provider and outcome: fetched, partly_unrecoverable, failed."
+    );
+    describe_counter!(
+        BACKFILL_REQUESTS,
+        "REST requests of the backfill, by provider and outcome: ok, rate_limited, error."
+    );
+    describe_counter!(
+        BACKFILL_TRADES,
+        "Missing trades fetched by the backfill and put on the raw topic, by provider."
+    );
+    describe_counter!(
+        BACKFILL_UNRECOVERABLE,
+        "Missing trades the provider no longer serves, by provider."
     );
     describe_counter!(
         FRAMES,

@@ -27,11 +27,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use apache_avro::types::Value;
-use tickflow_shared::avro::Fields;
 use tickflow_shared::domain::Micros;
+pub use tickflow_shared::gap::GapRecord;
 use tickflow_shared::instruments::InstrumentIndex;
-use tickflow_shared::Result;
 
 /// Gaps held open per stream; beyond that the oldest is dropped (reported, no longer tracked).
 pub const MAX_OPEN: usize = 64;
@@ -110,102 +108,39 @@ impl Event {
     }
 }
 
-/// A record of the gaps topic (Avro `Gap`, `shared/schemas/gap.avsc`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GapRecord {
-    pub provider: String,
-    pub exchange: String,
-    pub symbol: String,
-    pub instrument: String,
-    pub first_missing: i64,
-    pub last_missing: i64,
-    /// `OPEN`, `FILLED` or `DROPPED`.
-    pub status: String,
-    pub still_missing: i64,
-    /// `connection` or `reconnect`.
-    pub found: String,
-    pub reason: String,
-    /// `<topic>/<partition>@<offset>` of the raw record that caused it.
-    pub source: String,
-    pub at: Micros,
-}
-
-impl GapRecord {
-    /// The record of a gap event (`None` for a recovered trade, which is only counted), with the
-    /// venue and instrument from the reference data.
-    pub fn of(event: &Event, index: &InstrumentIndex, source: String) -> Option<Self> {
-        let EventKind::Gap {
-            status,
-            found,
-            missing,
-        } = event.kind
-        else {
-            return None;
-        };
-        let resolved = index.resolve(event.provider, &event.symbol);
-        Some(Self {
-            provider: event.provider.to_string(),
-            exchange: resolved
-                .and_then(|r| r.exchange.clone())
-                .unwrap_or_else(|| event.provider.to_string()),
-            symbol: event.symbol.clone(),
-            instrument: resolved
-                .map(|r| r.instrument.instrument.clone())
-                .unwrap_or_default(),
-            first_missing: event.first as i64,
-            last_missing: event.last as i64,
-            status: status.as_str().to_string(),
-            still_missing: missing as i64,
-            found: found.as_str().to_string(),
-            reason: match status {
-                Status::Dropped(why) => why.to_string(),
-                _ => String::new(),
-            },
-            source,
-            at: event.at,
-        })
-    }
-
-    /// The Kafka key: `<provider>/<symbol>`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.provider, self.symbol)
-    }
-
-    pub fn to_value(&self) -> Value {
-        let s = |v: &str| Value::String(v.to_string());
-        Value::Record(vec![
-            ("provider".into(), s(&self.provider)),
-            ("exchange".into(), s(&self.exchange)),
-            ("symbol".into(), s(&self.symbol)),
-            ("instrument".into(), s(&self.instrument)),
-            ("first_missing".into(), Value::Long(self.first_missing)),
-            ("last_missing".into(), Value::Long(self.last_missing)),
-            ("status".into(), s(&self.status)),
-            ("still_missing".into(), Value::Long(self.still_missing)),
-            ("found".into(), s(&self.found)),
-            ("reason".into(), s(&self.reason)),
-            ("source".into(), s(&self.source)),
-            ("at".into(), Value::TimestampMicros(self.at)),
-        ])
-    }
-
-    pub fn from_value(value: Value) -> Result<Self> {
-        let mut f = Fields::of(value, "Gap")?;
-        Ok(Self {
-            provider: f.string("provider")?,
-            exchange: f.string("exchange")?,
-            symbol: f.string("symbol")?,
-            instrument: f.string("instrument")?,
-            first_missing: f.long("first_missing")?,
-            last_missing: f.long("last_missing")?,
-            status: f.string("status")?,
-            still_missing: f.long("still_missing")?,
-            found: f.string("found")?,
-            reason: f.string("reason")?,
-            source: f.string("source")?,
-            at: f.long("at")?,
-        })
-    }
+/// The record of a gap event (`None` for a recovered trade, which is only counted), with the
+/// venue and instrument from the reference data.
+pub fn record(event: &Event, index: &InstrumentIndex, source: String) -> Option<GapRecord> {
+    let EventKind::Gap {
+        status,
+        found,
+        missing,
+    } = event.kind
+    else {
+        return None;
+    };
+    let resolved = index.resolve(event.provider, &event.symbol);
+    Some(GapRecord {
+        provider: event.provider.to_string(),
+        exchange: resolved
+            .and_then(|r| r.exchange.clone())
+            .unwrap_or_else(|| event.provider.to_string()),
+        symbol: event.symbol.clone(),
+        instrument: resolved
+            .map(|r| r.instrument.instrument.clone())
+            .unwrap_or_default(),
+        first_missing: event.first as i64,
+        last_missing: event.last as i64,
+        status: status.as_str().to_string(),
+        still_missing: missing as i64,
+        found: found.as_str().to_string(),
+        reason: match status {
+            Status::Dropped(why) => why.to_string(),
+            _ => String::new(),
+        },
+        source,
+        at: event.at,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -653,7 +588,7 @@ mod tests {
         let mut gaps = Gaps::default();
         gaps.observe("coinbase", "BTC-USD", 7, "c1", 1, &mut out);
         gaps.observe("coinbase", "BTC-USD", 10, "c2", 2, &mut out);
-        let record = GapRecord::of(&out[0], &index, "md.raw.coinbase/0@5".into()).unwrap();
+        let record = record(&out[0], &index, "md.raw.coinbase/0@5".into()).unwrap();
         assert_eq!(
             (
                 record.instrument.as_str(),

@@ -496,7 +496,7 @@ impl Pipeline {
             stats.records_in(provider_label);
             for event in gap_events.drain(..) {
                 let source = format!("{}/{}@{}", record.topic, record.partition, record.offset);
-                let Some(gap) = GapRecord::of(&event, &index, source) else {
+                let Some(gap) = gaps::record(&event, &index, source) else {
                     stats.recovered(&event, &index, &self.labels);
                     continue;
                 };

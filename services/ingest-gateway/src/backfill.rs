@@ -1,0 +1,357 @@
+//! Backfill: the trades of a gap, fetched from the provider's REST API and put on the raw topic
+//! like live frames.
+//!
+//! The normalizer publishes each hole it finds in a provider's trade numbering on the gaps topic
+//! (`md.gaps`, status `OPEN`). The gateway reads that topic in a consumer group of its own (so one
+//! replica works on a gap) and, for a provider whose REST API serves past trades by id
+//! ([`tickflow_providers::Backfill`]: Binance, Coinbase), fetches the missing range page by page,
+//! paced to the provider's documented limit. Each trade becomes a frame of the provider's live
+//! format on `md.raw.<provider>`, channel `backfill`, keyed by the symbol like a live frame; the
+//! normalizer parses it as any other, drops what it already has by trade id, and its gap tracker
+//! sees the missing trades arrive and publishes the gap `FILLED`.
+//!
+//! A `429` or `418` waits the `Retry-After` the provider sent, or `rate_limit_backoff_ms`; other
+//! failures (network, `5xx`) are retried with the provider's reconnect backoff up to
+//! `max_attempts` times. A page that starts past the first id asked for means the provider no
+//! longer serves the older trades: those are counted and logged as unrecoverable, and the gap
+//! stays open in the normalizer. A gap is done (its offset committed) once its range was walked;
+//! a gateway that stops mid-gap starts it over, the duplicates being dropped downstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::Message;
+use tickflow_providers::{Backfill, Provider};
+use tickflow_shared::avro::AvroCodec;
+use tickflow_shared::config::KafkaConfig;
+use tickflow_shared::domain::now_micros;
+use tickflow_shared::gap::GapRecord;
+use tickflow_shared::kafka;
+use tickflow_shared::retry::RetryPolicy;
+use tickflow_shared::shutdown::Shutdown;
+use tokio::time::Instant;
+
+use crate::config::BackfillConfig;
+use crate::metrics::{BACKFILL_GAPS, BACKFILL_REQUESTS, BACKFILL_TRADES, BACKFILL_UNRECOVERABLE};
+use crate::sink::{Frame, Output};
+
+/// The channel of a backfilled frame's RawEnvelope.
+pub const CHANNEL: &str = "backfill";
+
+/// A provider the gateway backfills, with its REST base URL and settings.
+#[derive(Clone)]
+pub struct Source {
+    pub provider: &'static dyn Provider,
+    pub rest_url: String,
+    pub rate_limit_backoff: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Source {
+    fn backfill(&self) -> &dyn Backfill {
+        self.provider
+            .backfill()
+            .expect("only providers with a backfill are sources")
+    }
+}
+
+pub struct Context {
+    pub config: BackfillConfig,
+    pub kafka: KafkaConfig,
+    pub codec: Arc<AvroCodec>,
+    pub sources: Vec<Source>,
+    pub output: Output,
+    pub shutdown: Shutdown,
+}
+
+/// How one gap's walk ended.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// Trades fetched and handed to the raw topic.
+    pub sent: u64,
+    /// Trades the provider no longer serves.
+    pub unrecoverable: u64,
+    /// The walk stopped before the end of the range (errors, shutdown): why.
+    pub stopped: Option<String>,
+}
+
+/// Reads the gaps topic until shutdown, filling each open gap of a backfilled provider.
+pub async fn run(ctx: Context) {
+    let consumer = match kafka::stream_consumer(
+        &ctx.kafka,
+        "gateway-backfill",
+        &ctx.config.group_id,
+    )
+    .and_then(|c| {
+        c.subscribe(&[ctx.config.gaps_topic.as_str()])?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, topic = %ctx.config.gaps_topic, "backfill cannot read the gaps topic; gaps will not be filled (retried at the next start)");
+            return;
+        }
+    };
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .user_agent("tickflow-ingest-gateway")
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "backfill cannot build its HTTP client; gaps will not be filled");
+            return;
+        }
+    };
+    let mut pacers: Vec<Instant> = vec![Instant::now(); ctx.sources.len()];
+    tracing::info!(topic = %ctx.config.gaps_topic, providers = ?ctx.sources.iter().map(|s| s.provider.id().as_str()).collect::<Vec<_>>(), "backfill reads the gaps topic");
+    loop {
+        let message = tokio::select! {
+            () = ctx.shutdown.triggered() => return,
+            m = consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "backfill: reading the gaps topic failed; reading goes on");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let gap = match message.payload() {
+            None => None,
+            Some(bytes) => match ctx.codec.decode(bytes).await {
+                Ok(value) => match GapRecord::from_value(value) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        tracing::warn!(error = %e, offset = message.offset(), "backfill: a gaps record that is not a Gap; skipped");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, offset = message.offset(), "backfill: a gaps record that cannot be decoded; skipped");
+                    None
+                }
+            },
+        };
+        if let Some(gap) = gap.filter(|g| g.status == GapRecord::OPEN) {
+            if let Some(i) = ctx
+                .sources
+                .iter()
+                .position(|s| s.provider.id().as_str() == gap.provider)
+            {
+                let walk = walk(&ctx, &http, &ctx.sources[i], &mut pacers[i], &gap).await;
+                report(&ctx.sources[i], &gap, &walk);
+                if walk.stopped.is_some() && ctx.shutdown.is_triggered() {
+                    // Not committed: the next start walks this gap again.
+                    return;
+                }
+            }
+        }
+        if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
+            tracing::warn!(error = %e, "backfill: committing the gaps topic's offset failed; a gap may be walked again after a restart");
+        }
+    }
+}
+
+fn report(source: &Source, gap: &GapRecord, walk: &Walk) {
+    let provider = source.provider.id().as_str();
+    let outcome = match (&walk.stopped, walk.unrecoverable) {
+        (Some(_), _) => "failed",
+        (None, 0) => "fetched",
+        (None, _) => "partly_unrecoverable",
+    };
+    metrics::counter!(BACKFILL_GAPS, "provider" => provider, "outcome" => outcome).increment(1);
+    let missing = gap.last_missing - gap.first_missing + 1;
+    match &walk.stopped {
+        None => tracing::info!(
+            provider,
+            symbol = %gap.symbol,
+            first = gap.first_missing,
+            last = gap.last_missing,
+            missing,
+            fetched = walk.sent,
+            unrecoverable = walk.unrecoverable,
+            "backfill: gap walked; its trades are on the raw topic"
+        ),
+        Some(why) => tracing::error!(
+            provider,
+            symbol = %gap.symbol,
+            first = gap.first_missing,
+            last = gap.last_missing,
+            fetched = walk.sent,
+            reason = %why,
+            "backfill: gap not filled; it stays open"
+        ),
+    }
+}
+
+/// Fetches `gap`'s range page by page and hands the trades to the raw topic.
+pub async fn walk(
+    ctx: &Context,
+    http: &reqwest::Client,
+    source: &Source,
+    next_at: &mut Instant,
+    gap: &GapRecord,
+) -> Walk {
+    let provider = source.provider.id().as_str();
+    let backfill = source.backfill();
+    let interval = Duration::from_secs_f64(1.0 / backfill.requests_per_s().max(0.01));
+    let mut result = Walk::default();
+    let (Ok(mut lo), Ok(mut hi)) = (
+        u64::try_from(gap.first_missing),
+        u64::try_from(gap.last_missing),
+    ) else {
+        result.stopped = Some("a negative trade id".into());
+        return result;
+    };
+    if hi < lo || hi - lo + 1 > ctx.config.max_trades_per_gap {
+        result.stopped = Some(format!(
+            "{} trades, more than backfill.max_trades_per_gap ({})",
+            hi.saturating_sub(lo) + 1,
+            ctx.config.max_trades_per_gap
+        ));
+        return result;
+    }
+    let connection: Arc<str> = format!("{CHANNEL}-{provider}-{}", now_micros()).into();
+    let channel: Arc<str> = CHANNEL.into();
+    let mut sequence = 0_i64;
+    let mut failures = 0_u32;
+    // What is still to fetch is `lo..=hi`; a page comes from its start (forward paging) or its
+    // end (backward paging).
+    while lo <= hi {
+        tokio::select! {
+            () = ctx.shutdown.triggered() => {
+                result.stopped = Some("shutdown".into());
+                return result;
+            }
+            () = tokio::time::sleep_until(*next_at) => {}
+        }
+        *next_at = Instant::now() + interval;
+        let url = backfill.page_url(&source.rest_url, &gap.symbol, lo, hi, ctx.config.page_limit);
+        let page = fetch(http, &url).await;
+        let body = match page {
+            Ok(body) => {
+                metrics::counter!(BACKFILL_REQUESTS, "provider" => provider, "outcome" => "ok")
+                    .increment(1);
+                failures = 0;
+                body
+            }
+            Err(Failure::RateLimited(wait)) => {
+                metrics::counter!(BACKFILL_REQUESTS, "provider" => provider, "outcome" => "rate_limited").increment(1);
+                let wait = wait.unwrap_or(source.rate_limit_backoff);
+                tracing::warn!(provider, url = %url, wait_ms = wait.as_millis() as u64, "backfill: the provider says too many requests; waiting");
+                *next_at = Instant::now() + wait;
+                continue;
+            }
+            Err(Failure::Other(why)) => {
+                metrics::counter!(BACKFILL_REQUESTS, "provider" => provider, "outcome" => "error")
+                    .increment(1);
+                failures += 1;
+                if failures >= ctx.config.max_attempts {
+                    result.stopped = Some(format!("{failures} failed requests, the last: {why}"));
+                    return result;
+                }
+                let wait = source.retry.delay(failures - 1);
+                tracing::warn!(provider, url = %url, error = %why, attempt = failures, retry_in_ms = wait.as_millis() as u64, "backfill: request failed; retrying");
+                *next_at = Instant::now() + wait;
+                continue;
+            }
+        };
+        let mut frames = match backfill.frames(&gap.symbol, &body) {
+            Ok(f) => f,
+            Err(why) => {
+                result.stopped = Some(format!("the page of {url} cannot be read: {why}"));
+                return result;
+            }
+        };
+        frames.retain(|(id, _)| (lo..=hi).contains(id));
+        frames.sort_unstable_by_key(|(id, _)| *id);
+        frames.dedup_by_key(|(id, _)| *id);
+        let (Some(&(lowest, _)), Some(&(highest, _))) = (frames.first(), frames.last()) else {
+            // Nothing of the range: the provider no longer has it.
+            unrecoverable(&mut result, provider, &gap.symbol, lo, hi);
+            return result;
+        };
+        let before = result.sent;
+        for (_, text) in frames {
+            let frame = Frame {
+                provider,
+                connection_id: connection.clone(),
+                sequence,
+                received_at: now_micros(),
+                channel: channel.clone(),
+                key: Some(gap.symbol.clone()),
+                payload: Bytes::from(text),
+                dead_letter: None,
+            };
+            sequence += 1;
+            if !ctx.output.send(frame).await {
+                result.stopped = Some("shutdown".into());
+                return result;
+            }
+            result.sent += 1;
+        }
+        metrics::counter!(BACKFILL_TRADES, "provider" => provider).increment(result.sent - before);
+        if highest == hi && lowest > lo {
+            // Backward paging: the next page ends below this one.
+            hi = lowest - 1;
+        } else {
+            if lowest > lo {
+                // Forward paging that starts past `lo`: the older trades are gone.
+                unrecoverable(&mut result, provider, &gap.symbol, lo, lowest - 1);
+            }
+            lo = highest + 1;
+        }
+    }
+    result
+}
+
+fn unrecoverable(result: &mut Walk, provider: &'static str, symbol: &str, first: u64, last: u64) {
+    let gone = last - first + 1;
+    result.unrecoverable += gone;
+    metrics::counter!(BACKFILL_UNRECOVERABLE, "provider" => provider).increment(gone);
+    tracing::warn!(
+        provider,
+        symbol,
+        first,
+        last,
+        "backfill: the provider no longer serves these trades"
+    );
+}
+
+enum Failure {
+    /// `429` or `418`, with the `Retry-After` the provider sent.
+    RateLimited(Option<Duration>),
+    Other(String),
+}
+
+async fn fetch(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, Failure> {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    let status = response.status();
+    if status.as_u16() == 429 || status.as_u16() == 418 {
+        let wait = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return Err(Failure::RateLimited(wait));
+    }
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        let text: String = text.chars().take(200).collect();
+        return Err(Failure::Other(format!("HTTP {status}: {text}")));
+    }
+    response
+        .bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| Failure::Other(e.to_string()))
+}
