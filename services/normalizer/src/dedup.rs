@@ -1,5 +1,6 @@
-//! The duplicate filter: a trade whose (provider, exchange, trade id) was kept within the
-//! horizon is dropped.
+//! The duplicate filter: a trade whose (provider, exchange, provider symbol, trade id) was kept
+//! within the horizon is dropped. The symbol is part of the identity because providers number
+//! trades per symbol: Binance's BTCUSDT and ETHUSDT both have a trade 12345.
 //!
 //! State is per input partition (a trade and its repeats share a partition: the raw topics are
 //! keyed by provider symbol). Identities are 128-bit hashes, so memory is ~50 bytes per trade
@@ -16,12 +17,13 @@ use tickflow_shared::domain::Micros;
 /// A trade's identity.
 pub type TradeKey = u128;
 
-pub fn trade_key(provider: &str, exchange: &str, trade_id: &str) -> TradeKey {
+pub fn trade_key(provider: &str, exchange: &str, symbol: &str, trade_id: &str) -> TradeKey {
     let half = |salt: u8| {
         let mut h = std::hash::DefaultHasher::new();
         salt.hash(&mut h);
         provider.hash(&mut h);
         exchange.hash(&mut h);
+        symbol.hash(&mut h);
         trade_id.hash(&mut h);
         h.finish()
     };
@@ -128,12 +130,17 @@ mod tests {
     #[test]
     fn duplicates_within_horizon_are_caught_and_old_ones_evicted_at_commit() {
         let mut d = Dedup::default();
-        let a = trade_key("coinbase", "coinbase", "1");
-        let b = trade_key("coinbase", "coinbase", "2");
+        let a = trade_key("coinbase", "coinbase", "BTC-USD", "1");
+        let b = trade_key("coinbase", "coinbase", "BTC-USD", "2");
         assert_ne!(
             a,
-            trade_key("kraken", "coinbase", "1"),
+            trade_key("kraken", "coinbase", "BTC-USD", "1"),
             "provider is part of the key"
+        );
+        assert_ne!(
+            a,
+            trade_key("coinbase", "coinbase", "ETH-USD", "1"),
+            "the symbol is part of the key: ids are numbered per symbol"
         );
         assert!(d.insert(a, 1_000));
         assert!(!d.insert(a, 2_000));
@@ -148,7 +155,7 @@ mod tests {
     fn rollback_forgets_exactly_the_batch() {
         let mut d = Dedup::default();
         let keys: Vec<_> = (0..5)
-            .map(|i| trade_key("p", "e", &i.to_string()))
+            .map(|i| trade_key("p", "e", "s", &i.to_string()))
             .collect();
         d.insert(keys[0], 10);
         d.insert(keys[1], 20);

@@ -83,7 +83,12 @@ pub fn normalize(
     for (i, raw) in trades.into_iter().enumerate() {
         let outcome = match unify(provider, envelope, raw, rules) {
             Ok(trade) => {
-                let key = trade_key(&trade.provider, &trade.exchange, &trade.trade_id);
+                let key = trade_key(
+                    &trade.provider,
+                    &trade.exchange,
+                    &trade.provider_symbol,
+                    &trade.trade_id,
+                );
                 if dedup.insert(key, envelope.received_at) {
                     Outcome::Trade(trade)
                 } else {

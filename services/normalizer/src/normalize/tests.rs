@@ -239,3 +239,27 @@ fn simulator_venue_comes_from_the_message() {
     };
     assert_eq!(t.exchange, "sim-b");
 }
+
+/// Providers number trades per symbol: the same id on two pairs is two trades, and the same id
+/// on one pair again is a duplicate.
+#[test]
+fn the_same_trade_id_on_two_symbols_is_two_trades() {
+    let frame = |symbol: &str| {
+        format!(
+            r#"{{"channel":"trade","type":"update","data":[{{"symbol":"{symbol}","side":"buy","price":1.5,"qty":2,"ord_type":"limit","trade_id":77,"timestamp":"2025-11-22T00:00:00Z"}}]}}"#
+        )
+    };
+    let mut dedup = Dedup::default();
+    assert!(matches!(
+        run(&Kraken, &frame("BTC/USD"), &mut dedup)[0],
+        Outcome::Trade(_)
+    ));
+    assert!(matches!(
+        run(&Kraken, &frame("ETH/USD"), &mut dedup)[0],
+        Outcome::Trade(_)
+    ));
+    assert!(matches!(
+        run(&Kraken, &frame("ETH/USD"), &mut dedup)[0],
+        Outcome::Duplicate { .. }
+    ));
+}
