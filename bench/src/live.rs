@@ -248,6 +248,10 @@ pub async fn run(
                 testkit::unique_topic("bench-live-dlq-normalizer"),
             ),
             (
+                "TICKFLOW_NORMALIZER__GAPS_TOPIC",
+                testkit::unique_topic("bench-live-gaps"),
+            ),
+            (
                 "TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC",
                 testkit::unique_topic("bench-live-instruments"),
             ),

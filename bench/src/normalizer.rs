@@ -222,6 +222,7 @@ pub async fn normalizer(
         ("TICKFLOW_NORMALIZER__INPUT_TOPICS", raw.to_string()),
         ("TICKFLOW_NORMALIZER__OUTPUT_TOPIC", out.clone()),
         ("TICKFLOW_NORMALIZER__DLQ_TOPIC", format!("{out}.dlq")),
+        ("TICKFLOW_NORMALIZER__GAPS_TOPIC", format!("{out}.gaps")),
         (
             "TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC",
             format!("{out}.instruments"),

@@ -634,6 +634,9 @@ async fn run(args: Args) -> Result<bool, String> {
         ("TICKFLOW_GATEWAY__RAW_TOPIC_PREFIX", raw_prefix.clone()),
         ("TICKFLOW_GATEWAY__DLQ_TOPIC", gateway_dlq.clone()),
         ("TICKFLOW_GATEWAY__SIMULATOR__ENABLED", "false".into()),
+        // The chaos providers number trades per connection, not per symbol, and nothing serves
+        // their REST API: gaps are found, not filled (the gateway's tests cover the backfill).
+        ("TICKFLOW_GATEWAY__BACKFILL__ENABLED", "false".into()),
         (
             "TICKFLOW_GATEWAY__INSTRUMENTS_FILE",
             instruments_path.clone(),
@@ -672,6 +675,10 @@ async fn run(args: Args) -> Result<bool, String> {
             ),
             ("TICKFLOW_NORMALIZER__OUTPUT_TOPIC", topics.input.clone()),
             ("TICKFLOW_NORMALIZER__DLQ_TOPIC", normalizer_dlq.clone()),
+            (
+                "TICKFLOW_NORMALIZER__GAPS_TOPIC",
+                testkit::unique_topic("chaos-gaps"),
+            ),
             (
                 "TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC",
                 testkit::unique_topic("chaos-instruments"),

@@ -106,6 +106,9 @@ pub async fn run(ctx: Context) {
         }
     };
     let mut pacers: Vec<Instant> = vec![Instant::now(); ctx.sources.len()];
+    // Read errors (the gaps topic not created yet by a normalizer, a broker away) are said once
+    // a minute, not once a second.
+    let mut warned: Option<Instant> = None;
     tracing::info!(topic = %ctx.config.gaps_topic, providers = ?ctx.sources.iter().map(|s| s.provider.id().as_str()).collect::<Vec<_>>(), "backfill reads the gaps topic");
     loop {
         let message = tokio::select! {
@@ -115,7 +118,10 @@ pub async fn run(ctx: Context) {
         let message = match message {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "backfill: reading the gaps topic failed; reading goes on");
+                if warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
+                    warned = Some(Instant::now());
+                    tracing::warn!(error = %e, topic = %ctx.config.gaps_topic, "backfill: reading the gaps topic failed; reading goes on (said once a minute)");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -231,7 +237,13 @@ pub async fn walk(
         }
         *next_at = Instant::now() + interval;
         let url = backfill.page_url(&source.rest_url, &gap.symbol, lo, hi, ctx.config.page_limit);
-        let page = fetch(http, &url).await;
+        let page = tokio::select! {
+            () = ctx.shutdown.triggered() => {
+                result.stopped = Some("shutdown".into());
+                return result;
+            }
+            page = fetch(http, &url) => page,
+        };
         let body = match page {
             Ok(body) => {
                 metrics::counter!(BACKFILL_REQUESTS, "provider" => provider, "outcome" => "ok")

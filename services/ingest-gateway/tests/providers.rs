@@ -307,6 +307,9 @@ async fn four_providers_with_faults_runtime_changes_and_reload() {
             "TICKFLOW_GATEWAY__SIMULATOR__ENABLED".into(),
             "false".into(),
         ),
+        // These servers number trades per connection, not per symbol: no gaps to fill here
+        // (tests/backfill.rs and tests/no_trade_lost.rs test the backfill).
+        ("TICKFLOW_GATEWAY__BACKFILL__ENABLED".into(), "false".into()),
         (
             "TICKFLOW_GATEWAY__INSTRUMENTS_FILE".into(),
             instruments_path.display().to_string(),
@@ -551,6 +554,7 @@ async fn two_replicas_split_the_instruments_with_no_overlap_and_no_gap() {
                 "TICKFLOW_GATEWAY__SIMULATOR__ENABLED".into(),
                 "false".into(),
             ),
+            ("TICKFLOW_GATEWAY__BACKFILL__ENABLED".into(), "false".into()),
             (
                 "TICKFLOW_GATEWAY__INSTRUMENTS_FILE".into(),
                 path.display().to_string(),

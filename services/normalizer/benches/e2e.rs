@@ -107,6 +107,7 @@ async fn main() {
         ("TICKFLOW_NORMALIZER__INPUT_TOPICS", raw.clone()),
         ("TICKFLOW_NORMALIZER__OUTPUT_TOPIC", out.clone()),
         ("TICKFLOW_NORMALIZER__DLQ_TOPIC", format!("{out}.dlq")),
+        ("TICKFLOW_NORMALIZER__GAPS_TOPIC", format!("{out}.gaps")),
         (
             "TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC",
             format!("{out}.instruments"),

@@ -260,6 +260,7 @@ async fn every_valid_trade_once_every_bad_input_once_across_kills_and_a_rebalanc
             ("TICKFLOW_NORMALIZER__INPUT_TOPICS", raw.clone()),
             ("TICKFLOW_NORMALIZER__OUTPUT_TOPIC", out.clone()),
             ("TICKFLOW_NORMALIZER__DLQ_TOPIC", dlq.clone()),
+            ("TICKFLOW_NORMALIZER__GAPS_TOPIC", format!("{dlq}.gaps")),
             ("TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC", refdata.clone()),
             (
                 "TICKFLOW_NORMALIZER__INSTRUMENTS_FILE",

@@ -257,6 +257,10 @@ async fn a_backlog_over_two_raw_topics_leaves_every_candle_exact() {
             "TICKFLOW_NORMALIZER__DLQ_TOPIC",
             testkit::unique_topic("backlog-dlq"),
         ),
+        (
+            "TICKFLOW_NORMALIZER__GAPS_TOPIC",
+            testkit::unique_topic("backlog-gaps"),
+        ),
         ("TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC", refdata.clone()),
         (
             "TICKFLOW_NORMALIZER__INSTRUMENTS_FILE",
