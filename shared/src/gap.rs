@@ -7,6 +7,19 @@ use crate::avro::Fields;
 use crate::domain::Micros;
 use crate::Result;
 
+/// The RawEnvelope channel of the gateway's word that trades of a gap can no longer be fetched:
+/// a frame keyed by the symbol (so it follows the backfilled trades in their partition) whose
+/// payload is an [`Unrecoverable`] in JSON. The normalizer closes the gap with it.
+pub const UNRECOVERABLE_CHANNEL: &str = "backfill-unrecoverable";
+
+/// Trades `first..=last` of `symbol` that the provider no longer serves.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unrecoverable {
+    pub symbol: String,
+    pub first: u64,
+    pub last: u64,
+}
+
 /// A record of the gaps topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GapRecord {

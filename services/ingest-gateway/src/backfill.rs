@@ -13,8 +13,10 @@
 //! A `429` or `418` waits the `Retry-After` the provider sent, or `rate_limit_backoff_ms`; other
 //! failures (network, `5xx`) are retried with the provider's reconnect backoff up to
 //! `max_attempts` times. A page that starts past the first id asked for means the provider no
-//! longer serves the older trades: those are counted and logged as unrecoverable, and the gap
-//! stays open in the normalizer. A gap is done (its offset committed) once its range was walked;
+//! longer serves the older trades: those are counted and logged as unrecoverable, and a frame on
+//! the raw topic (channel `backfill-unrecoverable`) tells the normalizer, which closes the gap as
+//! DROPPED once nothing else of it is awaited. A gap given up after errors stays open. A gap is
+//! done (its offset committed) once its range was walked;
 //! a gateway that stops mid-gap starts it over, the duplicates being dropped downstream.
 
 use std::sync::Arc;
@@ -27,7 +29,7 @@ use tickflow_providers::{Backfill, Provider};
 use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::config::KafkaConfig;
 use tickflow_shared::domain::now_micros;
-use tickflow_shared::gap::GapRecord;
+use tickflow_shared::gap::{GapRecord, Unrecoverable, UNRECOVERABLE_CHANNEL};
 use tickflow_shared::kafka;
 use tickflow_shared::retry::RetryPolicy;
 use tickflow_shared::shutdown::Shutdown;
@@ -71,8 +73,9 @@ pub struct Context {
 pub struct Walk {
     /// Trades fetched and handed to the raw topic.
     pub sent: u64,
-    /// Trades the provider no longer serves.
+    /// Trades the provider no longer serves, and their ranges.
     pub unrecoverable: u64,
+    pub gone: Vec<(u64, u64)>,
     /// The walk stopped before the end of the range (errors, shutdown): why.
     pub stopped: Option<String>,
 }
@@ -150,6 +153,7 @@ pub async fn run(ctx: Context) {
             {
                 let walk = walk(&ctx, &http, &ctx.sources[i], &mut pacers[i], &gap).await;
                 report(&ctx.sources[i], &gap, &walk);
+                announce(&ctx, &ctx.sources[i], &gap, &walk).await;
                 if walk.stopped.is_some() && ctx.shutdown.is_triggered() {
                     // Not committed: the next start walks this gap again.
                     return;
@@ -158,6 +162,40 @@ pub async fn run(ctx: Context) {
         }
         if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
             tracing::warn!(error = %e, "backfill: committing the gaps topic's offset failed; a gap may be walked again after a restart");
+        }
+    }
+}
+
+/// Tells the normalizer which trades of the gap will never come: a frame on the raw topic,
+/// channel [`UNRECOVERABLE_CHANNEL`], keyed by the symbol so that it follows the backfilled
+/// trades in their partition. The normalizer closes the gap as DROPPED once nothing else of it
+/// is awaited.
+async fn announce(ctx: &Context, source: &Source, gap: &GapRecord, walk: &Walk) {
+    if walk.gone.is_empty() {
+        return;
+    }
+    let provider = source.provider.id().as_str();
+    let connection: Arc<str> = format!("{CHANNEL}-{provider}-{}", now_micros()).into();
+    let channel: Arc<str> = UNRECOVERABLE_CHANNEL.into();
+    for (sequence, &(first, last)) in walk.gone.iter().enumerate() {
+        let word = Unrecoverable {
+            symbol: gap.symbol.clone(),
+            first,
+            last,
+        };
+        let payload = serde_json::to_vec(&word).expect("a plain struct serializes");
+        let frame = Frame {
+            provider,
+            connection_id: connection.clone(),
+            sequence: sequence as i64,
+            received_at: now_micros(),
+            channel: channel.clone(),
+            key: Some(gap.symbol.clone()),
+            payload: Bytes::from(payload),
+            dead_letter: None,
+        };
+        if !ctx.output.send(frame).await {
+            return;
         }
     }
 }
@@ -324,6 +362,7 @@ pub async fn walk(
 fn unrecoverable(result: &mut Walk, provider: &'static str, symbol: &str, first: u64, last: u64) {
     let gone = last - first + 1;
     result.unrecoverable += gone;
+    result.gone.push((first, last));
     metrics::counter!(BACKFILL_UNRECOVERABLE, "provider" => provider).increment(gone);
     tracing::warn!(
         provider,

@@ -7,7 +7,8 @@
 //!
 //! Afterwards the raw topics hold, on the `backfill` channel, every missing trade the servers
 //! still have exactly once, each frame read back by the provider's live parser into the trade the
-//! server holds (id, price, size), and the forgotten ones are counted as unrecoverable.
+//! server holds (id, price, size), and the forgotten ones are counted as unrecoverable and
+//! announced to the normalizer on the raw topic.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use tickflow_providers::{Frame, Provider};
 use tickflow_shared::avro::{self, AvroCodec, Registry};
-use tickflow_shared::gap::GapRecord;
+use tickflow_shared::gap::{GapRecord, Unrecoverable, UNRECOVERABLE_CHANNEL};
 use tickflow_shared::kafka::{self, TopicSpec};
 use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 
@@ -239,6 +240,7 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
         .unwrap();
     let reader = AvroCodec::new(&registry, &[]);
     let mut got: BTreeMap<(&str, u64), Vec<(String, String)>> = BTreeMap::new();
+    let mut gone: Vec<(String, Unrecoverable)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut settled: Option<Instant> = None;
     while Instant::now() < deadline && settled.is_none_or(|s| s.elapsed() < Duration::from_secs(3))
@@ -252,6 +254,14 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
         };
         let Ok(message) = message else { continue };
         let envelope = reader.decode_raw(message.payload().unwrap()).await.unwrap();
+        if envelope.channel == UNRECOVERABLE_CHANNEL {
+            assert_eq!(message.key(), Some(b"BTCUSDT".as_slice()));
+            gone.push((
+                envelope.provider.clone(),
+                serde_json::from_slice::<Unrecoverable>(&envelope.payload).unwrap(),
+            ));
+            continue;
+        }
         assert_eq!(envelope.channel, "backfill");
         let provider: &'static dyn Provider =
             tickflow_providers::by_id(&envelope.provider).unwrap();
@@ -323,6 +333,18 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
     assert!(
         log.contains("the provider no longer serves these trades"),
         "{log}"
+    );
+    // And the normalizer is told, in the symbol's partition, after the trades.
+    assert_eq!(
+        gone,
+        vec![(
+            "binance".to_string(),
+            Unrecoverable {
+                symbol: "BTCUSDT".into(),
+                first: 20,
+                last: BINANCE_OLDEST - 1
+            }
+        )]
     );
     gateway.terminate(Duration::from_secs(20));
 }

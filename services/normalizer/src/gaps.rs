@@ -147,6 +147,8 @@ pub fn record(event: &Event, index: &InstrumentIndex, source: String) -> Option<
 struct OpenGap {
     last: u64,
     found: Found,
+    /// Trades of it the provider no longer serves (the backfill said so).
+    lost: u64,
     /// Still-missing ranges, inclusive, in order.
     holes: Vec<(u64, u64)>,
 }
@@ -195,11 +197,7 @@ impl Gaps {
         out: &mut Vec<Event>,
     ) {
         let connection = connection_hash(connection);
-        let streams = self.streams.entry(provider).or_default();
-        let journal = self.journal.entry(provider).or_default();
-        if !journal.contains_key(symbol) {
-            journal.insert(symbol.to_string(), streams.get(symbol).cloned());
-        }
+        let streams = self.touch(provider, symbol);
         let event = |first: u64, last: u64, kind: EventKind| Event {
             provider,
             symbol: symbol.to_string(),
@@ -232,6 +230,7 @@ impl Gaps {
                     OpenGap {
                         last,
                         found,
+                        lost: 0,
                         holes: vec![(first, last)],
                     },
                 );
@@ -329,6 +328,73 @@ impl Gaps {
         }
     }
 
+    /// The streams of `provider`, with `symbol`'s state as it was before the batch journaled.
+    fn touch(&mut self, provider: &'static str, symbol: &str) -> &mut HashMap<String, Stream> {
+        let streams = self.streams.entry(provider).or_default();
+        let journal = self.journal.entry(provider).or_default();
+        if !journal.contains_key(symbol) {
+            journal.insert(symbol.to_string(), streams.get(symbol).cloned());
+        }
+        streams
+    }
+
+    /// The provider no longer serves trades `first..=last` of (`provider`, `symbol`): they leave
+    /// the open gaps they belong to, and a gap left with nothing else to wait for is closed as
+    /// DROPPED, its `missing` the trades lost.
+    pub fn give_up(
+        &mut self,
+        provider: &'static str,
+        symbol: &str,
+        first: u64,
+        last: u64,
+        at: Micros,
+        out: &mut Vec<Event>,
+    ) {
+        let Some(stream) = self.touch(provider, symbol).get_mut(symbol) else {
+            return;
+        };
+        let mut closed = Vec::new();
+        for (&gap_first, gap) in stream.open.range_mut(..=last) {
+            if gap.last < first {
+                continue;
+            }
+            let mut kept = Vec::with_capacity(gap.holes.len() + 1);
+            for &(a, b) in &gap.holes {
+                let (cut_a, cut_b) = (a.max(first), b.min(last));
+                if cut_a > cut_b {
+                    kept.push((a, b));
+                    continue;
+                }
+                gap.lost += cut_b - cut_a + 1;
+                if a < cut_a {
+                    kept.push((a, cut_a - 1));
+                }
+                if cut_b < b {
+                    kept.push((cut_b + 1, b));
+                }
+            }
+            gap.holes = kept;
+            if gap.holes.is_empty() {
+                closed.push(gap_first);
+            }
+        }
+        for gap_first in closed {
+            let gap = stream.open.remove(&gap_first).expect("found above");
+            out.push(Event {
+                provider,
+                symbol: symbol.to_string(),
+                first: gap_first,
+                last: gap.last,
+                kind: EventKind::Gap {
+                    status: Status::Dropped("the provider no longer serves the missing trades"),
+                    found: gap.found,
+                    missing: gap.lost,
+                },
+                at,
+            });
+        }
+    }
+
     /// Makes the batch's changes permanent.
     pub fn commit(&mut self) {
         self.journal.clear();
@@ -397,6 +463,31 @@ pub fn observe_frame(
     for (number, symbol) in numbered {
         observe(number, symbol);
     }
+}
+
+/// A frame of the gateway's backfill saying trades can no longer be fetched
+/// ([`tickflow_shared::gap::UNRECOVERABLE_CHANNEL`]): applied to the tracker. `Err`: why the
+/// payload is not such a word (dead-lettered by the caller).
+pub fn observe_unrecoverable(
+    gaps: &mut Gaps,
+    provider: &dyn tickflow_providers::Provider,
+    envelope: &tickflow_shared::domain::RawEnvelope,
+    out: &mut Vec<Event>,
+) -> std::result::Result<(), String> {
+    let word: tickflow_shared::gap::Unrecoverable = serde_json::from_slice(&envelope.payload)
+        .map_err(|e| format!("not the backfill's unrecoverable range: {e}"))?;
+    if word.last < word.first {
+        return Err(format!("an empty range {}..={}", word.first, word.last));
+    }
+    gaps.give_up(
+        provider.id().as_str(),
+        &word.symbol,
+        word.first,
+        word.last,
+        envelope.received_at,
+        out,
+    );
+    Ok(())
 }
 
 /// The gap trackers of all owned partitions.
@@ -552,6 +643,47 @@ mod tests {
         fresh.rollback();
         fresh.observe("kraken", "BTC/USD", 9, "c", 0, &mut out);
         assert!(out.is_empty(), "9 is the stream's first trade: {out:?}");
+    }
+
+    #[test]
+    fn trades_the_provider_no_longer_serves_close_the_gap_once_nothing_else_is_awaited() {
+        let mut gaps = Gaps::default();
+        feed(&mut gaps, &[(1, "c"), (10, "c"), (4, "c")]);
+        gaps.commit();
+        let mut out = Vec::new();
+        // 2..=3 gone: 5..=9 may still come.
+        gaps.give_up("binance", "BTCUSDT", 2, 3, 7, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // Unknown streams and ranges outside any gap change nothing.
+        gaps.give_up("binance", "ETHUSDT", 2, 3, 7, &mut out);
+        gaps.give_up("binance", "BTCUSDT", 20, 30, 7, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        out.extend(feed(&mut gaps, &[(6, "c")]));
+        gaps.give_up("binance", "BTCUSDT", 5, 9, 8, &mut out);
+        let dropped: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Gap {
+                    status: Status::Dropped(_),
+                    missing,
+                    ..
+                } => Some((e.first, e.last, missing, e.at)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            dropped,
+            vec![(2, 9, 6, 8)],
+            "2, 3, 5, 7, 8, 9 lost; 4 and 6 came"
+        );
+        let mut open = BTreeMap::new();
+        gaps.open(&mut open);
+        assert_eq!(open["binance"], (0, 0));
+        // Undone with the batch.
+        gaps.rollback();
+        let mut open = BTreeMap::new();
+        gaps.open(&mut open);
+        assert_eq!(open["binance"], (1, 7));
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::reason::Reason;
 use crate::reference::Reference;
 use crate::warmup;
 use tickflow_providers::Frame;
+use tickflow_shared::gap::UNRECOVERABLE_CHANNEL;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -457,6 +458,18 @@ impl Pipeline {
                         reason: Reason::UnknownProvider,
                         detail: format!("no parser for provider {:?}", env.provider),
                     }),
+                    Some(provider) if env.channel == UNRECOVERABLE_CHANNEL => {
+                        let gaps = self.gaps.partition(&record.topic, record.partition);
+                        gap_events.clear();
+                        match gaps::observe_unrecoverable(gaps, provider, env, &mut gap_events) {
+                            Ok(()) => outcomes.push(Outcome::Skipped("backfill_unrecoverable")),
+                            Err(detail) => outcomes.push(Outcome::Rejected {
+                                trade_index: None,
+                                reason: Reason::UnparsablePayload,
+                                detail,
+                            }),
+                        }
+                    }
                     Some(provider) => {
                         let parsed = provider.parse(&env.payload);
                         if let Ok(Frame::Trades(trades)) = &parsed {

@@ -96,7 +96,14 @@ pub async fn warm_up(
         warmed.records += 1;
         if let Some(bytes) = message.payload() {
             if let Ok(envelope) = codec.decode_raw(bytes).await {
-                if let Some(provider) = tickflow_providers::by_id(&envelope.provider) {
+                let provider = tickflow_providers::by_id(&envelope.provider);
+                if let (Some(provider), true) = (
+                    provider,
+                    envelope.channel == tickflow_shared::gap::UNRECOVERABLE_CHANNEL,
+                ) {
+                    gap_events.clear();
+                    let _ = gaps::observe_unrecoverable(gaps, provider, &envelope, &mut gap_events);
+                } else if let Some(provider) = provider {
                     scratch.clear();
                     let parsed = provider.parse(&envelope.payload);
                     if let Ok(Frame::Trades(trades)) = &parsed {

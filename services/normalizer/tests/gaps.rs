@@ -25,6 +25,8 @@ struct Frame {
     connection: &'static str,
     numbers: Vec<u64>,
     bad_price: bool,
+    /// The gateway's backfill saying trades `first..=last` can no longer be fetched.
+    gone: Option<(u64, u64)>,
 }
 
 fn frame(
@@ -39,6 +41,7 @@ fn frame(
         connection,
         numbers: n.to_vec(),
         bad_price: false,
+        gone: None,
     }
 }
 
@@ -131,6 +134,14 @@ fn phase_two() -> Vec<Frame> {
     for n in [111, 112, 121, 125] {
         frames.push(frame("binance", "BTCUSDT", "b2", &[n]));
     }
+    // The backfill finds the rest of 121..=130 gone: the gap is closed as DROPPED, 8 lost. A
+    // range no gap holds changes nothing.
+    for gone in [(122, 124), (126, 130), (500, 510)] {
+        frames.push(Frame {
+            gone: Some(gone),
+            ..frame("binance", "BTCUSDT", "backfill-binance-1", &[])
+        });
+    }
     // Kraken skips 7 and 8 inside a frame's pair.
     frames.push(frame("kraken", "ETH/USD", "k1", &[9, 10]));
     frames
@@ -140,23 +151,35 @@ type GapId = (String, String, i64, i64);
 
 /// The independent recomputation: per stream in production order, a number above the highest
 /// seen + 1 opens the gap between; a gap is filled when every number in it was seen after it
-/// opened. Returns OPEN and FILLED records as (stream, first, last) → (status, found).
+/// opened, dropped when the rest of it was declared gone. Returns the records as
+/// ((stream, first, last), status, found).
 fn expected(frames: &[&Frame]) -> BTreeSet<(GapId, String, String)> {
     let mut out = BTreeSet::new();
     let mut highest: BTreeMap<(&str, &str), (u64, &str)> = BTreeMap::new();
-    // (stream, first, last, the numbers still missing)
-    type Open<'a> = ((&'a str, &'a str), u64, u64, BTreeSet<u64>);
+    // (stream, first, last, the numbers still missing, how many were declared gone)
+    type Open<'a> = ((&'a str, &'a str), u64, u64, BTreeSet<u64>, u64);
     let mut open: Vec<Open> = Vec::new();
     for f in frames {
         if f.provider == "finnhub" {
             continue;
         }
         let stream = (f.provider, f.symbol);
+        if let Some((first, last)) = f.gone {
+            for (s, _, _, missing, lost) in open.iter_mut() {
+                if *s == stream {
+                    for n in first..=last {
+                        if missing.remove(&n) {
+                            *lost += 1;
+                        }
+                    }
+                }
+            }
+        }
         // A frame's trades are taken in number order.
         let mut numbers = f.numbers.clone();
         numbers.sort_unstable();
         for &n in &numbers {
-            for (s, _, _, missing) in open.iter_mut() {
+            for (s, _, _, missing, _) in open.iter_mut() {
                 if *s == stream {
                     missing.remove(&n);
                 }
@@ -177,21 +200,22 @@ fn expected(frames: &[&Frame]) -> BTreeSet<(GapId, String, String)> {
                             "OPEN".to_string(),
                             found.to_string(),
                         ));
-                        open.push((stream, h + 1, n - 1, (h + 1..n).collect()));
+                        open.push((stream, h + 1, n - 1, (h + 1..n).collect(), 0));
                     }
                     highest.insert(stream, (n, f.connection));
                 }
                 Some(_) => {}
             }
         }
-        open.retain(|(stream, first, last, missing)| {
+        open.retain(|(stream, first, last, missing, lost)| {
             if missing.is_empty() {
+                let status = if *lost > 0 { "DROPPED" } else { "FILLED" };
                 let found = out
                     .iter()
                     .find(|(g, s, _)| *g == id(*stream, *first, *last) && s == "OPEN")
                     .map(|(_, _, f)| f.clone())
                     .unwrap();
-                out.insert((id(*stream, *first, *last), "FILLED".to_string(), found));
+                out.insert((id(*stream, *first, *last), status.to_string(), found));
                 false
             } else {
                 true
@@ -265,8 +289,22 @@ async fn every_hole_in_a_trade_numbering_is_reported_once_and_its_filling_too() 
                 connection_id: f.connection.into(),
                 sequence: *seq,
                 received_at: now_micros(),
-                channel: "test".into(),
-                payload: payload(f, t0_ms + produced).into_bytes(),
+                channel: if f.gone.is_some() {
+                    tickflow_shared::gap::UNRECOVERABLE_CHANNEL.into()
+                } else {
+                    "test".into()
+                },
+                payload: match f.gone {
+                    Some((first, last)) => {
+                        serde_json::to_vec(&tickflow_shared::gap::Unrecoverable {
+                            symbol: f.symbol.into(),
+                            first,
+                            last,
+                        })
+                        .unwrap()
+                    }
+                    None => payload(f, t0_ms + produced).into_bytes(),
+                },
             };
             produced += 1;
             let bytes = codec.encode_raw(&raw, &envelope).await.unwrap();
@@ -393,6 +431,8 @@ async fn every_hole_in_a_trade_numbering_is_reported_once_and_its_filling_too() 
         );
         let expect_missing = match g.status.as_str() {
             "OPEN" => g.last_missing - g.first_missing + 1,
+            // 121..=130: 121 and 125 came, the 8 others were declared gone.
+            "DROPPED" => 8,
             _ => 0,
         };
         assert_eq!(g.still_missing, expect_missing, "{g:?}");
@@ -413,8 +453,8 @@ async fn every_hole_in_a_trade_numbering_is_reported_once_and_its_filling_too() 
         .metric_sum("tickflow_normalizer_gaps_open", "provider=\"binance\"")
         .await;
     assert_eq!(
-        open_binance, 1.0,
-        "121..=130 is partly filled, still open\n{logs}"
+        open_binance, 0.0,
+        "121..=130, partly filled, was closed when the rest was gone\n{logs}"
     );
     let open_trades = b
         .metric_sum(
@@ -422,6 +462,6 @@ async fn every_hole_in_a_trade_numbering_is_reported_once_and_its_filling_too() 
             "provider=\"binance\"",
         )
         .await;
-    assert_eq!(open_trades, 8.0, "121 and 125 arrived of 121..=130\n{logs}");
+    assert_eq!(open_trades, 0.0, "{logs}");
     b.terminate(Duration::from_secs(20));
 }
