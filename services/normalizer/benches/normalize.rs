@@ -8,9 +8,10 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use normalizer::dedup::Dedup;
+use normalizer::gaps::{observe_frame, Gaps};
 use normalizer::normalize::{normalize, Limits, Outcome, Rules};
 use rust_decimal::Decimal;
-use tickflow_providers::Provider;
+use tickflow_providers::{Frame, Provider};
 use tickflow_shared::avro::TradeEncoder;
 use tickflow_shared::domain::RawEnvelope;
 use tickflow_shared::instruments::{parse_toml, InstrumentIndex};
@@ -85,7 +86,13 @@ fn bench(c: &mut Criterion) {
         max_size: Decimal::new(1_000_000_000, 0),
     };
     let encoder = TradeEncoder::new(1).expect("encoder");
-    for (name, encode) in [("parse_validate_encode", true), ("parse_validate", false)] {
+    // `parse_validate_gaps`: `parse_validate` plus the gap tracker the pipeline feeds with each
+    // numbered trade (consecutive ids here: the cost of following, no gap found).
+    for (name, encode, track_gaps) in [
+        ("parse_validate_encode", true, false),
+        ("parse_validate", false, false),
+        ("parse_validate_gaps", false, true),
+    ] {
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(FRAMES as u64));
         for &provider in tickflow_providers::ALL {
@@ -107,6 +114,8 @@ fn bench(c: &mut Criterion) {
                     b.iter(|| {
                         // A fresh filter per pass, so every trade is new (as in a live stream).
                         let mut dedup = Dedup::default();
+                        let mut gaps = Gaps::default();
+                        let mut events = Vec::new();
                         let mut bytes = 0usize;
                         for env in envelopes {
                             out.clear();
@@ -115,14 +124,14 @@ fn bench(c: &mut Criterion) {
                                 limits: &limits,
                                 now: env.received_at,
                             };
-                            normalize(
-                                provider,
-                                env,
-                                provider.parse(&env.payload),
-                                rules,
-                                &mut dedup,
-                                &mut out,
-                            );
+                            let parsed = provider.parse(&env.payload);
+                            if track_gaps {
+                                if let Ok(Frame::Trades(trades)) = &parsed {
+                                    observe_frame(&mut gaps, provider, env, trades, &mut events);
+                                    assert!(events.is_empty(), "consecutive ids: {events:?}");
+                                }
+                            }
+                            normalize(provider, env, parsed, rules, &mut dedup, &mut out);
                             for outcome in out.drain(..) {
                                 let Outcome::Trade(trade) = outcome else {
                                     panic!("bench input must be valid: {outcome:?}")

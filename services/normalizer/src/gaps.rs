@@ -25,7 +25,7 @@
 //! restart is not reported filled.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use tickflow_shared::domain::Micros;
 pub use tickflow_shared::gap::GapRecord;
@@ -167,8 +167,10 @@ struct Stream {
     open: BTreeMap<u64, OpenGap>,
 }
 
-/// Per provider, per symbol (nested, so a lookup borrows the symbol instead of allocating).
-type Streams<T> = HashMap<&'static str, HashMap<String, T>>;
+/// Per provider, per symbol (nested, so a lookup borrows the symbol instead of allocating);
+/// foldhash, since SipHash was most of the tracker's cost per trade (`benches/normalize.rs`).
+type Fold<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+type Streams<T> = Fold<&'static str, Fold<String, T>>;
 
 /// The streams of one input partition.
 #[derive(Debug, Default)]
@@ -179,9 +181,7 @@ pub struct Gaps {
 }
 
 fn connection_hash(connection: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    connection.hash(&mut h);
-    h.finish()
+    foldhash::fast::FixedState::default().hash_one(connection)
 }
 
 impl Gaps {
@@ -329,7 +329,7 @@ impl Gaps {
     }
 
     /// The streams of `provider`, with `symbol`'s state as it was before the batch journaled.
-    fn touch(&mut self, provider: &'static str, symbol: &str) -> &mut HashMap<String, Stream> {
+    fn touch(&mut self, provider: &'static str, symbol: &str) -> &mut Fold<String, Stream> {
         let streams = self.streams.entry(provider).or_default();
         let journal = self.journal.entry(provider).or_default();
         if !journal.contains_key(symbol) {
