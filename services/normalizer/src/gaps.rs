@@ -119,16 +119,12 @@ pub fn record(event: &Event, index: &InstrumentIndex, source: String) -> Option<
     else {
         return None;
     };
-    let resolved = index.resolve(event.provider, &event.symbol);
+    let (exchange, instrument) = venue(event, index);
     Some(GapRecord {
         provider: event.provider.to_string(),
-        exchange: resolved
-            .and_then(|r| r.exchange.clone())
-            .unwrap_or_else(|| event.provider.to_string()),
+        exchange,
         symbol: event.symbol.clone(),
-        instrument: resolved
-            .map(|r| r.instrument.instrument.clone())
-            .unwrap_or_default(),
+        instrument,
         first_missing: event.first as i64,
         last_missing: event.last as i64,
         status: status.as_str().to_string(),
@@ -427,6 +423,20 @@ impl Gaps {
             }
         }
     }
+}
+
+/// The event's venue and instrument from the reference data: the listing's exchange, else the
+/// provider; the instrument, empty when no instrument lists the symbol.
+pub fn venue(event: &Event, index: &InstrumentIndex) -> (String, String) {
+    let resolved = index.resolve(event.provider, &event.symbol);
+    (
+        resolved
+            .and_then(|r| r.exchange.clone())
+            .unwrap_or_else(|| event.provider.to_string()),
+        resolved
+            .map(|r| r.instrument.instrument.clone())
+            .unwrap_or_default(),
+    )
 }
 
 /// Feeds the numbered trades of one parsed frame to the partition's tracker, in number order:

@@ -852,11 +852,12 @@ impl BatchStats {
         index: &tickflow_shared::instruments::InstrumentIndex,
         labels: &InstrumentLabels,
     ) {
-        let resolved = index.resolve(event.provider, &event.symbol);
-        let exchange = resolved
-            .and_then(|r| r.exchange.clone())
-            .unwrap_or_else(|| event.provider.to_string());
-        let instrument = resolved.map_or(String::new(), |r| labels.label(&r.instrument.instrument));
+        let (exchange, instrument) = gaps::venue(event, index);
+        let instrument = if instrument.is_empty() {
+            instrument
+        } else {
+            labels.label(&instrument)
+        };
         *self
             .recovered
             .entry((event.provider.to_string(), exchange, instrument))
