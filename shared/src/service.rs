@@ -99,7 +99,7 @@ where
         }
     };
     let deadline = config.service().shutdown_timeout();
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         tracing::info!(service = name, version = env!("CARGO_PKG_VERSION"), sources = ?config::describe_sources(args.config.as_deref()), "starting");
         let shutdown = Shutdown::new();
         shutdown.trigger_on(shutdown::signal());
@@ -126,7 +126,11 @@ where
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A blocking call abandoned at shutdown (a Kafka client call racing the signal) must not
+    // hold the exit: its thread is left to the process's end instead of being joined.
+    runtime.shutdown_background();
+    code
 }
 
 /// What a running service holds for telemetry.

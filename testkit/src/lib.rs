@@ -448,6 +448,21 @@ pub async fn check_service_lifecycle_with(
     );
 }
 
+/// A SIGTERM in the middle of start-up (right after the service logs `moment`, while it may be
+/// blocked on a Kafka client call) stops it cleanly within the 5 s shutdown deadline too.
+pub async fn check_stop_during_startup(binary: &str, moment: &str) {
+    let stack = Stack::require().await;
+    let mut service = ServiceProcess::spawn(binary, &stack, &[]);
+    service.wait_for_log(moment, Duration::from_secs(30)).await;
+    let (code, took) = service.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "exit code; log:\n{}", service.log());
+    assert!(
+        took < Duration::from_secs(6),
+        "took {took:?} (deadline 5 s); log:\n{}",
+        service.log()
+    );
+}
+
 /// Produces trades to `topic` (Avro, Confluent wire format, key = instrument), each to the given
 /// partition or by key when `None`, and waits until the broker has acknowledged all of them.
 pub async fn produce_trades(

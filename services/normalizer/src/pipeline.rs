@@ -768,7 +768,21 @@ async fn new_producer(
             client.set("retry.backoff.ms", "5");
         }
         let producer: ThreadedProducer<_> = client.create()?;
-        match tokio::task::block_in_place(|| producer.init_transactions(TXN_TIMEOUT)) {
+        // On a blocking thread, raced against shutdown: `init_transactions` can wait up to its
+        // timeout (coordinator loading, group still joining), and a SIGTERM must not wait for
+        // it. An abandoned call ends on its own thread; the process does not wait for it.
+        let init = tokio::task::spawn_blocking(move || {
+            let outcome = producer.init_transactions(TXN_TIMEOUT);
+            (producer, outcome)
+        });
+        let (producer, outcome) = tokio::select! {
+            joined = init => joined.map_err(|e| Error::Task {
+                task: "transactional producer init",
+                message: e.to_string(),
+            })?,
+            () = shutdown.triggered() => return Ok(None),
+        };
+        match outcome {
             Ok(()) => {
                 tracing::info!(transactional_id = %id, "transactional producer ready");
                 return Ok(Some(producer));
