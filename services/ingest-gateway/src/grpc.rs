@@ -15,12 +15,8 @@
 //! Liveness is watched with the feed's own Ping/Pong, not HTTP/2 keepalive pings: servers built
 //! on grpc-go close connections that ping more often than every five minutes by default.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tickflow_shared::domain::now_micros;
 use tickflow_shared::proto::feed::{self, client_message, ClientMessage};
 use tickflow_shared::shutdown::Shutdown;
@@ -37,11 +33,9 @@ use tickflow_providers::websocket::Defaults;
 use crate::config::{ProviderSettings, TlsConfig};
 use crate::metrics::*;
 use crate::plan::Desired;
-use crate::session::{
-    after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Loss, Paced,
-};
-use crate::sink::{DeadLetter, Frame, Output};
-use crate::state::{Book, SubState};
+use crate::session::{after_loss, lost, sleep_until_some, Action, Ended, Heard, Loss, Machine};
+use crate::sink::{DeadLetter, Output};
+use crate::state::Book;
 
 mod codec;
 
@@ -118,33 +112,42 @@ fn follow(ctx: &Context, symbols: &mut Desired, wanted: &Desired) -> Diff {
     change
 }
 
-/// Subscribe and Unsubscribe messages, paced to `max_messages_per_s`. Pings go out directly.
-struct Outbox {
-    paced: Paced<ClientMessage>,
+/// The Subscribe (or Unsubscribe) message for one chunk of symbols ([`SYMBOLS_PER_MESSAGE`]).
+fn request(symbols: &[String], subscribe: bool) -> Vec<ClientMessage> {
+    let symbols = symbols.to_vec();
+    let kind = if subscribe {
+        client_message::Kind::Subscribe(feed::Subscribe { symbols })
+    } else {
+        client_message::Kind::Unsubscribe(feed::Unsubscribe { symbols })
+    };
+    vec![ClientMessage { kind: Some(kind) }]
 }
 
-impl Outbox {
-    fn new(per_second: f64) -> Self {
-        Self {
-            paced: Paced::new(per_second),
+impl From<Received> for Heard {
+    fn from(received: Received) -> Self {
+        match received {
+            Received::Trade { symbol } => Heard::Data { symbol },
+            Received::Subscribed(symbol) => Heard::Subscribed {
+                request_id: None,
+                symbols: vec![symbol],
+            },
+            Received::Unsubscribed { symbol, message } => Heard::Ended { symbol, message },
+            Received::Rejected { symbol, message } => Heard::Rejected {
+                request_id: None,
+                symbols: vec![symbol],
+                message,
+            },
+            Received::Control(kind) => Heard::Control(kind),
+            Received::Error {
+                code,
+                message,
+                rate_limited,
+            } => Heard::Error {
+                message: format!("{code}: {message}"),
+                rate_limited,
+            },
+            Received::Malformed(reason) => Heard::Malformed(reason),
         }
-    }
-
-    fn push(&mut self, symbols: &[String], subscribe: bool) {
-        for chunk in symbols.chunks(SYMBOLS_PER_MESSAGE) {
-            let symbols = chunk.to_vec();
-            let kind = if subscribe {
-                client_message::Kind::Subscribe(feed::Subscribe { symbols })
-            } else {
-                client_message::Kind::Unsubscribe(feed::Unsubscribe { symbols })
-            };
-            self.paced.push(ClientMessage { kind: Some(kind) });
-        }
-    }
-
-    /// The next message, if one is queued and its turn has come.
-    fn pop_due(&mut self) -> Option<ClientMessage> {
-        self.paced.pop_due()
     }
 }
 
@@ -257,9 +260,10 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// A status that ended or refused the stream, as a loss.
-fn status_lost(status: &Status, rate_limited: bool, healthy: bool, opening: bool) -> Ended {
-    let limited = rate_limited || status.code() == Code::ResourceExhausted;
+/// A status that ended or refused the stream, as a loss: its reason, its detail, and whether the
+/// server says we send too much.
+fn status_loss(status: &Status, opening: bool) -> (Loss, String, bool) {
+    let limited = status.code() == Code::ResourceExhausted;
     let reason = match status.code() {
         _ if limited => Loss::RateLimited,
         Code::Unauthenticated | Code::PermissionDenied | Code::Unimplemented => Loss::Refused,
@@ -267,7 +271,7 @@ fn status_lost(status: &Status, rate_limited: bool, healthy: bool, opening: bool
         _ => Loss::StreamError,
     };
     let detail = format!("{:?}: {}", status.code(), status.message());
-    lost(reason, detail, limited, healthy)
+    (reason, detail, limited)
 }
 
 /// One stream, from dial to loss.
@@ -290,13 +294,22 @@ async fn session(
         },
         None => endpoint,
     };
+    let mut m: Machine<ClientMessage> = Machine::new(
+        PROVIDER,
+        CONNECTION,
+        "trade",
+        s,
+        false,
+        &ctx.book,
+        ctx.labels.clone(),
+        Instant::now(),
+    );
     let wanted: Vec<String> = symbols.keys().cloned().collect();
-    let mut outbox = Outbox::new(s.max_messages_per_s);
-    outbox.push(&wanted, true);
+    m.request(&wanted, true, SYMBOLS_PER_MESSAGE, |c, _| request(c, true));
     let (tx, rx) = mpsc::unbounded_channel::<ClientMessage>();
     // The first Subscribe is in the request before it is sent: a server may wait for it before
     // it answers the call.
-    if let Some(first) = outbox.pop_due() {
+    if let Some(Action::Send(first)) = m.poll(Instant::now(), true) {
         let _ = tx.send(first);
     }
     let opening = async {
@@ -322,7 +335,10 @@ async fn session(
         }
         grpc.streaming(request, PathAndQuery::from_static(METHOD), RawCodec)
             .await
-            .map_err(|status| status_lost(&status, false, false, true))
+            .map_err(|status| {
+                let (reason, detail, limited) = status_loss(&status, true);
+                lost(reason, detail, limited, false)
+            })
     };
     let mut stream = tokio::select! {
         () = ctx.shutdown.triggered() => return Ended::Shutdown,
@@ -332,38 +348,24 @@ async fn session(
             Ok(Ok(response)) => response.into_inner(),
         },
     };
-    let session_id: Arc<str> = format!("{CONNECTION}-{}", now_micros()).into();
-    let trade_channel: Arc<str> = "trade".into();
-    let control_channel: Arc<str> = "control".into();
-    metrics::gauge!(CONNECTION_STATE, "provider" => PROVIDER, "connection" => CONNECTION).set(1.0);
-    ctx.book.connection(PROVIDER, CONNECTION, |c| {
-        c.up = true;
-        c.session = Some(session_id.to_string());
-        c.since_us = now_micros();
-        c.streams = symbols.len();
-    });
-    ctx.book.set(PROVIDER, &wanted, SubState::Pending, None);
-    tracing::info!(provider = PROVIDER, connection = CONNECTION, session = %session_id, url = %s.url, symbols = symbols.len(), "connected");
-
-    let mut active: BTreeSet<String> = BTreeSet::new();
-    let mut counters = Counters::new(PROVIDER, ctx.labels.clone());
-    let last_data: Arc<AtomicI64> = ctx.book.last_data(PROVIDER);
-    let mut sequence: i64 = 0;
-    let mut rate_limited = false;
-    let mut healthy = false;
-    let mut last_message = Instant::now();
-    let mut last_trade = Instant::now();
-    let mut ping = tokio::time::interval_at(Instant::now() + s.ping_interval, s.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping_id: u64 = 0;
+    m.connected(Instant::now(), symbols);
 
     loop {
-        let silence_at = last_message + s.silence_timeout;
-        let data_silence_at = s
-            .data_silence_timeout
-            .map(|d| last_trade + d)
-            .filter(|_| !symbols.is_empty());
-        let send_at = outbox.paced.due_at();
+        while let Some(action) = m.poll(Instant::now(), !symbols.is_empty()) {
+            let message = match action {
+                Action::Send(message) => message,
+                Action::Ping(id) => ClientMessage {
+                    kind: Some(client_message::Kind::Ping(feed::Ping { id })),
+                },
+                // No closing handshake: the machine ends the session instead.
+                Action::Close => continue,
+                Action::End(ended) => return ended,
+            };
+            if tx.send(message).is_err() {
+                return m.lost(Loss::SendFailed, "the request stream is closed".into());
+            }
+        }
+        let deadline = m.deadline(!symbols.is_empty());
         let received = tokio::select! {
             biased;
             () = ctx.shutdown.triggered() => return Ended::Shutdown,
@@ -376,170 +378,62 @@ async fn session(
                 if symbols.is_empty() {
                     return Ended::Stopped;
                 }
-                for gone in &change.removed {
-                    active.remove(gone);
-                }
-                outbox.push(&change.removed, false);
-                outbox.push(&change.added, true);
-                ctx.book.set(PROVIDER, &change.added, SubState::Pending, None);
+                m.request(&change.removed, false, SYMBOLS_PER_MESSAGE, |c, _| request(c, false));
+                m.request(&change.added, true, SYMBOLS_PER_MESSAGE, |c, _| request(c, true));
                 continue;
             }
-            () = async { sleep_until(send_at.unwrap_or_else(Instant::now)).await }, if send_at.is_some() => {
-                if let Some(message) = outbox.pop_due() {
-                    if tx.send(message).is_err() {
-                        return lost(Loss::SendFailed, "the request stream is closed".into(), rate_limited, healthy);
-                    }
-                }
-                continue;
-            }
-            _ = ping.tick() => {
-                ping_id += 1;
-                let message = ClientMessage {
-                    kind: Some(client_message::Kind::Ping(feed::Ping { id: ping_id })),
-                };
-                if tx.send(message).is_err() {
-                    return lost(Loss::SendFailed, "the request stream is closed".into(), rate_limited, healthy);
-                }
-                continue;
-            }
-            () = sleep_until(silence_at) => {
-                return lost(Loss::Silent, format!("no message for {:?}", s.silence_timeout), rate_limited, healthy);
-            }
-            () = async { sleep_until(data_silence_at.unwrap_or_else(Instant::now)).await }, if data_silence_at.is_some() => {
-                return lost(Loss::NoData, format!("no trade for {:?} (other messages still arrive)", s.data_silence_timeout.unwrap_or_default()), rate_limited, healthy);
-            }
+            () = sleep_until(deadline) => continue,
             received = stream.message() => received,
         };
         let received_at = now_micros();
         let payload = match received {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
-                return lost(
+                return m.lost(
                     Loss::Closed,
                     "the server ended the stream (status OK)".into(),
-                    rate_limited,
-                    healthy,
                 )
             }
             Err(status)
                 if status.code() == Code::OutOfRange && status.message().contains("too large") =>
             {
                 // tonic refuses the message before reading it: only its description is kept.
-                let frame = Frame {
-                    provider: PROVIDER,
-                    connection_id: session_id.clone(),
-                    sequence,
+                let frame = m.failed_frame(
                     received_at,
-                    channel: "dead-letter".into(),
-                    key: None,
-                    payload: Bytes::from(format!("tonic: {}", status.message())),
-                    dead_letter: Some(DeadLetter::new(
+                    format!("tonic: {}", status.message()),
+                    DeadLetter::new(
                         "oversized",
                         format!(
                             "{}: beyond the gRPC limit of {limit} bytes, the stream fails",
                             status.message()
                         ),
-                    )),
-                };
-                ctx.output.send(frame).await;
-                return lost(
-                    Loss::Oversized,
-                    status.message().to_string(),
-                    rate_limited,
-                    healthy,
+                    ),
                 );
+                ctx.output.send(frame).await;
+                return m.lost(Loss::Oversized, status.message().to_string());
             }
-            Err(status) => return status_lost(&status, rate_limited, healthy, false),
+            Err(status) => {
+                let (reason, detail, limited) = status_loss(&status, false);
+                return m.lost_limited(reason, detail, limited);
+            }
         };
-        last_message = Instant::now();
-        counters.bytes.increment(payload.len() as u64);
-        let this = sequence;
-        sequence += 1;
         // An oversized message is not decoded: `Output::send` dead-letters it.
-        let received = (payload.len() <= ctx.output.max_frame_bytes()).then(|| classify(&payload));
-        let mut key = None;
-        let mut channel = &control_channel;
-        let mut dead = None;
-        match received {
-            Some(Received::Trade { symbol }) => {
-                frame_type(PROVIDER, "data");
-                counters.message(symbol.as_deref(), symbols);
-                last_trade = last_message;
-                last_data.store(received_at, Ordering::Relaxed);
-                healthy = true;
-                channel = &trade_channel;
-                if let Some(sym) = &symbol {
-                    if symbols.contains_key(sym) && active.insert(sym.clone()) {
-                        ctx.book.set(PROVIDER, [sym], SubState::Active, None);
-                    }
-                }
-                key = symbol;
+        let heard = if payload.len() <= ctx.output.max_frame_bytes() {
+            Heard::from(classify(&payload))
+        } else {
+            Heard::Unread {
+                kind: "oversized",
+                dead: None,
             }
-            Some(Received::Subscribed(symbol)) => {
-                frame_type(PROVIDER, "subscribed");
-                if symbols.contains_key(&symbol) {
-                    active.insert(symbol.clone());
-                    ctx.book.set(PROVIDER, [&symbol], SubState::Active, None);
-                }
-            }
-            Some(Received::Unsubscribed { symbol, message }) => {
-                frame_type(PROVIDER, "unsubscribed");
-                // Still wanted: the server ended it on its own. The next stream asks again.
-                if symbols.contains_key(&symbol) {
-                    active.remove(&symbol);
-                    let why = format!("ended by the server: {message}");
-                    tracing::warn!(provider = PROVIDER, connection = CONNECTION, symbol, reason = %message, "the server ended a subscription");
-                    ctx.book
-                        .set(PROVIDER, [&symbol], SubState::Failed, Some(&why));
-                }
-            }
-            Some(Received::Rejected { symbol, message }) => {
-                frame_type(PROVIDER, "rejected");
-                tracing::warn!(provider = PROVIDER, connection = CONNECTION, symbol, error = %message, "the server refused a subscription");
-                if symbols.contains_key(&symbol) {
-                    active.remove(&symbol);
-                    ctx.book
-                        .set(PROVIDER, [&symbol], SubState::Failed, Some(&message));
-                }
-            }
-            Some(Received::Control(kind)) => frame_type(PROVIDER, kind),
-            Some(Received::Error {
-                code,
-                message,
-                rate_limited: limited,
-            }) => {
-                frame_type(PROVIDER, "error");
-                rate_limited |= limited;
-                tracing::error!(provider = PROVIDER, connection = CONNECTION, code, error = %message, rate_limited = limited, "the server reports an error");
-                ctx.book.connection(PROVIDER, CONNECTION, |c| {
-                    c.last_error = Some(format!("{code}: {message}"))
-                });
-            }
-            Some(Received::Malformed(reason)) => {
-                frame_type(PROVIDER, "malformed");
-                dead = Some(DeadLetter::new("malformed", reason));
-            }
-            None => frame_type(PROVIDER, "oversized"),
-        }
-        let frame = Frame {
-            provider: PROVIDER,
-            connection_id: session_id.clone(),
-            sequence: this,
-            received_at,
-            channel: channel.clone(),
-            key,
-            payload,
-            dead_letter: dead,
         };
+        let frame = m.message(Instant::now(), received_at, heard, payload, symbols);
         // Backpressure: the server waits too (HTTP/2 flow control). Time spent waiting on our own
         // queue is not the server's silence.
         let waiting = Instant::now();
         if !ctx.output.send(frame).await {
             return Ended::Shutdown;
         }
-        let waited = waiting.elapsed();
-        last_message += waited;
-        last_trade += waited;
+        m.waited(waiting.elapsed());
     }
 }
 

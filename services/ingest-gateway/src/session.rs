@@ -1,5 +1,6 @@
 //! What the WebSocket connections (`ws`) and the gRPC feed (`grpc`) share about one session:
-//! why it ended, its counters, and what happens after a loss.
+//! its decisions ([`Machine`], without I/O), why it ended, its counters, and what happens after
+//! a loss.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -12,6 +13,10 @@ use tickflow_shared::telemetry::InstrumentLabels;
 use crate::config::ProviderSettings;
 use crate::metrics::{BYTES, FRAMES, MESSAGES, RECONNECTS};
 use crate::state::{Book, SubState};
+
+mod machine;
+
+pub(crate) use machine::{Action, Heard, Machine, CLOSE_WAIT};
 
 /// Why a session was lost; its code is the `reason` label of the reconnect counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +71,7 @@ impl Loss {
 }
 
 /// Why a session ended.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(crate) enum Ended {
     Shutdown,
     /// Nothing is wanted from it any more.
@@ -188,11 +193,11 @@ pub(crate) struct Paced<T> {
 }
 
 impl<T> Paced<T> {
-    pub fn new(per_second: f64) -> Self {
+    pub fn new(per_second: f64, now: tokio::time::Instant) -> Self {
         Self {
             queue: std::collections::VecDeque::new(),
             interval: Duration::from_secs_f64(1.0 / per_second),
-            next_at: tokio::time::Instant::now(),
+            next_at: now,
         }
     }
 
@@ -212,8 +217,7 @@ impl<T> Paced<T> {
     }
 
     /// The next message, if one is queued and its turn has come.
-    pub fn pop_due(&mut self) -> Option<T> {
-        let now = tokio::time::Instant::now();
+    pub fn pop_due(&mut self, now: tokio::time::Instant) -> Option<T> {
         if now < self.next_at {
             return None;
         }

@@ -16,9 +16,7 @@
 //! (with the decoder's description: the bytes themselves are not handed out), then the connection
 //! is re-established at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,11 +33,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::config::ProviderSettings;
 use crate::metrics::*;
 use crate::session::{
-    after_loss, frame_type, lost, sleep_until_some, Counters, Ended, Loss, Paced,
+    after_loss, frame_type, lost, sleep_until_some, Action, Ended, Heard, Loss, Machine, CLOSE_WAIT,
 };
-use crate::sink::{DeadLetter, Frame, Offer, Output};
-use crate::state::{Book, SubState};
-use tickflow_providers::{Inbound, WebSocket};
+use crate::sink::{DeadLetter, Offer, Output};
+use crate::state::Book;
+use tickflow_providers::WebSocket;
 
 /// A change to what one connection carries: (provider symbol, canonical instrument) pairs.
 #[derive(Debug)]
@@ -136,40 +134,6 @@ fn apply(ctx: &Context, name: &str, symbols: &mut BTreeMap<String, String>, comm
         .connection(provider, name, |c| c.streams = symbols.len());
 }
 
-/// A subscribe request waiting for its acknowledgement: request id and symbols.
-type Tracked = Option<(u64, Vec<String>)>;
-
-/// Subscribe and unsubscribe requests, paced to the provider's limit.
-struct Outbox {
-    paced: Paced<(String, Tracked)>,
-    next_request: u64,
-}
-
-impl Outbox {
-    fn new(per_second: f64) -> Self {
-        Self {
-            paced: Paced::new(per_second),
-            next_request: 1,
-        }
-    }
-
-    fn requests(&mut self, protocol: &dyn WebSocket, symbols: &[String], subscribe: bool) {
-        for chunk in symbols.chunks(protocol.symbols_per_request().max(1)) {
-            let id = self.next_request;
-            self.next_request += 1;
-            let messages = if subscribe {
-                protocol.subscribe(chunk, id)
-            } else {
-                protocol.unsubscribe(chunk, id)
-            };
-            for m in messages {
-                let tracked = subscribe.then(|| (id, chunk.to_vec()));
-                self.paced.push((m, tracked));
-            }
-        }
-    }
-}
-
 /// One connected session, from dial to loss.
 async fn session(
     ctx: &Context,
@@ -201,154 +165,93 @@ async fn session(
             Ok(Ok((ws, _response))) => ws,
         },
     };
-    let session_id: Arc<str> = format!("{name}-{}", now_micros()).into();
-    let data_channel: Arc<str> = protocol.data_channel().into();
-    let control_channel: Arc<str> = "control".into();
-    metrics::gauge!(CONNECTION_STATE, "provider" => provider, "connection" => name.to_string())
-        .set(1.0);
-    ctx.book.connection(provider, name, |c| {
-        c.up = true;
-        c.session = Some(session_id.to_string());
-        c.since_us = now_micros();
-        c.streams = symbols.len();
-    });
-    tracing::info!(provider, connection = %name, session = %session_id, streams = symbols.len(), "connected");
-
-    let mut outbox = Outbox::new(s.max_messages_per_s);
+    let mut m: Machine<String> = Machine::new(
+        provider,
+        name,
+        protocol.data_channel(),
+        s,
+        true,
+        &ctx.book,
+        ctx.labels.clone(),
+        Instant::now(),
+    );
+    m.connected(Instant::now(), symbols);
+    let chunk = protocol.symbols_per_request();
     let wanted: Vec<String> = symbols.keys().cloned().collect();
-    outbox.requests(protocol, &wanted, true);
-    ctx.book.set(provider, &wanted, SubState::Pending, None);
-    let mut requests: HashMap<u64, Vec<String>> = HashMap::new();
-    let mut active: BTreeSet<String> = BTreeSet::new();
-    let mut counters = Counters::new(provider, ctx.labels.clone());
-    let last_data: Arc<AtomicI64> = ctx.book.last_data(provider);
-    let mut sequence: i64 = 0;
-    let mut rate_limited = false;
-    let mut healthy = false;
-    let mut last_frame = Instant::now();
-    let mut last_market_data = Instant::now();
-    // Set once the gateway decided to close (shutdown, retired, silent): what the session will
-    // end with, after the closing handshake or `CLOSE_WAIT`.
-    let mut closing: Option<Ended> = None;
-    let mut close_deadline = Instant::now();
-    let mut ping = tokio::time::interval_at(Instant::now() + s.ping_interval, s.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    m.request(&wanted, true, chunk, |c, id| protocol.subscribe(c, id));
 
     loop {
-        let silence_at = last_frame + s.silence_timeout;
-        let data_silence_at = s
-            .data_silence_timeout
-            .map(|d| last_market_data + d)
-            .filter(|_| !symbols.is_empty());
-        let send_at = outbox.paced.due_at();
-        let open = closing.is_none();
+        while let Some(action) = m.poll(Instant::now(), !symbols.is_empty()) {
+            if let Some(ended) = perform(&mut ws, &m, action).await {
+                return ended;
+            }
+        }
+        let deadline = m.deadline(!symbols.is_empty());
+        let open = !m.is_closing();
         let received = tokio::select! {
             biased;
             () = ctx.shutdown.triggered(), if open => {
-                close_deadline = begin_close(&mut ws, &mut closing, Ended::Shutdown).await;
+                let action = m.close(Instant::now(), Ended::Shutdown);
+                if let Some(ended) = perform(&mut ws, &m, action).await {
+                    return ended;
+                }
                 continue;
-            }
-            () = sleep_until(close_deadline), if !open => {
-                return closing.take().unwrap_or(Ended::Shutdown);
             }
             command = commands.recv(), if open => {
                 match command {
                     None => {
-                        close_deadline = begin_close(&mut ws, &mut closing, Ended::Stopped).await;
-                        continue;
+                        let action = m.close(Instant::now(), Ended::Stopped);
+                        if let Some(ended) = perform(&mut ws, &m, action).await {
+                            return ended;
+                        }
                     }
                     Some(Command::Subscribe(pairs)) => {
                         let new: Vec<String> = pairs.iter().map(|(s, _)| s.clone()).collect();
                         apply(ctx, name, symbols, &Command::Subscribe(pairs));
-                        ctx.book.set(provider, &new, SubState::Pending, None);
-                        outbox.requests(protocol, &new, true);
+                        m.request(&new, true, chunk, |c, id| protocol.subscribe(c, id));
                     }
                     Some(Command::Unsubscribe(list)) => {
                         let gone: Vec<String> = list.iter().filter(|s| symbols.contains_key(*s)).cloned().collect();
                         apply(ctx, name, symbols, &Command::Unsubscribe(list));
-                        for s in &gone {
-                            active.remove(s);
-                        }
-                        outbox.requests(protocol, &gone, false);
+                        m.request(&gone, false, chunk, |c, id| protocol.unsubscribe(c, id));
                     }
                 }
                 continue;
             }
-            () = async { sleep_until(send_at.unwrap_or_else(Instant::now)).await }, if open && send_at.is_some() => {
-                if let Some((text, tracked)) = outbox.paced.pop_due() {
-                    if let Some((id, list)) = tracked {
-                        requests.insert(id, list);
-                    }
-                    if let Err(e) = ws.send(Message::text(text)).await {
-                        return lost(Loss::SendFailed, e.to_string(), rate_limited, healthy);
-                    }
-                }
-                continue;
-            }
-            _ = ping.tick(), if open => {
-                if let Err(e) = ws.send(Message::Ping(Bytes::from_static(b"tickflow"))).await {
-                    return lost(Loss::SendFailed, e.to_string(), rate_limited, healthy);
-                }
-                continue;
-            }
-            () = sleep_until(silence_at), if open => {
-                let ended = lost(Loss::Silent, format!("no frame for {:?}", s.silence_timeout), rate_limited, healthy);
-                close_deadline = begin_close(&mut ws, &mut closing, ended).await;
-                continue;
-            }
-            () = async { sleep_until(data_silence_at.unwrap_or_else(Instant::now)).await }, if open && data_silence_at.is_some() => {
-                let ended = lost(Loss::NoData, format!("no market data for {:?} (frames still arrive)", s.data_silence_timeout.unwrap_or_default()), rate_limited, healthy);
-                close_deadline = begin_close(&mut ws, &mut closing, ended).await;
-                continue;
-            }
+            () = sleep_until(deadline) => continue,
             received = ws.next() => received,
         };
         let received_at = now_micros();
-        if let Some(ended) = closing.take() {
-            // Closing: frames still come until the provider has seen our close frame; they are
-            // forwarded like any other. Its close (or the end of the stream) ends the session.
-            if matches!(received, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
-                return ended;
-            }
-            closing = Some(ended);
+        // Closing: frames still come until the provider has seen our close frame; they are
+        // forwarded like any other. Its close (or the end of the stream) ends the session.
+        if m.is_closing() && matches!(received, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) {
+            return m.close_answered().unwrap_or(Ended::Shutdown);
         }
         let message = match received {
-            None => {
-                return lost(
-                    Loss::Closed,
-                    "closed without a close frame".into(),
-                    rate_limited,
-                    healthy,
-                )
-            }
+            None => return m.lost(Loss::Closed, "closed without a close frame".into()),
             Some(Err(WsError::Utf8(detail))) => {
-                let frame = dead_frame(
-                    provider,
-                    &session_id,
-                    sequence,
+                let frame = m.failed_frame(
                     received_at,
-                    Bytes::from(format!("tungstenite: {detail}")),
+                    format!("tungstenite: {detail}"),
                     DeadLetter::new("invalid_utf8", format!("a text frame that is not UTF-8 ({detail}); RFC 6455 makes the connection fail")),
                 );
                 ctx.output.send(frame).await;
-                return lost(Loss::InvalidUtf8, detail, rate_limited, healthy);
+                return m.lost(Loss::InvalidUtf8, detail);
             }
             Some(Err(WsError::Capacity(e))) => {
-                let frame = dead_frame(
-                    provider,
-                    &session_id,
-                    sequence,
+                let frame = m.failed_frame(
                     received_at,
-                    Bytes::from(format!("tungstenite: {e}")),
+                    format!("tungstenite: {e}"),
                     DeadLetter::new("oversized", format!("{e}: beyond the WebSocket limit of {limit} bytes, the connection fails")),
                 );
                 ctx.output.send(frame).await;
-                return lost(Loss::Oversized, e.to_string(), rate_limited, healthy);
+                return m.lost(Loss::Oversized, e.to_string());
             }
-            Some(Err(e)) => return lost(Loss::ReadFailed, e.to_string(), rate_limited, healthy),
-            Some(Ok(m)) => m,
+            Some(Err(e)) => return m.lost(Loss::ReadFailed, e.to_string()),
+            Some(Ok(message)) => message,
         };
-        last_frame = Instant::now();
+        let now = Instant::now();
+        m.heard(now);
         let payload: Bytes = match message {
             Message::Text(text) => text.into(),
             Message::Binary(bytes) => bytes,
@@ -356,7 +259,7 @@ async fn session(
                 frame_type(provider, "ping");
                 // tungstenite queued the pong; send it now rather than on the next write.
                 if let Err(e) = ws.flush().await {
-                    return lost(Loss::SendFailed, e.to_string(), rate_limited, healthy);
+                    return m.lost(Loss::SendFailed, e.to_string());
                 }
                 continue;
             }
@@ -369,131 +272,34 @@ async fn session(
                     .map(|c| (c.code, c.reason.to_string()))
                     .unwrap_or((CloseCode::Status, String::new()));
                 // 1008 is how Binance says "too many requests".
-                let limited = code == CloseCode::Policy || rate_limited;
-                return lost(
-                    if limited {
-                        Loss::RateLimited
-                    } else {
-                        Loss::Closed
-                    },
-                    format!("closed by the provider: {} {reason}", u16::from(code)),
-                    limited,
-                    healthy,
-                );
+                return m.closed_by_provider(u16::from(code), &reason, code == CloseCode::Policy);
             }
             Message::Frame(_) => continue,
         };
-        counters.bytes.increment(payload.len() as u64);
-        let this = sequence;
-        sequence += 1;
-        let (inbound, dead) = match std::str::from_utf8(&payload) {
-            Err(e) => (
-                None,
-                Some(DeadLetter::new(
+        let heard = match std::str::from_utf8(&payload) {
+            Err(e) => Heard::Unread {
+                kind: "malformed",
+                dead: Some(DeadLetter::new(
                     "invalid_utf8",
                     format!("binary frame that is not UTF-8: {e}"),
                 )),
-            ),
-            Ok(_) if payload.len() > ctx.output.max_frame_bytes() => (None, None),
-            Ok(text) => {
-                let inbound = protocol.classify(text);
-                match inbound {
-                    Inbound::Malformed(reason) => {
-                        (None, Some(DeadLetter::new("malformed", reason)))
-                    }
-                    other => (Some(other), None),
-                }
-            }
+            },
+            // Not parsed: the sink dead-letters it.
+            Ok(_) if payload.len() > ctx.output.max_frame_bytes() => Heard::Unread {
+                kind: "oversized",
+                dead: None,
+            },
+            Ok(text) => Heard::from(protocol.classify(text)),
         };
-        let mut key = None;
-        let mut channel = &control_channel;
-        match inbound {
-            Some(Inbound::Data { symbol }) => {
-                frame_type(provider, "data");
-                counters.message(symbol.as_deref(), symbols);
-                last_market_data = last_frame;
-                last_data.store(received_at, Ordering::Relaxed);
-                healthy = true;
-                channel = &data_channel;
-                if let Some(sym) = &symbol {
-                    if symbols.contains_key(sym) && !active.contains(sym) {
-                        active.insert(sym.clone());
-                        ctx.book.set(provider, [sym], SubState::Active, None);
-                    }
-                }
-                key = symbol;
-            }
-            Some(Inbound::Control(kind)) => frame_type(provider, kind),
-            Some(Inbound::Subscribed {
-                request_id,
-                symbols: confirmed,
-            }) => {
-                frame_type(provider, "subscribed");
-                let list = if confirmed.is_empty() {
-                    request_id
-                        .and_then(|id| requests.remove(&id))
-                        .unwrap_or_default()
-                } else {
-                    confirmed
-                };
-                let list: Vec<String> = list
-                    .into_iter()
-                    .filter(|s| symbols.contains_key(s))
-                    .collect();
-                active.extend(list.iter().cloned());
-                ctx.book.set(provider, &list, SubState::Active, None);
-            }
-            Some(Inbound::Rejected {
-                request_id,
-                symbols: named,
-                message,
-            }) => {
-                frame_type(provider, "rejected");
-                let list: Vec<String> = if !named.is_empty() {
-                    named
-                } else if let Some(list) = request_id.and_then(|id| requests.remove(&id)) {
-                    list
-                } else {
-                    symbols
-                        .keys()
-                        .filter(|s| !active.contains(*s))
-                        .cloned()
-                        .collect()
-                };
-                tracing::warn!(provider, connection = %name, symbols = ?list, error = %message, "the provider refused a subscription");
-                ctx.book
-                    .set(provider, &list, SubState::Failed, Some(&message));
-            }
-            Some(Inbound::Error {
-                message,
-                rate_limited: limited,
-            }) => {
-                frame_type(provider, "error");
-                rate_limited |= limited;
-                tracing::error!(provider, connection = %name, error = %message, rate_limited = limited, "the provider reports an error");
-                ctx.book
-                    .connection(provider, name, |c| c.last_error = Some(message.clone()));
-            }
-            Some(Inbound::Malformed(_)) => unreachable!("turned into a dead letter above"),
-            None => frame_type(provider, "malformed"),
-        }
-        let frame = Frame {
-            provider,
-            connection_id: session_id.clone(),
-            sequence: this,
-            received_at,
-            channel: channel.clone(),
-            key,
-            payload,
-            dead_letter: dead,
-        };
+        let frame = m.message(now, received_at, heard, payload, symbols);
         // Backpressure: when the queue is full, wait for room, flushing the socket meanwhile
-        // so that queued pongs still go out.
+        // so that queued pongs still go out. The wait is ours, not the provider's silence.
         let frame = match ctx.output.offer(frame) {
             Offer::Taken => continue,
             Offer::Closed => return Ended::Shutdown,
             Offer::Full(frame) => frame,
         };
+        let waiting = Instant::now();
         let send = ctx.output.wait_send(frame);
         tokio::pin!(send);
         let mut flush = tokio::time::interval_at(
@@ -513,42 +319,27 @@ async fn session(
                 }
             }
         }
+        m.waited(waiting.elapsed());
     }
 }
 
-/// How long a closing connection waits for the provider to answer our close frame, forwarding
-/// what still arrives meanwhile.
-const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// Starts the closing handshake: sends a close frame; the session keeps reading until the
-/// provider answers it (or `CLOSE_WAIT`), so nothing the provider sent before it saw our close
-/// is left unread.
-/// Returns when to stop waiting.
-async fn begin_close<S>(ws: &mut S, closing: &mut Option<Ended>, ended: Ended) -> Instant
+/// Carries out what the session machine asked; `Some` when that ends the session.
+async fn perform<S>(ws: &mut S, m: &Machine<String>, action: Action<String>) -> Option<Ended>
 where
-    S: futures::Sink<Message> + Unpin,
+    S: futures::Sink<Message, Error = WsError> + Unpin,
 {
-    let _ = tokio::time::timeout(CLOSE_WAIT, ws.send(Message::Close(None))).await;
-    *closing = Some(ended);
-    Instant::now() + CLOSE_WAIT
-}
-
-fn dead_frame(
-    provider: &'static str,
-    session: &Arc<str>,
-    sequence: i64,
-    received_at: i64,
-    payload: Bytes,
-    dead: DeadLetter,
-) -> Frame {
-    Frame {
-        provider,
-        connection_id: session.clone(),
-        sequence,
-        received_at,
-        channel: "dead-letter".into(),
-        key: None,
-        payload,
-        dead_letter: Some(dead),
-    }
+    let sent = match action {
+        Action::Send(text) => ws.send(Message::text(text)).await,
+        Action::Ping(_) => {
+            ws.send(Message::Ping(Bytes::from_static(b"tickflow")))
+                .await
+        }
+        Action::Close => {
+            // The session reads on until the provider answers (or CLOSE_WAIT passes).
+            let _ = tokio::time::timeout(CLOSE_WAIT, ws.send(Message::Close(None))).await;
+            Ok(())
+        }
+        Action::End(ended) => return Some(ended),
+    };
+    sent.err().map(|e| m.lost(Loss::SendFailed, e.to_string()))
 }

@@ -1,4 +1,4 @@
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tickflow_shared::config::MetricsConfig;
 use tickflow_shared::proto::feed::market_feed_server::{MarketFeed, MarketFeedServer};
@@ -11,7 +11,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use super::*;
 use crate::config::ProviderConfig;
-use crate::state::Subscription;
+use crate::sink::Frame;
+use crate::state::{SubState, Subscription};
 
 fn message(kind: server_message::Kind) -> Vec<u8> {
     ServerMessage { kind: Some(kind) }.encode_to_vec()
@@ -126,14 +127,31 @@ fn diff_names_only_what_changed() {
     assert_eq!(diff(&pairs(&["a"]), &pairs(&["a"])), Diff::default());
 }
 
-#[tokio::test]
-async fn outbox_splits_large_sets_and_paces_them() {
-    let mut outbox = Outbox::new(2.0);
+#[tokio::test(start_paused = true)]
+async fn requests_split_large_sets_and_go_out_paced() {
+    let settings = ProviderConfig {
+        max_messages_per_s: Some(2.0),
+        ..Default::default()
+    }
+    .settings(&DEFAULTS);
+    let book = Book::default();
+    let now = Instant::now();
+    let mut m = Machine::new(
+        PROVIDER,
+        CONNECTION,
+        "trade",
+        &settings,
+        false,
+        &book,
+        InstrumentLabels::new(&MetricsConfig::default()),
+        now,
+    );
     let symbols: Vec<String> = (0..1_200).map(|i| format!("S{i}")).collect();
-    outbox.push(&symbols, true);
-    outbox.push(&symbols[..1], false);
-    let sizes: Vec<(bool, usize)> = outbox
-        .paced
+    m.request(&symbols, true, SYMBOLS_PER_MESSAGE, |c, _| request(c, true));
+    m.request(&symbols[..1], false, SYMBOLS_PER_MESSAGE, |c, _| {
+        request(c, false)
+    });
+    let sizes: Vec<(bool, usize)> = m
         .queued()
         .map(|m| match &m.kind {
             Some(client_message::Kind::Subscribe(s)) => (true, s.symbols.len()),
@@ -145,10 +163,13 @@ async fn outbox_splits_large_sets_and_paces_them() {
         sizes,
         vec![(true, 500), (true, 500), (true, 200), (false, 1)]
     );
-    assert!(outbox.pop_due().is_some());
-    assert!(outbox.pop_due().is_none(), "the next one waits 500 ms");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(outbox.pop_due().is_some());
+    assert!(matches!(m.poll(now, true), Some(Action::Send(_))));
+    assert!(m.poll(now, true).is_none(), "the next one waits 500 ms");
+    assert_eq!(m.deadline(true), now + Duration::from_millis(500));
+    assert!(matches!(
+        m.poll(now + Duration::from_millis(500), true),
+        Some(Action::Send(_))
+    ));
 }
 
 /// A feed server the test drives by hand: each stream it opens is announced with the sender of
