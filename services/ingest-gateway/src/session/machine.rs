@@ -23,7 +23,9 @@ use tickflow_shared::domain::now_micros;
 use tickflow_shared::telemetry::InstrumentLabels;
 use tokio::time::Instant;
 
-use super::{frame_type, lost, Counters, Ended, Loss, Paced};
+use super::counters::{frame_type, Counters};
+use super::loss::{lost, Ended, Loss};
+use super::paced::Paced;
 use crate::config::ProviderSettings;
 use crate::metrics::CONNECTION_STATE;
 use crate::sink::{DeadLetter, Frame};

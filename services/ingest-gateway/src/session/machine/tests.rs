@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::ProviderConfig;
-use crate::session::after_loss;
+use crate::session::loss::after_loss;
 use tickflow_providers::WebSocket as _;
 use tickflow_shared::config::MetricsConfig;
 use tokio::time::advance;

@@ -1,22 +1,13 @@
-//! What the WebSocket connections (`ws`) and the gRPC feed (`grpc`) share about one session:
-//! its decisions ([`Machine`], without I/O), why it ended, its counters, and what happens after
-//! a loss.
+//! Why a session ended, and what follows a loss: the reconnect counter, the book, the backoff.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use metrics::Counter;
 use tickflow_shared::domain::now_micros;
 use tickflow_shared::retry::RetryPolicy;
-use tickflow_shared::telemetry::InstrumentLabels;
 
 use crate::config::ProviderSettings;
-use crate::metrics::{BYTES, FRAMES, MESSAGES, RECONNECTS};
+use crate::metrics::RECONNECTS;
 use crate::state::{Book, SubState};
-
-mod machine;
-
-pub(crate) use machine::{Action, Heard, Machine, CLOSE_WAIT};
 
 /// Why a session was lost; its code is the `reason` label of the reconnect counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,49 +85,6 @@ pub(crate) fn lost(reason: Loss, detail: String, rate_limited: bool, healthy: bo
     }
 }
 
-/// Per-session counters, looked up once per symbol rather than once per message.
-pub(crate) struct Counters {
-    provider: &'static str,
-    labels: InstrumentLabels,
-    by_symbol: HashMap<String, Counter>,
-    unknown: Counter,
-    pub bytes: Counter,
-}
-
-impl Counters {
-    pub fn new(provider: &'static str, labels: InstrumentLabels) -> Self {
-        Self {
-            provider,
-            labels,
-            by_symbol: HashMap::new(),
-            unknown: metrics::counter!(MESSAGES, "provider" => provider, "instrument" => "unknown"),
-            bytes: metrics::counter!(BYTES, "provider" => provider),
-        }
-    }
-
-    /// One market-data message; `symbols` maps provider symbols to instruments (the label).
-    pub fn message(&mut self, symbol: Option<&str>, symbols: &BTreeMap<String, String>) {
-        let counter = match symbol {
-            Some(s) => {
-                if let Some(c) = self.by_symbol.get(s) {
-                    c
-                } else {
-                    let instrument = symbols.get(s).map_or("unknown", String::as_str);
-                    let label = self.labels.label(instrument);
-                    let c = metrics::counter!(MESSAGES, "provider" => self.provider, "instrument" => label);
-                    self.by_symbol.entry(s.to_string()).or_insert(c)
-                }
-            }
-            None => &self.unknown,
-        };
-        counter.increment(1);
-    }
-}
-
-pub(crate) fn frame_type(provider: &'static str, kind: &'static str) {
-    metrics::counter!(FRAMES, "provider" => provider, "type" => kind).increment(1);
-}
-
 /// Sleeps until `until`, or forever without one (a `select!` branch that never fires).
 pub(crate) async fn sleep_until_some(until: Option<tokio::time::Instant>) {
     match until {
@@ -183,48 +131,6 @@ pub(crate) fn after_loss<'a>(
     });
     book.set(provider, symbols, SubState::Connecting, None);
     wait
-}
-
-/// Outgoing messages paced to a provider's limit (`max_messages_per_s`): one every `interval`.
-pub(crate) struct Paced<T> {
-    queue: std::collections::VecDeque<T>,
-    interval: Duration,
-    next_at: tokio::time::Instant,
-}
-
-impl<T> Paced<T> {
-    pub fn new(per_second: f64, now: tokio::time::Instant) -> Self {
-        Self {
-            queue: std::collections::VecDeque::new(),
-            interval: Duration::from_secs_f64(1.0 / per_second),
-            next_at: now,
-        }
-    }
-
-    pub fn push(&mut self, item: T) {
-        self.queue.push_back(item);
-    }
-
-    /// What is queued, in order.
-    #[cfg(test)]
-    pub fn queued(&self) -> impl Iterator<Item = &T> {
-        self.queue.iter()
-    }
-
-    /// When the next message may go, if one is queued.
-    pub fn due_at(&self) -> Option<tokio::time::Instant> {
-        (!self.queue.is_empty()).then_some(self.next_at)
-    }
-
-    /// The next message, if one is queued and its turn has come.
-    pub fn pop_due(&mut self, now: tokio::time::Instant) -> Option<T> {
-        if now < self.next_at {
-            return None;
-        }
-        let item = self.queue.pop_front()?;
-        self.next_at = now + self.interval;
-        Some(item)
-    }
 }
 
 /// The wait before reconnect attempt `attempt` (from 0): the shared retry policy with the
