@@ -5,20 +5,62 @@
 //! `md.raw.<id>` with the channel `backfill`; the normalizer parses them with
 //! [`crate::Provider::parse`] and drops what it already has by trade id).
 
+use tickflow_shared::domain::Micros;
+
+/// A page of trades to ask for: what is still missing of a gap.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    pub symbol: &'a str,
+    /// The missing trade ids still to fetch, inclusive.
+    pub first: u64,
+    pub last: u64,
+    /// The event time (µs) of the trade before the gap: where an API that pages by time starts.
+    pub after_time: Micros,
+    /// The cursor the previous page of this walk gave ([`Page::next`]), if any.
+    pub cursor: Option<&'a str>,
+    /// At most this many trades (the provider's own maximum may be lower).
+    pub limit: u32,
+}
+
+/// A page of past trades.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Each trade as (trade id, a frame of the provider's live format), in any order, the ones
+    /// outside the range asked for included.
+    pub trades: Vec<(u64, String)>,
+    /// For an API that pages forward by a cursor (Kraken's `last`): where the next page starts.
+    /// `None` for one addressed by trade id (Binance, Coinbase).
+    pub next: Option<String>,
+}
+
+/// Why a page gave no trades.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PageError {
+    /// The provider says we ask too often (in the body, where its API says so there).
+    RateLimited(String),
+    /// Not a page of this API.
+    Unreadable(String),
+}
+
 /// A provider's REST access to past trades.
 pub trait Backfill: Send + Sync {
     /// The REST API's base URL in production (`[gateway.<id>] rest_url` overrides it).
     fn default_rest_url(&self) -> &'static str;
 
-    /// The URL of a page of `symbol`'s trades within `first..=last`, at most `limit` of them (the
-    /// provider's own maximum may be lower): a provider that pages forward gives the oldest from
-    /// `first` on (Binance), one that pages backward the newest up to `last` (Coinbase). The
-    /// gateway's walk takes either.
-    fn page_url(&self, base: &str, symbol: &str, first: u64, last: u64, limit: u32) -> String;
+    /// The URL of the page `want` asks for: a provider that pages forward by id gives the oldest
+    /// from `first` on (Binance), one that pages backward the newest up to `last` (Coinbase), one
+    /// that pages by time those after `after_time`, then after the cursor (Kraken). The gateway's
+    /// walk takes any of them.
+    fn page_url(&self, base: &str, want: &Want<'_>) -> String;
 
-    /// The trades of a page, each as (trade id, a frame of the provider's live format), in any
-    /// order; or why the page cannot be read.
-    fn frames(&self, symbol: &str, body: &[u8]) -> Result<Vec<(u64, String)>, String>;
+    /// The trades of a page, or why there are none.
+    fn page(&self, symbol: &str, body: &[u8]) -> Result<Page, PageError>;
+
+    /// Whether the API finds trades by time only: a gap without the time of the trade before
+    /// it cannot be fetched.
+    fn pages_by_time(&self) -> bool {
+        false
+    }
 
     /// Requests per second the provider allows for this endpoint, with room to spare.
     fn requests_per_s(&self) -> f64;
@@ -78,7 +120,9 @@ mod tests {
         ];
         for (provider, symbol, page, (id, price, size, side, time)) in cases {
             let backfill = provider.backfill().unwrap();
-            let frames = backfill.frames(symbol, page).unwrap();
+            let page = backfill.page(symbol, page).unwrap();
+            assert_eq!(page.next, None, "paged by id, not by a cursor");
+            let frames = page.trades;
             assert_eq!(frames.len(), 1);
             assert_eq!(frames[0].0.to_string(), id);
             let Frame::Trades(trades) = provider.parse(frames[0].1.as_bytes()).unwrap() else {
@@ -99,7 +143,18 @@ mod tests {
                 provider.id()
             );
             assert_eq!(provider.trade_number(t), Some(id.parse().unwrap()));
-            assert!(backfill.frames(symbol, b"{\"code\":-1121}").is_err());
+            assert!(backfill.page(symbol, b"{\"code\":-1121}").is_err());
+        }
+    }
+
+    fn want(symbol: &str, first: u64, last: u64, limit: u32) -> super::Want<'_> {
+        super::Want {
+            symbol,
+            first,
+            last,
+            after_time: 0,
+            cursor: None,
+            limit,
         }
     }
 
@@ -109,7 +164,7 @@ mod tests {
             Binance
                 .backfill()
                 .unwrap()
-                .page_url("http://127.0.0.1:9/", "BTCUSDT", 100, 105, 1000),
+                .page_url("http://127.0.0.1:9/", &want("BTCUSDT", 100, 105, 1000)),
             "http://127.0.0.1:9/api/v3/historicalTrades?symbol=BTCUSDT&fromId=100&limit=6"
         );
         // Coinbase pages backwards from a cursor: the ids below `after`, newest first.
@@ -117,7 +172,7 @@ mod tests {
             Coinbase
                 .backfill()
                 .unwrap()
-                .page_url("http://127.0.0.1:9", "BTC-USD", 100, 5_000, 100),
+                .page_url("http://127.0.0.1:9", &want("BTC-USD", 100, 5_000, 100)),
             "http://127.0.0.1:9/products/BTC-USD/trades?limit=100&after=5001"
         );
     }

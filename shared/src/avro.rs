@@ -530,6 +530,16 @@ impl Fields {
         }
     }
 
+    /// A long field added to a schema later (with a default): `default` in records written
+    /// before it existed.
+    pub fn long_or(&mut self, name: &str, default: i64) -> Result<i64> {
+        if self.0.contains_key(name) {
+            self.long(name)
+        } else {
+            Ok(default)
+        }
+    }
+
     pub fn opt_long(&mut self, name: &str) -> Result<Option<i64>> {
         match self.take(name)? {
             Value::Null => Ok(None),

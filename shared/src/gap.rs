@@ -29,6 +29,9 @@ pub struct GapRecord {
     pub instrument: String,
     pub first_missing: i64,
     pub last_missing: i64,
+    /// The event time of the trade before the gap: where a provider whose REST API pages by
+    /// time (Kraken) starts looking. 0 in records written before the field existed.
+    pub after_time: Micros,
     /// `OPEN`, `FILLED` or `DROPPED`.
     pub status: String,
     pub still_missing: i64,
@@ -64,6 +67,7 @@ impl GapRecord {
             ("reason".into(), s(&self.reason)),
             ("source".into(), s(&self.source)),
             ("at".into(), Value::TimestampMicros(self.at)),
+            ("after_time".into(), Value::TimestampMicros(self.after_time)),
         ])
     }
 
@@ -82,6 +86,7 @@ impl GapRecord {
             reason: f.string("reason")?,
             source: f.string("source")?,
             at: f.long("at")?,
+            after_time: f.long_or("after_time", 0)?,
         })
     }
 }

@@ -7,6 +7,7 @@
 pub mod stream;
 pub mod trades;
 
+use crate::backfill::{Page, PageError, Want};
 use crate::{ParseResult, Provider, ProviderId, ProviderTrade, WebSocket};
 
 pub const ID: ProviderId = ProviderId::new("binance");
@@ -50,7 +51,14 @@ impl crate::backfill::Backfill for Binance {
         "https://api.binance.com"
     }
 
-    fn page_url(&self, base: &str, symbol: &str, first: u64, last: u64, limit: u32) -> String {
+    fn page_url(&self, base: &str, want: &Want<'_>) -> String {
+        let Want {
+            symbol,
+            first,
+            last,
+            limit,
+            ..
+        } = *want;
         let limit = u64::from(limit.clamp(1, 1000)).min(last.saturating_sub(first) + 1);
         format!(
             "{}/api/v3/historicalTrades?symbol={symbol}&fromId={first}&limit={limit}",
@@ -58,7 +66,7 @@ impl crate::backfill::Backfill for Binance {
         )
     }
 
-    fn frames(&self, symbol: &str, body: &[u8]) -> Result<Vec<(u64, String)>, String> {
+    fn page(&self, symbol: &str, body: &[u8]) -> Result<Page, PageError> {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Item<'a> {
@@ -72,9 +80,10 @@ impl crate::backfill::Backfill for Binance {
             #[serde(default)]
             is_best_match: Option<bool>,
         }
-        let items: Vec<Item> = serde_json::from_slice(body)
-            .map_err(|e| format!("not a list of Binance historical trades: {e}"))?;
-        Ok(items
+        let items: Vec<Item> = serde_json::from_slice(body).map_err(|e| {
+            PageError::Unreadable(format!("not a list of Binance historical trades: {e}"))
+        })?;
+        let trades = items
             .into_iter()
             .map(|t| {
                 let frame = serde_json::json!({
@@ -83,7 +92,8 @@ impl crate::backfill::Backfill for Binance {
                 });
                 (t.id, frame.to_string())
             })
-            .collect())
+            .collect();
+        Ok(Page { trades, next: None })
     }
 
     fn requests_per_s(&self) -> f64 {

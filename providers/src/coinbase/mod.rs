@@ -7,6 +7,7 @@
 pub mod stream;
 pub mod trades;
 
+use crate::backfill::{Page, PageError, Want};
 use crate::{ParseResult, Provider, ProviderId, ProviderTrade, WebSocket};
 
 pub const ID: ProviderId = ProviderId::new("coinbase");
@@ -51,7 +52,14 @@ impl crate::backfill::Backfill for Coinbase {
         "https://api.exchange.coinbase.com"
     }
 
-    fn page_url(&self, base: &str, symbol: &str, first: u64, last: u64, limit: u32) -> String {
+    fn page_url(&self, base: &str, want: &Want<'_>) -> String {
+        let Want {
+            symbol,
+            first,
+            last,
+            limit,
+            ..
+        } = *want;
         let limit = u64::from(limit.clamp(1, 1000)).min(last.saturating_sub(first) + 1);
         format!(
             "{}/products/{symbol}/trades?limit={limit}&after={}",
@@ -60,7 +68,7 @@ impl crate::backfill::Backfill for Coinbase {
         )
     }
 
-    fn frames(&self, symbol: &str, body: &[u8]) -> Result<Vec<(u64, String)>, String> {
+    fn page(&self, symbol: &str, body: &[u8]) -> Result<Page, PageError> {
         #[derive(serde::Deserialize)]
         struct Item<'a> {
             trade_id: u64,
@@ -74,8 +82,8 @@ impl crate::backfill::Backfill for Coinbase {
             side: &'a str,
         }
         let items: Vec<Item> = serde_json::from_slice(body)
-            .map_err(|e| format!("not a list of Coinbase trades: {e}"))?;
-        Ok(items
+            .map_err(|e| PageError::Unreadable(format!("not a list of Coinbase trades: {e}")))?;
+        let trades = items
             .into_iter()
             .map(|t| {
                 let frame = serde_json::json!({
@@ -84,7 +92,8 @@ impl crate::backfill::Backfill for Coinbase {
                 });
                 (t.trade_id, frame.to_string())
             })
-            .collect())
+            .collect();
+        Ok(Page { trades, next: None })
     }
 
     fn requests_per_s(&self) -> f64 {

@@ -1,9 +1,11 @@
 //! Kraken WebSocket API v2, the `trade` channel.
 //!
 //! [`stream`]: the WebSocket endpoint, subscriptions and frame classification (ingest-gateway);
-//! [`trades`]: the trades in a frame (normalizer). Each file opens with the provider's
+//! [`trades`]: the trades in a frame (normalizer); [`rest`]: past trades by time, to fill a gap
+//! (ingest-gateway's backfill). Each file opens with the provider's
 //! documentation and the payloads it shows; its tests use those payloads.
 
+pub mod rest;
 pub mod stream;
 pub mod trades;
 
@@ -28,6 +30,10 @@ impl Provider for Kraken {
     }
 
     fn websocket(&self) -> Option<&dyn WebSocket> {
+        Some(self)
+    }
+
+    fn backfill(&self) -> Option<&dyn crate::Backfill> {
         Some(self)
     }
 }

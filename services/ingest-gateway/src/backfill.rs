@@ -3,9 +3,10 @@
 //!
 //! The normalizer publishes each hole it finds in a provider's trade numbering on the gaps topic
 //! (`md.gaps`, status `OPEN`). The gateway reads that topic in a consumer group of its own (so one
-//! replica works on a gap) and, for a provider whose REST API serves past trades by id
-//! ([`tickflow_providers::Backfill`]: Binance, Coinbase), fetches the missing range page by page,
-//! paced to the provider's documented limit. Each trade becomes a frame of the provider's live
+//! replica works on a gap) and, for a provider whose REST API serves past trades
+//! ([`tickflow_providers::Backfill`]: Binance, Coinbase by id; Kraken by time, from the gap's
+//! `after_time` on, following its cursor), fetches the missing range page by page, paced to the
+//! provider's documented limit. Each trade becomes a frame of the provider's live
 //! format on `md.raw.<provider>`, channel `backfill`, keyed by the symbol like a live frame; the
 //! normalizer parses it as any other, drops what it already has by trade id, and its gap tracker
 //! sees the missing trades arrive and publishes the gap `FILLED`.
@@ -25,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
+use tickflow_providers::backfill::{Page, PageError, Want};
 use tickflow_providers::{Backfill, Provider};
 use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::config::KafkaConfig;
@@ -259,12 +261,20 @@ pub async fn walk(
         ));
         return result;
     }
+    if backfill.pages_by_time() && gap.after_time <= 0 {
+        result.stopped = Some(
+            "the provider finds past trades by time only, and the gap record has no time (a record from before `after_time`)"
+                .into(),
+        );
+        return result;
+    }
     let connection: Arc<str> = format!("{CHANNEL}-{provider}-{}", now_micros()).into();
     let channel: Arc<str> = CHANNEL.into();
     let mut sequence = 0_i64;
     let mut failures = 0_u32;
-    // What is still to fetch is `lo..=hi`; a page comes from its start (forward paging) or its
-    // end (backward paging).
+    let mut cursor: Option<String> = None;
+    // What is still to fetch is `lo..=hi`; a page comes from its start (forward paging by id),
+    // its end (backward paging by id), or from a time before it on (paging by a time cursor).
     while lo <= hi {
         tokio::select! {
             () = ctx.shutdown.triggered() => {
@@ -274,7 +284,15 @@ pub async fn walk(
             () = tokio::time::sleep_until(*next_at) => {}
         }
         *next_at = Instant::now() + interval;
-        let url = backfill.page_url(&source.rest_url, &gap.symbol, lo, hi, ctx.config.page_limit);
+        let want = Want {
+            symbol: &gap.symbol,
+            first: lo,
+            last: hi,
+            after_time: gap.after_time,
+            cursor: cursor.as_deref(),
+            limit: ctx.config.page_limit,
+        };
+        let url = backfill.page_url(&source.rest_url, &want);
         let page = tokio::select! {
             () = ctx.shutdown.triggered() => {
                 result.stopped = Some("shutdown".into());
@@ -310,21 +328,29 @@ pub async fn walk(
                 continue;
             }
         };
-        let mut frames = match backfill.frames(&gap.symbol, &body) {
-            Ok(f) => f,
-            Err(why) => {
+        let Page {
+            trades: mut frames,
+            next,
+        } = match backfill.page(&gap.symbol, &body) {
+            Ok(page) => page,
+            Err(PageError::RateLimited(why)) => {
+                metrics::counter!(BACKFILL_REQUESTS, "provider" => provider, "outcome" => "rate_limited").increment(1);
+                let wait = source.rate_limit_backoff;
+                tracing::warn!(provider, url = %url, said = %why, wait_ms = wait.as_millis() as u64, "backfill: the provider says too many requests; waiting");
+                *next_at = Instant::now() + wait;
+                continue;
+            }
+            Err(PageError::Unreadable(why)) => {
                 result.stopped = Some(format!("the page of {url} cannot be read: {why}"));
                 return result;
             }
         };
+        let page_empty = frames.is_empty();
+        let went_past = frames.iter().any(|(id, _)| *id >= hi);
         frames.retain(|(id, _)| (lo..=hi).contains(id));
         frames.sort_unstable_by_key(|(id, _)| *id);
         frames.dedup_by_key(|(id, _)| *id);
-        let (Some(&(lowest, _)), Some(&(highest, _))) = (frames.first(), frames.last()) else {
-            // Nothing of the range: the provider no longer has it.
-            unrecoverable(&mut result, provider, &gap.symbol, lo, hi);
-            return result;
-        };
+        let range = frames.first().map(|f| f.0).zip(frames.last().map(|f| f.0));
         let before = result.sent;
         for (_, text) in frames {
             let frame = Frame {
@@ -345,6 +371,30 @@ pub async fn walk(
             result.sent += 1;
         }
         metrics::counter!(BACKFILL_TRADES, "provider" => provider).increment(result.sent - before);
+        if let Some(next) = next {
+            // Paging forward in time: trades before the range come first, then the range.
+            if let Some((lowest, highest)) = range {
+                if lowest > lo {
+                    unrecoverable(&mut result, provider, &gap.symbol, lo, lowest - 1);
+                }
+                lo = highest + 1;
+            }
+            if lo > hi {
+                break;
+            }
+            if page_empty || went_past || cursor.as_deref() == Some(next.as_str()) {
+                // The provider's trades ran out or went past the range without the rest of it.
+                unrecoverable(&mut result, provider, &gap.symbol, lo, hi);
+                break;
+            }
+            cursor = Some(next);
+            continue;
+        }
+        let Some((lowest, highest)) = range else {
+            // Nothing of the range: the provider no longer has it.
+            unrecoverable(&mut result, provider, &gap.symbol, lo, hi);
+            return result;
+        };
         if highest == hi && lowest > lo {
             // Backward paging: the next page ends below this one.
             hi = lowest - 1;

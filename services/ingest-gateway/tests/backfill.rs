@@ -1,9 +1,11 @@
 //! Backfill against the real stack and local REST servers that speak Binance's
-//! (`/api/v3/historicalTrades`, by `fromId`) and Coinbase's (`/products/<id>/trades`, by the
-//! `after` cursor, newest first) documented formats: they paginate (at most 100 trades a page),
-//! rate-limit (a `429` with `Retry-After`, then a `418`), and Binance has forgotten its oldest
-//! trades. Gaps are published on a gaps topic as the normalizer does (plus records the backfill
-//! must leave alone: a FILLED gap, a Kraken gap, a gap of a disabled provider).
+//! (`/api/v3/historicalTrades`, by `fromId`), Coinbase's (`/products/<id>/trades`, by the
+//! `after` cursor, newest first) and Kraken's (`/0/public/Trades`, by time: `since` in ns, the
+//! `last` cursor, trades as arrays) documented formats: they paginate (at most 100 trades a
+//! page), rate-limit (a `429` with `Retry-After`, then a `418`; Kraken's error in a 200's body),
+//! and Binance has forgotten its oldest trades. Gaps are published on a gaps topic as the
+//! normalizer does (plus records the backfill must leave alone: a FILLED gap, a gap of a
+//! disabled provider).
 //!
 //! Afterwards the raw topics hold, on the `backfill` channel, every missing trade the servers
 //! still have exactly once, each frame read back by the provider's live parser into the trade the
@@ -47,6 +49,54 @@ const NEWEST: u64 = 1_000;
 struct Server {
     binance_requests: AtomicU32,
     coinbase_requests: AtomicU32,
+    kraken_requests: AtomicU32,
+}
+
+/// Kraken's time of trade `id`, µs: a quarter second apart.
+fn kraken_time(id: u64) -> i64 {
+    1_700_000_000_000_000 + id as i64 * 250_000 + 1
+}
+
+async fn kraken(
+    State(server): State<Arc<Server>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let n = server.kraken_requests.fetch_add(1, Ordering::SeqCst);
+    if n == 0 {
+        // Kraken says it in the body, with a 200.
+        return axum::Json(serde_json::json!({"error": ["EGeneral:Too many requests"]}))
+            .into_response();
+    }
+    assert_eq!(q.get("pair").map(String::as_str), Some("BTCUSD"));
+    let since: i128 = q["since"].parse().unwrap();
+    let count: usize = q["count"].parse::<usize>().unwrap().min(PAGE_MAX as usize);
+    let page: Vec<u64> = (1..=NEWEST)
+        .filter(|id| kraken_time(*id) as i128 * 1_000 > since)
+        .take(count)
+        .collect();
+    let last = page
+        .last()
+        .map_or(since, |id| kraken_time(*id) as i128 * 1_000);
+    // Seven digits of fraction, as Kraken writes them; the JSON number's text is kept.
+    let items: Vec<String> = page
+        .iter()
+        .map(|&id| {
+            let t = kraken_time(id);
+            format!(
+                r#"["{}","{}",{}.{:06}7,"{}","l","",{id}]"#,
+                price(id),
+                size(id),
+                t / 1_000_000,
+                t % 1_000_000,
+                if id % 2 == 0 { "b" } else { "s" }
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"error":[],"result":{{"XXBTZUSD":[{}],"last":"{last}"}}}}"#,
+        items.join(",")
+    );
+    ([("content-type", "application/json")], body).into_response()
 }
 
 async fn binance(
@@ -114,6 +164,7 @@ async fn serve() -> (SocketAddr, Arc<Server>) {
     let app = Router::new()
         .route("/api/v3/historicalTrades", get(binance))
         .route("/products/{product}/trades", get(coinbase))
+        .route("/0/public/Trades", get(kraken))
         .with_state(server.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -139,6 +190,7 @@ fn gap(provider: &str, symbol: &str, first: i64, last: i64, status: &str) -> Gap
         reason: String::new(),
         source: "md.raw.x/0@1".into(),
         at: 1,
+        after_time: 0,
     }
 }
 
@@ -159,7 +211,11 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
     let records = [
         gap("binance", "BTCUSDT", 20, 260, "OPEN"),
         gap("binance", "BTCUSDT", 300, 310, "FILLED"),
-        gap("kraken", "BTC/USD", 5, 9, "OPEN"),
+        // Kraken pages by time: from the trade before the gap.
+        GapRecord {
+            after_time: kraken_time(599),
+            ..gap("kraken", "BTC/USD", 600, 750, "OPEN")
+        },
         gap("finnhub", "BINANCE:BTCUSDT", 5, 9, "OPEN"),
         gap("coinbase", "BTC-USD", 101, 345, "OPEN"),
         gap("binance", "BTCUSDT", 400, 403, "OPEN"),
@@ -198,7 +254,7 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
         ),
         ("TICKFLOW_GATEWAY__BACKFILL__PAGE_LIMIT", "1000".into()),
     ];
-    for p in ["BINANCE", "COINBASE"] {
+    for p in ["BINANCE", "COINBASE", "KRAKEN"] {
         for (k, v) in [
             ("ENABLED", "true".to_string()),
             ("URL", "ws://127.0.0.1:9".into()),
@@ -219,13 +275,17 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
         .wait_for("/readyz", 200, Duration::from_secs(60))
         .await;
 
-    // Expected: Binance 50..=260 (20..=49 forgotten) and 400..=403, Coinbase 101..=345.
+    // Expected: Binance 50..=260 (20..=49 forgotten) and 400..=403, Coinbase 101..=345, Kraken
+    // 600..=750.
     let mut expected: BTreeMap<(&str, u64), (String, String)> = BTreeMap::new();
     for id in (BINANCE_OLDEST..=260).chain(400..=403) {
         expected.insert(("binance", id), (price(id), size(id)));
     }
     for id in 101..=345 {
         expected.insert(("coinbase", id), (price(id), size(id)));
+    }
+    for id in 600..=750 {
+        expected.insert(("kraken", id), (price(id), size(id)));
     }
     let consumer = kafka::stream_consumer(
         &stack.kafka,
@@ -235,8 +295,13 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
     .unwrap();
     let raw_binance = format!("{prefix}binance");
     let raw_coinbase = format!("{prefix}coinbase");
+    let raw_kraken = format!("{prefix}kraken");
     consumer
-        .subscribe(&[raw_binance.as_str(), raw_coinbase.as_str()])
+        .subscribe(&[
+            raw_binance.as_str(),
+            raw_coinbase.as_str(),
+            raw_kraken.as_str(),
+        ])
         .unwrap();
     let reader = AvroCodec::new(&registry, &[]);
     let mut got: BTreeMap<(&str, u64), Vec<(String, String)>> = BTreeMap::new();
@@ -300,6 +365,11 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
     // rate-limit backoff.
     assert!(server.binance_requests.load(Ordering::SeqCst) >= 5);
     assert!(server.coinbase_requests.load(Ordering::SeqCst) >= 4);
+    assert_eq!(
+        server.kraken_requests.load(Ordering::SeqCst),
+        3,
+        "one refused, then two pages: 599..=698 and 699..=798 (the walk stops at 750)"
+    );
     assert!(
         started.elapsed() >= Duration::from_millis(1_700),
         "waited out 1 s + 0.7 s"
@@ -319,7 +389,7 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
             "outcome=\"rate_limited\""
         )
         .await,
-        3.0
+        4.0
     );
     assert_eq!(
         metric("tickflow_gateway_backfill_trades_total", "provider=").await,
@@ -327,8 +397,8 @@ async fn missing_trades_are_fetched_paced_and_put_on_the_raw_topic_once() {
     );
     assert_eq!(
         metric("tickflow_gateway_backfill_gaps_total", "provider=").await,
-        3.0,
-        "two Binance gaps and one Coinbase gap walked; the others left alone"
+        4.0,
+        "two Binance gaps, one Coinbase and one Kraken gap walked; the others left alone"
     );
     assert!(
         log.contains("the provider no longer serves these trades"),

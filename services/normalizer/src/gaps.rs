@@ -77,6 +77,18 @@ impl Found {
     }
 }
 
+/// One numbered trade, as the tracker sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub number: u64,
+    /// The gateway session that delivered it.
+    pub connection: &'a str,
+    /// The gateway's receive time.
+    pub received_at: Micros,
+    /// The trade's own time.
+    pub event_time: Micros,
+}
+
 /// A change to a gap (published on the gaps topic), or one missing trade recovered (counted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -85,6 +97,9 @@ pub struct Event {
     /// The gap as found: its first and last missing numbers.
     pub first: u64,
     pub last: u64,
+    /// The event time of the trade before the gap (the highest number received before it was
+    /// found): where a provider whose REST API pages by time starts looking.
+    pub after_time: Micros,
     pub kind: EventKind,
     /// The receive time of the trade that caused the event.
     pub at: Micros,
@@ -127,6 +142,7 @@ pub fn record(event: &Event, index: &InstrumentIndex, source: String) -> Option<
         instrument,
         first_missing: event.first as i64,
         last_missing: event.last as i64,
+        after_time: event.after_time,
         status: status.as_str().to_string(),
         still_missing: missing as i64,
         found: found.as_str().to_string(),
@@ -143,6 +159,7 @@ pub fn record(event: &Event, index: &InstrumentIndex, source: String) -> Option<
 struct OpenGap {
     last: u64,
     found: Found,
+    after_time: Micros,
     /// Trades of it the provider no longer serves (the backfill said so).
     lost: u64,
     /// Still-missing ranges, inclusive, in order.
@@ -158,6 +175,8 @@ impl OpenGap {
 #[derive(Debug, Clone)]
 struct Stream {
     highest: u64,
+    /// The event time of the highest.
+    highest_time: Micros,
     connection: u64,
     /// Open gaps by their first missing number.
     open: BTreeMap<u64, OpenGap>,
@@ -181,24 +200,28 @@ fn connection_hash(connection: &str) -> u64 {
 }
 
 impl Gaps {
-    /// Takes trade `number` of (`provider`, `symbol`), received on `connection` at `at`; what it
-    /// changes is appended to `out`.
+    /// Takes trade `seen.number` of (`provider`, `symbol`); what it changes is appended to `out`.
     pub fn observe(
         &mut self,
         provider: &'static str,
         symbol: &str,
-        number: u64,
-        connection: &str,
-        at: Micros,
+        seen: Seen<'_>,
         out: &mut Vec<Event>,
     ) {
+        let Seen {
+            number,
+            connection,
+            received_at: at,
+            event_time,
+        } = seen;
         let connection = connection_hash(connection);
         let streams = self.touch(provider, symbol);
-        let event = |first: u64, last: u64, kind: EventKind| Event {
+        let event = |first: u64, last: u64, after_time: Micros, kind: EventKind| Event {
             provider,
             symbol: symbol.to_string(),
             first,
             last,
+            after_time,
             kind,
             at,
         };
@@ -207,6 +230,7 @@ impl Gaps {
                 symbol.to_string(),
                 Stream {
                     highest: number,
+                    highest_time: event_time,
                     connection,
                     open: BTreeMap::new(),
                 },
@@ -221,11 +245,13 @@ impl Gaps {
                 } else {
                     Found::AfterReconnect
                 };
+                let after_time = stream.highest_time;
                 stream.open.insert(
                     first,
                     OpenGap {
                         last,
                         found,
+                        after_time,
                         lost: 0,
                         holes: vec![(first, last)],
                     },
@@ -233,6 +259,7 @@ impl Gaps {
                 out.push(event(
                     first,
                     last,
+                    after_time,
                     EventKind::Gap {
                         status: Status::Open,
                         found,
@@ -244,6 +271,7 @@ impl Gaps {
                     out.push(event(
                         first,
                         gap.last,
+                        gap.after_time,
                         EventKind::Gap {
                             status: Status::Dropped("too many open gaps in this stream"),
                             found: gap.found,
@@ -253,6 +281,7 @@ impl Gaps {
                 }
             }
             stream.highest = number;
+            stream.highest_time = event_time;
             stream.connection = connection;
             return;
         }
@@ -261,6 +290,7 @@ impl Gaps {
                 out.push(event(
                     first,
                     gap.last,
+                    gap.after_time,
                     EventKind::Gap {
                         status: Status::Dropped("the provider restarted its trade numbering"),
                         found: gap.found,
@@ -269,6 +299,7 @@ impl Gaps {
                 ));
             }
             stream.highest = number;
+            stream.highest_time = event_time;
             stream.connection = connection;
             return;
         }
@@ -298,12 +329,13 @@ impl Gaps {
                 gap.holes.insert(i + 1, (number + 1, b));
             }
         }
-        out.push(event(first, gap.last, EventKind::Recovered));
+        out.push(event(first, gap.last, gap.after_time, EventKind::Recovered));
         if gap.holes.is_empty() {
             let gap = stream.open.remove(&first).expect("the gap just filled");
             out.push(event(
                 first,
                 gap.last,
+                gap.after_time,
                 EventKind::Gap {
                     status: Status::Filled,
                     found: gap.found,
@@ -315,6 +347,7 @@ impl Gaps {
             out.push(event(
                 first,
                 gap.last,
+                gap.after_time,
                 EventKind::Gap {
                     status: Status::Dropped("filled in too many pieces to track"),
                     found: gap.found,
@@ -381,6 +414,7 @@ impl Gaps {
                 symbol: symbol.to_string(),
                 first: gap_first,
                 last: gap.last,
+                after_time: gap.after_time,
                 kind: EventKind::Gap {
                     status: Status::Dropped("the provider no longer serves the missing trades"),
                     found: gap.found,
@@ -448,30 +482,29 @@ pub fn observe_frame(
     trades: &[tickflow_providers::ProviderTrade<'_>],
     out: &mut Vec<Event>,
 ) {
-    let mut observe = |number: u64, symbol: &str| {
-        gaps.observe(
-            provider.id().as_str(),
-            symbol,
+    let mut observe = |number: u64, symbol: &str, event_time: Micros| {
+        let seen = Seen {
             number,
-            &envelope.connection_id,
-            envelope.received_at,
-            out,
-        )
+            connection: &envelope.connection_id,
+            received_at: envelope.received_at,
+            event_time,
+        };
+        gaps.observe(provider.id().as_str(), symbol, seen, out)
     };
     if let [trade] = trades {
         // The common case (one trade per frame) without an allocation.
         if let Some(number) = provider.trade_number(trade) {
-            observe(number, &trade.symbol);
+            observe(number, &trade.symbol, trade.event_time);
         }
         return;
     }
-    let mut numbered: Vec<(u64, &str)> = trades
+    let mut numbered: Vec<(u64, &str, Micros)> = trades
         .iter()
-        .filter_map(|t| Some((provider.trade_number(t)?, t.symbol.as_ref())))
+        .filter_map(|t| Some((provider.trade_number(t)?, t.symbol.as_ref(), t.event_time)))
         .collect();
     numbered.sort_unstable();
-    for (number, symbol) in numbered {
-        observe(number, symbol);
+    for (number, symbol, event_time) in numbered {
+        observe(number, symbol, event_time);
     }
 }
 
@@ -542,9 +575,24 @@ mod tests {
     fn feed(gaps: &mut Gaps, trades: &[(u64, &str)]) -> Vec<Event> {
         let mut out = Vec::new();
         for (i, &(n, connection)) in trades.iter().enumerate() {
-            gaps.observe("binance", "BTCUSDT", n, connection, i as Micros, &mut out);
+            gaps.observe(
+                "binance",
+                "BTCUSDT",
+                seen(n, connection, i as Micros),
+                &mut out,
+            );
         }
         out
+    }
+
+    /// Trade `n` from `connection` received at `at`, stamped `n` ms after the epoch.
+    fn seen(n: u64, connection: &str, at: Micros) -> Seen<'_> {
+        Seen {
+            number: n,
+            connection,
+            received_at: at,
+            event_time: n as Micros * 1_000,
+        }
     }
 
     fn statuses(events: &[Event]) -> Vec<(u64, u64, &'static str)> {
@@ -649,9 +697,9 @@ mod tests {
         // A stream that only the aborted batch created is forgotten too.
         let mut fresh = Gaps::default();
         let mut out = Vec::new();
-        fresh.observe("kraken", "BTC/USD", 5, "c", 0, &mut out);
+        fresh.observe("kraken", "BTC/USD", seen(5, "c", 0), &mut out);
         fresh.rollback();
-        fresh.observe("kraken", "BTC/USD", 9, "c", 0, &mut out);
+        fresh.observe("kraken", "BTC/USD", seen(9, "c", 0), &mut out);
         assert!(out.is_empty(), "9 is the stream's first trade: {out:?}");
     }
 
@@ -728,8 +776,8 @@ mod tests {
         );
         let mut out = Vec::new();
         let mut gaps = Gaps::default();
-        gaps.observe("coinbase", "BTC-USD", 7, "c1", 1, &mut out);
-        gaps.observe("coinbase", "BTC-USD", 10, "c2", 2, &mut out);
+        gaps.observe("coinbase", "BTC-USD", seen(7, "c1", 1), &mut out);
+        gaps.observe("coinbase", "BTC-USD", seen(10, "c2", 2), &mut out);
         let record = record(&out[0], &index, "md.raw.coinbase/0@5".into()).unwrap();
         assert_eq!(
             (
@@ -739,7 +787,8 @@ mod tests {
                 record.last_missing,
                 record.still_missing,
                 record.found.as_str(),
-                record.key()
+                record.key(),
+                record.after_time,
             ),
             (
                 "BTC-USD",
@@ -748,8 +797,10 @@ mod tests {
                 9,
                 2,
                 "reconnect",
-                "coinbase/BTC-USD".into()
-            )
+                "coinbase/BTC-USD".into(),
+                7_000,
+            ),
+            "after_time: the time of trade 7, the last before the gap"
         );
         let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
             .build()
