@@ -2,15 +2,18 @@
 //!
 //! Runs the four services on the real local stack (Kafka, the schema registry, Cassandra) with
 //! a steady load from local Binance, Coinbase and Kraken servers (their documented WebSocket
-//! protocols, live timestamps), and does its worst while they run: kill -9 of every service in
+//! protocols, live timestamps; exchanges that number each symbol's trades, go on trading while
+//! no connection carries a symbol, and serve past trades from their documented REST
+//! endpoints), and does its worst while they run: kill -9 of every service in
 //! turn, several rounds, at random moments; provider connections dropped; the normalizer away
 //! for longer than the allowed lateness; the Kafka broker restarted; Cassandra stopped for a
 //! minute. After each of the last three, every candle of a window that ended before it must
 //! equal the batch recomputation within a stated time. Then the load stops, the pipeline
-//! drains, and everything is checked against what the providers really sent:
+//! drains, and everything is checked against what the providers really printed:
+//! - every trade printed reached the raw topics, live or filled by the gateway's backfill from
+//!   the REST endpoint after the normalizer found the gap, whatever fault it was printed during;
 //! - every trade the gateway received is on the Trade topic exactly once (read_committed), with
-//!   its price and size, and nothing else is; a trade the providers sent but the gateway never
-//!   received must have been sent while the gateway was down or its connection was dropping;
+//!   its price and size, and nothing else is;
 //! - every 1-minute candle and roll-up in Cassandra equals a batch recomputation from the Trade
 //!   topic;
 //! - every fair price published equals its recomputation from the trades before it;
@@ -152,6 +155,9 @@ const DIALECTS: [(Dialect, &str); 3] = [
     (Dialect::Coinbase, "coinbase"),
     (Dialect::Kraken, "kraken"),
 ];
+/// The providers whose REST API the gateway backfills gaps from: nothing they sent may be
+/// missing, fault or not.
+const BACKFILLED: [&str; 3] = ["binance", "coinbase", "kraken"];
 
 fn log(text: impl AsRef<str>) {
     println!("[chaos] {}", text.as_ref());
@@ -287,8 +293,9 @@ struct LossWindow {
     why: String,
 }
 
-/// A provider's trade, from its frame: (provider, trade id) → (event time µs, price, size).
-type TradeKey = (String, String);
+/// A provider's trade, from its frame: (provider, symbol, trade id) → (event time µs, price,
+/// size). The providers number each symbol's trades on their own.
+type TradeKey = (String, String, String);
 
 fn trades_in_frame(provider: &str, text: &str) -> Vec<(TradeKey, Micros, Decimal, Decimal)> {
     let Ok(v) = serde_json::from_str::<Value>(text) else {
@@ -306,19 +313,31 @@ fn trades_in_frame(provider: &str, text: &str) -> Vec<(TradeKey, Micros, Decimal
             .map(|t| t.timestamp_micros())
             .unwrap_or_default()
     };
-    let key = |id: &Value| (provider.to_string(), id.to_string());
+    let key = |symbol: &Value, id: &Value| {
+        (
+            provider.to_string(),
+            symbol.as_str().unwrap_or_default().to_string(),
+            id.to_string(),
+        )
+    };
+    // A live Binance frame comes in the combined stream's envelope, a backfilled one without.
+    let binance = if v["data"].is_object() {
+        &v["data"]
+    } else {
+        &v
+    };
     match provider {
-        "binance" if v["data"]["e"] == "trade" => {
-            let d = &v["data"];
+        "binance" if binance["e"] == "trade" => {
+            let d = binance;
             vec![(
-                key(&d["t"]),
+                key(&d["s"], &d["t"]),
                 d["T"].as_i64().unwrap_or_default() * 1000,
                 decimal(&d["p"]),
                 decimal(&d["q"]),
             )]
         }
         "coinbase" if v["type"] == "match" => vec![(
-            key(&v["trade_id"]),
+            key(&v["product_id"], &v["trade_id"]),
             iso(&v["time"]),
             decimal(&v["price"]),
             decimal(&v["size"]),
@@ -329,7 +348,7 @@ fn trades_in_frame(provider: &str, text: &str) -> Vec<(TradeKey, Micros, Decimal
             .flatten()
             .map(|d| {
                 (
-                    key(&d["trade_id"]),
+                    key(&d["symbol"], &d["trade_id"]),
                     iso(&d["timestamp"]),
                     decimal(&d["price"]),
                     decimal(&d["qty"]),
@@ -626,17 +645,23 @@ async fn run(args: Args) -> Result<bool, String> {
     for (dialect, name) in DIALECTS {
         let server = ProviderServer::start(dialect, u64::MAX / 4, every, None).await;
         server.live_clock();
+        // An exchange's numbering: each symbol's trades 1, 2, 3, ... across connections.
+        server.number_per_symbol();
         servers.push((name, server));
     }
 
     let mut env: BTreeMap<Service, Vec<(&'static str, String)>> = BTreeMap::new();
+    let gaps_topic = testkit::unique_topic("chaos-gaps");
     let mut gateway = vec![
         ("TICKFLOW_GATEWAY__RAW_TOPIC_PREFIX", raw_prefix.clone()),
         ("TICKFLOW_GATEWAY__DLQ_TOPIC", gateway_dlq.clone()),
         ("TICKFLOW_GATEWAY__SIMULATOR__ENABLED", "false".into()),
-        // The chaos providers number trades per connection, not per symbol, and nothing serves
-        // their REST API: gaps are found, not filled (the gateway's tests cover the backfill).
-        ("TICKFLOW_GATEWAY__BACKFILL__ENABLED", "false".into()),
+        // Gaps are filled from the providers' REST APIs.
+        ("TICKFLOW_GATEWAY__BACKFILL__GAPS_TOPIC", gaps_topic.clone()),
+        (
+            "TICKFLOW_GATEWAY__BACKFILL__GROUP_ID",
+            testkit::unique_name("chaos", "backfill", '-'),
+        ),
         (
             "TICKFLOW_GATEWAY__INSTRUMENTS_FILE",
             instruments_path.clone(),
@@ -664,6 +689,20 @@ async fn run(args: Args) -> Result<bool, String> {
         gateway.push((keys[0], "true".into()));
         gateway.push((keys[1], server.url()));
         gateway.push((keys[2], "500".into()));
+        match *name {
+            "binance" => gateway.push((
+                "TICKFLOW_GATEWAY__BINANCE__REST_URL",
+                server.serve_rest().await,
+            )),
+            "coinbase" => gateway.push((
+                "TICKFLOW_GATEWAY__COINBASE__REST_URL",
+                server.serve_rest().await,
+            )),
+            _ => gateway.push((
+                "TICKFLOW_GATEWAY__KRAKEN__REST_URL",
+                server.serve_rest().await,
+            )),
+        }
     }
     env.insert(Service::Gateway, gateway);
     env.insert(
@@ -675,10 +714,7 @@ async fn run(args: Args) -> Result<bool, String> {
             ),
             ("TICKFLOW_NORMALIZER__OUTPUT_TOPIC", topics.input.clone()),
             ("TICKFLOW_NORMALIZER__DLQ_TOPIC", normalizer_dlq.clone()),
-            (
-                "TICKFLOW_NORMALIZER__GAPS_TOPIC",
-                testkit::unique_topic("chaos-gaps"),
-            ),
+            ("TICKFLOW_NORMALIZER__GAPS_TOPIC", gaps_topic.clone()),
             (
                 "TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC",
                 testkit::unique_topic("chaos-instruments"),
@@ -956,32 +992,73 @@ async fn run(args: Args) -> Result<bool, String> {
 
     // What the providers sent, and what the gateway received (the raw topics).
     log("reading what the providers sent and what the raw topics hold");
+    // Every trade the exchanges printed: those their connections sent, and those printed while
+    // no connection carried the symbol (the gateway reconnecting, or down).
     let mut sent: BTreeMap<TradeKey, (Micros, Decimal, Decimal)> = BTreeMap::new();
+    let mut sent_live = 0usize;
     for (name, server) in &servers {
         for frame in server.sent() {
             if let Sent::Text(text) = frame {
                 for (key, time, price, size) in trades_in_frame(name, &text) {
+                    sent_live += 1;
                     sent.insert(key, (time, price, size));
                 }
             }
         }
-    }
-    let mut received: BTreeMap<TradeKey, u32> = BTreeMap::new();
-    for ((_, name), topic) in DIALECTS.iter().zip(&raw_topics) {
-        for (_, bytes) in fair::read_partitions_to_end(&pipeline.stack, topic).await {
-            let raw = codec.decode_raw(&bytes).await.map_err(|e| e.to_string())?;
-            for (key, ..) in trades_in_frame(name, &String::from_utf8_lossy(&raw.payload)) {
-                *received.entry(key).or_default() += 1;
+        for text in server.printed() {
+            for (key, time, price, size) in trades_in_frame(name, &text) {
+                sent.insert(key, (time, price, size));
             }
         }
     }
+    // A gap found late is still being filled from the REST API: read until nothing a
+    // backfilled provider sent is missing, or for 90 s.
+    let backfill_deadline = Instant::now() + Duration::from_secs(90);
+    let mut received: BTreeMap<TradeKey, u32>;
+    let mut backfilled_frames;
+    loop {
+        received = BTreeMap::new();
+        backfilled_frames = 0;
+        for ((_, name), topic) in DIALECTS.iter().zip(&raw_topics) {
+            for (_, bytes) in fair::read_partitions_to_end(&pipeline.stack, topic).await {
+                let raw = codec.decode_raw(&bytes).await.map_err(|e| e.to_string())?;
+                if raw.channel == "backfill" {
+                    backfilled_frames += 1;
+                }
+                for (key, ..) in trades_in_frame(name, &String::from_utf8_lossy(&raw.payload)) {
+                    *received.entry(key).or_default() += 1;
+                }
+            }
+        }
+        let awaited = sent
+            .keys()
+            .filter(|k| BACKFILLED.contains(&k.0.as_str()) && !received.contains_key(*k))
+            .count();
+        if awaited == 0 || Instant::now() > backfill_deadline {
+            break;
+        }
+        log(format!(
+            "{awaited} trades of backfilled providers not on the raw topics yet; waiting for the backfill"
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    // The gaps the normalizer found, by provider and status.
+    let mut gaps: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (_, bytes) in fair::read_partitions_to_end(&pipeline.stack, &gaps_topic).await {
+        let value = codec.decode(&bytes).await.map_err(|e| e.to_string())?;
+        let gap = tickflow_shared::gap::GapRecord::from_value(value).map_err(|e| e.to_string())?;
+        *gaps.entry((gap.provider, gap.status)).or_default() += 1;
+    }
     let mut missed_in_windows: BTreeMap<&str, usize> = BTreeMap::new();
     let mut missed_outside: Vec<String> = Vec::new();
+    let mut missed_backfilled: Vec<String> = Vec::new();
     for (key, (time, ..)) in &sent {
         if received.contains_key(key) {
             continue;
         }
-        if let Some(w) = windows.iter().find(|w| w.from <= *time && *time <= w.to) {
+        if BACKFILLED.contains(&key.0.as_str()) {
+            missed_backfilled.push(format!("{key:?} sent at {time}"));
+        } else if let Some(w) = windows.iter().find(|w| w.from <= *time && *time <= w.to) {
             *missed_in_windows.entry(&w.why).or_default() += 1;
         } else {
             missed_outside.push(format!("{key:?} sent at {time}"));
@@ -992,6 +1069,13 @@ async fn run(args: Args) -> Result<bool, String> {
         .map(|n| (*n as usize).saturating_sub(1))
         .sum();
     let not_sent_on_raw = received.keys().filter(|k| !sent.contains_key(*k)).count();
+    if !missed_backfilled.is_empty() {
+        failures.push(format!(
+            "{} trades of providers with a backfill never reached the raw topics, e.g. {}",
+            missed_backfilled.len(),
+            missed_backfilled[0]
+        ));
+    }
     if !missed_outside.is_empty() {
         failures.push(format!(
             "{} trades the providers sent never reached the raw topics, outside any fault window, e.g. {}",
@@ -1029,7 +1113,11 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut on_trades: BTreeMap<TradeKey, u32> = BTreeMap::new();
     let mut wrong_values = Vec::new();
     for trade in by_partition.values().flatten() {
-        let key = (trade.provider.clone(), trade.trade_id.clone());
+        let key = (
+            trade.provider.clone(),
+            trade.provider_symbol.clone(),
+            trade.trade_id.clone(),
+        );
         *on_trades.entry(key.clone()).or_default() += 1;
         if let Some((time, price, size)) = sent.get(&key) {
             if trade.price != *price || trade.size != *size || trade.event_time != *time {
@@ -1278,12 +1366,28 @@ async fn run(args: Args) -> Result<bool, String> {
         );
     }
     println!(
-        "trades sent by the providers: {}; received by the gateway (raw topics): {}",
+        "trades printed by the providers: {} ({sent_live} sent on a live connection, the others while no connection carried the symbol); received by the gateway (raw topics): {}",
         sent.len(),
         received.len()
     );
     println!(
-        "  not received (a live feed has no replay), sent while: {}; outside those windows: {}",
+        "  providers with a backfill ({}; gaps filled from their REST APIs): not received {}; frames backfilled {backfilled_frames}",
+        BACKFILLED.join(", "),
+        missed_backfilled.len()
+    );
+    println!(
+        "  gap records: {}",
+        if gaps.is_empty() {
+            "none".to_string()
+        } else {
+            gaps.iter()
+                .map(|((provider, status), n)| format!("{provider} {status} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    println!(
+        "  providers without a backfill: not received (a live feed has no replay), sent while: {}; outside those windows: {}",
         if missed_in_windows.is_empty() {
             "none".to_string()
         } else {
@@ -1485,7 +1589,17 @@ mod tests {
         let binance = r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1700000000001,"s":"BTCUSDT","t":7,"p":"100.07","q":"0.01000000","T":1700000000001,"m":true,"M":true}}"#;
         let got = trades_in_frame("binance", binance);
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0, ("binance".to_string(), "7".to_string()));
+        assert_eq!(
+            got[0].0,
+            (
+                "binance".to_string(),
+                "BTCUSDT".to_string(),
+                "7".to_string()
+            )
+        );
+        // A backfilled frame: the event without the combined stream's envelope.
+        let backfilled = r#"{"e":"trade","E":1700000000001,"s":"BTCUSDT","t":7,"p":"100.07","q":"0.01000000","T":1700000000001,"m":true,"M":true}"#;
+        assert_eq!(trades_in_frame("binance", backfilled), got);
         assert_eq!(got[0].1, 1_700_000_000_001_000);
         assert_eq!(got[0].2, "100.07".parse::<Decimal>().unwrap());
         let kraken = r#"{"channel":"trade","type":"update","data":[{"symbol":"BTC/USD","side":"buy","price":101.5,"qty":0.5,"ord_type":"limit","trade_id":9,"timestamp":"2023-11-14T22:13:20.000123Z"}]}"#;

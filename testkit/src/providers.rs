@@ -1,15 +1,25 @@
 //! Local WebSocket servers that speak the providers' protocols as their public API docs show
 //! them (subscribe handshake, acknowledgements, heartbeats, errors, trade JSON), with faults on
 //! demand, and a record of every frame they sent during a live connection.
+//!
+//! With [`ProviderServer::number_per_symbol`] the server is an exchange: each symbol's trades are
+//! numbered consecutively across connections, a symbol no open connection carries (the client
+//! is reconnecting, or down) goes on trading unseen, and [`ProviderServer::serve_rest`] serves
+//! every trade printed from the provider's documented REST endpoint for past trades (Binance's
+//! `historicalTrades` by `fromId`, Coinbase's product trades by the `after` cursor, Kraken's
+//! `Trades` by time), so that a gateway can fill what a dropped connection lost.
 
 // The handshake callback's error type is tungstenite's own.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -63,6 +73,50 @@ pub struct Record {
     pub open: BTreeSet<u64>,
 }
 
+/// The exchange behind a server numbering per symbol: the next number of each symbol, and every
+/// trade sent, as its REST endpoint returns it.
+#[derive(Default)]
+struct Exchange {
+    per_symbol: AtomicBool,
+    numbers: Mutex<HashMap<String, u64>>,
+    printed: Mutex<BTreeMap<String, Printed>>,
+}
+
+/// One symbol's trades by id: each as the REST endpoint returns it, and its live frame.
+type Printed = BTreeMap<u64, (Value, String)>;
+
+impl Exchange {
+    fn number(&self, symbol: &str) -> u64 {
+        let mut numbers = self.numbers.lock().unwrap();
+        let n = numbers.entry(symbol.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// Keeps trade `n` of `symbol` for the REST endpoint.
+    fn print(&self, dialect: Dialect, symbol: &str, n: u64, live_ms: Option<u64>) {
+        if let Some(item) = rest_item(dialect, n, live_ms) {
+            let frame = trade(dialect, symbol, n, live_ms);
+            self.printed
+                .lock()
+                .unwrap()
+                .entry(symbol.to_string())
+                .or_default()
+                .insert(n, (item, frame));
+        }
+    }
+
+    /// Trade `n` never left (its connection failed first): the number is free again, unless
+    /// another connection has numbered past it meanwhile (then it is a hole nobody printed).
+    fn unnumber(&self, symbol: &str, n: u64) {
+        if let Some(next) = self.numbers.lock().unwrap().get_mut(symbol) {
+            if *next == n {
+                *next -= 1;
+            }
+        }
+    }
+}
+
 pub struct ProviderServer {
     pub addr: SocketAddr,
     pub dialect: Dialect,
@@ -76,12 +130,19 @@ pub struct ProviderServer {
     quiet: Arc<std::sync::atomic::AtomicBool>,
     /// Trades carry the wall-clock time they are sent at, not a fixed 2023 time.
     live: Arc<std::sync::atomic::AtomicBool>,
+    exchange: Arc<Exchange>,
     task: tokio::task::JoinHandle<()>,
+    printer: tokio::task::JoinHandle<()>,
+    rest: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for ProviderServer {
     fn drop(&mut self) {
         self.task.abort();
+        self.printer.abort();
+        if let Some(rest) = self.rest.lock().unwrap().take() {
+            rest.abort();
+        }
     }
 }
 
@@ -102,7 +163,9 @@ impl ProviderServer {
         let reject = reject.map(str::to_string);
         let quiet = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let live = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let exchange = Arc::new(Exchange::default());
         let task = {
+            let exchange = exchange.clone();
             let quiet = quiet.clone();
             let live = live.clone();
             let record = record.clone();
@@ -123,6 +186,7 @@ impl ProviderServer {
                     let reject = reject.clone();
                     let quiet = quiet.clone();
                     let live = live.clone();
+                    let exchange = exchange.clone();
                     tokio::spawn(async move {
                         let mut query = String::new();
                         let callback = |req: &Request,
@@ -157,10 +221,60 @@ impl ProviderServer {
                             reject,
                             quiet,
                             live,
+                            exchange,
                         )
                         .await;
                         record.lock().unwrap().open.remove(&id);
                     });
+                }
+            })
+        };
+        // While numbering per symbol: every symbol subscribed once and carried by no open
+        // connection now trades unseen, one trade every `every`, as an exchange goes on without
+        // its client.
+        let printer = {
+            let (exchange, record, budget, live) = (
+                exchange.clone(),
+                record.clone(),
+                budget.clone(),
+                live.clone(),
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if !exchange.per_symbol.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let unseen: Vec<String> = {
+                        let r = record.lock().unwrap();
+                        let carried: BTreeSet<&String> = r
+                            .open
+                            .iter()
+                            .filter_map(|c| r.subscribed.get(c))
+                            .flatten()
+                            .collect();
+                        let known: BTreeSet<&String> = r.subscribed.values().flatten().collect();
+                        known
+                            .into_iter()
+                            .filter(|s| !carried.contains(s))
+                            .cloned()
+                            .collect()
+                    };
+                    for symbol in unseen {
+                        {
+                            let mut b = budget.lock().unwrap();
+                            if *b == 0 {
+                                break;
+                            }
+                            *b -= 1;
+                        }
+                        let live_ms = live
+                            .load(Ordering::SeqCst)
+                            .then(|| tickflow_shared::domain::now_micros() as u64 / 1000);
+                        let n = exchange.number(&symbol);
+                        exchange.print(dialect, &symbol, n, live_ms);
+                    }
                 }
             })
         };
@@ -173,8 +287,51 @@ impl ProviderServer {
             reject,
             quiet,
             live,
+            exchange,
             task,
+            printer,
+            rest: Mutex::new(None),
         }
+    }
+
+    /// Every trade printed while numbering per symbol, sent or not, as its live frame.
+    pub fn printed(&self) -> Vec<String> {
+        self.exchange
+            .printed
+            .lock()
+            .unwrap()
+            .values()
+            .flat_map(|trades| trades.values().map(|(_, frame)| frame.clone()))
+            .collect()
+    }
+
+    /// From now on each symbol's trades are numbered 1, 2, 3, ... across connections, as an
+    /// exchange numbers them, and every trade sent is kept for [`ProviderServer::serve_rest`].
+    pub fn number_per_symbol(&self) {
+        self.exchange.per_symbol.store(true, Ordering::SeqCst);
+    }
+
+    /// Serves the provider's REST endpoint for past trades (Binance, Coinbase) on another port
+    /// of 127.0.0.1, from every trade sent while numbering per symbol; returns its base URL.
+    pub async fn serve_rest(&self) -> String {
+        let router = match self.dialect {
+            Dialect::Binance => {
+                axum::Router::new().route("/api/v3/historicalTrades", get(binance_history))
+            }
+            Dialect::Coinbase => {
+                axum::Router::new().route("/products/{product}/trades", get(coinbase_history))
+            }
+            Dialect::Kraken => axum::Router::new().route("/0/public/Trades", get(kraken_history)),
+            other => panic!("no REST history for {other:?}"),
+        }
+        .with_state(self.exchange.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        *self.rest.lock().unwrap() = Some(task);
+        format!("http://{addr}")
     }
 
     pub fn url(&self) -> String {
@@ -348,23 +505,12 @@ fn replies(
 /// A trade as the provider writes it; `n` makes every frame unique. Stamped `live_ms` (a live
 /// feed: prices stay within a few percent) or else at a fixed time in 2023 plus `n` ms.
 fn trade(dialect: Dialect, symbol: &str, n: u64, live_ms: Option<u64>) -> String {
-    let ms = live_ms.unwrap_or(1_700_000_000_000u64 + n);
-    let price = match live_ms {
-        Some(_) => format!("{}.{:02}", 100 + n % 3, n % 100),
-        None => format!("{}.{:02}", 100 + n % 50, n % 100),
-    };
-    // 1_700_000_000_000 ms is 2023-11-14T22:13:20Z.
-    let (time, kraken_time) = match live_ms {
-        Some(ms) => {
-            let t = chrono::DateTime::from_timestamp_millis(ms as i64).expect("a valid time");
-            let text = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-            (text.clone(), text)
-        }
-        None => (
-            "2023-11-14T22:13:20.000000Z".to_string(),
-            format!("2023-11-14T22:13:20.{:06}Z", n % 1_000_000),
-        ),
-    };
+    let Stamps {
+        ms,
+        price,
+        time,
+        kraken_time,
+    } = stamps(n, live_ms);
     match dialect {
         Dialect::Binance => json!({"stream": format!("{}@trade", symbol.to_ascii_lowercase()), "data": {
             "e": "trade", "E": ms, "s": symbol, "t": n, "p": price, "q": "0.01000000", "T": ms, "m": n.is_multiple_of(2), "M": true}}).to_string(),
@@ -376,6 +522,202 @@ fn trade(dialect: Dialect, symbol: &str, n: u64, live_ms: Option<u64>) -> String
         ),
         Dialect::Finnhub => format!(r#"{{"data":[{{"p":{price},"s":"{symbol}","t":{ms},"v":0.5,"c":["1"]}}],"type":"trade"}}"#),
     }
+}
+
+/// The same trade as the provider's REST endpoint for past trades returns it (the fields its
+/// docs show), for the providers that have one.
+fn rest_item(dialect: Dialect, n: u64, live_ms: Option<u64>) -> Option<Value> {
+    let Stamps {
+        ms,
+        price,
+        time,
+        kraken_time,
+    } = stamps(n, live_ms);
+    match dialect {
+        Dialect::Binance => Some(
+            json!({"id": n, "price": price, "qty": "0.01000000", "quoteQty": "0",
+            "time": ms, "isBuyerMaker": n.is_multiple_of(2), "isBestMatch": true}),
+        ),
+        Dialect::Coinbase => Some(
+            json!({"time": time, "trade_id": n, "price": price, "size": "0.01", "side": "sell"}),
+        ),
+        // [price, volume, time (s), side, type, misc, trade_id]; the time as the live frame's.
+        Dialect::Kraken => {
+            let us = chrono::DateTime::parse_from_rfc3339(&kraken_time)
+                .expect("our own time")
+                .timestamp_micros();
+            Some(json!([
+                price,
+                "0.5",
+                format!("{}.{:06}", us / 1_000_000, us % 1_000_000),
+                "b",
+                "l",
+                "",
+                n
+            ]))
+        }
+        _ => None,
+    }
+}
+
+/// A trade's time and price: `n` makes every trade unique.
+struct Stamps {
+    ms: u64,
+    price: String,
+    /// RFC 3339 with microseconds (Coinbase).
+    time: String,
+    /// RFC 3339 with microseconds, unique per trade when not live (Kraken).
+    kraken_time: String,
+}
+
+fn stamps(n: u64, live_ms: Option<u64>) -> Stamps {
+    let ms = live_ms.unwrap_or(1_700_000_000_000u64 + n);
+    let price = match live_ms {
+        Some(_) => format!("{}.{:02}", 100 + n % 3, n % 100),
+        None => format!("{}.{:02}", 100 + n % 50, n % 100),
+    };
+    // 1_700_000_000_000 ms is 2023-11-14T22:13:20Z.
+    let (time, kraken_time) = match live_ms {
+        Some(ms) => {
+            let t = chrono::DateTime::from_timestamp_millis(ms as i64).expect("a valid time");
+            let text = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            // Kraken's: `n`'s last digits as the µs, so that a symbol's trades never share a
+            // time (its REST API pages by time).
+            let kraken =
+                chrono::DateTime::from_timestamp_micros(ms as i64 * 1_000 + (n % 1_000) as i64)
+                    .expect("a valid time")
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            (text, kraken)
+        }
+        None => (
+            "2023-11-14T22:13:20.000000Z".to_string(),
+            format!("2023-11-14T22:13:20.{:06}Z", n % 1_000_000),
+        ),
+    };
+    Stamps {
+        ms,
+        price,
+        time,
+        kraken_time,
+    }
+}
+
+/// Binance `GET /api/v3/historicalTrades?symbol=&fromId=&limit=`: the trades from `fromId` on,
+/// oldest first, at most `limit` (default 500, at most 1000).
+async fn binance_history(
+    State(exchange): State<Arc<Exchange>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> axum::Json<Vec<Value>> {
+    let from: u64 = q.get("fromId").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+        .min(1000);
+    let symbol = q.get("symbol").cloned().unwrap_or_default();
+    let printed = exchange.printed.lock().unwrap();
+    axum::Json(
+        printed
+            .get(&symbol)
+            .map(|trades| {
+                trades
+                    .range(from..)
+                    .take(limit)
+                    .map(|(_, v)| v.0.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// Kraken `GET /0/public/Trades?pair=&since=&count=`: the trades after `since` (ns), oldest
+/// first, at most `count` (at most 1000), keyed by the pair as Kraken names it, with the `last`
+/// cursor (the last trade's time in ns). The pair is the v2 symbol without its slash.
+async fn kraken_history(
+    State(exchange): State<Arc<Exchange>>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let since: i128 = q.get("since").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let count: usize = q
+        .get("count")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(1000);
+    let pair = q.get("pair").cloned().unwrap_or_default();
+    let printed = exchange.printed.lock().unwrap();
+    let Some((_, trades)) = printed
+        .iter()
+        .find(|(symbol, _)| symbol.replace('/', "") == pair)
+    else {
+        return axum::Json(json!({"error": ["EQuery:Unknown asset pair"]})).into_response();
+    };
+    let ns = |item: &Value| -> i128 {
+        let text = item[2].as_str().unwrap_or_default();
+        let (s, f) = text.split_once('.').unwrap_or((text, "0"));
+        s.parse::<i128>().unwrap_or_default() * 1_000_000_000
+            + format!("{f:0<9}")[..9].parse::<i128>().unwrap_or_default()
+    };
+    let page: Vec<&Value> = trades
+        .values()
+        .map(|(item, _)| item)
+        .filter(|item| ns(item) > since)
+        .take(count)
+        .collect();
+    let last = page.last().map_or(since, |item| ns(item));
+    // The time is a JSON number in Kraken's body: written from the text, not through f64.
+    let items: Vec<String> = page
+        .iter()
+        .map(|item| {
+            format!(
+                r#"["{}","{}",{},"{}","{}","",{}]"#,
+                item[0].as_str().unwrap_or_default(),
+                item[1].as_str().unwrap_or_default(),
+                item[2].as_str().unwrap_or_default(),
+                item[3].as_str().unwrap_or_default(),
+                item[4].as_str().unwrap_or_default(),
+                item[6]
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"error":[],"result":{{"X{}":[{}],"last":"{last}"}}}}"#,
+        pair,
+        items.join(",")
+    );
+    ([("content-type", "application/json")], body).into_response()
+}
+
+/// Coinbase `GET /products/{product}/trades?after=&limit=`: the trades older than the `after`
+/// cursor (a trade id), newest first, at most `limit` (default 100, at most 1000).
+async fn coinbase_history(
+    State(exchange): State<Arc<Exchange>>,
+    Path(product): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> axum::Json<Vec<Value>> {
+    let after: u64 = q
+        .get("after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    let limit: usize = q
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .min(1000);
+    let printed = exchange.printed.lock().unwrap();
+    axum::Json(
+        printed
+            .get(&product)
+            .map(|trades| {
+                trades
+                    .range(..after)
+                    .rev()
+                    .take(limit)
+                    .map(|(_, v)| v.0.clone())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
 }
 
 fn heartbeat(dialect: Dialect) -> Option<String> {
@@ -419,6 +761,7 @@ async fn serve(
     reject: Option<String>,
     quiet: Arc<std::sync::atomic::AtomicBool>,
     live: Arc<std::sync::atomic::AtomicBool>,
+    exchange: Arc<Exchange>,
 ) {
     let mut subscribed: BTreeSet<String> = BTreeSet::new();
     let mut tick = tokio::time::interval(every);
@@ -473,12 +816,24 @@ async fn serve(
                 }
                 let symbol = subscribed.iter().nth(turn % subscribed.len()).unwrap().clone();
                 turn += 1;
-                n += 1;
+                let per_symbol = exchange.per_symbol.load(Ordering::SeqCst);
+                let number = if per_symbol {
+                    exchange.number(&symbol)
+                } else {
+                    n += 1;
+                    n
+                };
                 let live_ms = live
                     .load(std::sync::atomic::Ordering::SeqCst)
                     .then(|| tickflow_shared::domain::now_micros() as u64 / 1000);
-                if send_recorded(&mut ws, &record, id, trade(dialect, &symbol, n, live_ms)).await.is_err() {
+                if send_recorded(&mut ws, &record, id, trade(dialect, &symbol, number, live_ms)).await.is_err() {
+                    if per_symbol {
+                        exchange.unnumber(&symbol, number);
+                    }
                     return;
+                }
+                if per_symbol {
+                    exchange.print(dialect, &symbol, number, live_ms);
                 }
             }
             _ = beat.tick() => {
