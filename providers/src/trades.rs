@@ -26,6 +26,9 @@ pub struct ProviderTrade<'a> {
     pub side: Side,
     pub event_time: Micros,
     pub provider_sequence: Option<i64>,
+    /// The trade's number in a numbering without holes that the message carries apart from its
+    /// id (the gRPC feed's `number`); `None` for the others.
+    pub number: Option<u64>,
     /// Extra fields that belong to the trade's identity when the provider has no trade id
     /// (Finnhub's trade conditions).
     pub identity_extra: Option<Cow<'a, str>>,

@@ -87,6 +87,7 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
         },
         event_time: epoch_to_micros(event.T.ok_or_else(|| FrameError::missing("T"))?),
         provider_sequence: Some(trade_id),
+        number: None,
         identity_extra: None,
     }]))
 }

@@ -69,6 +69,7 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
         },
         event_time: rfc3339_micros(&time)?,
         provider_sequence: m.sequence,
+        number: None,
         identity_extra: None,
     }]))
 }

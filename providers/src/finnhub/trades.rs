@@ -64,6 +64,7 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
                 side: Side::Unknown,
                 event_time: epoch_to_micros(item.t.ok_or_else(|| FrameError::missing("t"))?),
                 provider_sequence: None,
+                number: None,
                 identity_extra: item.c.map(|c| Cow::Borrowed(c.get())),
             })
         })

@@ -7,7 +7,7 @@
 
 pub mod trades;
 
-use crate::{ParseResult, Provider, ProviderId};
+use crate::{ParseResult, Provider, ProviderId, ProviderTrade};
 
 pub const ID: ProviderId = ProviderId::new("grpc");
 
@@ -20,5 +20,11 @@ impl Provider for Grpc {
 
     fn parse<'a>(&self, payload: &'a [u8]) -> ParseResult<'a> {
         trades::parse(payload)
+    }
+
+    /// `number`, when the feed sets it: a numbering without holes per symbol (the proto says so),
+    /// so its gaps are found, and replayed by the feed's Replay call.
+    fn trade_number(&self, trade: &ProviderTrade<'_>) -> Option<u64> {
+        trade.number
     }
 }

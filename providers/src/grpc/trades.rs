@@ -67,6 +67,7 @@ fn trade<'a>(t: Trade) -> Result<ProviderTrade<'a>, FrameError> {
         side,
         event_time: t.event_time_us,
         provider_sequence: t.sequence,
+        number: t.number,
         identity_extra: None,
     })
 }
@@ -92,6 +93,7 @@ mod tests {
             side: feed::Side::Buy as i32,
             event_time_us: 1_763_769_600_123_457,
             sequence: Some(8812),
+            number: None,
         }
     }
 
@@ -112,6 +114,7 @@ mod tests {
                 side: Side::Buy,
                 event_time: 1_763_769_600_123_457,
                 provider_sequence: Some(8812),
+                number: None,
                 identity_extra: None,
             }]
         );
@@ -222,6 +225,23 @@ mod tests {
             let e = parse(&payload).unwrap_err();
             assert_eq!(e.kind, reason, "{payload:?}: {e:?}");
             assert!(e.detail.contains(detail), "{payload:?}: {e:?}");
+        }
+    }
+
+    /// Only `number` (a numbering without holes, per the proto) is the trade's number for gap
+    /// detection; `sequence` promises no such thing.
+    #[test]
+    fn the_number_is_what_gaps_are_found_in() {
+        use crate::Provider as _;
+        for (number, expected) in [(Some(41), Some(41)), (None, None)] {
+            let payload = bytes(server_message::Kind::Trade(feed::Trade {
+                number,
+                ..documented()
+            }));
+            let Frame::Trades(trades) = parse(&payload).unwrap() else {
+                panic!()
+            };
+            assert_eq!(super::super::Grpc.trade_number(&trades[0]), expected);
         }
     }
 }

@@ -91,6 +91,7 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
             },
             event_time: rfc3339_micros(&time)?,
             provider_sequence: Some(trade_id),
+            number: None,
             identity_extra: None,
         });
     }

@@ -54,6 +54,7 @@ pub fn parse(payload: &[u8]) -> ParseResult<'_> {
         },
         event_time: m.ts_us.ok_or_else(|| FrameError::missing("ts_us"))?,
         provider_sequence: m.seq,
+        number: None,
         identity_extra: None,
     }]))
 }

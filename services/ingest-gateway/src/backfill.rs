@@ -27,7 +27,7 @@ use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use tickflow_providers::backfill::{Page, PageError, Want};
-use tickflow_providers::{Backfill, Provider};
+use tickflow_providers::Provider;
 use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::config::KafkaConfig;
 use tickflow_shared::domain::now_micros;
@@ -44,21 +44,22 @@ use crate::sink::{Frame, Output};
 /// The channel of a backfilled frame's RawEnvelope.
 pub const CHANNEL: &str = "backfill";
 
-/// A provider the gateway backfills, with its REST base URL and settings.
+/// A provider the gateway backfills, with where it asks and its settings.
 #[derive(Clone)]
 pub struct Source {
     pub provider: &'static dyn Provider,
-    pub rest_url: String,
+    pub via: Via,
     pub rate_limit_backoff: Duration,
     pub retry: RetryPolicy,
 }
 
-impl Source {
-    fn backfill(&self) -> &dyn Backfill {
-        self.provider
-            .backfill()
-            .expect("only providers with a backfill are sources")
-    }
+/// Where a provider's past trades come from.
+#[derive(Clone)]
+pub enum Via {
+    /// Its REST API ([`Backfill`]), at this base URL.
+    Rest(String),
+    /// The gRPC feed's Replay call.
+    Replay(crate::grpc::Replayer),
 }
 
 pub struct Context {
@@ -234,7 +235,26 @@ fn report(source: &Source, gap: &GapRecord, walk: &Walk) {
     }
 }
 
-/// Fetches `gap`'s range page by page and hands the trades to the raw topic.
+/// The gap's range, or why it is not walked.
+fn range(config: &BackfillConfig, gap: &GapRecord) -> Result<(u64, u64), String> {
+    let (Ok(lo), Ok(hi)) = (
+        u64::try_from(gap.first_missing),
+        u64::try_from(gap.last_missing),
+    ) else {
+        return Err("a negative trade id".into());
+    };
+    if hi < lo || hi - lo + 1 > config.max_trades_per_gap {
+        return Err(format!(
+            "{} trades, more than backfill.max_trades_per_gap ({})",
+            hi.saturating_sub(lo) + 1,
+            config.max_trades_per_gap
+        ));
+    }
+    Ok((lo, hi))
+}
+
+/// Fetches `gap`'s range page by page (or in one Replay call) and hands the trades to the raw
+/// topic.
 pub async fn walk(
     ctx: &Context,
     http: &reqwest::Client,
@@ -242,25 +262,35 @@ pub async fn walk(
     next_at: &mut Instant,
     gap: &GapRecord,
 ) -> Walk {
+    let rest_url = match &source.via {
+        Via::Rest(url) => url,
+        Via::Replay(replayer) => {
+            return replay(
+                &ctx.config,
+                &ctx.output,
+                &ctx.shutdown,
+                source,
+                replayer,
+                next_at,
+                gap,
+            )
+            .await
+        }
+    };
     let provider = source.provider.id().as_str();
-    let backfill = source.backfill();
+    let backfill = source
+        .provider
+        .backfill()
+        .expect("a REST source's provider has a backfill");
     let interval = Duration::from_secs_f64(1.0 / backfill.requests_per_s().max(0.01));
     let mut result = Walk::default();
-    let (Ok(mut lo), Ok(mut hi)) = (
-        u64::try_from(gap.first_missing),
-        u64::try_from(gap.last_missing),
-    ) else {
-        result.stopped = Some("a negative trade id".into());
-        return result;
+    let (mut lo, mut hi) = match range(&ctx.config, gap) {
+        Ok(r) => r,
+        Err(why) => {
+            result.stopped = Some(why);
+            return result;
+        }
     };
-    if hi < lo || hi - lo + 1 > ctx.config.max_trades_per_gap {
-        result.stopped = Some(format!(
-            "{} trades, more than backfill.max_trades_per_gap ({})",
-            hi.saturating_sub(lo) + 1,
-            ctx.config.max_trades_per_gap
-        ));
-        return result;
-    }
     if backfill.pages_by_time() && gap.after_time <= 0 {
         result.stopped = Some(
             "the provider finds past trades by time only, and the gap record has no time (a record from before `after_time`)"
@@ -292,7 +322,7 @@ pub async fn walk(
             cursor: cursor.as_deref(),
             limit: ctx.config.page_limit,
         };
-        let url = backfill.page_url(&source.rest_url, &want);
+        let url = backfill.page_url(rest_url, &want);
         let page = tokio::select! {
             () = ctx.shutdown.triggered() => {
                 result.stopped = Some("shutdown".into());
@@ -406,6 +436,109 @@ pub async fn walk(
             lo = highest + 1;
         }
     }
+    result
+}
+
+/// A gap of the gRPC feed: one Replay call for the range (paced, retried, waiting out
+/// RESOURCE_EXHAUSTED), its trades handed to the raw topic as the bytes of their
+/// ServerMessages, and what the feed no longer holds reported as unrecoverable.
+pub(crate) async fn replay(
+    config: &BackfillConfig,
+    output: &Output,
+    shutdown: &Shutdown,
+    source: &Source,
+    replayer: &crate::grpc::Replayer,
+    next_at: &mut Instant,
+    gap: &GapRecord,
+) -> Walk {
+    let provider = source.provider.id().as_str();
+    let mut result = Walk::default();
+    let (lo, hi) = match range(config, gap) {
+        Ok(r) => r,
+        Err(why) => {
+            result.stopped = Some(why);
+            return result;
+        }
+    };
+    let interval = Duration::from_secs_f64(1.0 / crate::grpc::REPLAY_CALLS_PER_S);
+    let mut failures = 0_u32;
+    let mut trades = loop {
+        tokio::select! {
+            () = shutdown.triggered() => {
+                result.stopped = Some("shutdown".into());
+                return result;
+            }
+            () = tokio::time::sleep_until(*next_at) => {}
+        }
+        *next_at = Instant::now() + interval;
+        let called = tokio::select! {
+            () = shutdown.triggered() => {
+                result.stopped = Some("shutdown".into());
+                return result;
+            }
+            called = replayer.call(&gap.symbol, lo, hi) => called,
+        };
+        match called {
+            Ok(trades) => {
+                metrics::counter!(BACKFILL_REQUESTS, "provider" => provider, "outcome" => "ok")
+                    .increment(1);
+                break trades;
+            }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                metrics::counter!(BACKFILL_REQUESTS, "provider" => provider, "outcome" => "rate_limited").increment(1);
+                let wait = source.rate_limit_backoff;
+                tracing::warn!(provider, symbol = %gap.symbol, said = %status.message(), wait_ms = wait.as_millis() as u64, "backfill: the feed says too many requests; waiting");
+                *next_at = Instant::now() + wait;
+            }
+            Err(status) => {
+                metrics::counter!(BACKFILL_REQUESTS, "provider" => provider, "outcome" => "error")
+                    .increment(1);
+                failures += 1;
+                let why = format!("{:?}: {}", status.code(), status.message());
+                if failures >= config.max_attempts {
+                    result.stopped =
+                        Some(format!("{failures} failed Replay calls, the last: {why}"));
+                    return result;
+                }
+                let wait = source.retry.delay(failures - 1);
+                tracing::warn!(provider, symbol = %gap.symbol, error = %why, attempt = failures, retry_in_ms = wait.as_millis() as u64, "backfill: Replay failed; retrying");
+                *next_at = Instant::now() + wait;
+            }
+        }
+    };
+    trades.sort_unstable_by_key(|(n, _)| *n);
+    trades.dedup_by_key(|(n, _)| *n);
+    let connection: Arc<str> = format!("{CHANNEL}-{provider}-{}", now_micros()).into();
+    let channel: Arc<str> = CHANNEL.into();
+    // What the feed left out of the range: no longer held.
+    let mut next = lo;
+    for &(n, _) in &trades {
+        if n > next {
+            unrecoverable(&mut result, provider, &gap.symbol, next, n - 1);
+        }
+        next = n + 1;
+    }
+    if next <= hi {
+        unrecoverable(&mut result, provider, &gap.symbol, next, hi);
+    }
+    for (sequence, (_, payload)) in trades.into_iter().enumerate() {
+        let frame = Frame {
+            provider,
+            connection_id: connection.clone(),
+            sequence: sequence as i64,
+            received_at: now_micros(),
+            channel: channel.clone(),
+            key: Some(gap.symbol.clone()),
+            payload,
+            dead_letter: None,
+        };
+        if !output.send(frame).await {
+            result.stopped = Some("shutdown".into());
+            return result;
+        }
+        result.sent += 1;
+    }
+    metrics::counter!(BACKFILL_TRADES, "provider" => provider).increment(result.sent);
     result
 }
 

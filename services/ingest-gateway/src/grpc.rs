@@ -38,8 +38,10 @@ use crate::sink::{DeadLetter, Output};
 use crate::state::Book;
 
 mod codec;
+mod replay;
 
 pub use codec::{classify, ClientEncoder, RawCodec, RawDecoder, Received};
+pub use replay::{Replayer, CALLS_PER_S as REPLAY_CALLS_PER_S};
 
 /// Provider id: the `provider` label, the raw topic suffix (`md.raw.grpc`), the config table.
 pub const PROVIDER: &str = tickflow_providers::grpc::ID.as_str();

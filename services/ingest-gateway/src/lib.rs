@@ -234,7 +234,7 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
         let desired = control.register(grpc::PROVIDER);
         sources.push(tokio::spawn(grpc::run(ctx, desired)));
     }
-    let backfilled: Vec<backfill::Source> = g
+    let mut backfilled: Vec<backfill::Source> = g
         .providers()
         .into_iter()
         .filter(|(_, p)| p.enabled)
@@ -244,10 +244,11 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
             let settings = p.settings(&provider.websocket()?.defaults());
             Some(backfill::Source {
                 provider,
-                rest_url: p
-                    .rest_url
-                    .clone()
-                    .unwrap_or_else(|| rest.default_rest_url().to_string()),
+                via: backfill::Via::Rest(
+                    p.rest_url
+                        .clone()
+                        .unwrap_or_else(|| rest.default_rest_url().to_string()),
+                ),
                 rate_limit_backoff: settings.rate_limit_backoff,
                 retry: tickflow_shared::retry::RetryPolicy {
                     initial: settings.reconnect_initial,
@@ -257,6 +258,26 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
             })
         })
         .collect();
+    if g.grpc.enabled {
+        // The feed's Replay call, for the gaps in its `number`s.
+        let settings = g.grpc.settings(&grpc::DEFAULTS);
+        let limit = output.max_frame_bytes().saturating_mul(4).max(16 << 20);
+        backfilled.push(backfill::Source {
+            provider: &tickflow_providers::grpc::Grpc,
+            via: backfill::Via::Replay(grpc::Replayer::new(
+                &settings,
+                grpc::client_tls(&settings.url, &g.grpc.tls)?,
+                provider_token(grpc::PROVIDER, &g.grpc),
+                limit,
+            )?),
+            rate_limit_backoff: settings.rate_limit_backoff,
+            retry: tickflow_shared::retry::RetryPolicy {
+                initial: settings.reconnect_initial,
+                factor: 2.0,
+                ceiling: settings.reconnect_max,
+            },
+        });
+    }
     if g.backfill.enabled && !backfilled.is_empty() {
         sources.push(tokio::spawn(backfill::run(backfill::Context {
             config: g.backfill.clone(),

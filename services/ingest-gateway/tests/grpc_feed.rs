@@ -138,6 +138,7 @@ fn trade(symbol: &str, n: usize) -> Bytes {
         side: [feed::Side::Buy, feed::Side::Sell, feed::Side::Unspecified][n % 3] as i32,
         event_time_us: 1_763_769_600_000_000 + n as i64,
         sequence: n.is_multiple_of(2).then_some(n as i64),
+        number: None,
     }))
 }
 

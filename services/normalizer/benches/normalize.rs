@@ -62,6 +62,7 @@ fn frame(provider: &dyn Provider, i: usize) -> Vec<u8> {
                 side: feed::Side::Buy as i32,
                 event_time_us: t * 1000,
                 sequence: Some(i as i64),
+                number: None,
             };
             let kind = server_message::Kind::Trade(trade);
             return ServerMessage { kind: Some(kind) }.encode_to_vec();

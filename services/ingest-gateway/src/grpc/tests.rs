@@ -28,6 +28,7 @@ fn trade(symbol: &str, id: &str) -> server_message::Kind {
         side: Side::Buy as i32,
         event_time_us: 1_763_769_600_123_457,
         sequence: Some(7),
+        number: None,
     })
 }
 
@@ -178,6 +179,11 @@ struct Feed {
     streams: AtomicUsize,
     opened: UnboundedSender<(usize, UnboundedSender<Result<ServerMessage, Status>>)>,
     requests: UnboundedSender<(usize, client_message::Kind)>,
+    /// The trades Replay serves, and its calls so far (the first is refused as too many).
+    held: Vec<feed::Trade>,
+    replays: AtomicUsize,
+    /// Each Replay call's `authorization` metadata.
+    replay_tokens: std::sync::Mutex<Vec<Option<String>>>,
 }
 
 #[tonic::async_trait]
@@ -201,6 +207,38 @@ impl MarketFeed for Feed {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = self.opened.send((n, tx));
         Ok(tonic::Response::new(UnboundedReceiverStream::new(rx)))
+    }
+
+    type ReplayStream = tokio_stream::Iter<std::vec::IntoIter<Result<ServerMessage, Status>>>;
+
+    async fn replay(
+        &self,
+        request: tonic::Request<feed::ReplayRequest>,
+    ) -> Result<tonic::Response<Self::ReplayStream>, Status> {
+        self.replay_tokens.lock().unwrap().push(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        );
+        if self.replays.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(Status::resource_exhausted("too many replays"));
+        }
+        let r = request.into_inner();
+        let messages: Vec<Result<ServerMessage, Status>> = self
+            .held
+            .iter()
+            .filter(|t| {
+                t.symbol == r.symbol && t.number.is_some_and(|n| (r.first..=r.last).contains(&n))
+            })
+            .map(|t| {
+                Ok(ServerMessage {
+                    kind: Some(server_message::Kind::Trade(t.clone())),
+                })
+            })
+            .collect();
+        Ok(tonic::Response::new(tokio_stream::iter(messages)))
     }
 }
 
@@ -252,6 +290,9 @@ impl Harness {
             streams: AtomicUsize::new(0),
             opened: opened_tx,
             requests: requests_tx,
+            held: Vec::new(),
+            replays: AtomicUsize::new(0),
+            replay_tokens: Default::default(),
         };
         let mut server = tonic::transport::Server::builder();
         let scheme = match &server_tls {
@@ -581,5 +622,121 @@ fn tls_settings_name_their_key_when_wrong() {
     assert!(
         client_tls("http://feed:80", &missing).unwrap().is_none(),
         "plain http ignores it"
+    );
+}
+
+/// A numbered trade the feed holds.
+fn numbered(symbol: &str, n: u64) -> feed::Trade {
+    feed::Trade {
+        symbol: symbol.into(),
+        exchange: None,
+        trade_id: format!("{symbol}-{n}"),
+        price: format!("{}.25", 100 + n),
+        size: "1".into(),
+        side: feed::Side::Buy as i32,
+        event_time_us: 1_763_769_600_000_000 + n as i64,
+        sequence: None,
+        number: Some(n),
+    }
+}
+
+#[tokio::test]
+async fn a_hole_is_replayed_and_what_the_feed_no_longer_holds_is_reported() {
+    // The feed holds AAPL from number 10 on (older ones are gone), and MSFT.
+    let held: Vec<feed::Trade> = (10..=60)
+        .map(|n| numbered("AAPL", n))
+        .chain((1..=5).map(|n| numbered("MSFT", n)))
+        .collect();
+    let feed = std::sync::Arc::new(Feed {
+        streams: AtomicUsize::new(0),
+        opened: mpsc::unbounded_channel().0,
+        requests: mpsc::unbounded_channel().0,
+        held: held.clone(),
+        replays: AtomicUsize::new(0),
+        replay_tokens: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MarketFeedServer::from_arc(feed.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let settings = ProviderConfig {
+        url: Some(format!("http://127.0.0.1:{}", address.port())),
+        ..Default::default()
+    }
+    .settings(&DEFAULTS);
+    let source = crate::backfill::Source {
+        provider: &tickflow_providers::grpc::Grpc,
+        via: crate::backfill::Via::Replay(
+            Replayer::new(&settings, None, Some("secret".into()), 1 << 20).unwrap(),
+        ),
+        rate_limit_backoff: Duration::from_millis(300),
+        retry: tickflow_shared::retry::RetryPolicy {
+            initial: Duration::from_millis(10),
+            factor: 2.0,
+            ceiling: Duration::from_millis(20),
+        },
+    };
+    let crate::backfill::Via::Replay(replayer) = &source.via else {
+        unreachable!()
+    };
+    let (output, mut frames) = crate::sink::queue(256, false, 1 << 20, true);
+    let gap = tickflow_shared::gap::GapRecord {
+        provider: PROVIDER.into(),
+        exchange: PROVIDER.into(),
+        symbol: "AAPL".into(),
+        instrument: "AAPL".into(),
+        first_missing: 5,
+        last_missing: 40,
+        after_time: 0,
+        status: "OPEN".into(),
+        still_missing: 36,
+        found: "reconnect".into(),
+        reason: String::new(),
+        source: "md.raw.grpc/0@1".into(),
+        at: 1,
+    };
+    let started = Instant::now();
+    let mut next_at = Instant::now();
+    let walk = crate::backfill::replay(
+        &crate::config::BackfillConfig::default(),
+        &output,
+        &Shutdown::new(),
+        &source,
+        replayer,
+        &mut next_at,
+        &gap,
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "RESOURCE_EXHAUSTED waited out"
+    );
+    assert_eq!(walk.stopped, None);
+    assert_eq!((walk.sent, walk.unrecoverable), (31, 5));
+    assert_eq!(walk.gone, vec![(5, 9)], "the feed no longer holds 5..=9");
+    drop(output);
+    let mut got = Vec::new();
+    while let Some(frame) = frames.recv().await {
+        assert_eq!(&*frame.channel, crate::backfill::CHANNEL);
+        assert_eq!(frame.key.as_deref(), Some("AAPL"));
+        let Some(server_message::Kind::Trade(t)) =
+            ServerMessage::decode(frame.payload.as_ref()).unwrap().kind
+        else {
+            panic!("not a trade")
+        };
+        got.push(t);
+    }
+    let expected: Vec<feed::Trade> = (10..=40).map(|n| numbered("AAPL", n)).collect();
+    assert_eq!(
+        got, expected,
+        "in number order, each once, as the feed holds them"
+    );
+    assert_eq!(
+        *feed.replay_tokens.lock().unwrap(),
+        vec![Some("Bearer secret".to_string()); 2],
+        "the Stream's token on every call"
     );
 }
