@@ -147,16 +147,21 @@ impl SourceClocks {
         low
     }
 
-    /// The largest event time seen from any source.
+    /// The sources that sent something: not the stand-in for those not seen yet.
+    fn seen(&self) -> impl Iterator<Item = &SourceClock> {
+        self.sources.values().filter(|c| c.newest != Micros::MIN)
+    }
+
+    /// The largest event time seen from any source; `None` before any record.
     pub fn newest(&self) -> Option<Micros> {
-        self.sources.values().map(|c| c.newest).max()
+        self.seen().map(|c| c.newest).max()
     }
 
     /// The source that sent last (among those that sent last at the same time, the one
-    /// furthest ahead): (its newest event time, when it sent).
+    /// furthest ahead): (its newest event time, when it sent); `None` before any record (the
+    /// stand-in for sources not seen yet has sent nothing).
     pub fn last_arrival(&self) -> Option<(Micros, Micros)> {
-        self.sources
-            .values()
+        self.seen()
             .max_by_key(|c| (c.last_arrival, c.newest))
             .map(|c| (c.newest, c.last_arrival))
     }
@@ -252,6 +257,24 @@ mod tests {
         clocks.observe("b", 50 * S, 20 * S);
         assert_eq!(clocks.mark_idle(30 * S, 30 * S), 1);
         assert_eq!(clocks.low(), Some(50 * S));
+    }
+
+    /// A fresh partition that gets no record: once its stand-in is idle, nothing was seen, so
+    /// there is no newest time to run a wall clock on from (it was `Micros::MIN`, and an
+    /// operator adding the silence to it ran its clock at the far past).
+    #[test]
+    fn a_fresh_partition_without_records_has_no_time() {
+        let mut clocks = SourceClocks::default();
+        clocks.await_unseen(10 * S);
+        assert_eq!(clocks.low(), Some(Micros::MIN));
+        assert_eq!(clocks.mark_idle(40 * S, 30 * S), 1);
+        assert!(clocks.all_idle());
+        assert_eq!(clocks.low(), None);
+        assert_eq!(clocks.newest(), None);
+        assert_eq!(clocks.last_arrival(), None);
+        clocks.observe("a", 100 * S, 41 * S);
+        assert_eq!(clocks.newest(), Some(100 * S));
+        assert_eq!(clocks.last_arrival(), Some((100 * S, 41 * S)));
     }
 
     #[test]

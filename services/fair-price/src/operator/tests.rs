@@ -1012,6 +1012,27 @@ fn restore_rejects_unknown_formats_and_garbage_and_keeps_what_it_had() {
     assert_eq!(op.snapshot(0).unwrap(), good);
 }
 
+/// A partition started fresh that never gets a trade (an instrument whose provider is silent):
+/// its stand-in for unseen sources goes idle, and then there is no time to run the clock on
+/// from. It used to run from the far past (`Micros::MIN` plus the silence) and overflow.
+#[test]
+fn a_fresh_partition_that_never_gets_a_trade_stays_quiet() {
+    let mut op = Operator::new(settings());
+    let mut out = Vec::new();
+    let now0 = 1_000 * S;
+    op.start_fresh(0, now0);
+    for k in 1..=600 {
+        op.advance(now0 + k * S, &mut out);
+    }
+    assert!(out.is_empty(), "{out:?}");
+    // Trades after all: from their time on, as in any fresh partition.
+    op.on_trade(0, &trade("a", "a", T0, "100", "1"), now0 + 601 * S, &mut out);
+    for k in 602..=700 {
+        op.advance(now0 + k * S, &mut out);
+    }
+    assert!(prices(&out).iter().all(|p| p.computed_at >= T0));
+}
+
 #[test]
 fn a_backlog_read_while_a_fresh_partition_waits_for_unseen_sources_gets_every_heartbeat() {
     let mut op = Operator::new(settings());
