@@ -7,6 +7,7 @@
 //!   tickflow-admin publish-instruments   instruments from a file to md.instruments (live update)
 //!   tickflow-admin topics             topics with offsets, consumer groups with lag (Kafdrop's view)
 //!   tickflow-admin read TOPIC         records of a topic decoded through the registry, or its tail
+//!   tickflow-admin serve-feed         a demo gRPC market-data feed (tickflow.feed.v1) with holes
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,7 @@ use tickflow_shared::kafka::names;
 mod feed;
 mod read;
 mod render;
+mod serve_feed;
 mod topics;
 
 #[derive(Parser)]
@@ -101,6 +103,32 @@ enum Command {
         after_help = "Examples:\n  tickflow-admin read md.trades --last 5 --instrument BTC-USD\n  tickflow-admin read md.raw.kraken --follow\n  tickflow-admin read md.dlq.normalizer --from-beginning --json | jq '.headers'\n  tickflow-admin read md.candles.1m --from-time 2025-11-22T09:30:00Z --venue coinbase --count 20"
     )]
     Read(read::ReadArgs),
+    /// Serve a demo tickflow.feed.v1 MarketFeed (the gRPC feed the gateway reads as provider
+    /// `grpc`): made-up trades numbered per symbol, with a hole now and then that the streams
+    /// leave out and Replay serves, so the normalizer finds gaps and the gateway fills them.
+    ServeFeed {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// Comma-separated symbols it trades.
+        #[arg(long, default_value = "MSFT")]
+        symbols: String,
+        /// Trades per second and symbol.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Seconds between holes; 0: none.
+        #[arg(long, default_value_t = 15)]
+        hole_every_s: u64,
+        /// Trades left out of the streams per hole.
+        #[arg(long, default_value_t = 5)]
+        hole_len: u32,
+        /// Stop after this many seconds; 0 runs until Ctrl-C.
+        #[arg(long, default_value_t = 0)]
+        seconds: u64,
+        /// Keep each symbol's next number in this file, so that the next run goes on from it.
+        #[arg(long, value_name = "PATH")]
+        state_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +190,30 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<()> {
     match command {
         Command::Topics(args) => topics::run(&config.kafka, &args).await?,
+        Command::ServeFeed {
+            listen,
+            symbols,
+            rate,
+            hole_every_s,
+            hole_len,
+            seconds,
+            state_file,
+        } => {
+            serve_feed::run(serve_feed::Options {
+                listen,
+                symbols: symbols
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                rate,
+                hole_every: Duration::from_secs(hole_every_s),
+                hole_len,
+                seconds,
+                state_file,
+            })
+            .await?
+        }
         Command::Read(args) => read::run(&config.kafka, &config.registry, &args).await?,
         Command::FeedTrades {
             rate,

@@ -177,7 +177,8 @@ pub async fn run(config: Config, shutdown: Shutdown, config_path: Option<PathBuf
     let mut sources = Vec::new();
     if g.simulator.enabled {
         let symbols = simulator_symbols(&config, &index);
-        let sim = simulator::Simulator::new(&g.simulator, &symbols);
+        let sim = simulator::Simulator::new(&g.simulator, &symbols)
+            .ids_after(tickflow_shared::domain::now_micros().max(0) as u64 / 1_000);
         sources.push(tokio::spawn(sources::run_simulator(
             sim,
             symbols,

@@ -88,6 +88,14 @@ impl Simulator {
         }
     }
 
+    /// Trade ids continue from `first` (each venue's next id is `first + 1`). The gateway starts
+    /// them at its start time in ms, so that a restarted gateway (or a second demo run) does not
+    /// repeat the ids of the last one: the normalizer would drop its trades as duplicates.
+    pub fn ids_after(mut self, first: u64) -> Self {
+        self.next_id.iter_mut().for_each(|id| *id = first);
+        self
+    }
+
     pub fn venues(&self) -> &[String] {
         &self.venues
     }

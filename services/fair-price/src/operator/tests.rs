@@ -1026,7 +1026,12 @@ fn a_fresh_partition_that_never_gets_a_trade_stays_quiet() {
     }
     assert!(out.is_empty(), "{out:?}");
     // Trades after all: from their time on, as in any fresh partition.
-    op.on_trade(0, &trade("a", "a", T0, "100", "1"), now0 + 601 * S, &mut out);
+    op.on_trade(
+        0,
+        &trade("a", "a", T0, "100", "1"),
+        now0 + 601 * S,
+        &mut out,
+    );
     for k in 602..=700 {
         op.advance(now0 + k * S, &mut out);
     }
