@@ -193,7 +193,11 @@ impl Pipeline {
             let generation = self.consumer.context().generation.load(Ordering::SeqCst);
             if generation != self.context_generation {
                 self.context_generation = generation;
-                self.after_rebalance().await?;
+                if !self.after_rebalance(shutdown).await? {
+                    // Shutdown came during the warm-up: nothing more is read with a filter
+                    // half rebuilt.
+                    return Ok(());
+                }
             }
             let batch = self.collect(interval, generation, shutdown).await?;
             if self.consumer.context().generation.load(Ordering::SeqCst) != generation {
@@ -318,7 +322,9 @@ impl Pipeline {
 
     /// After a rebalance: forget revoked partitions, seek every owned partition to its committed
     /// offset (records read before the rebalance were dropped), rebuild missing dedup state.
-    async fn after_rebalance(&mut self) -> Result<()> {
+    /// Seeks the owned partitions to their committed offsets and rebuilds the duplicate filter
+    /// and gap tracker of those new to this instance. `false` when shutdown interrupted it.
+    async fn after_rebalance(&mut self, shutdown: &Shutdown) -> Result<bool> {
         let assignment = self.consumer.assignment()?;
         let owned: Vec<(String, i32)> = assignment
             .elements()
@@ -330,7 +336,7 @@ impl Pipeline {
         self.gaps
             .retain(|t, p| owned.iter().any(|(ot, op)| ot == t && *op == p));
         if owned.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let committed = loop {
             match tokio::task::block_in_place(|| {
@@ -367,24 +373,28 @@ impl Pipeline {
                 let gaps = self.gaps.partition(topic, partition);
                 *gaps = Default::default();
                 if let Some(committed) = offset {
-                    warmup::warm_up(
+                    let limits = n.limits();
+                    let warming = warmup::warm_up(
                         &self.config.kafka,
                         &n.group_id,
                         topic,
                         partition,
                         committed,
                         n.dedup_horizon(),
-                        &n.limits(),
+                        &limits,
                         &index,
                         &self.codec,
                         dedup,
                         gaps,
-                    )
-                    .await?;
+                    );
+                    tokio::select! {
+                        warmed = warming => { warmed?; }
+                        () = shutdown.triggered() => return Ok(false),
+                    }
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn seek(&self, topic: &str, partition: i32, offset: Offset) -> Result<()> {

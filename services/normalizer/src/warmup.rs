@@ -52,11 +52,16 @@ pub async fn warm_up(
         return Ok(warmed);
     }
     let started = Instant::now();
-    let consumer: StreamConsumer = kafka::stream_consumer(
+    let mut config = kafka::consumer_config(
         kafka_config,
         "normalizer-warmup",
         &format!("{group_id}-warmup"),
-    )?;
+    );
+    // Reading back to a known offset: a fetch at the partition's end must not wait out the
+    // broker's long poll (500 ms by default, once after each of the two assigns), which made
+    // every partition's warm-up last a second however little it read.
+    config.set("fetch.wait.max.ms", "10");
+    let consumer: StreamConsumer = config.create()?;
     // The time of the last committed record fixes where the horizon begins.
     let last = committed - 1;
     let mut tpl = TopicPartitionList::new();
