@@ -122,9 +122,12 @@ enum Command {
         /// Trades left out of the streams per hole.
         #[arg(long, default_value_t = 5)]
         hole_len: u32,
-        /// Stop after this many seconds; 0 runs until Ctrl-C.
+        /// Stop printing after this many seconds; 0 runs until Ctrl-C.
         #[arg(long, default_value_t = 0)]
         seconds: u64,
+        /// After printing stopped, go on serving (heartbeats, Replay) this many seconds.
+        #[arg(long, default_value_t = 0)]
+        linger_s: u64,
         /// Keep each symbol's next number in this file, so that the next run goes on from it.
         #[arg(long, value_name = "PATH")]
         state_file: Option<PathBuf>,
@@ -197,6 +200,7 @@ async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<(
             hole_every_s,
             hole_len,
             seconds,
+            linger_s,
             state_file,
         } => {
             serve_feed::run(serve_feed::Options {
@@ -210,6 +214,7 @@ async fn run(command: Command, config: AdminConfig) -> tickflow_shared::Result<(
                 hole_every: Duration::from_secs(hole_every_s),
                 hole_len,
                 seconds,
+                linger: Duration::from_secs(linger_s),
                 state_file,
             })
             .await?

@@ -38,8 +38,10 @@ pub struct Options {
     /// Every this often, one symbol's next `hole_len` trades are not sent (zero: never).
     pub hole_every: Duration,
     pub hole_len: u32,
-    /// Stop after this long (zero: until Ctrl-C).
+    /// Stop printing after this long (zero: until Ctrl-C).
     pub seconds: u64,
+    /// After printing stopped, go on serving (heartbeats, Replay) this long.
+    pub linger: Duration,
     /// Where each symbol's next number is kept between runs.
     pub state_file: Option<std::path::PathBuf>,
 }
@@ -293,20 +295,32 @@ pub async fn run(options: Options) -> tickflow_shared::Result<()> {
     let server = tonic::transport::Server::builder()
         .add_service(MarketFeedServer::new(feed))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    let stop = async {
-        if options.seconds > 0 {
-            tokio::time::sleep(Duration::from_secs(options.seconds)).await;
-        } else {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    tokio::pin!(server);
+    let failed = |e: tonic::transport::Error| {
+        tickflow_shared::Error::Config(format!("the feed server failed: {e}"))
     };
-    tokio::select! {
-        served = server => served.map_err(|e| tickflow_shared::Error::Config(format!("the feed server failed: {e}")))?,
-        () = print(book.clone(), trades, &options) => {}
-        () = stop => {}
-    }
+    let interrupted = tokio::select! {
+        served = &mut server => return served.map_err(failed),
+        () = print(book.clone(), trades, &options) => false,
+        () = tokio::time::sleep(Duration::from_secs(options.seconds)), if options.seconds > 0 => false,
+        _ = tokio::signal::ctrl_c() => true,
+    };
     if let Some(path) = &options.state_file {
         save(&book, path);
+    }
+    let printed: u64 = book
+        .lock()
+        .unwrap()
+        .values()
+        .map(|s| s.next.saturating_sub(1))
+        .sum();
+    println!("stopped printing: the last numbers are in the state file; {printed} numbered in all");
+    if !interrupted && !options.linger.is_zero() {
+        tokio::select! {
+            served = &mut server => return served.map_err(failed),
+            () = tokio::time::sleep(options.linger) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     }
     Ok(())
 }

@@ -448,6 +448,22 @@ pub async fn check_service_lifecycle_with(
     );
 }
 
+/// A binary of the workspace beside `beside` (one cargo built for the running test, say
+/// `env!("CARGO_BIN_EXE_ingest-gateway")`): `cargo test --workspace` builds them all; built here
+/// when it is missing (a test run with `-p`).
+pub fn workspace_binary(beside: &str, package: &str, bin: &str) -> String {
+    let path = std::path::Path::new(beside).with_file_name(bin);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-q", "-p", package, "--bin", bin])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building {bin}");
+    }
+    path.display().to_string()
+}
+
 /// A SIGTERM in the middle of start-up (right after the service logs `moment`, while it may be
 /// blocked on a Kafka client call) stops it cleanly within the 5 s shutdown deadline too.
 pub async fn check_stop_during_startup(binary: &str, moment: &str) {

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -155,19 +154,12 @@ async fn start_exchange() -> (SocketAddr, SocketAddr, Shared) {
     (ws_addr, rest_addr, ex)
 }
 
-/// The normalizer binary beside the gateway's (`cargo test --workspace` builds both); built
-/// here when it is missing.
 fn normalizer_binary() -> String {
-    let gateway = Path::new(env!("CARGO_BIN_EXE_ingest-gateway"));
-    let path = gateway.with_file_name("normalizer");
-    if !path.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "normalizer", "--bin", "normalizer"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the normalizer");
-    }
-    path.display().to_string()
+    testkit::workspace_binary(
+        env!("CARGO_BIN_EXE_ingest-gateway"),
+        "normalizer",
+        "normalizer",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
