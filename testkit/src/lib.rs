@@ -464,6 +464,41 @@ pub fn workspace_binary(beside: &str, package: &str, bin: &str) -> String {
     path.display().to_string()
 }
 
+/// The environment of a normalizer a test runs as a process: reading `input` (a topic, or a
+/// pattern starting with `^`), writing `trades` and `gaps`, with its own dead-letter and
+/// reference topics, group and transactional id named after `test`, and the instruments file.
+pub fn normalizer_env(
+    test: &str,
+    input: &str,
+    trades: &str,
+    gaps: &str,
+    instruments_file: &str,
+) -> Vec<(&'static str, String)> {
+    let group = unique_name(test, "norm", '-');
+    vec![
+        ("TICKFLOW_NORMALIZER__INPUT_TOPICS", input.to_string()),
+        ("TICKFLOW_NORMALIZER__OUTPUT_TOPIC", trades.to_string()),
+        (
+            "TICKFLOW_NORMALIZER__DLQ_TOPIC",
+            unique_topic(&format!("{test}-dlq")),
+        ),
+        ("TICKFLOW_NORMALIZER__GAPS_TOPIC", gaps.to_string()),
+        (
+            "TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC",
+            unique_topic(&format!("{test}-ref")),
+        ),
+        (
+            "TICKFLOW_NORMALIZER__INSTRUMENTS_FILE",
+            instruments_file.to_string(),
+        ),
+        (
+            "TICKFLOW_NORMALIZER__TRANSACTIONAL_ID",
+            format!("{group}-a"),
+        ),
+        ("TICKFLOW_NORMALIZER__GROUP_ID", group),
+    ]
+}
+
 /// A SIGTERM in the middle of start-up (right after the service logs `moment`, while it may be
 /// blocked on a Kafka client call) stops it cleanly within the 5 s shutdown deadline too.
 pub async fn check_stop_during_startup(binary: &str, moment: &str) {

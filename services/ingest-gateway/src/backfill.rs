@@ -169,6 +169,39 @@ pub async fn run(ctx: Context) {
     }
 }
 
+/// The frames one walk hands to the raw topic: one gateway "connection" per walk, numbered from
+/// 0, keyed by the gap's symbol like live frames (so they share its partition).
+struct Outgoing<'a> {
+    provider: &'static str,
+    connection: Arc<str>,
+    channel: Arc<str>,
+    symbol: &'a str,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(provider: &'static str, channel: &str, symbol: &'a str) -> Self {
+        Self {
+            provider,
+            connection: format!("{CHANNEL}-{provider}-{}", now_micros()).into(),
+            channel: channel.into(),
+            symbol,
+        }
+    }
+
+    fn frame(&self, sequence: i64, payload: Bytes) -> Frame {
+        Frame {
+            provider: self.provider,
+            connection_id: self.connection.clone(),
+            sequence,
+            received_at: now_micros(),
+            channel: self.channel.clone(),
+            key: Some(self.symbol.to_string()),
+            payload,
+            dead_letter: None,
+        }
+    }
+}
+
 /// Tells the normalizer which trades of the gap will never come: a frame on the raw topic,
 /// channel [`UNRECOVERABLE_CHANNEL`], keyed by the symbol so that it follows the backfilled
 /// trades in their partition. The normalizer closes the gap as DROPPED once nothing else of it
@@ -177,9 +210,11 @@ async fn announce(ctx: &Context, source: &Source, gap: &GapRecord, walk: &Walk) 
     if walk.gone.is_empty() {
         return;
     }
-    let provider = source.provider.id().as_str();
-    let connection: Arc<str> = format!("{CHANNEL}-{provider}-{}", now_micros()).into();
-    let channel: Arc<str> = UNRECOVERABLE_CHANNEL.into();
+    let out = Outgoing::new(
+        source.provider.id().as_str(),
+        UNRECOVERABLE_CHANNEL,
+        &gap.symbol,
+    );
     for (sequence, &(first, last)) in walk.gone.iter().enumerate() {
         let word = Unrecoverable {
             symbol: gap.symbol.clone(),
@@ -187,17 +222,11 @@ async fn announce(ctx: &Context, source: &Source, gap: &GapRecord, walk: &Walk) 
             last,
         };
         let payload = serde_json::to_vec(&word).expect("a plain struct serializes");
-        let frame = Frame {
-            provider,
-            connection_id: connection.clone(),
-            sequence: sequence as i64,
-            received_at: now_micros(),
-            channel: channel.clone(),
-            key: Some(gap.symbol.clone()),
-            payload: Bytes::from(payload),
-            dead_letter: None,
-        };
-        if !ctx.output.send(frame).await {
+        if !ctx
+            .output
+            .send(out.frame(sequence as i64, Bytes::from(payload)))
+            .await
+        {
             return;
         }
     }
@@ -298,8 +327,7 @@ pub async fn walk(
         );
         return result;
     }
-    let connection: Arc<str> = format!("{CHANNEL}-{provider}-{}", now_micros()).into();
-    let channel: Arc<str> = CHANNEL.into();
+    let out = Outgoing::new(provider, CHANNEL, &gap.symbol);
     let mut sequence = 0_i64;
     let mut failures = 0_u32;
     let mut cursor: Option<String> = None;
@@ -383,16 +411,7 @@ pub async fn walk(
         let range = frames.first().map(|f| f.0).zip(frames.last().map(|f| f.0));
         let before = result.sent;
         for (_, text) in frames {
-            let frame = Frame {
-                provider,
-                connection_id: connection.clone(),
-                sequence,
-                received_at: now_micros(),
-                channel: channel.clone(),
-                key: Some(gap.symbol.clone()),
-                payload: Bytes::from(text),
-                dead_letter: None,
-            };
+            let frame = out.frame(sequence, Bytes::from(text));
             sequence += 1;
             if !ctx.output.send(frame).await {
                 result.stopped = Some("shutdown".into());
@@ -508,8 +527,7 @@ pub(crate) async fn replay(
     };
     trades.sort_unstable_by_key(|(n, _)| *n);
     trades.dedup_by_key(|(n, _)| *n);
-    let connection: Arc<str> = format!("{CHANNEL}-{provider}-{}", now_micros()).into();
-    let channel: Arc<str> = CHANNEL.into();
+    let out = Outgoing::new(provider, CHANNEL, &gap.symbol);
     // What the feed left out of the range: no longer held.
     let mut next = lo;
     for &(n, _) in &trades {
@@ -522,17 +540,7 @@ pub(crate) async fn replay(
         unrecoverable(&mut result, provider, &gap.symbol, next, hi);
     }
     for (sequence, (_, payload)) in trades.into_iter().enumerate() {
-        let frame = Frame {
-            provider,
-            connection_id: connection.clone(),
-            sequence: sequence as i64,
-            received_at: now_micros(),
-            channel: channel.clone(),
-            key: Some(gap.symbol.clone()),
-            payload,
-            dead_letter: None,
-        };
-        if !output.send(frame).await {
+        if !output.send(out.frame(sequence as i64, payload)).await {
             result.stopped = Some("shutdown".into());
             return result;
         }

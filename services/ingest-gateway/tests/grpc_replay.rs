@@ -68,29 +68,16 @@ async fn holes_in_the_feeds_numbering_are_replayed_onto_md_trades_once() {
     )
     .await
     .unwrap();
-    let group = testkit::unique_name("replay", "norm", '-');
     let mut normalizer = ServiceProcess::spawn(
         &normalizer_bin,
         &stack,
-        &[
-            ("TICKFLOW_NORMALIZER__INPUT_TOPICS", format!("{prefix}grpc")),
-            ("TICKFLOW_NORMALIZER__OUTPUT_TOPIC", trades_topic.clone()),
-            (
-                "TICKFLOW_NORMALIZER__DLQ_TOPIC",
-                testkit::unique_topic("replay-dlq"),
-            ),
-            ("TICKFLOW_NORMALIZER__GAPS_TOPIC", gaps_topic.clone()),
-            (
-                "TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC",
-                testkit::unique_topic("replay-ref"),
-            ),
-            ("TICKFLOW_NORMALIZER__INSTRUMENTS_FILE", file.clone()),
-            ("TICKFLOW_NORMALIZER__GROUP_ID", group.clone()),
-            (
-                "TICKFLOW_NORMALIZER__TRANSACTIONAL_ID",
-                format!("{group}-a"),
-            ),
-        ],
+        &testkit::normalizer_env(
+            "replay",
+            &format!("{prefix}grpc"),
+            &trades_topic,
+            &gaps_topic,
+            &file,
+        ),
     );
     normalizer
         .wait_for("/readyz", 200, Duration::from_secs(60))

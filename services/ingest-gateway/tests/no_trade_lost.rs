@@ -177,7 +177,6 @@ async fn trades_missed_in_a_connection_and_while_reconnecting_are_all_on_md_trad
     )
     .unwrap();
     let file = instruments.display().to_string();
-    let group = testkit::unique_name("nolost", "norm", '-');
 
     // The raw topic before the normalizer subscribes to it (the gateway would create it too).
     let admin = kafka::admin(&stack.kafka).unwrap();
@@ -192,28 +191,13 @@ async fn trades_missed_in_a_connection_and_while_reconnecting_are_all_on_md_trad
     let mut normalizer = ServiceProcess::spawn(
         &normalizer_binary(),
         &stack,
-        &[
-            (
-                "TICKFLOW_NORMALIZER__INPUT_TOPICS",
-                format!("{prefix}binance"),
-            ),
-            ("TICKFLOW_NORMALIZER__OUTPUT_TOPIC", trades_topic.clone()),
-            (
-                "TICKFLOW_NORMALIZER__DLQ_TOPIC",
-                testkit::unique_topic("nolost-dlq"),
-            ),
-            ("TICKFLOW_NORMALIZER__GAPS_TOPIC", gaps_topic.clone()),
-            (
-                "TICKFLOW_NORMALIZER__INSTRUMENTS_TOPIC",
-                testkit::unique_topic("nolost-ref"),
-            ),
-            ("TICKFLOW_NORMALIZER__INSTRUMENTS_FILE", file.clone()),
-            ("TICKFLOW_NORMALIZER__GROUP_ID", group.clone()),
-            (
-                "TICKFLOW_NORMALIZER__TRANSACTIONAL_ID",
-                format!("{group}-a"),
-            ),
-        ],
+        &testkit::normalizer_env(
+            "nolost",
+            &format!("{prefix}binance"),
+            &trades_topic,
+            &gaps_topic,
+            &file,
+        ),
     );
     normalizer
         .wait_for("/readyz", 200, Duration::from_secs(60))
