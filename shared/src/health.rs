@@ -101,7 +101,7 @@ impl Readiness {
 pub const HEALTHY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Watches one dependency until shutdown: checks it every [`HEALTHY_CHECK_INTERVAL`] while it
-/// answers, and with [`RetryPolicy::DEPENDENCY`] backoff while it does not.
+/// answers, and with [`RetryPolicy::READINESS`] backoff while it does not.
 pub fn watch_dependency<F, Fut>(
     name: &'static str,
     readiness: &Readiness,
@@ -115,7 +115,7 @@ pub fn watch_dependency<F, Fut>(
     let readiness = readiness.clone();
     let stop = shutdown.clone();
     shutdown.spawn(async move {
-        let mut delays = RetryPolicy::DEPENDENCY.delays();
+        let mut delays = RetryPolicy::READINESS.delays();
         let mut first_check = true;
         loop {
             let wait = match check().await {
@@ -123,13 +123,13 @@ pub fn watch_dependency<F, Fut>(
                     if readiness.set(name, true, detail.clone()) {
                         tracing::info!(dependency = name, %detail, "dependency is up");
                     }
-                    delays = RetryPolicy::DEPENDENCY.delays();
+                    delays = RetryPolicy::READINESS.delays();
                     HEALTHY_CHECK_INTERVAL
                 }
                 Err(e) => {
                     metrics::counter!(DEPENDENCY_CHECK_FAILURES, "dependency" => name, "error_type" => e.kind())
                         .increment(1);
-                    let delay = delays.next().unwrap_or(RetryPolicy::DEPENDENCY.ceiling);
+                    let delay = delays.next().unwrap_or(RetryPolicy::READINESS.ceiling);
                     if readiness.set(name, false, e.to_string()) || first_check {
                         tracing::warn!(dependency = name, error = %e, retry_in_ms = delay.as_millis() as u64, "dependency is down");
                     } else {

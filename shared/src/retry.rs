@@ -25,6 +25,16 @@ impl RetryPolicy {
         ceiling: Duration::from_secs(30),
     };
 
+    /// For the `/readyz` checks of a dependency that is down: 0.5 s, doubling, at most 5 s. A
+    /// check is one cheap request; with the 30 s of [`RetryPolicy::DEPENDENCY`], readiness came
+    /// back up to a minute after the dependency did (a check just after it returned may still
+    /// fail while the driver refills its connections, then the next one waited up to 30 s).
+    pub const READINESS: RetryPolicy = RetryPolicy {
+        initial: Duration::from_millis(500),
+        factor: 2.0,
+        ceiling: Duration::from_secs(5),
+    };
+
     /// The delay before retry `attempt` (from 0), for loops that keep their own attempt count
     /// (and start it over after a healthy spell): `initial × factor^attempt`, at most the
     /// ceiling, then full jitter, a uniform draw from half of it up to all of it, so clients that
