@@ -475,7 +475,7 @@ def operations():
                      unit="reqps", min_zero=True), w=8)
     b.add(timeseries("Normalizer transactions by outcome",
                      [prom(f'sum by (outcome) (rate(tickflow_normalizer_transactions_total{{{ns}}}[$__rate_interval]))', "{{outcome}}"),
-                      prom(f'sum(increase(tickflow_normalizer_rebalances_total{{{ns}}}[$__rate_interval]))', "rebalances", "B")],
+                      prom(f'sum by (kind) (increase(tickflow_normalizer_partition_handovers_total{{{ns}}}[$__rate_interval]))', "partitions {{kind}}", "B")],
                      unit="reqps", min_zero=True), w=8)
     b.add(timeseries("Dependencies up",
                      [prom(f'min by (job, dependency) (tickflow_dependency_up{{{ns}}})', "{{job}} → {{dependency}}"),

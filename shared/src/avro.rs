@@ -313,10 +313,28 @@ pub async fn decode_trade_waiting(
     payload: &[u8],
     shutdown: &crate::shutdown::Shutdown,
 ) -> Option<Result<Trade>> {
+    waiting(shutdown, || codec.decode_trade(payload)).await
+}
+
+/// Decodes a raw envelope, waiting as [`decode_trade_waiting`] does.
+pub async fn decode_raw_waiting(
+    codec: &AvroCodec,
+    payload: &[u8],
+    shutdown: &crate::shutdown::Shutdown,
+) -> Option<Result<RawEnvelope>> {
+    waiting(shutdown, || codec.decode_raw(payload)).await
+}
+
+/// `decode` again (with backoff) while its error is retryable (the registry cannot be reached).
+async fn waiting<T, F, Fut>(shutdown: &crate::shutdown::Shutdown, decode: F) -> Option<Result<T>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let policy = crate::retry::RetryPolicy::DEPENDENCY;
     let mut delays = policy.delays();
     loop {
-        match codec.decode_trade(payload).await {
+        match decode().await {
             Err(e) if e.is_retryable() => {
                 let delay = delays.next().unwrap_or(policy.ceiling);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot decode yet, will retry");

@@ -20,10 +20,11 @@ use crate::records::{AnomalyKind, Trigger};
 use crate::store::FairPriceStore;
 use tickflow_shared::avro::{self, AvroCodec, Registry};
 use tickflow_shared::cassandra::CheckpointStore;
-use tickflow_shared::domain::Micros;
 use tickflow_shared::error::Error;
 use tickflow_shared::kafka;
-use tickflow_shared::runtime::{self, Checkpoints, Fresh, Job, Plan, Record};
+use tickflow_shared::runtime::{
+    self, Checkpoints, Commit, Flushed, Fresh, Job, Plan, Record, Sourced, Tp,
+};
 use tickflow_shared::service::CassandraHandle;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
@@ -57,12 +58,12 @@ impl Job for Prices {
     type Operator = Operator;
 
     /// Every output is urgent: a changed price lands within milliseconds of its trade.
-    fn collect(&mut self, outputs: &mut Vec<Output>, record: Option<Record>) -> bool {
+    fn collect(&mut self, outputs: &mut Vec<Output>, record: Option<Record<Sourced>>) -> bool {
         if let Some(r) = record.as_ref().filter(|r| !r.replaying) {
-            let t = &r.trade;
+            let t = &r.input.trade;
             metrics::counter!(TRADES_IN, "provider" => t.provider.clone(), "exchange" => t.exchange.clone(), "instrument" => self.labels.label(&t.instrument)).increment(1);
         }
-        let trade = record.as_ref().map(|r| &r.trade);
+        let trade = record.as_ref().map(|r| &r.input.trade);
         let any = !outputs.is_empty();
         for output in outputs.drain(..) {
             match output {
@@ -108,10 +109,12 @@ impl Job for Prices {
 
     /// Needs no stamp: `fair_price_latest` is written at the price's own instant, and every
     /// other row is keyed by its instant with the same value whoever writes it.
-    async fn flush(&mut self, _stamp: Micros, shutdown: &Shutdown) -> Result<bool> {
-        self.sinks
+    async fn flush(&mut self, _commit: Commit<'_>, shutdown: &Shutdown) -> Result<Flushed> {
+        let landed = self
+            .sinks
             .flush(std::mem::take(&mut self.batch), shutdown)
-            .await
+            .await?;
+        Ok(landed.into())
     }
 
     fn discard(&mut self) {
@@ -119,7 +122,7 @@ impl Job for Prices {
     }
 
     /// Per-source gauges and the active-anomaly gauges.
-    fn report(&mut self, operator: &Operator, _owned: &BTreeSet<i32>) {
+    fn report(&mut self, operator: &Operator, _owned: &BTreeSet<Tp>) {
         let labels = &self.labels;
         operator.source_stats(|instrument, provider, exchange, age, rate, ratio| {
             let l = [

@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod gaps;
 pub mod metrics;
 pub mod normalize;
+pub mod operator;
 pub mod pipeline;
 pub mod reason;
 pub mod reference;
@@ -70,6 +71,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
     };
     // After start: the metrics recorder is installed there.
     metrics::describe();
+    pipeline::RUNTIME_METRICS.zero();
     let codec = Arc::new(AvroCodec::new(&started.registry, &schemas));
     // The output schema was registered at start; registering again returns its id.
     let encoder = TradeEncoder::registered(&started.registry, &n.output_topic).await?;
@@ -83,12 +85,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<()> {
         &shutdown,
     )?;
     let labels = started.telemetry.instruments.clone();
-    let Some(pipeline) =
-        pipeline::Pipeline::new(config, codec, encoder, reference, labels, &shutdown).await?
-    else {
-        return Ok(());
-    };
-    let outcome = pipeline.run(&shutdown).await;
+    let outcome = pipeline::run(config, codec, encoder, reference, labels, &shutdown).await;
     if outcome.is_err() {
         shutdown.trigger();
     }

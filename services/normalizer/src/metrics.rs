@@ -13,7 +13,13 @@ pub const TRANSACTION_STEP_SECONDS: &str = "tickflow_normalizer_transaction_step
 pub const CONSUMER_LAG: &str = "tickflow_normalizer_consumer_lag_messages";
 pub const INSTRUMENTS: &str = "tickflow_normalizer_instruments";
 pub const DEDUP_HELD: &str = "tickflow_normalizer_dedup_entries";
-pub const REBALANCES: &str = "tickflow_normalizer_rebalances_total";
+pub const INPUT_ERRORS: &str = "tickflow_normalizer_input_errors_total";
+pub const HANDOVERS: &str = "tickflow_normalizer_partition_handovers_total";
+pub const OWNED_PARTITIONS: &str = "tickflow_normalizer_owned_partitions";
+/// Named for the runtime; the normalizer writes no checkpoints (its transactions hold its
+/// progress), so these never appear.
+pub const CHECKPOINT_SECONDS: &str = "tickflow_normalizer_checkpoint_duration_seconds";
+pub const CHECKPOINT_BYTES: &str = "tickflow_normalizer_checkpoint_size_bytes";
 pub const GAPS: &str = "tickflow_normalizer_gaps_total";
 pub const GAP_TRADES_MISSING: &str = "tickflow_normalizer_gap_trades_missing_total";
 pub const GAP_TRADES_RECOVERED: &str = "tickflow_normalizer_gap_trades_recovered_total";
@@ -94,7 +100,14 @@ pub fn describe() {
         "Trades the open gaps still miss on this instance's partitions, by provider."
     );
     describe_counter!(
-        REBALANCES,
-        "Consumer group rebalances seen by this instance."
+        INPUT_ERRORS,
+        "Input records skipped, by reason (none so far: every unreadable record is \
+         dead-lettered)."
     );
+    describe_counter!(
+        HANDOVERS,
+        "Input partitions taken up or given away, by kind: assigned, revoked, lost (revoked \
+         without a chance to commit)."
+    );
+    describe_gauge!(OWNED_PARTITIONS, "Input partitions this instance owns.");
 }

@@ -1,102 +1,68 @@
-//! Consume, normalize, produce: exactly once, with Kafka transactions.
+//! The normalizer on the stream runtime ([`tickflow_shared::runtime`]): the normalizing operator
+//! ([`crate::operator`]), its sinks (the trade, dead-letter and gap topics), and exactly once
+//! through Kafka transactions.
 //!
-//! Records are read in batches: a batch starts with the first record ready and takes every record
-//! already fetched (up to `max_batch`, within `commit_interval_ms`), so nothing waits for a timer
-//! and a batch under a steady stream is what arrived during the previous commit. Each batch is one
-//! transaction: its trades and dead letters are produced, then the offsets of the next records
-//! to read are sent with the consumer's group metadata, then it commits. No transaction is ever
-//! open while the consumer is polled for a new batch, so a rebalance (served inside the poll)
-//! never meets half a batch: a batch whose collection was interrupted by one is dropped unread
-//! and every owned partition is sought back to its committed offset.
+//! The runtime reads the raw topics (`normalizer.input_topics`, a pattern) through the consumer
+//! group `normalizer.group_id`, and lands each batch as one transaction: its trades, dead letters
+//! and gap records are produced, the next offsets of the records behind them are sent with the
+//! consumer's group metadata, then it commits ([`Checkpoints::Transactions`]). A batch is what was
+//! fetched when its first record was normalized (every output is urgent), cut at
+//! `normalizer.max_batch` records or `normalizer.commit_interval_ms`. A partition taken up starts
+//! at the group's committed offset, its duplicate filter and gap tracker rebuilt from the records
+//! before it ([`crate::warmup`]); a revoked one is released right after the transaction with its
+//! records commits, so the next owner reads on exactly there.
 //!
-//! On an abortable error the transaction is aborted, the duplicate filter forgets the batch and
-//! the partitions are sought back to the batch's first offsets; on a fatal error the producer is
-//! replaced (its `init_transactions` fences the old one). A producer fenced by another instance
-//! with the same transactional id stops the service: two instances must not share an id.
+//! On an abortable error the transaction is aborted and the runtime reads again from the
+//! committed offsets (the filters rebuilt with them); on a fatal error the producer is replaced
+//! (its `init_transactions` fences the old one). A producer fenced by another instance with the
+//! same transactional id stops the service: two instances must not share an id.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tickflow_shared::avro::{AvroCodec, TradeEncoder};
-use tickflow_shared::domain::{now_micros, RawEnvelope};
 use tickflow_shared::kafka;
+use tickflow_shared::retry::RetryPolicy;
+use tickflow_shared::runtime::{self, Checkpoints, Commit, Flushed, Fresh, Job, Plan, Record, Tp};
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
 use tickflow_shared::watermark;
 use tickflow_shared::{Error, Result};
 
 use crate::config::Config;
-use crate::dedup::DedupSet;
-use crate::gaps::{self, GapRecord, GapSet};
+use crate::gaps::GapRecord;
 use crate::metrics::*;
-use crate::normalize::{normalize, Outcome, Rules};
+use crate::normalize::Outcome;
+use crate::operator::{Normalizer, Output, RawRecord, Settings};
 use crate::reason::Reason;
 use crate::reference::Reference;
 use crate::warmup;
-use tickflow_providers::Frame;
-use tickflow_shared::gap::UNRECOVERABLE_CHANNEL;
 
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a frame with an unknown symbol waits for the reference data to catch up.
+const CATCH_UP: Duration = Duration::from_secs(3);
 
-/// Counts rebalances and exports consumer lag from librdkafka's statistics.
-#[derive(Default)]
-pub struct Context {
-    generation: AtomicU64,
-}
+/// The runtime's metric names for the normalizer.
+pub const RUNTIME_METRICS: runtime::Metrics = runtime::Metrics {
+    input_errors: INPUT_ERRORS,
+    handovers: HANDOVERS,
+    owned_partitions: OWNED_PARTITIONS,
+    checkpoint_seconds: CHECKPOINT_SECONDS,
+    checkpoint_bytes: CHECKPOINT_BYTES,
+    consumer_lag: CONSUMER_LAG,
+};
 
-impl ClientContext for Context {
-    fn stats(&self, statistics: Statistics) {
-        for (topic, t) in statistics.topics {
-            for (partition, p) in t.partitions {
-                if partition >= 0 && p.consumer_lag >= 0 {
-                    metrics::gauge!(CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
-                        .set(p.consumer_lag as f64);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for Context {
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        metrics::counter!(REBALANCES).increment(1);
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned")
-            }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions revoked")
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
-
-type Input = StreamConsumer<Context>;
-
-/// One consumed record, owned.
-struct Record {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-}
+type TxProducer = ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
 
 /// Why a batch did not commit.
 enum Failure {
-    /// Abort, rewind, try again (after a pause when a dependency is down).
+    /// Abort, read again from the committed offsets.
     Retry(String),
-    /// The producer is unusable: make a new one, then rewind.
+    /// The producer is unusable: make a new one, then read again.
     Reset(String),
     /// Another instance took over this transactional id.
     Fenced(String),
@@ -121,495 +87,279 @@ fn classify(e: KafkaError) -> Failure {
     }
 }
 
-pub struct Pipeline {
-    config: Config,
+/// Where an output goes.
+#[derive(Clone, Copy)]
+enum Sink {
+    Trades,
+    DeadLetters,
+}
+
+/// One output record, ready to produce.
+struct Produced {
+    sink: Sink,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+}
+
+/// One transaction's worth of outputs, and what they count.
+#[derive(Default)]
+struct Batch {
+    records: Vec<Produced>,
+    gaps: Vec<GapRecord>,
+    stats: BatchStats,
+    /// When its first record was read.
+    started: Option<Instant>,
+}
+
+/// The normalizer's side of the runtime: the transactional producer and the batch.
+struct Transactions<'a> {
+    config: &'a Config,
     codec: Arc<AvroCodec>,
     encoder: TradeEncoder,
     reference: Reference,
     labels: InstrumentLabels,
-    consumer: Input,
-    context_generation: u64,
-    producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
-    dedup: DedupSet,
-    gaps: GapSet,
-    last_sync: Option<Instant>,
+    producer: TxProducer,
+    batch: Batch,
 }
 
-impl Pipeline {
-    pub async fn new(
-        config: Config,
-        codec: Arc<AvroCodec>,
-        encoder: TradeEncoder,
-        reference: Reference,
-        labels: InstrumentLabels,
-        shutdown: &Shutdown,
-    ) -> Result<Option<Self>> {
-        let n = &config.normalizer;
-        let mut consumer_config = kafka::consumer_config(&config.kafka, "normalizer", &n.group_id);
-        consumer_config.set("statistics.interval.ms", "5000");
-        kafka::static_membership(&mut consumer_config, &n.transactional_id());
-        let consumer: Input = consumer_config.create_with_context(Context::default())?;
-        consumer.subscribe(&[n.input_topics.as_str()])?;
-        let Some(producer) = new_producer(&config, shutdown).await? else {
-            return Ok(None);
+impl Job for Transactions<'_> {
+    type Operator = Normalizer;
+
+    /// Every record is urgent: its trades are committed as soon as no record waits.
+    fn collect(&mut self, outputs: &mut Vec<Output>, record: Option<Record<RawRecord>>) -> bool {
+        let Some(record) = record else {
+            // The normalizer fires nothing on time alone.
+            outputs.clear();
+            return false;
         };
-        Ok(Some(Self {
-            config,
-            codec,
-            encoder,
-            reference,
-            labels,
-            consumer,
-            context_generation: 0,
-            producer,
-            dedup: DedupSet::default(),
-            gaps: GapSet::default(),
-            last_sync: None,
-        }))
-    }
-
-    /// Runs until shutdown; the batch in hand is committed before returning, then the instance
-    /// leaves the consumer group so its partitions move on at once.
-    pub async fn run(mut self, shutdown: &Shutdown) -> Result<()> {
-        self.serve(shutdown).await?;
-        kafka::leave_group(&self.consumer, Duration::from_secs(5)).await;
-        tracing::info!("left the consumer group");
-        Ok(())
-    }
-
-    async fn serve(&mut self, shutdown: &Shutdown) -> Result<()> {
-        let interval = Duration::from_millis(self.config.normalizer.commit_interval_ms);
-        let mut pause = Duration::ZERO;
-        loop {
-            if shutdown.is_triggered() {
-                return Ok(());
-            }
-            if !pause.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = shutdown.triggered() => return Ok(()),
+        let batch = &mut self.batch;
+        batch.started.get_or_insert_with(Instant::now);
+        let provider = record.input.provider();
+        let provider_label = provider.map_or("unknown", |p| p.id().as_str());
+        batch.stats.records_in(provider_label);
+        // Downstream watermarks track each raw partition as a source of its own.
+        let source = watermark::source_name(&record.tp.topic, record.tp.partition);
+        for output in outputs.drain(..) {
+            match output {
+                Output::Gap(gap) => {
+                    batch.stats.gap(gap.clone(), &self.labels);
+                    batch.gaps.push(gap);
                 }
-            }
-            let generation = self.consumer.context().generation.load(Ordering::SeqCst);
-            if generation != self.context_generation {
-                self.context_generation = generation;
-                if !self.after_rebalance(shutdown).await? {
-                    // Shutdown came during the warm-up: nothing more is read with a filter
-                    // half rebuilt.
-                    return Ok(());
-                }
-            }
-            let batch = self.collect(interval, generation, shutdown).await?;
-            if self.consumer.context().generation.load(Ordering::SeqCst) != generation {
-                // A rebalance came while collecting: drop the batch, re-read from committed.
-                continue;
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            match self.transact(&batch).await {
-                Ok(()) => {
-                    pause = Duration::ZERO;
-                    self.dedup.commit(self.config.normalizer.dedup_horizon());
-                    metrics::gauge!(DEDUP_HELD).set(self.dedup.held() as f64);
-                    self.gaps.commit();
-                    for (provider, (open, missing)) in self.gaps.open() {
-                        metrics::gauge!(GAPS_OPEN, "provider" => provider).set(open as f64);
-                        metrics::gauge!(GAP_TRADES_OPEN, "provider" => provider)
-                            .set(missing as f64);
-                    }
-                }
-                Err(failure) => {
-                    self.dedup.rollback();
-                    self.gaps.rollback();
-                    match failure {
-                        Failure::Retry(why) => {
-                            metrics::counter!(TRANSACTIONS, "outcome" => "aborted").increment(1);
-                            tracing::warn!(error = %why, records = batch.len(), "transaction aborted; the batch will be processed again");
-                            if let Err(e) = tokio::task::block_in_place(|| {
-                                self.producer.abort_transaction(TXN_TIMEOUT)
-                            }) {
-                                tracing::warn!(error = %e, "abort failed; replacing the producer");
-                                self.replace_producer(shutdown).await?;
-                            }
-                        }
-                        Failure::Reset(why) => {
-                            metrics::counter!(TRANSACTIONS, "outcome" => "producer_reset")
-                                .increment(1);
-                            tracing::error!(error = %why, "producer unusable; replacing it");
-                            self.replace_producer(shutdown).await?;
-                        }
-                        Failure::Fenced(why) => {
-                            return Err(Error::Fenced(format!(
-                                "another normalizer uses transactional id {:?} ({why})",
-                                self.config.normalizer.transactional_id()
-                            )));
-                        }
-                    }
-                    pause = (pause * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
-                    self.rewind(&batch).await?;
-                }
-            }
-        }
-    }
-
-    async fn replace_producer(&mut self, shutdown: &Shutdown) -> Result<()> {
-        if let Some(p) = new_producer(&self.config, shutdown).await? {
-            self.producer = p;
-        }
-        Ok(())
-    }
-
-    /// The next batch: waits up to `interval` for a first record, then takes every record the
-    /// consumer has already fetched, up to `max_batch` and until `interval` after the first. A
-    /// transaction thus starts as soon as there is work, with whatever was fetched meanwhile
-    /// (librdkafka fetches in the background while a commit is in flight), instead of waiting
-    /// for a timer: under a steady stream a batch is what arrived during the previous commit.
-    async fn collect(
-        &self,
-        interval: Duration,
-        generation: u64,
-        shutdown: &Shutdown,
-    ) -> Result<Vec<Record>> {
-        let max = self.config.normalizer.max_batch;
-        let mut batch = Vec::with_capacity(max.min(4096));
-        let mut deadline = tokio::time::Instant::now() + interval;
-        while batch.len() < max {
-            // Nothing ready after the first record: the batch is complete.
-            let wait_until = if batch.is_empty() {
-                deadline
-            } else {
-                tokio::time::Instant::now().min(deadline)
-            };
-            let message = tokio::select! {
-                biased;
-                () = shutdown.triggered() => break,
-                m = tokio::time::timeout_at(wait_until, self.consumer.recv()) => m,
-            };
-            match message {
-                Err(_) => break,
-                Ok(Ok(m)) => {
-                    if batch.is_empty() {
-                        deadline = tokio::time::Instant::now() + interval;
-                    }
-                    batch.push(Record {
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                    });
-                }
-                Ok(Err(e)) => {
-                    if let Some(fatal) = kafka::fatal_consumer_error(
-                        &e,
-                        self.consumer.client(),
-                        "normalizer.transactional_id",
-                        &self.config.normalizer.transactional_id(),
-                    ) {
-                        return Err(fatal);
-                    }
-                    tracing::warn!(error = %e, "consumer error; the batch ends here and reading goes on");
-                    break;
-                }
-            }
-            if self.consumer.context().generation.load(Ordering::SeqCst) != generation {
-                break;
-            }
-        }
-        Ok(batch)
-    }
-
-    /// After a rebalance: forget revoked partitions, seek every owned partition to its committed
-    /// offset (records read before the rebalance were dropped), rebuild missing dedup state.
-    /// Seeks the owned partitions to their committed offsets and rebuilds the duplicate filter
-    /// and gap tracker of those new to this instance. `false` when shutdown interrupted it.
-    async fn after_rebalance(&mut self, shutdown: &Shutdown) -> Result<bool> {
-        let assignment = self.consumer.assignment()?;
-        let owned: Vec<(String, i32)> = assignment
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect();
-        self.dedup
-            .retain(|t, p| owned.iter().any(|(ot, op)| ot == t && *op == p));
-        self.gaps
-            .retain(|t, p| owned.iter().any(|(ot, op)| ot == t && *op == p));
-        if owned.is_empty() {
-            return Ok(true);
-        }
-        let committed = loop {
-            match tokio::task::block_in_place(|| {
-                self.consumer
-                    .committed_offsets(assignment.clone(), Duration::from_secs(10))
-            }) {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read committed offsets; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
-        let n = &self.config.normalizer;
-        let index = self.reference.snapshot();
-        // Owned first: the list's elements are not `Send`, and the loop awaits.
-        let committed: Vec<(String, i32, Option<i64>)> = committed
-            .elements()
-            .iter()
-            .map(|e| {
-                let offset = match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                };
-                (e.topic().to_string(), e.partition(), offset)
-            })
-            .collect();
-        for (topic, partition, offset) in &committed {
-            let (topic, partition, offset) = (topic.as_str(), *partition, *offset);
-            let seek_to = offset.map_or(Offset::Beginning, Offset::Offset);
-            self.seek(topic, partition, seek_to).await?;
-            if !self.dedup.contains_partition(topic, partition) {
-                let dedup = self.dedup.partition(topic, partition);
-                let gaps = self.gaps.partition(topic, partition);
-                *gaps = Default::default();
-                if let Some(committed) = offset {
-                    let limits = n.limits();
-                    let warming = warmup::warm_up(
-                        &self.config.kafka,
-                        &n.group_id,
-                        topic,
-                        partition,
-                        committed,
-                        n.dedup_horizon(),
-                        &limits,
-                        &index,
-                        &self.codec,
-                        dedup,
-                        gaps,
-                    );
-                    tokio::select! {
-                        warmed = warming => { warmed?; }
-                        () = shutdown.triggered() => return Ok(false),
-                    }
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    async fn seek(&self, topic: &str, partition: i32, offset: Offset) -> Result<()> {
-        let mut attempt = 0;
-        loop {
-            match self
-                .consumer
-                .seek(topic, partition, offset, Duration::from_secs(5))
-            {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < 20 => {
-                    attempt += 1;
-                    tracing::debug!(topic, partition, error = %e, "seek not possible yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Seeks the batch's partitions back to its first offsets.
-    async fn rewind(&self, batch: &[Record]) -> Result<()> {
-        let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for r in batch {
-            first.entry((&r.topic, r.partition)).or_insert(r.offset);
-        }
-        for ((topic, partition), offset) in first {
-            self.seek(topic, partition, Offset::Offset(offset)).await?;
-        }
-        Ok(())
-    }
-
-    /// Processes one batch in one transaction.
-    async fn transact(&mut self, batch: &[Record]) -> Result<(), Failure> {
-        let started = Instant::now();
-        tokio::task::block_in_place(|| self.producer.begin_transaction()).map_err(classify)?;
-        let begun = Instant::now();
-        let mut stats = BatchStats::default();
-        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        let mut index = self.reference.snapshot();
-        let mut outcomes = Vec::new();
-        let mut gap_events = Vec::new();
-        let n = self.config.normalizer.clone();
-        let limits = n.limits();
-        for record in batch {
-            next.insert((&record.topic, record.partition), record.offset + 1);
-            // Downstream watermarks track each raw partition as a source of its own.
-            let source = watermark::source_name(&record.topic, record.partition);
-            outcomes.clear();
-            let envelope = match &record.payload {
-                None => None,
-                Some(bytes) => match self.codec.decode_raw(bytes).await {
-                    Ok(env) => Some(env),
-                    Err(e) if e.is_retryable() => return Err(Failure::Retry(e.to_string())),
-                    Err(e) => {
-                        outcomes.push(Outcome::Rejected {
-                            trade_index: None,
-                            reason: Reason::BadEnvelope,
-                            detail: e.to_string(),
-                        });
-                        None
-                    }
-                },
-            };
-            let provider_id = envelope.as_ref().map_or("unknown", |e| e.provider.as_str());
-            let provider = tickflow_providers::by_id(provider_id);
-            if let Some(env) = &envelope {
-                match provider {
-                    None => outcomes.push(Outcome::Rejected {
-                        trade_index: None,
-                        reason: Reason::UnknownProvider,
-                        detail: format!("no parser for provider {:?}", env.provider),
-                    }),
-                    Some(provider) if env.channel == UNRECOVERABLE_CHANNEL => {
-                        let gaps = self.gaps.partition(&record.topic, record.partition);
-                        gap_events.clear();
-                        match gaps::observe_unrecoverable(gaps, provider, env, &mut gap_events) {
-                            Ok(()) => outcomes.push(Outcome::Skipped("backfill_unrecoverable")),
-                            Err(detail) => outcomes.push(Outcome::Rejected {
-                                trade_index: None,
-                                reason: Reason::UnparsablePayload,
-                                detail,
-                            }),
-                        }
-                    }
-                    Some(provider) => {
-                        let parsed = provider.parse(&env.payload);
-                        if let Ok(Frame::Trades(trades)) = &parsed {
-                            let unknown = trades.iter().any(|t| {
-                                index.resolve(provider.id().as_str(), &t.symbol).is_none()
-                            });
-                            if unknown && self.sync_due(&n) {
-                                index = self.reference.catch_up(Duration::from_secs(3)).await;
-                            }
-                            let gaps = self.gaps.partition(&record.topic, record.partition);
-                            gap_events.clear();
-                            gaps::observe_frame(gaps, provider, env, trades, &mut gap_events);
-                        }
-                        let dedup = self.dedup.partition(&record.topic, record.partition);
-                        normalize(
-                            provider,
-                            env,
-                            parsed,
-                            Rules {
-                                index: &index,
-                                limits: &limits,
-                                now: now_micros(),
-                            },
-                            dedup,
-                            &mut outcomes,
-                        );
-                    }
-                }
-            } else if record.payload.is_none() {
-                outcomes.push(Outcome::Rejected {
-                    trade_index: None,
-                    reason: Reason::BadEnvelope,
-                    detail: "record without a value".into(),
-                });
-            }
-            let provider_label = provider.map_or("unknown", |p| p.id().as_str());
-            stats.records_in(provider_label);
-            for event in gap_events.drain(..) {
-                let source = format!("{}/{}@{}", record.topic, record.partition, record.offset);
-                let Some(gap) = gaps::record(&event, &index, source) else {
-                    stats.recovered(&event, &index, &self.labels);
-                    continue;
-                };
-                let bytes = match self.codec.encode(&n.gaps_topic, gap.to_value()).await {
-                    Ok(b) => b,
-                    Err(e) if e.is_retryable() => return Err(Failure::Retry(e.to_string())),
-                    Err(e) => {
-                        // The schema registered at start cannot hold it: a bug, reported loudly
-                        // rather than stopping the trades behind it.
-                        tracing::error!(error = %e, provider = %gap.provider, symbol = %gap.symbol, first = gap.first_missing, last = gap.last_missing, status = %gap.status, "cannot encode a gap record; it is not published");
-                        continue;
-                    }
-                };
-                let key = gap.key();
-                self.send(
-                    BaseRecord::to(&n.gaps_topic)
-                        .key(key.as_bytes())
-                        .payload(&bytes),
-                )
-                .await?;
-                stats.gap(gap, &self.labels);
-            }
-            for outcome in outcomes.drain(..) {
-                match outcome {
-                    Outcome::Trade(trade) => {
-                        let bytes = match self.encoder.encode(&trade) {
-                            Ok(b) => b,
-                            Err(e) => {
-                                // Validation passed, so the limits allow more than the schema
-                                // holds: keep the record in the DLQ rather than lose it.
-                                self.dead_letter(
-                                    record,
-                                    None,
-                                    Reason::Unencodable,
-                                    &format!("cannot encode: {e}"),
-                                    &mut stats,
-                                    provider_label,
-                                    envelope.as_ref(),
-                                )
-                                .await?;
-                                continue;
-                            }
-                        };
-                        let record_out = BaseRecord::to(&n.output_topic)
-                            .key(trade.instrument.as_bytes())
-                            .payload(&bytes)
-                            .headers(OwnedHeaders::new().insert(Header {
+                Output::Recovered {
+                    provider,
+                    exchange,
+                    instrument,
+                } => batch
+                    .stats
+                    .recovered(provider, exchange, &instrument, &self.labels),
+                Output::Outcome(Outcome::Trade(trade)) => match self.encoder.encode(&trade) {
+                    Ok(bytes) => {
+                        batch.records.push(Produced {
+                            sink: Sink::Trades,
+                            key: Some(trade.instrument.as_bytes().to_vec()),
+                            payload: Some(bytes),
+                            headers: OwnedHeaders::new().insert(Header {
                                 key: watermark::SOURCE_HEADER,
                                 value: Some(source.as_bytes()),
-                            }));
-                        self.send(record_out).await?;
-                        stats.trade(&trade, &self.labels);
+                            }),
+                        });
+                        batch.stats.trade(&trade, &self.labels);
                     }
-                    Outcome::Rejected {
-                        trade_index,
-                        reason,
-                        detail,
-                    } => {
-                        self.dead_letter(
-                            record,
-                            trade_index,
-                            reason,
-                            &detail,
-                            &mut stats,
-                            provider_label,
-                            envelope.as_ref(),
-                        )
-                        .await?;
-                    }
-                    Outcome::Duplicate { exchange } => stats.duplicate(provider_label, exchange),
-                    Outcome::Skipped(kind) => stats.skipped(provider_label, kind),
+                    // Validation passed, so the limits allow more than the schema holds: keep
+                    // the record in the DLQ rather than lose it.
+                    Err(e) => dead_letter(
+                        batch,
+                        &record,
+                        None,
+                        Reason::Unencodable,
+                        &format!("cannot encode: {e}"),
+                        provider_label,
+                    ),
+                },
+                Output::Outcome(Outcome::Rejected {
+                    trade_index,
+                    reason,
+                    detail,
+                }) => dead_letter(batch, &record, trade_index, reason, &detail, provider_label),
+                Output::Outcome(Outcome::Duplicate { exchange }) => {
+                    batch.stats.duplicate(provider_label, exchange)
+                }
+                Output::Outcome(Outcome::Skipped(kind)) => {
+                    batch.stats.skipped(provider_label, kind)
                 }
             }
         }
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in &next {
-            offsets
-                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                .map_err(|e| Failure::Retry(e.to_string()))?;
+        true
+    }
+
+    async fn flush(&mut self, commit: Commit<'_>, shutdown: &Shutdown) -> Result<Flushed> {
+        let Commit::Transaction { offsets, group } = commit else {
+            return Err(Error::Config(
+                "the normalizer lands its outputs in Kafka transactions only".into(),
+            ));
+        };
+        let batch = std::mem::take(&mut self.batch);
+        if batch.records.is_empty() && batch.gaps.is_empty() && offsets.count() == 0 {
+            return Ok(Flushed::Landed);
         }
-        let metadata = self
-            .consumer
-            .group_metadata()
-            .ok_or_else(|| Failure::Retry("no consumer group metadata yet".into()))?;
-        let processed = Instant::now();
-        tokio::task::block_in_place(|| {
-            self.producer
-                .send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
-        })
-        .map_err(classify)?;
+        match self.transact(&batch, offsets, group).await {
+            Ok(()) => {
+                batch.stats.emit();
+                Ok(Flushed::Landed)
+            }
+            Err(Failure::Retry(why)) => {
+                metrics::counter!(TRANSACTIONS, "outcome" => "aborted").increment(1);
+                if let Err(e) =
+                    tokio::task::block_in_place(|| self.producer.abort_transaction(TXN_TIMEOUT))
+                {
+                    tracing::warn!(error = %e, "abort failed; replacing the producer");
+                    if !self.replace_producer(shutdown).await? {
+                        return Ok(Flushed::Stopped);
+                    }
+                }
+                Ok(Flushed::Aborted(why))
+            }
+            Err(Failure::Reset(why)) => {
+                metrics::counter!(TRANSACTIONS, "outcome" => "producer_reset").increment(1);
+                tracing::error!(error = %why, "producer unusable; replacing it");
+                if !self.replace_producer(shutdown).await? {
+                    return Ok(Flushed::Stopped);
+                }
+                Ok(Flushed::Aborted(why))
+            }
+            Err(Failure::Fenced(why)) => Err(Error::Fenced(format!(
+                "another normalizer uses transactional id {:?} ({why})",
+                self.config.normalizer.transactional_id()
+            ))),
+        }
+    }
+
+    fn discard(&mut self) {
+        self.batch = Batch::default();
+    }
+
+    /// Waits (at most [`CATCH_UP`]) until the reference data has applied every instrument
+    /// record on its topic: a frame with a symbol not known yet may name an instrument published
+    /// a moment ago.
+    async fn supply(&mut self, operator: &mut Normalizer) {
+        self.reference.catch_up(CATCH_UP).await;
+        operator.caught_up();
+    }
+
+    /// Rebuilds `tp`'s duplicate filter and gap tracker from the records within the dedup
+    /// horizon before `committed`, retrying while Kafka cannot be read.
+    async fn warm_up(
+        &mut self,
+        operator: &mut Normalizer,
+        tp: &Tp,
+        committed: Option<i64>,
+        shutdown: &Shutdown,
+    ) -> Result<bool> {
+        let Some(committed) = committed else {
+            return Ok(true);
+        };
+        let n = &self.config.normalizer;
+        let policy = RetryPolicy::DEPENDENCY;
+        let mut delays = policy.delays();
+        loop {
+            let index = self.reference.snapshot();
+            let limits = operator.settings().limits.clone();
+            let horizon = operator.settings().dedup_horizon;
+            let (dedup, gaps) = operator.reset(tp);
+            let warming = warmup::warm_up(
+                &self.config.kafka,
+                &n.group_id,
+                &tp.topic,
+                tp.partition,
+                committed,
+                horizon,
+                &limits,
+                &index,
+                &self.codec,
+                dedup,
+                gaps,
+            );
+            let warmed = tokio::select! {
+                warmed = warming => warmed,
+                () = shutdown.triggered() => return Ok(false),
+            };
+            let Err(e) = warmed else {
+                return Ok(true);
+            };
+            let delay = delays.next().unwrap_or(policy.ceiling);
+            tracing::warn!(partition = %tp, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot rebuild the duplicate filter yet; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.triggered() => return Ok(false),
+            }
+        }
+    }
+
+    fn report(&mut self, operator: &Normalizer, _owned: &BTreeSet<Tp>) {
+        metrics::gauge!(DEDUP_HELD).set(operator.dedup_held() as f64);
+        for (provider, (open, missing)) in operator.gaps_open() {
+            metrics::gauge!(GAPS_OPEN, "provider" => provider).set(open as f64);
+            metrics::gauge!(GAP_TRADES_OPEN, "provider" => provider).set(missing as f64);
+        }
+    }
+}
+
+impl Transactions<'_> {
+    /// Lands one batch in one transaction, with the offsets of the records behind it.
+    async fn transact(
+        &mut self,
+        batch: &Batch,
+        offsets: &rdkafka::TopicPartitionList,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
+    ) -> Result<(), Failure> {
+        let n = &self.config.normalizer;
+        let mut gaps = Vec::with_capacity(batch.gaps.len());
+        for gap in &batch.gaps {
+            match self.codec.encode(&n.gaps_topic, gap.to_value()).await {
+                Ok(bytes) => gaps.push((gap.key(), bytes)),
+                Err(e) if e.is_retryable() => return Err(Failure::Retry(e.to_string())),
+                // The schema registered at start cannot hold it: a bug, reported loudly rather
+                // than stopping the trades behind it.
+                Err(e) => {
+                    tracing::error!(error = %e, provider = %gap.provider, symbol = %gap.symbol, first = gap.first_missing, last = gap.last_missing, status = %gap.status, "cannot encode a gap record; it is not published")
+                }
+            }
+        }
+        let started = batch.started.unwrap_or_else(Instant::now);
+        let begin = Instant::now();
+        tokio::task::block_in_place(|| self.producer.begin_transaction()).map_err(classify)?;
+        let begun = Instant::now();
+        for (key, bytes) in &gaps {
+            self.send(
+                BaseRecord::to(&n.gaps_topic)
+                    .key(key.as_bytes())
+                    .payload(bytes),
+            )
+            .await?;
+        }
+        for out in &batch.records {
+            let topic = match out.sink {
+                Sink::Trades => &n.output_topic,
+                Sink::DeadLetters => &n.dlq_topic,
+            };
+            let mut record = BaseRecord::to(topic).headers(out.headers.clone());
+            if let Some(k) = &out.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(p) = &out.payload {
+                record = record.payload(p.as_slice());
+            }
+            self.send(record).await?;
+        }
+        let produced = Instant::now();
+        if offsets.count() > 0 {
+            tokio::task::block_in_place(|| {
+                self.producer
+                    .send_offsets_to_transaction(offsets, group, TXN_TIMEOUT)
+            })
+            .map_err(classify)?;
+        }
         let offsets_sent = Instant::now();
         tokio::task::block_in_place(|| await_delivery(&self.producer, TXN_TIMEOUT))?;
         let delivered = Instant::now();
@@ -619,93 +369,30 @@ impl Pipeline {
         metrics::counter!(TRANSACTIONS, "outcome" => "committed").increment(1);
         metrics::histogram!(TRANSACTION_SECONDS).record((committed - started).as_secs_f64());
         for (step, from, to) in [
-            ("begin", started, begun),
-            ("process", begun, processed),
-            ("offsets", processed, offsets_sent),
+            ("begin", begin, begun),
+            ("process", begun, produced),
+            ("offsets", produced, offsets_sent),
             ("deliver", offsets_sent, delivered),
             ("commit", delivered, committed),
         ] {
             metrics::histogram!(TRANSACTION_STEP_SECONDS, "step" => step)
                 .record((to - from).as_secs_f64());
         }
-        stats.emit();
         Ok(())
     }
 
-    fn sync_due(&mut self, n: &crate::config::NormalizerConfig) -> bool {
-        let due = self
-            .last_sync
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(n.instruments_sync_interval_ms));
-        if due {
-            self.last_sync = Some(Instant::now());
+    /// `false`: shutdown came first.
+    async fn replace_producer(&mut self, shutdown: &Shutdown) -> Result<bool> {
+        match new_producer(self.config, shutdown).await? {
+            Some(p) => {
+                self.producer = p;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        due
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn dead_letter(
-        &self,
-        record: &Record,
-        trade_index: Option<usize>,
-        reason: Reason,
-        detail: &str,
-        stats: &mut BatchStats,
-        provider: &str,
-        envelope: Option<&RawEnvelope>,
-    ) -> Result<(), Failure> {
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        let index = trade_index.map(|i| i.to_string());
-        let mut headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "tickflow.reason",
-                value: Some(reason.code()),
-            })
-            .insert(Header {
-                key: "tickflow.reason.text",
-                value: Some(detail),
-            })
-            .insert(Header {
-                key: "tickflow.source.topic",
-                value: Some(&record.topic),
-            })
-            .insert(Header {
-                key: "tickflow.source.partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "tickflow.source.offset",
-                value: Some(&offset),
-            });
-        if let Some(i) = &index {
-            headers = headers.insert(Header {
-                key: "tickflow.trade.index",
-                value: Some(i),
-            });
-        }
-        let topic = self.config.normalizer.dlq_topic.clone();
-        let mut out = BaseRecord::to(&topic).headers(headers);
-        if let Some(k) = &record.key {
-            out = out.key(k.as_slice());
-        }
-        if let Some(p) = &record.payload {
-            out = out.payload(p);
-        }
-        self.send(out).await?;
-        stats.dead_letter(provider, reason);
-        // A sample of the frame in the log: enough to see what was wrong, bounded in size.
-        let sample = envelope.map(|e| {
-            let text = String::from_utf8_lossy(&e.payload);
-            text.chars().take(200).collect::<String>()
-        });
-        tracing::warn!(provider, reason = reason.code(), detail, topic = %record.topic, partition = record.partition, offset = record.offset, trade_index, sample = sample.as_deref().unwrap_or(""), "dead-lettered");
-        Ok(())
-    }
-
-    async fn send<'a>(&self, mut record: BaseRecord<'a, [u8], Vec<u8>>) -> Result<(), Failure>
-    where
-        'a: 'a,
-    {
+    async fn send<'a>(&self, mut record: BaseRecord<'a, [u8], [u8]>) -> Result<(), Failure> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -717,6 +404,118 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// A dead letter of `record`: its key and value unchanged, with the reason and where it came
+/// from in headers; logged with a sample of the frame.
+fn dead_letter(
+    batch: &mut Batch,
+    record: &Record<RawRecord>,
+    trade_index: Option<usize>,
+    reason: Reason,
+    detail: &str,
+    provider: &str,
+) {
+    let (tp, offset) = (&record.tp, record.offset);
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "tickflow.reason",
+            value: Some(reason.code()),
+        })
+        .insert(Header {
+            key: "tickflow.reason.text",
+            value: Some(detail),
+        })
+        .insert(Header {
+            key: "tickflow.source.topic",
+            value: Some(&*tp.topic),
+        })
+        .insert(Header {
+            key: "tickflow.source.partition",
+            value: Some(&tp.partition.to_string()),
+        })
+        .insert(Header {
+            key: "tickflow.source.offset",
+            value: Some(&offset.to_string()),
+        });
+    if let Some(i) = trade_index {
+        headers = headers.insert(Header {
+            key: "tickflow.trade.index",
+            value: Some(&i.to_string()),
+        });
+    }
+    batch.records.push(Produced {
+        sink: Sink::DeadLetters,
+        key: record.input.key.clone(),
+        payload: record.input.payload.clone(),
+        headers,
+    });
+    batch.stats.dead_letter(provider, reason);
+    // A sample of the frame in the log: enough to see what was wrong, bounded in size.
+    let sample = match &record.input.envelope {
+        Some(Ok(e)) => String::from_utf8_lossy(&e.payload)
+            .chars()
+            .take(200)
+            .collect(),
+        _ => String::new(),
+    };
+    tracing::warn!(provider, reason = reason.code(), detail, topic = %tp.topic, partition = tp.partition, offset, trade_index, sample, "dead-lettered");
+}
+
+/// Runs until shutdown; the batch in hand is committed before returning, then the instance
+/// leaves the consumer group so its partitions move on at once.
+pub async fn run(
+    config: Config,
+    codec: Arc<AvroCodec>,
+    encoder: TradeEncoder,
+    reference: Reference,
+    labels: InstrumentLabels,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let Some(producer) = new_producer(&config, shutdown).await? else {
+        return Ok(());
+    };
+    let n = config.normalizer.clone();
+    let mut operator = Normalizer::new(
+        Settings {
+            limits: n.limits(),
+            dedup_horizon: n.dedup_horizon(),
+            sync_interval: Duration::from_millis(n.instruments_sync_interval_ms),
+        },
+        reference.clone(),
+    );
+    let mut job = Transactions {
+        config: &config,
+        codec: codec.clone(),
+        encoder,
+        reference,
+        labels,
+        producer,
+        batch: Batch::default(),
+    };
+    let plan = Plan {
+        kafka: &config.kafka,
+        role: "normalizer",
+        group_id: &n.group_id,
+        instance_id: n.transactional_id(),
+        instance_id_key: "normalizer.transactional_id",
+        topic: &n.input_topics,
+        partitions: &[],
+        fresh: Fresh::Beginning,
+        checkpoint_interval: Duration::from_millis(n.commit_interval_ms),
+        max_batch: n.max_batch,
+        metrics: RUNTIME_METRICS,
+    };
+    runtime::run(
+        &plan,
+        &codec,
+        Checkpoints::Transactions,
+        &mut operator,
+        &mut job,
+        None,
+        shutdown,
+    )
+    .await
 }
 
 /// Waits until every output of the transaction is delivered (acknowledged by the brokers), so
@@ -872,19 +671,19 @@ impl BatchStats {
 
     fn recovered(
         &mut self,
-        event: &gaps::Event,
-        index: &tickflow_shared::instruments::InstrumentIndex,
+        provider: &str,
+        exchange: String,
+        instrument: &str,
         labels: &InstrumentLabels,
     ) {
-        let (exchange, instrument) = gaps::venue(event, index);
         let instrument = if instrument.is_empty() {
-            instrument
+            String::new()
         } else {
-            labels.label(&instrument)
+            labels.label(instrument)
         };
         *self
             .recovered
-            .entry((event.provider.to_string(), exchange, instrument))
+            .entry((provider.to_string(), exchange, instrument))
             .or_default() += 1;
     }
 

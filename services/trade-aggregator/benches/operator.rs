@@ -5,7 +5,7 @@
 //!     cargo bench -p trade-aggregator --bench operator
 
 use std::hint::black_box;
-use tickflow_shared::runtime::Operator as _;
+use tickflow_shared::runtime::TradeOperator as _;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tickflow_shared::domain::Trade;

@@ -17,7 +17,9 @@ use tickflow_shared::domain::{now_micros, Micros};
 use tickflow_shared::error::Error;
 use tickflow_shared::kafka;
 use tickflow_shared::retry::{self, RetryPolicy};
-use tickflow_shared::runtime::{self, Checkpoints, Fresh, Inspect, Job, Plan, Record};
+use tickflow_shared::runtime::{
+    self, Checkpoints, Commit, Flushed, Fresh, Inspect, Job, Plan, Record, Sourced, Tp,
+};
 use tickflow_shared::service::CassandraHandle;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::telemetry::InstrumentLabels;
@@ -52,7 +54,7 @@ impl Job for Windows {
 
     /// A window's first final value is urgent (it lands as soon as no record waits); early
     /// firings and corrections wait for the tick or the batch size.
-    fn collect(&mut self, outputs: &mut Vec<Output>, record: Option<Record>) -> bool {
+    fn collect(&mut self, outputs: &mut Vec<Output>, record: Option<Record<Sourced>>) -> bool {
         let mut finals = false;
         for output in outputs.drain(..) {
             match output {
@@ -75,18 +77,21 @@ impl Job for Windows {
             }
         }
         if let Some(record) = record {
-            metrics::counter!(TRADES_IN, "instrument" => self.labels.label(&record.trade.instrument), "exchange" => record.trade.exchange.clone()).increment(1);
+            let trade = record.input.trade;
+            metrics::counter!(TRADES_IN, "instrument" => self.labels.label(&trade.instrument), "exchange" => trade.exchange.clone()).increment(1);
             if self.sinks.trades.is_some() {
-                self.batch.trades.push(record.trade);
+                self.batch.trades.push(trade);
             }
         }
         finals
     }
 
-    async fn flush(&mut self, stamp: Micros, shutdown: &Shutdown) -> Result<bool> {
-        self.sinks
-            .flush(std::mem::take(&mut self.batch), stamp, shutdown)
-            .await
+    async fn flush(&mut self, commit: Commit<'_>, shutdown: &Shutdown) -> Result<Flushed> {
+        let landed = self
+            .sinks
+            .flush(std::mem::take(&mut self.batch), commit.stamp(), shutdown)
+            .await?;
+        Ok(landed.into())
     }
 
     fn discard(&mut self) {
@@ -107,24 +112,27 @@ impl Job for Windows {
             return Ok(true);
         }
         Ok(correct(&due, &self.sinks, &mut self.batch, shutdown).await?
-            && self.flush(stamp, shutdown).await?)
+            && self.flush(Commit::Stamp(stamp), shutdown).await? == Flushed::Landed)
     }
 
-    fn report(&mut self, operator: &Aggregator, owned: &BTreeSet<i32>) {
+    fn report(&mut self, operator: &Aggregator, owned: &BTreeSet<Tp>) {
         metrics::gauge!(OPEN_WINDOWS).set(operator.open_windows() as f64);
         metrics::gauge!(PENDING_CORRECTIONS).set(operator.pending_corrections() as f64);
         let (mut active, mut idle) = (0, 0);
-        for &p in owned {
-            let (a, i) = operator.sources(p);
+        for tp in owned {
+            let (a, i) = operator.sources(tp.partition);
             active += a;
             idle += i;
         }
         metrics::gauge!(SOURCES, "state" => "active").set(active as f64);
         metrics::gauge!(SOURCES, "state" => "idle").set(idle as f64);
         let now = now_micros();
-        for &p in owned {
-            if let Some(w) = operator.watermark(p).filter(|w| *w > Micros::MIN) {
-                metrics::gauge!(WATERMARK_LAG, "partition" => p.to_string())
+        for tp in owned {
+            if let Some(w) = operator
+                .watermark(tp.partition)
+                .filter(|w| *w > Micros::MIN)
+            {
+                metrics::gauge!(WATERMARK_LAG, "partition" => tp.partition.to_string())
                     .set((now - w) as f64 / 1e6);
             }
         }

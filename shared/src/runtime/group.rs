@@ -11,13 +11,15 @@ use crate::config::KafkaConfig;
 use crate::kafka;
 use crate::Result;
 
+use super::Tp;
+
 /// A change of this instance's partitions, from librdkafka's rebalance callback to the loop.
 #[derive(Debug)]
 pub(crate) enum Handover {
-    Assign(Vec<i32>),
-    Revoke(Vec<i32>),
+    Assign(Vec<Tp>),
+    Revoke(Vec<Tp>),
     /// Revoked without a chance to checkpoint: another instance may own them already.
-    Lost(Vec<i32>),
+    Lost(Vec<Tp>),
 }
 
 /// Passes rebalances to the loop: librdkafka waits for the loop's `incremental_assign` /
@@ -35,7 +37,11 @@ impl ConsumerContext for HandoverContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let partitions: Vec<Tp> = tpl
+            .elements()
+            .iter()
+            .map(|e| Tp::new(e.topic(), e.partition()))
+            .collect();
         let handover = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Handover::Assign(partitions),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if consumer.assignment_lost() => {

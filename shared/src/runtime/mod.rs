@@ -1,67 +1,81 @@
-//! The stream runtime: one loop that runs every trade operator (the aggregator's windows,
-//! fair-price), so consumption, partition ownership, checkpoints, delivery, stall accounting,
-//! shutdown and telemetry are written once.
+//! The stream runtime: one loop that runs every operator (the normalizer, the aggregator's
+//! windows, fair-price), so consumption, partition ownership, checkpoints, delivery, stall
+//! accounting, shutdown and telemetry are written once.
 //!
-//! An operator ([`Operator`]) is pure and synchronous: trades in, outputs out, hooks to advance
-//! time and to snapshot and restore one input partition's state. A job ([`Job`]) is the service's
-//! side: where outputs go (collected into a batch and flushed), what a tick must do once every
-//! output so far has landed, and the gauges. [`run`] drives both:
+//! An operator ([`Operator`]) is pure and synchronous: records in, outputs out, hooks to advance
+//! time and to snapshot and restore one input partition's state. Its input type says how a Kafka
+//! record is decoded ([`Input`]); an operator over the trades of one topic is a
+//! [`TradeOperator`], fed [`Sourced`] trades. A job
+//! ([`Job`]) is the service's side: where outputs go (collected into a batch and flushed), what
+//! the operator needs awaited (reference data), how a partition's state is rebuilt from its log,
+//! what a tick must do once every output so far has landed, and the gauges. [`run`] drives
+//! both:
 //!
-//! - **Consumption.** Trades are read from the owned partitions of the input topic, decoded
-//!   (Confluent wire format, waiting out an unreachable registry) and fed to the operator with
-//!   their upstream source (the `tickflow.source` header, see [`crate::watermark`]). A record
-//!   that is empty or not a trade is counted by reason and logged, never fatal.
+//! - **Consumption.** Records are read from the owned partitions of the input topics (a name, or
+//!   with a leading `^` a pattern), decoded (Confluent wire format, waiting out an unreachable
+//!   registry) and fed to the operator. A record its input type cannot use is counted by reason
+//!   and logged, never fatal.
 //! - **Ownership.** Partitions are either configured ([`Plan::partitions`]) or shared by the
 //!   instances of the consumer group (cooperative-sticky, static membership). A rebalance is
 //!   handed from librdkafka's callback to the loop, which takes partitions up or gives them away
-//!   between two records: revoked partitions have their outputs landed and a checkpoint written
-//!   before they are released, so the next owner restores exactly where this one stopped;
-//!   assigned ones are restored from their checkpoints before any of their records is read.
-//!   Partitions lost without a revocation (this instance missed its session timeout) are not
-//!   checkpointed: their state is dropped with every output not yet landed, and the partitions
-//!   still owned are rewound to their checkpoints, as after a crash.
-//! - **Offsets.** A checkpoint holds a partition's state with the offset of its next record,
-//!   in one Cassandra row, and is written only after every output of the records before it has
-//!   landed; after a crash the state is restored and reading resumes at that offset, and the
-//!   outputs replayed from there are idempotent upserts of the same values (exactly-once
-//!   effect). The offsets are also committed to the group, for lag tools only. Without a
-//!   checkpoint store ([`Checkpoints::None`]) the group's committed offsets are the progress,
-//!   and state is rebuilt by replay ([`Fresh::Replay`]). (The normalizer's Kafka transactions are
-//!   its own loop: not on this runtime yet.)
-//! - **Fencing.** Taking up a partition claims its checkpoint row (a new ownership epoch, see
-//!   [`crate::cassandra::CheckpointStore::claim`]); every checkpoint is written only if that
-//!   epoch still holds, so an instance paused past its session timeout (SIGSTOP, a long GC-like
-//!   stall, a frozen VM) whose partitions were claimed meanwhile finds itself fenced when it
-//!   wakes: its partitions are dropped as if lost, never checkpointed over its successor's.
-//!   Each flush is given a write timestamp ([`Job::flush`]'s `stamp`) for rows whose order is
-//!   not in their data (the aggregator's candles): it lies within the owner's lease, renewed
-//!   before it runs out, and a new owner stamps above its predecessor's lease, so a paused
-//!   instance's late writes are older than its successor's and Cassandra keeps the newer.
-//! - **Delivery.** Outputs are collected into the job's batch and flushed at the job's size limit,
-//!   at every tick, before every checkpoint and hand-over, and, when the job marks them urgent
-//!   (a final candle, a changed price), as soon as no record is waiting. A flush waits (with
-//!   backoff) until everything has landed, so a sink that is down pauses consumption; that wait
-//!   is told to the operator ([`Operator::exclude_stall`]) so it does not count as idle input.
-//!   An output that retrying cannot help (a value the schema cannot hold) is logged as an error,
-//!   counted and skipped ([`land_each`]), never retried forever.
+//!   between two records: revoked partitions have their outputs landed and their progress
+//!   committed before they are released, so the next owner resumes exactly where this one
+//!   stopped; assigned ones are restored before any of their records is read. Partitions lost
+//!   without a revocation (this instance missed its session timeout) are not checkpointed: their
+//!   state is dropped with every output not yet landed, and the partitions still owned are
+//!   rewound to their last checkpoint, as after a crash.
+//! - **Offsets**, one of three strategies ([`Checkpoints`]):
+//!   - *Cassandra*: a checkpoint holds a partition's state with the offset of its next record,
+//!     in one Cassandra row, and is written only after every output of the records before it
+//!     has landed; after a crash the state is restored and reading resumes at that offset, and
+//!     the outputs replayed from there are idempotent upserts of the same values (exactly-once
+//!     effect). The offsets are also committed to the group, for lag tools only.
+//!   - *Kafka transactions*: each flush is one transaction holding the batch's outputs and the
+//!     next offsets of the records behind them ([`Commit::Transaction`]), so outputs and
+//!     progress become visible together or not at all. A taken-up partition starts at the
+//!     group's committed offset, its state rebuilt from the log before it ([`Job::warm_up`]). A
+//!     transaction the job aborts ([`Flushed::Aborted`]) rewinds every owned partition to its
+//!     committed offset and rebuilds its state, after a backoff.
+//!   - *None*: the group's committed offsets are the progress, and state is rebuilt by replay
+//!     ([`Fresh::Replay`]).
+//! - **Fencing.** With Cassandra checkpoints, taking up a partition claims its checkpoint row (a
+//!   new ownership epoch, see [`crate::cassandra::CheckpointStore::claim`]); every checkpoint is
+//!   written only if that epoch still holds, so an instance paused past its session timeout
+//!   (SIGSTOP, a long GC-like stall, a frozen VM) whose partitions were claimed meanwhile finds
+//!   itself fenced when it wakes: its partitions are dropped as if lost, never checkpointed over
+//!   its successor's. Each flush is given a write timestamp ([`Commit::Stamp`]) for rows whose
+//!   order is not in their data (the aggregator's candles): it lies within the owner's lease,
+//!   renewed before it runs out, and a new owner stamps above its predecessor's lease, so a
+//!   paused instance's late writes are older than its successor's and Cassandra keeps the newer.
+//!   With transactions, the group's generation in each commit fences a zombie's offsets, and its
+//!   transactional id its producer.
+//! - **Delivery.** Outputs are collected into the job's batch and flushed at the plan's batch
+//!   size, at every tick, before every checkpoint and hand-over, and, when the job marks them
+//!   urgent (a normalized trade, a final candle, a changed price), as soon as no record is
+//!   waiting. A flush waits (with backoff) until everything has landed, so a sink that is down
+//!   pauses consumption; that wait is told to the operator ([`Operator::exclude_stall`]) so it
+//!   does not count as idle input. An output that retrying cannot help (a value the schema
+//!   cannot hold) is logged as an error, counted and skipped ([`land_each`]), never retried
+//!   forever.
 //! - **Shutdown.** Intake stops, outputs land, every owned partition is checkpointed, and a group
 //!   member leaves the group so its partitions move on at once.
 
 mod group;
+mod partitions;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::sync::Arc;
-
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 
 use crate::avro::{self, AvroCodec};
-use crate::cassandra::{Checkpoint, CheckpointStore, Lease, Stored};
+use crate::cassandra::CheckpointStore;
 use crate::config::KafkaConfig;
 use crate::domain::{now_micros, Micros, Trade};
 use crate::error::Error;
@@ -71,7 +85,8 @@ use crate::shutdown::Shutdown;
 use crate::watermark;
 use crate::Result;
 
-use group::{GroupConsumer, Handover};
+use group::Handover;
+use partitions::Partitions;
 
 /// `reason` of [`Metrics::input_errors`]: a record without a value.
 pub const INPUT_EMPTY: &str = "empty";
@@ -85,24 +100,143 @@ pub const HANDOVER_KINDS: [&str; 4] = ["assigned", "revoked", "lost", "fenced"];
 /// Waits of the loop (a sink, a checkpoint, the registry) longer than this are time the input
 /// was not read, and do not count towards a source's idle timeout.
 const STALL: Duration = Duration::from_millis(100);
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the once-a-second lag query may wait for the broker before it is skipped.
-const LAG_TIMEOUT: Duration = Duration::from_secs(1);
-/// How far ahead an owner's lease on write timestamps reaches when claimed or renewed (µs).
-const LEASE: Micros = 15_000_000;
-/// A lease with less than this left is renewed before the next flush (µs).
-const RENEW_BEFORE: Micros = 5_000_000;
+/// The first pause after an aborted transaction; it doubles up to [`ABORT_PAUSE_MAX`].
+const ABORT_PAUSE: Duration = Duration::from_millis(200);
+const ABORT_PAUSE_MAX: Duration = Duration::from_secs(5);
 
-/// A pure, synchronous operator over trades, with per-partition state.
+/// One input partition: a topic and a partition of it.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Tp {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+impl Tp {
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for Tp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// What [`Input::decode`] made of a record.
+pub enum Decoded<T> {
+    Ok(T),
+    /// Not a record this input takes: counted under `reason` and skipped.
+    Bad {
+        reason: &'static str,
+        detail: String,
+    },
+    /// Shutdown came while waiting for the registry.
+    Stop,
+}
+
+/// An operator's input record, decoded from a Kafka record.
+pub trait Input: Sized {
+    /// Decodes `message`, waiting (with backoff) while the registry cannot be reached.
+    fn decode(
+        codec: &AvroCodec,
+        message: &BorrowedMessage<'_>,
+        shutdown: &Shutdown,
+    ) -> impl Future<Output = Decoded<Self>>;
+}
+
+/// A trade with its upstream source: the record's `tickflow.source` header, or for a record
+/// without one [`watermark::fallback_source`] (see [`crate::watermark`]).
+pub struct Sourced {
+    pub trade: Trade,
+    pub source: String,
+}
+
+impl Input for Sourced {
+    async fn decode(
+        codec: &AvroCodec,
+        message: &BorrowedMessage<'_>,
+        shutdown: &Shutdown,
+    ) -> Decoded<Self> {
+        let Some(payload) = message.payload() else {
+            return Decoded::Bad {
+                reason: INPUT_EMPTY,
+                detail: "record without a value".into(),
+            };
+        };
+        let trade = match avro::decode_trade_waiting(codec, payload, shutdown).await {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                return Decoded::Bad {
+                    reason: INPUT_UNDECODABLE,
+                    detail: e.to_string(),
+                }
+            }
+            None => return Decoded::Stop,
+        };
+        let source = match watermark::source_header(message) {
+            Some(source) => source.to_string(),
+            None => watermark::fallback_source(&trade),
+        };
+        Decoded::Ok(Sourced { trade, source })
+    }
+}
+
+/// A pure, synchronous operator over input records, with per-partition state.
 pub trait Operator {
+    type Input: Input;
     type Output;
     /// The format [`Operator::snapshot`] writes.
     const STATE_FORMAT: i32;
     /// The formats [`Operator::restore`] reads.
     const READABLE_STATE_FORMATS: &'static [i32];
 
-    /// One trade of `partition` from upstream `source` (the record's source header, or for a
-    /// record without one [`watermark::fallback_source`]), arrived at wall clock `now`.
+    /// One record of partition `tp`, arrived at wall clock `now`.
+    fn on_record(
+        &mut self,
+        tp: &Tp,
+        input: &Self::Input,
+        now: Micros,
+        out: &mut Vec<Self::Output>,
+    ) -> Taken;
+    /// Time passes (wall clock `now`): fire what is due.
+    fn advance(&mut self, now: Micros, out: &mut Vec<Self::Output>);
+    /// The input was not read for `stall` microseconds (waiting on a sink): not idleness.
+    fn exclude_stall(&mut self, stall: Micros);
+    /// One partition's state, in [`Operator::STATE_FORMAT`].
+    fn snapshot(&self, tp: &Tp) -> std::result::Result<Vec<u8>, String>;
+    /// Restores one partition from a snapshot of `format`.
+    fn restore(
+        &mut self,
+        tp: &Tp,
+        state: &[u8],
+        format: i32,
+        now: Micros,
+    ) -> std::result::Result<(), String>;
+    /// Starts a partition with no checkpoint.
+    fn start_fresh(&mut self, tp: &Tp, now: Micros);
+    /// Forgets a partition (handed to another instance, or lost).
+    fn drop_partition(&mut self, tp: &Tp);
+    /// While a partition replays records already published before (see [`Fresh::Replay`]), its
+    /// state is rebuilt without emitting.
+    fn set_replaying(&mut self, _tp: &Tp, _replaying: bool) {}
+    /// With transactions: every record read so far is committed with its outputs.
+    fn committed(&mut self) {}
+}
+
+/// An operator over the trades of one input topic, its state keyed by partition number (the
+/// aggregator's windows, fair-price): an [`Operator`] over [`Sourced`] trades.
+pub trait TradeOperator {
+    type Output;
+    /// The format [`TradeOperator::snapshot`] writes.
+    const STATE_FORMAT: i32;
+    /// The formats [`TradeOperator::restore`] reads.
+    const READABLE_STATE_FORMATS: &'static [i32];
+
+    /// One trade of `partition` from upstream `source`, arrived at wall clock `now`.
     fn on_trade(
         &mut self,
         partition: i32,
@@ -111,13 +245,11 @@ pub trait Operator {
         now: Micros,
         out: &mut Vec<Self::Output>,
     );
-    /// Time passes (wall clock `now`): fire what is due.
+    /// See [`Operator::advance`].
     fn advance(&mut self, now: Micros, out: &mut Vec<Self::Output>);
-    /// The input was not read for `stall` microseconds (waiting on a sink): not idleness.
+    /// See [`Operator::exclude_stall`].
     fn exclude_stall(&mut self, stall: Micros);
-    /// One partition's state, in [`Operator::STATE_FORMAT`].
     fn snapshot(&self, partition: i32) -> std::result::Result<Vec<u8>, String>;
-    /// Restores one partition from a snapshot of `format`.
     fn restore(
         &mut self,
         partition: i32,
@@ -125,21 +257,118 @@ pub trait Operator {
         format: i32,
         now: Micros,
     ) -> std::result::Result<(), String>;
-    /// Starts a partition with no checkpoint.
     fn start_fresh(&mut self, partition: i32, now: Micros);
-    /// Forgets a partition (handed to another instance, or lost).
     fn drop_partition(&mut self, partition: i32);
-    /// While a partition replays records already published before (see [`Fresh::Replay`]), its
-    /// state is rebuilt without emitting.
     fn set_replaying(&mut self, _partition: i32, _replaying: bool) {}
 }
 
+impl<T: TradeOperator> Operator for T {
+    type Input = Sourced;
+    type Output = T::Output;
+    const STATE_FORMAT: i32 = T::STATE_FORMAT;
+    const READABLE_STATE_FORMATS: &'static [i32] = T::READABLE_STATE_FORMATS;
+
+    fn on_record(
+        &mut self,
+        tp: &Tp,
+        input: &Sourced,
+        now: Micros,
+        out: &mut Vec<T::Output>,
+    ) -> Taken {
+        self.on_trade(tp.partition, &input.source, &input.trade, now, out);
+        Taken::Yes
+    }
+    fn advance(&mut self, now: Micros, out: &mut Vec<T::Output>) {
+        TradeOperator::advance(self, now, out);
+    }
+    fn exclude_stall(&mut self, stall: Micros) {
+        TradeOperator::exclude_stall(self, stall);
+    }
+    fn snapshot(&self, tp: &Tp) -> std::result::Result<Vec<u8>, String> {
+        TradeOperator::snapshot(self, tp.partition)
+    }
+    fn restore(
+        &mut self,
+        tp: &Tp,
+        state: &[u8],
+        format: i32,
+        now: Micros,
+    ) -> std::result::Result<(), String> {
+        TradeOperator::restore(self, tp.partition, state, format, now)
+    }
+    fn start_fresh(&mut self, tp: &Tp, now: Micros) {
+        TradeOperator::start_fresh(self, tp.partition, now);
+    }
+    fn drop_partition(&mut self, tp: &Tp) {
+        TradeOperator::drop_partition(self, tp.partition);
+    }
+    fn set_replaying(&mut self, tp: &Tp, replaying: bool) {
+        TradeOperator::set_replaying(self, tp.partition, replaying);
+    }
+}
+
+/// Whether [`Operator::on_record`] took a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    Yes,
+    /// Not taken, nothing changed: it needs what [`Job::supply`] awaits first (the normalizer's
+    /// reference data catching up), and is offered again after it. An operator answers this at
+    /// most once per supply.
+    AfterSupply,
+}
+
 /// The input record behind the outputs being collected.
-pub struct Record {
-    pub trade: Trade,
-    pub partition: i32,
+pub struct Record<I> {
+    pub input: I,
+    pub tp: Tp,
+    pub offset: i64,
     /// Read again to rebuild state ([`Fresh::Replay`]): its outputs were published before.
     pub replaying: bool,
+}
+
+/// What a flush commits with its outputs.
+pub enum Commit<'a> {
+    /// The write timestamp (µs) for rows whose order is not in their data: later than every
+    /// stamp before it, and, after a hand-over, than every stamp a fenced previous owner can
+    /// still write with (see the module's fencing).
+    Stamp(Micros),
+    /// With transactions: the next offsets of the records behind the batch, to send to the
+    /// transaction with the group's metadata.
+    Transaction {
+        offsets: &'a TopicPartitionList,
+        group: &'a ConsumerGroupMetadata,
+    },
+}
+
+impl Commit<'_> {
+    /// The write stamp: [`Commit::Stamp`]'s, or now.
+    pub fn stamp(&self) -> Micros {
+        match self {
+            Commit::Stamp(stamp) => *stamp,
+            Commit::Transaction { .. } => now_micros(),
+        }
+    }
+}
+
+/// What a flush came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    Landed,
+    /// Shutdown came first.
+    Stopped,
+    /// The transaction was aborted (`why`): nothing of the batch is visible, and the runtime
+    /// reads again from the committed offsets.
+    Aborted(String),
+}
+
+impl From<bool> for Flushed {
+    fn from(landed: bool) -> Self {
+        if landed {
+            Flushed::Landed
+        } else {
+            Flushed::Stopped
+        }
+    }
 }
 
 /// The service's side of a pipeline: its sinks and hooks.
@@ -151,19 +380,38 @@ pub trait Job {
     fn collect(
         &mut self,
         outputs: &mut Vec<<Self::Operator as Operator>::Output>,
-        record: Option<Record>,
+        record: Option<Record<<Self::Operator as Operator>::Input>>,
     ) -> bool;
-    /// Lands the batch, retrying until it has; `Ok(false)`: shutdown came first. `stamp` is the
-    /// write timestamp (µs) for rows whose order is not in their data: later than every stamp
-    /// before it, and, after a hand-over, than every stamp a fenced previous owner can still
-    /// write with (see the module's fencing).
-    fn flush(&mut self, stamp: Micros, shutdown: &Shutdown) -> impl Future<Output = Result<bool>>;
-    /// Drops the batch without landing it (its partitions were lost).
+    /// Lands the batch, retrying until it has, with what `commit` says. Empty batches are
+    /// flushed too (with transactions, the offsets of records that gave no output).
+    fn flush(
+        &mut self,
+        commit: Commit<'_>,
+        shutdown: &Shutdown,
+    ) -> impl Future<Output = Result<Flushed>>;
+    /// Drops the batch without landing it (its partitions were lost, or it was aborted).
     fn discard(&mut self);
+    /// What the operator asked for by not taking a record ([`Taken::AfterSupply`]), awaited
+    /// and handed to it.
+    fn supply(&mut self, _operator: &mut Self::Operator) -> impl Future<Output = ()> {
+        async {}
+    }
+    /// With transactions: rebuilds `tp`'s state from its log before `committed` (the group's
+    /// committed offset; `None`: the partition starts at its beginning). `Ok(false)`: shutdown
+    /// came first.
+    fn warm_up(
+        &mut self,
+        _operator: &mut Self::Operator,
+        _tp: &Tp,
+        _committed: Option<i64>,
+        _shutdown: &Shutdown,
+    ) -> impl Future<Output = Result<bool>> {
+        async { Ok(true) }
+    }
     /// At every tick, after the batch has landed: work that needs every output so far landed
     /// (the aggregator's recomputations). Anything it adds to the batch lands before the next
-    /// checkpoint; what it lands itself it writes at `stamp` (see [`Job::flush`]). `Ok(false)`:
-    /// shutdown came first.
+    /// checkpoint; what it lands itself it writes at `stamp` (see [`Commit::Stamp`]).
+    /// `Ok(false)`: shutdown came first.
     fn on_tick(
         &mut self,
         _operator: &mut Self::Operator,
@@ -173,7 +421,7 @@ pub trait Job {
         async { Ok(true) }
     }
     /// Once a second: the job's gauges.
-    fn report(&mut self, _operator: &Self::Operator, _owned: &BTreeSet<i32>) {}
+    fn report(&mut self, _operator: &Self::Operator, _owned: &BTreeSet<Tp>) {}
 }
 
 /// Where partitions without a checkpoint start.
@@ -187,10 +435,12 @@ pub enum Fresh {
     Replay { replay_ms: u64 },
 }
 
-/// Where checkpoints go.
+/// Where progress (and state) is kept; see the module's offsets.
 pub enum Checkpoints<'a> {
     /// State and next offsets in Cassandra, under (operator id, topic, partition).
     Cassandra(&'a CheckpointStore),
+    /// Each flush a Kafka transaction with the offsets; state rebuilt by [`Job::warm_up`].
+    Transactions,
     /// No state is saved: the group's committed offsets are the progress, and a partition
     /// starts as [`Plan::fresh`] says.
     None,
@@ -206,7 +456,7 @@ pub struct Metrics {
     pub owned_partitions: &'static str,
     pub checkpoint_seconds: &'static str,
     pub checkpoint_bytes: &'static str,
-    /// Gauge by `partition`: records not yet read.
+    /// Gauge by `topic` and `partition`: records not yet read.
     pub consumer_lag: &'static str,
 }
 
@@ -232,8 +482,10 @@ pub struct Plan<'a> {
     /// This instance's static group membership id, and the config key that sets it.
     pub instance_id: String,
     pub instance_id_key: &'static str,
+    /// The input topic, or with a leading `^` a pattern of topics (read through the group only,
+    /// without Cassandra checkpoints).
     pub topic: &'a str,
-    /// Configured partitions; empty: shared through the consumer group.
+    /// Configured partitions of `topic`; empty: shared through the consumer group.
     pub partitions: &'a [i32],
     pub fresh: Fresh,
     pub checkpoint_interval: Duration,
@@ -246,8 +498,8 @@ pub struct Plan<'a> {
 pub type Inspect<O> = Box<dyn FnOnce(&O) + Send>;
 
 /// Runs `operator` and `job` on `plan` until shutdown. Returns an error only for what needs a
-/// human (a checkpoint it cannot read, a fatal consumer error); dependencies that are down are
-/// waited for.
+/// human (a checkpoint it cannot read, a fatal consumer error, a fenced producer); dependencies
+/// that are down are waited for.
 pub async fn run<J: Job>(
     plan: &Plan<'_>,
     codec: &AvroCodec,
@@ -257,49 +509,52 @@ pub async fn run<J: Job>(
     mut inspect: Option<mpsc::Receiver<Inspect<J::Operator>>>,
     shutdown: &Shutdown,
 ) -> Result<()> {
+    let pattern = plan.topic.starts_with('^');
+    if pattern && (!plan.partitions.is_empty() || matches!(checkpoints, Checkpoints::Cassandra(_)))
+    {
+        return Err(Error::Config(format!(
+            "input topic pattern {:?}: a pattern is read through the consumer group only, without Cassandra checkpoints",
+            plan.topic
+        )));
+    }
     let (consumer, mut handovers) =
         group::group_consumer(plan.kafka, plan.role, plan.group_id, &plan.instance_id)?;
-    let Some(all) = kafka::topic_partitions(&consumer, plan.topic, shutdown).await else {
-        return Ok(());
-    };
-    let mut parts = Partitions {
-        plan,
-        consumer: &consumer,
-        checkpoints,
-        owned: BTreeSet::new(),
-        next_offsets: BTreeMap::new(),
-        replay_until: BTreeMap::new(),
-        leases: BTreeMap::new(),
-        floor: 0,
-        last_stamp: 0,
-    };
+    let mut parts = Partitions::new(plan, &consumer, checkpoints);
     if plan.partitions.is_empty() {
         consumer.subscribe(&[plan.topic])?;
         tracing::info!(topic = %plan.topic, group = %plan.group_id, "joining the consumer group; partitions come with rebalances");
     } else {
-        let configured: Vec<i32> = plan
+        let Some(all) = kafka::topic_partitions(&consumer, plan.topic, shutdown).await else {
+            return Ok(());
+        };
+        let configured: Vec<Tp> = plan
             .partitions
             .iter()
-            .copied()
             .filter(|p| all.contains(p))
+            .map(|&p| Tp::new(plan.topic, p))
             .collect();
-        if !parts.take(&configured, false, operator, shutdown).await? {
+        if !parts
+            .take(&configured, false, job, operator, shutdown)
+            .await?
+        {
             return Ok(());
         }
     }
     metrics::gauge!(plan.metrics.owned_partitions).set(parts.owned.len() as f64);
-    let lag = spawn_lag_gauges(plan)?;
+    let lag = partitions::spawn_lag_gauges(plan)?;
 
     let mut outputs = Vec::new();
     let mut read = 0usize;
     let mut urgent = false;
+    let mut abort_pause = Duration::ZERO;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut gauges = tokio::time::interval(Duration::from_secs(1));
     let mut checkpoint_tick = tokio::time::interval(plan.checkpoint_interval);
     checkpoint_tick.tick().await;
 
     loop {
-        // Each arm comes to a step: on, stop (shutdown came first), or partitions fenced.
+        // Each arm comes to a step: on, stop (shutdown came first), partitions fenced, or a
+        // transaction aborted.
         let step = tokio::select! {
             // Shutdown and timers before records, so a steady stream cannot starve them.
             biased;
@@ -309,16 +564,20 @@ pub async fn run<J: Job>(
                 let never = Shutdown::new();
                 operator.advance(now_micros(), &mut outputs);
                 job.collect(&mut outputs, None);
-                let owned: Vec<i32> = parts.owned.iter().copied().collect();
+                let owned = parts.owned();
                 match land_and_checkpoint(job, &mut parts, operator, &owned, &never).await? {
                     Step::On => tracing::info!("stopped consuming; outputs landed and checkpointed"),
                     Step::Stop => {}
+                    Step::Aborted(why) => {
+                        job.discard();
+                        tracing::warn!(error = %why, "the last transaction was aborted while stopping; the next owner reads on from the committed offsets");
+                    }
                     Step::Fenced(fenced) => {
                         // Outputs of fenced partitions may be in the batch: nothing more is
                         // written; the partitions kept replay from their last checkpoints.
                         job.discard();
                         count_handovers(plan, "fenced", &fenced);
-                        tracing::warn!(partitions = ?fenced, "fenced while stopping; unlanded outputs dropped, nothing checkpointed");
+                        tracing::warn!(partitions = ?names(&fenced), "fenced while stopping; unlanded outputs dropped, nothing checkpointed");
                     }
                 }
                 // Rebalances while the consumer closes are applied by the callback itself.
@@ -333,17 +592,21 @@ pub async fn run<J: Job>(
                 let waited = Instant::now();
                 let step = match handover {
                     Handover::Assign(taken) => {
-                        let taken_up = parts.take(&taken, false, operator, shutdown).await?;
+                        let taken_up = parts.take(&taken, false, job, operator, shutdown).await?;
                         count_handovers(plan, "assigned", &taken);
                         Step::on_if(taken_up)
                     }
                     Handover::Revoke(given) => {
                         // Land every output so far and checkpoint what goes, then let it go:
                         // the next owner resumes exactly here.
-                        // If some are fenced meanwhile, what goes is rewound to its checkpoint with
-                        // the rest, so it goes as it was last checkpointed.
+                        // If some are fenced meanwhile (or the transaction aborts), what goes is
+                        // rewound with the rest, so it goes as it was last checkpointed.
                         let step = match land_and_checkpoint(job, &mut parts, operator, &given, shutdown).await? {
                             Step::Fenced(fenced) => Step::on_if(lose_fenced(job, &mut parts, operator, &fenced, shutdown).await?),
+                            Step::Aborted(why) => {
+                                tracing::warn!(error = %why, "transaction aborted before a hand-over; the partitions go from their committed offsets");
+                                Step::on_if(rewind(job, &mut parts, operator, shutdown).await?)
+                            }
                             other => other,
                         };
                         read = 0;
@@ -358,14 +621,12 @@ pub async fn run<J: Job>(
                         // Another instance may own these already: no checkpoint, and no output
                         // not yet landed may be written after its own. The partitions kept go
                         // back to their checkpoints, since their unlanded outputs go too.
-                        tracing::warn!(partitions = ?lost, "partitions lost without a revocation; unlanded outputs dropped, the rest rewound to their checkpoints");
-                        job.discard();
+                        tracing::warn!(partitions = ?names(&lost), "partitions lost without a revocation; unlanded outputs dropped, the rest rewound to their checkpoints");
                         read = 0;
                         urgent = false;
                         parts.release(&lost, operator)?;
                         count_handovers(plan, "lost", &lost);
-                        let kept: Vec<i32> = parts.owned.iter().copied().collect();
-                        Step::on_if(parts.take(&kept, true, operator, shutdown).await?)
+                        Step::on_if(rewind(job, &mut parts, operator, shutdown).await?)
                     }
                 };
                 note_stall(operator, waited);
@@ -374,7 +635,7 @@ pub async fn run<J: Job>(
             }
             _ = checkpoint_tick.tick() => {
                 let waited = Instant::now();
-                let owned: Vec<i32> = parts.owned.iter().copied().collect();
+                let owned = parts.owned();
                 let step = land_and_checkpoint(job, &mut parts, operator, &owned, shutdown).await?;
                 note_stall(operator, waited);
                 read = 0;
@@ -422,39 +683,33 @@ pub async fn run<J: Job>(
                         continue;
                     }
                 };
-                let partition = message.partition();
                 let offset = message.offset();
-                if !parts.owned.contains(&partition) {
+                let Some(tp) = parts.owned_tp(message.topic(), message.partition()) else {
                     // Fetched before the partition was released (or after it was fenced).
                     continue;
-                }
-                parts.next_offsets.insert(partition, offset + 1);
-                let replaying = parts.replaying(partition, offset, operator);
-                let Some(payload) = message.payload() else {
-                    input_error(plan, INPUT_EMPTY, partition, offset, "record without a value");
-                    continue;
                 };
+                parts.next_offsets.insert(tp.clone(), offset + 1);
+                let replaying = parts.replaying(&tp, offset, operator);
                 let waited = Instant::now();
-                let decoded = avro::decode_trade_waiting(codec, payload, shutdown).await;
+                let decoded = <J::Operator as Operator>::Input::decode(codec, &message, shutdown).await;
                 note_stall(operator, waited);
-                let trade = match decoded {
-                    Some(Ok(t)) => t,
-                    Some(Err(e)) => {
-                        input_error(plan, INPUT_UNDECODABLE, partition, offset, &e.to_string());
+                let input = match decoded {
+                    Decoded::Ok(input) => input,
+                    Decoded::Bad { reason, detail } => {
+                        metrics::counter!(plan.metrics.input_errors, "reason" => reason).increment(1);
+                        tracing::warn!(reason, partition = %tp, offset, detail, "input record skipped");
                         continue;
                     }
-                    None => return Ok(()),
+                    Decoded::Stop => return Ok(()),
                 };
-                let fallback;
-                let source = match watermark::source_header(&message) {
-                    Some(source) => source,
-                    None => {
-                        fallback = watermark::fallback_source(&trade);
-                        &fallback
-                    }
-                };
-                operator.on_trade(partition, source, &trade, now_micros(), &mut outputs);
-                urgent |= job.collect(&mut outputs, Some(Record { trade, partition, replaying }));
+                drop(message);
+                if operator.on_record(&tp, &input, now_micros(), &mut outputs) == Taken::AfterSupply {
+                    let waited = Instant::now();
+                    job.supply(operator).await;
+                    note_stall(operator, waited);
+                    operator.on_record(&tp, &input, now_micros(), &mut outputs);
+                }
+                urgent |= job.collect(&mut outputs, Some(Record { input, tp, offset, replaying }));
                 read += 1;
                 if read < plan.max_batch {
                     continue;
@@ -473,13 +728,30 @@ pub async fn run<J: Job>(
             }
         };
         match step {
-            Step::On => {}
+            Step::On => abort_pause = Duration::ZERO,
             Step::Stop => return Ok(()),
             Step::Fenced(fenced) => {
                 if !lose_fenced(job, &mut parts, operator, &fenced, shutdown).await? {
                     return Ok(());
                 }
                 metrics::gauge!(plan.metrics.owned_partitions).set(parts.owned.len() as f64);
+            }
+            Step::Aborted(why) => {
+                // Nothing of the batch is visible: read it again from the committed offsets,
+                // after a pause that grows while aborts repeat (a dependency is down).
+                abort_pause = (abort_pause * 2).clamp(ABORT_PAUSE, ABORT_PAUSE_MAX);
+                tracing::warn!(error = %why, retry_in_ms = abort_pause.as_millis() as u64, "transaction aborted; reading again from the committed offsets");
+                read = 0;
+                urgent = false;
+                let waited = Instant::now();
+                tokio::select! {
+                    () = tokio::time::sleep(abort_pause) => {}
+                    () = shutdown.triggered() => return Ok(()),
+                }
+                if !rewind(job, &mut parts, operator, shutdown).await? {
+                    return Ok(());
+                }
+                note_stall(operator, waited);
             }
         }
     }
@@ -491,7 +763,9 @@ enum Step {
     /// Shutdown came first.
     Stop,
     /// Another instance claimed these partitions while this one held them.
-    Fenced(Vec<i32>),
+    Fenced(Vec<Tp>),
+    /// The transaction was aborted: nothing of the batch is visible.
+    Aborted(String),
 }
 
 impl Step {
@@ -504,6 +778,10 @@ impl Step {
     }
 }
 
+fn names(partitions: &[Tp]) -> Vec<String> {
+    partitions.iter().map(Tp::to_string).collect()
+}
+
 async fn next_question<O>(inspect: &mut Option<mpsc::Receiver<Inspect<O>>>) -> Option<Inspect<O>> {
     match inspect {
         Some(rx) => rx.recv().await,
@@ -511,8 +789,9 @@ async fn next_question<O>(inspect: &mut Option<mpsc::Receiver<Inspect<O>>>) -> O
     }
 }
 
-/// Flushes the job's batch under a fresh write stamp, telling the operator how long the input
-/// was not read meanwhile.
+/// Flushes the job's batch under a fresh write stamp, or with transactions in a transaction
+/// with the offsets read since the last one, telling the operator how long the input was not
+/// read meanwhile.
 async fn land<J: Job>(
     job: &mut J,
     parts: &mut Partitions<'_>,
@@ -520,12 +799,33 @@ async fn land<J: Job>(
     shutdown: &Shutdown,
 ) -> Result<Step> {
     let waited = Instant::now();
-    let step = match parts.stamp(shutdown).await? {
-        Ok(stamp) => Step::on_if(job.flush(stamp, shutdown).await?),
-        Err(step) => step,
+    let flushed = if matches!(parts.checkpoints, Checkpoints::Transactions) {
+        let offsets = parts.uncommitted()?;
+        let Some(group) = parts.consumer.group_metadata() else {
+            return Ok(Step::Aborted("no consumer group metadata yet".into()));
+        };
+        let commit = Commit::Transaction {
+            offsets: &offsets,
+            group: &group,
+        };
+        let flushed = job.flush(commit, shutdown).await?;
+        if flushed == Flushed::Landed {
+            parts.committed(&offsets);
+            operator.committed();
+        }
+        flushed
+    } else {
+        match parts.stamp(shutdown).await? {
+            Ok(stamp) => job.flush(Commit::Stamp(stamp), shutdown).await?,
+            Err(step) => return Ok(step),
+        }
     };
     note_stall(operator, waited);
-    Ok(step)
+    Ok(match flushed {
+        Flushed::Landed => Step::On,
+        Flushed::Stopped => Step::Stop,
+        Flushed::Aborted(why) => Step::Aborted(why),
+    })
 }
 
 /// Lands the batch, then checkpoints `partitions`.
@@ -533,13 +833,26 @@ async fn land_and_checkpoint<J: Job>(
     job: &mut J,
     parts: &mut Partitions<'_>,
     operator: &mut J::Operator,
-    partitions: &[i32],
+    partitions: &[Tp],
     shutdown: &Shutdown,
 ) -> Result<Step> {
     match land(job, parts, operator, shutdown).await? {
         Step::On => parts.checkpoint(partitions, operator, shutdown).await,
         other => Ok(other),
     }
+}
+
+/// Drops every output not yet landed and takes every owned partition up again from its last
+/// checkpoint (with transactions, its committed offset). `Ok(false)`: shutdown came first.
+async fn rewind<J: Job>(
+    job: &mut J,
+    parts: &mut Partitions<'_>,
+    operator: &mut J::Operator,
+    shutdown: &Shutdown,
+) -> Result<bool> {
+    job.discard();
+    let kept = parts.owned();
+    parts.take(&kept, true, job, operator, shutdown).await
 }
 
 /// Another instance claimed `fenced`: their state goes, with every output not yet landed (the
@@ -550,18 +863,16 @@ async fn lose_fenced<J: Job>(
     job: &mut J,
     parts: &mut Partitions<'_>,
     operator: &mut J::Operator,
-    fenced: &[i32],
+    fenced: &[Tp],
     shutdown: &Shutdown,
 ) -> Result<bool> {
-    tracing::warn!(partitions = ?fenced, "fenced: another instance claimed these partitions while this one held them (paused past its session timeout?); their state and every unlanded output dropped, the rest rewound to their checkpoints");
-    job.discard();
+    tracing::warn!(partitions = ?names(fenced), "fenced: another instance claimed these partitions while this one held them (paused past its session timeout?); their state and every unlanded output dropped, the rest rewound to their checkpoints");
     count_handovers(parts.plan, "fenced", fenced);
     parts.forget(fenced, operator);
-    let kept: Vec<i32> = parts.owned.iter().copied().collect();
-    parts.take(&kept, true, operator, shutdown).await
+    rewind(job, parts, operator, shutdown).await
 }
 
-fn count_handovers(plan: &Plan<'_>, kind: &'static str, partitions: &[i32]) {
+fn count_handovers(plan: &Plan<'_>, kind: &'static str, partitions: &[Tp]) {
     metrics::counter!(plan.metrics.handovers, "kind" => kind).increment(partitions.len() as u64);
 }
 
@@ -569,361 +880,6 @@ fn note_stall<O: Operator>(operator: &mut O, since: Instant) {
     let waited = since.elapsed();
     if waited >= STALL {
         operator.exclude_stall(i64::try_from(waited.as_micros()).unwrap_or(i64::MAX));
-    }
-}
-
-fn input_error(plan: &Plan<'_>, reason: &'static str, partition: i32, offset: i64, detail: &str) {
-    metrics::counter!(plan.metrics.input_errors, "reason" => reason).increment(1);
-    tracing::warn!(reason, partition, offset, detail, "input record skipped");
-}
-
-/// The partitions this instance owns, where each one reads on, and how they are taken up,
-/// checkpointed and given away.
-struct Partitions<'a> {
-    plan: &'a Plan<'a>,
-    consumer: &'a GroupConsumer,
-    checkpoints: Checkpoints<'a>,
-    owned: BTreeSet<i32>,
-    /// The offset after the last record read, per owned partition that has delivered one.
-    next_offsets: BTreeMap<i32, i64>,
-    /// Partitions replaying ([`Fresh::Replay`]) until this offset.
-    replay_until: BTreeMap<i32, i64>,
-    /// This instance's claim on each owned partition (with checkpoints in Cassandra).
-    leases: BTreeMap<i32, Lease>,
-    /// The highest previous owner's lease end of any partition this instance claimed: stamps
-    /// are above it.
-    floor: Micros,
-    last_stamp: Micros,
-}
-
-impl Partitions<'_> {
-    /// Whether the record at `offset` only rebuilds state; ends the partition's replay at its
-    /// resume offset.
-    fn replaying<O: Operator>(&mut self, partition: i32, offset: i64, operator: &mut O) -> bool {
-        match self.replay_until.get(&partition) {
-            Some(&until) if offset >= until => {
-                self.replay_until.remove(&partition);
-                operator.set_replaying(partition, false);
-                tracing::info!(partition, offset, "replay done; emitting");
-                false
-            }
-            Some(_) => true,
-            None => false,
-        }
-    }
-
-    /// Restores `partitions` from their checkpoints (a partition without one starts as the plan
-    /// says) and reads them from there on: added to the assignment, or, when `rewind`, sought
-    /// back to. `Ok(false)`: shutdown came first.
-    async fn take<O: Operator>(
-        &mut self,
-        partitions: &[i32],
-        rewind: bool,
-        operator: &mut O,
-        shutdown: &Shutdown,
-    ) -> Result<bool> {
-        let plan = self.plan;
-        let saved = match self.checkpoints {
-            Checkpoints::Cassandra(store) => {
-                // What to restore is what the rows held when claimed: once claimed, no other
-                // instance can write them. A row that changed between the read and the claim
-                // (its lease moves with every save) is read again.
-                let Some(mut saved) = load_checkpoints(store, plan, shutdown).await else {
-                    return Ok(false);
-                };
-                let mut changed = false;
-                for &p in partitions {
-                    let seen = saved.get(&p).and_then(|s| s.lease);
-                    let Some(claim) = retry::until_ok(
-                        "claim partition",
-                        RetryPolicy::DEPENDENCY,
-                        shutdown,
-                        || store.claim(plan.group_id, plan.topic, p, seen, now_micros() + LEASE),
-                    )
-                    .await
-                    else {
-                        return Ok(false);
-                    };
-                    tracing::debug!(
-                        partition = p,
-                        epoch = claim.lease.epoch,
-                        "partition claimed"
-                    );
-                    changed |= claim.floor != seen.map_or(0, |l| l.until)
-                        || claim.lease.epoch != seen.map_or(1, |l| l.epoch + 1);
-                    self.leases.insert(p, claim.lease);
-                    self.floor = self.floor.max(claim.floor);
-                }
-                if changed {
-                    let Some(again) = load_checkpoints(store, plan, shutdown).await else {
-                        return Ok(false);
-                    };
-                    saved = again;
-                }
-                saved
-                    .into_iter()
-                    .filter_map(|(p, s)| Some((p, s.checkpoint?)))
-                    .collect()
-            }
-            Checkpoints::None => BTreeMap::new(),
-        };
-        let fresh: Vec<i32> = partitions
-            .iter()
-            .copied()
-            .filter(|p| !saved.contains_key(p))
-            .collect();
-        let fresh_positions = match plan.fresh {
-            Fresh::Replay { replay_ms } if !fresh.is_empty() => {
-                let Some(positions) = retry::until_ok(
-                    "find start offsets",
-                    RetryPolicy::DEPENDENCY,
-                    shutdown,
-                    || async { replay_positions(self.consumer, plan.topic, &fresh, replay_ms) },
-                )
-                .await
-                else {
-                    return Ok(false);
-                };
-                positions
-            }
-            _ => BTreeMap::new(),
-        };
-        let now = now_micros();
-        let mut assignment = TopicPartitionList::new();
-        let mut restored = 0;
-        for &p in partitions {
-            operator.drop_partition(p);
-            operator.set_replaying(p, false);
-            self.next_offsets.remove(&p);
-            self.replay_until.remove(&p);
-            let offset = match saved.get(&p) {
-                Some(cp) if O::READABLE_STATE_FORMATS.contains(&cp.state_format) => {
-                    operator
-                        .restore(p, &cp.state, cp.state_format, now)
-                        .map_err(|e| Error::Checkpoint {
-                            partition: p,
-                            message: format!("unreadable: {e}"),
-                        })?;
-                    self.next_offsets.insert(p, cp.next_offset);
-                    restored += 1;
-                    Offset::Offset(cp.next_offset)
-                }
-                Some(cp) => {
-                    return Err(Error::Checkpoint {
-                        partition: p,
-                        message: format!(
-                            "state format {} (this build reads {:?})",
-                            cp.state_format,
-                            O::READABLE_STATE_FORMATS
-                        ),
-                    })
-                }
-                None => {
-                    operator.start_fresh(p, now);
-                    match fresh_positions.get(&p) {
-                        Some(&(start, resume)) => {
-                            if start < resume {
-                                operator.set_replaying(p, true);
-                                self.replay_until.insert(p, resume);
-                            }
-                            tracing::info!(
-                                partition = p,
-                                start,
-                                resume,
-                                replays = start < resume,
-                                "no checkpoint: starting before the committed offset"
-                            );
-                            Offset::Offset(start)
-                        }
-                        None => Offset::Beginning,
-                    }
-                }
-            };
-            if rewind {
-                tokio::task::block_in_place(|| {
-                    self.consumer.seek(plan.topic, p, offset, KAFKA_TIMEOUT)
-                })?;
-            }
-            assignment
-                .add_partition_offset(plan.topic, p, offset)
-                .map_err(Error::Kafka)?;
-        }
-        if rewind {
-        } else if plan.partitions.is_empty() {
-            self.consumer.incremental_assign(&assignment)?;
-        } else {
-            self.consumer.assign(&assignment)?;
-        }
-        self.owned.extend(partitions);
-        tracing::info!(topic = %plan.topic, partitions = ?partitions, restored, rewind, "consuming from the checkpoints");
-        Ok(true)
-    }
-
-    /// Drops `partitions`' state and removes them from the assignment.
-    fn release<O: Operator>(&mut self, partitions: &[i32], operator: &mut O) -> Result<()> {
-        self.forget(partitions, operator);
-        let mut tpl = TopicPartitionList::new();
-        for &p in partitions {
-            tpl.add_partition(self.plan.topic, p);
-        }
-        self.consumer.incremental_unassign(&tpl)?;
-        tracing::info!(partitions = ?partitions, "released");
-        Ok(())
-    }
-
-    /// Drops `partitions`' state; they are no longer read (records still fetched are skipped).
-    fn forget<O: Operator>(&mut self, partitions: &[i32], operator: &mut O) {
-        for &p in partitions {
-            operator.drop_partition(p);
-            self.next_offsets.remove(&p);
-            self.replay_until.remove(&p);
-            self.leases.remove(&p);
-            self.owned.remove(&p);
-        }
-    }
-
-    /// Takes in what a write as `partition`'s owner came to (`None`: shutdown came first, then
-    /// `false`; `Some(None)`: refused, the partition is fenced; else its extended lease).
-    fn held(
-        &mut self,
-        partition: i32,
-        outcome: Option<Option<Lease>>,
-        fenced: &mut Vec<i32>,
-    ) -> bool {
-        match outcome {
-            None => return false,
-            Some(Some(lease)) => {
-                self.leases.insert(partition, lease);
-            }
-            Some(None) => fenced.push(partition),
-        }
-        true
-    }
-
-    /// The write stamp of the next flush: after every earlier one and above every previous
-    /// owner's lease, within this instance's leases, which are renewed first when they run low.
-    /// `Err`: no stamp, because shutdown came first or partitions are fenced.
-    async fn stamp(&mut self, shutdown: &Shutdown) -> Result<std::result::Result<Micros, Step>> {
-        if let Checkpoints::Cassandra(store) = self.checkpoints {
-            let plan = self.plan;
-            let due: Vec<(i32, Lease)> = self
-                .leases
-                .iter()
-                .filter(|(_, l)| l.until - now_micros() < RENEW_BEFORE)
-                .map(|(p, l)| (*p, *l))
-                .collect();
-            let mut fenced = Vec::new();
-            for (p, lease) in due {
-                let renewed = retry::until_ok(
-                    "renew partition lease",
-                    RetryPolicy::DEPENDENCY,
-                    shutdown,
-                    || async move {
-                        let renewed = extended(lease);
-                        let held = store.renew(plan.group_id, plan.topic, p, renewed).await?;
-                        Ok::<_, Error>(held.then_some(renewed))
-                    },
-                )
-                .await;
-                if !self.held(p, renewed, &mut fenced) {
-                    return Ok(Err(Step::Stop));
-                }
-            }
-            if !fenced.is_empty() {
-                return Ok(Err(Step::Fenced(fenced)));
-            }
-        }
-        let stamp = now_micros().max(self.floor + 1).max(self.last_stamp + 1);
-        self.last_stamp = stamp;
-        Ok(Ok(stamp))
-    }
-
-    /// Saves the state and next offset of each of `partitions` that has delivered a record (the
-    /// others keep their previous checkpoint), as their owner's epoch, then commits the offsets
-    /// to the group. Every output of the records before them must have landed.
-    async fn checkpoint<O: Operator>(
-        &mut self,
-        partitions: &[i32],
-        operator: &O,
-        shutdown: &Shutdown,
-    ) -> Result<Step> {
-        let plan = self.plan;
-        if let Checkpoints::Cassandra(store) = self.checkpoints {
-            let started = Instant::now();
-            let mut bytes = 0usize;
-            let mut fenced = Vec::new();
-            for &p in partitions {
-                let (Some(&next_offset), Some(&lease)) =
-                    (self.next_offsets.get(&p), self.leases.get(&p))
-                else {
-                    continue;
-                };
-                let state = operator.snapshot(p).map_err(|e| Error::Checkpoint {
-                    partition: p,
-                    message: format!("cannot serialize the state: {e}"),
-                })?;
-                bytes += state.len();
-                let cp = Checkpoint {
-                    next_offset,
-                    state,
-                    state_format: O::STATE_FORMAT,
-                };
-                let saved =
-                    retry::until_ok("save checkpoint", RetryPolicy::DEPENDENCY, shutdown, || {
-                        let cp = &cp;
-                        async move {
-                            let renewed = extended(lease);
-                            let held = store
-                                .save(plan.group_id, plan.topic, p, cp, renewed)
-                                .await?;
-                            Ok::<_, Error>(held.then_some(renewed))
-                        }
-                    })
-                    .await;
-                if !self.held(p, saved, &mut fenced) {
-                    return Ok(Step::Stop);
-                }
-            }
-            metrics::histogram!(plan.metrics.checkpoint_seconds)
-                .record(started.elapsed().as_secs_f64());
-            metrics::gauge!(plan.metrics.checkpoint_bytes).set(bytes as f64);
-            if !fenced.is_empty() {
-                return Ok(Step::Fenced(fenced));
-            }
-        }
-        self.commit(partitions);
-        Ok(Step::On)
-    }
-
-    /// Commits the next offsets of `partitions` to the group: the progress lag tools show, and,
-    /// without checkpoints, where a restart resumes.
-    fn commit(&self, partitions: &[i32]) {
-        let mut list = TopicPartitionList::new();
-        for p in partitions {
-            if let Some(&o) = self.next_offsets.get(p) {
-                if list
-                    .add_partition_offset(self.plan.topic, *p, Offset::Offset(o))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-        if list.count() == 0 {
-            return;
-        }
-        // Progress only: a lost commit means a little more replay after a restart.
-        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
-            tracing::warn!(error = %e, "offset commit failed; will commit again");
-        }
-    }
-}
-
-/// `lease` reaching [`LEASE`] from now.
-fn extended(lease: Lease) -> Lease {
-    Lease {
-        epoch: lease.epoch,
-        until: now_micros() + LEASE,
     }
 }
 
@@ -966,83 +922,4 @@ where
         },
     )
     .await
-}
-
-/// Every partition's checkpoint row, retried until read. `None`: shutdown came first.
-async fn load_checkpoints(
-    store: &CheckpointStore,
-    plan: &Plan<'_>,
-    shutdown: &Shutdown,
-) -> Option<std::collections::HashMap<i32, Stored>> {
-    retry::until_ok(
-        "load checkpoints",
-        RetryPolicy::DEPENDENCY,
-        shutdown,
-        || store.load(plan.group_id, plan.topic),
-    )
-    .await
-}
-
-/// Sets the consumer-lag gauges from the next offsets the loop sends once a second. The broker's
-/// high watermarks are asked by a client of their own, off the loop: a watermark query on the
-/// group consumer stopped its deliveries in the backlog test, and a slow broker must not hold
-/// the loop. The task ends when the loop drops the sender.
-fn spawn_lag_gauges(plan: &Plan<'_>) -> Result<tokio::sync::watch::Sender<BTreeMap<i32, i64>>> {
-    let client: Arc<BaseConsumer> =
-        Arc::new(kafka::base_client_config(plan.kafka, &format!("{}-lag", plan.role)).create()?);
-    let (tx, mut rx) = tokio::sync::watch::channel(BTreeMap::<i32, i64>::new());
-    let (topic, gauge) = (plan.topic.to_string(), plan.metrics.consumer_lag);
-    tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let next_offsets = rx.borrow_and_update().clone();
-            let (client, topic) = (client.clone(), topic.clone());
-            let asked = tokio::task::spawn_blocking(move || {
-                for (p, next) in next_offsets {
-                    match client.fetch_watermarks(&topic, p, LAG_TIMEOUT) {
-                        Ok((_, high)) => metrics::gauge!(gauge, "partition" => p.to_string())
-                            .set((high - next).max(0) as f64),
-                        Err(e) => {
-                            tracing::debug!(partition = p, error = %e, "high watermark not read; lag gauge kept")
-                        }
-                    }
-                }
-            })
-            .await;
-            if asked.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(tx)
-}
-
-/// (start, resume) of each partition for [`Fresh::Replay`]: `replay_ms` of record time before
-/// the group's committed offset, or, for a partition the group never committed, from `replay_ms`
-/// before now, emitting from there.
-fn replay_positions(
-    consumer: &GroupConsumer,
-    topic: &str,
-    partitions: &[i32],
-    replay_ms: u64,
-) -> Result<BTreeMap<i32, (i64, i64)>> {
-    let mut wanted = TopicPartitionList::new();
-    for &p in partitions {
-        wanted.add_partition(topic, p);
-    }
-    let committed =
-        tokio::task::block_in_place(|| consumer.committed_offsets(wanted, KAFKA_TIMEOUT))?;
-    let by_time = kafka::offsets_since(consumer, topic, partitions, replay_ms, KAFKA_TIMEOUT)?;
-    let mut out = BTreeMap::new();
-    for &p in partitions {
-        let (_, high) =
-            tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT))?;
-        // No record that recent: nothing to replay.
-        let from_time = by_time.get(&p).copied().flatten().unwrap_or(high);
-        let resume = match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => o,
-            _ => from_time,
-        };
-        out.insert(p, (from_time.min(resume), resume));
-    }
-    Ok(out)
 }

@@ -514,7 +514,7 @@ impl Operator {
 
 /// The fair-price operator on the stream runtime ([`tickflow_shared::runtime`]): the hooks it
 /// calls.
-impl runtime::Operator for Operator {
+impl runtime::TradeOperator for Operator {
     type Output = Output;
     const STATE_FORMAT: i32 = STATE_FORMAT;
     const READABLE_STATE_FORMATS: &'static [i32] = &READABLE_STATE_FORMATS;

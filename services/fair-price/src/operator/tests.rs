@@ -2,7 +2,7 @@
 //! their hand-over through checkpoints.
 
 use std::collections::{BTreeSet, VecDeque};
-use tickflow_shared::runtime::Operator as _;
+use tickflow_shared::runtime::TradeOperator as _;
 
 use crate::records::{AnomalyKind, Exclusion, FairPrice, Method, Trigger};
 use rust_decimal::Decimal;

@@ -254,7 +254,7 @@ impl Aggregator {
 }
 
 /// The aggregator on the stream runtime ([`tickflow_shared::runtime`]): the hooks it calls.
-impl runtime::Operator for Aggregator {
+impl runtime::TradeOperator for Aggregator {
     type Output = Output;
     const STATE_FORMAT: i32 = STATE_FORMAT;
     const READABLE_STATE_FORMATS: &'static [i32] = &READABLE_STATE_FORMATS;

@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use tickflow_shared::runtime::Operator as _;
+use tickflow_shared::runtime::TradeOperator as _;
 
 use tickflow_shared::domain::{Side, MICROS_PER_SECOND as S};
 use tickflow_testkit::sample_trade;
