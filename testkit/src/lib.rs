@@ -502,8 +502,17 @@ pub fn normalizer_env(
 /// A SIGTERM in the middle of start-up (right after the service logs `moment`, while it may be
 /// blocked on a Kafka client call) stops it cleanly within the 5 s shutdown deadline too.
 pub async fn check_stop_during_startup(binary: &str, moment: &str) {
+    check_stop_during_startup_with(binary, moment, &[]).await;
+}
+
+/// [`check_stop_during_startup`] with extra environment (e.g. an identity of its own).
+pub async fn check_stop_during_startup_with(
+    binary: &str,
+    moment: &str,
+    extra_env: &[(&str, String)],
+) {
     let stack = Stack::require().await;
-    let mut service = ServiceProcess::spawn(binary, &stack, &[]);
+    let mut service = ServiceProcess::spawn(binary, &stack, extra_env);
     service.wait_for_log(moment, Duration::from_secs(30)).await;
     let (code, took) = service.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "exit code; log:\n{}", service.log());
