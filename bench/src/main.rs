@@ -6,11 +6,12 @@
 //! - **tickflow**: the trade-aggregator binary (release build) computing 1-minute candles into
 //!   Cassandra and Kafka;
 //! - **Flink**: a Flink SQL job (`bench/flink/run`) computing the same candles per
-//!   (instrument, exchange) into a CSV file.
+//!   (instrument, exchange) into a CSV file;
+//! - **Spark**: a Spark Structured Streaming job (`bench/spark/run`) doing the same.
 //!
 //! Each is measured as events per CPU-second of its own processes (from /proc: Kafka and
-//! Cassandra are not counted), peak RSS and wall time. Flink's candles are then compared with
-//! ours row by row.
+//! Cassandra are not counted), peak RSS and wall time. Flink's and Spark's candles are then
+//! compared with ours row by row.
 //!
 //! Then the normalizer on a raw topic of the same trades as simulator frames, beside a bare
 //! exactly-once consume-and-produce pipe (`normalizer.rs`), and the four services live as one
@@ -18,6 +19,7 @@
 
 mod live;
 mod normalizer;
+mod profile;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -37,13 +39,14 @@ use tickflow_testkit::{self as testkit, ServiceProcess, Stack};
 #[derive(Parser, Debug)]
 #[command(
     name = "tickflow-bench",
-    about = "Benchmark: tickflow's trade-aggregator against a Flink SQL job computing the same \
-             1-minute candles, and against a bare Kafka consumer (the ceiling), all on one \
+    about = "Benchmark: tickflow's trade-aggregator against a Flink SQL job and a Spark \
+             Structured Streaming job computing the same 1-minute candles, and against a bare Kafka consumer (the ceiling), all on one \
              pre-filled, seeded topic; then the normalizer beside an exactly-once \
              consume-and-produce pipe; then the four services live on the simulated feed for \
              latency percentiles. Prints events per CPU-second, peak RSS and wall time, and \
              compares the candles row by row. Needs `scripts/stack up`; run it through \
-             `bench/run`, which builds tickflow in release mode and installs Flink first.",
+             `bench/run`, which builds tickflow in release mode and installs Flink and Spark \
+             first.",
     after_help = "Exit status: 0 when every system read everything, the candles match, the \
                   normalizer made one trade per frame and every latency series has samples; \
                   1 otherwise."
@@ -61,6 +64,12 @@ struct Args {
     /// Skip the Flink run (the ceiling and tickflow only).
     #[arg(long)]
     no_flink: bool,
+    /// Skip the Spark Structured Streaming run.
+    #[arg(long)]
+    no_spark: bool,
+    /// Spark's local parallelism (`local[N]`).
+    #[arg(long, default_value_t = 1)]
+    spark_parallelism: u32,
     /// Flink parallelism (tickflow runs one instance on the topic's one partition).
     #[arg(long, default_value_t = 1)]
     flink_parallelism: u32,
@@ -89,6 +98,10 @@ struct Args {
     /// Instruments of the simulated feed in the live run (each on 3 venues).
     #[arg(long, default_value_t = 50)]
     live_instruments: u64,
+    /// Sample each tickflow service with `perf record` while it is measured, and write its top
+    /// functions by self time to DIR/<run>.txt (needs `perf`; the samples cost a little CPU).
+    #[arg(long, value_name = "DIR")]
+    perf: Option<PathBuf>,
 }
 
 /// The aggregator doing what the Flink job does: final 1-minute candles only. No trade rows, no
@@ -113,12 +126,32 @@ impl Measured {
     }
 }
 
+/// A file name for a system's profile: `tickflow, Flink's work only` → `tickflow-flink-s-work-only`.
+fn profile_name(system: &str) -> String {
+    let mut name = String::new();
+    for c in system.chars() {
+        if c.is_ascii_alphanumeric() {
+            name.push(c.to_ascii_lowercase());
+        } else if !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    name.trim_matches('-').to_string()
+}
+
 fn log(text: impl AsRef<str>) {
     println!("[bench] {}", text.as_ref());
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.perf {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            log(format!("error: cannot create {}: {e}", dir.display()));
+            return ExitCode::from(1);
+        }
+        let _ = profile::DIR.set(dir.clone());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -220,22 +253,33 @@ async fn run(args: Args) -> Result<bool, String> {
         lean_candles = Some(candles);
     }
     let mut ok = true;
-    let mut comparison = String::from("Flink not run (--no-flink)");
+    let mut engines = Vec::new();
     if !args.no_flink {
-        let (flink, rows) = flink(&topic, &args)?;
-        let (same, differing, only_ours, only_flink) = compare(&candles, &rows);
-        comparison = format!(
-            "candles compared row by row: {same} equal, {differing} differ, {only_ours} only in tickflow, {only_flink} only in Flink"
-        );
-        ok &= differing == 0 && only_ours == 0 && only_flink == 0;
+        engines.push(Engine::Flink);
+    }
+    if !args.no_spark {
+        engines.push(Engine::Spark);
+    }
+    let mut comparison: Vec<String> = Vec::new();
+    for which in engines {
+        let (measured, rows) = engine(which, &topic, &args)?;
+        let name = which.name();
+        let (same, differing, only_ours, only_theirs) = compare(&candles, &rows);
+        comparison.push(format!(
+            "{name}'s candles compared row by row with tickflow's: {same} equal, {differing} differ, {only_ours} only in tickflow, {only_theirs} only in {name}"
+        ));
+        ok &= differing == 0 && only_ours == 0 && only_theirs == 0;
         if let Some(lean) = &lean_candles {
-            let (same, differing, only_lean, only_flink) = compare(lean, &rows);
-            comparison.push_str(&format!(
-                "\nthe Flink's-work-only run's candles: {same} equal, {differing} differ, {only_lean} only in tickflow, {only_flink} only in Flink"
+            let (same, differing, only_lean, only_theirs) = compare(lean, &rows);
+            comparison.push(format!(
+                "  and with the Flink's-work-only run's: {same} equal, {differing} differ, {only_lean} only in tickflow, {only_theirs} only in {name}"
             ));
-            ok &= differing == 0 && only_lean == 0 && only_flink == 0;
+            ok &= differing == 0 && only_lean == 0 && only_theirs == 0;
         }
-        results.push(flink);
+        results.push(measured);
+    }
+    if comparison.is_empty() {
+        comparison.push("Flink and Spark not run (--no-flink, --no-spark)".into());
     }
     ok &= results.iter().all(|r| r.events == args.trades);
 
@@ -298,21 +342,22 @@ async fn run(args: Args) -> Result<bool, String> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     table(&results, 1, "ratio to ours");
-    println!("{comparison}");
+    println!("{}", comparison.join("\n"));
     let rate_of = |name: &str| {
         results
             .iter()
             .find(|r| r.system.starts_with(name))
             .map(Measured::rate)
     };
-    if let (Some(lean), Some(flink)) = (
-        rate_of("tickflow, Flink's work only"),
-        rate_of("Apache Flink"),
-    ) {
-        println!(
-            "same work (final 1-minute candles): tickflow {lean:.0} vs Flink {flink:.0} trades per CPU-second, {:.1}× (Flink's count includes its start-up)",
-            lean / flink
-        );
+    if let Some(lean) = rate_of("tickflow, Flink's work only") {
+        for name in ["Apache Flink", "Apache Spark"] {
+            if let Some(theirs) = rate_of(name) {
+                println!(
+                    "same work (final 1-minute candles): tickflow {lean:.0} vs {name} {theirs:.0} trades per CPU-second, {:.1}× ({name}'s count includes its start-up)",
+                    lean / theirs
+                );
+            }
+        }
     }
     if !normalizing.is_empty() {
         println!();
@@ -569,6 +614,7 @@ async fn tickflow(
         .await;
     let (cpu_before, _) = testkit::process_usage(service.pid());
     let started = Instant::now();
+    let profile = profile::start(&profile_name(system), service.pid());
     until_counted(
         &mut service,
         "tickflow_aggregator_trades_total",
@@ -578,6 +624,9 @@ async fn tickflow(
     .await?;
     let wall = started.elapsed().as_secs_f64();
     let (cpu_after, peak_rss) = testkit::process_usage(service.pid());
+    if let Some(profile) = profile {
+        profile.finish();
+    }
 
     // Its output, from the candle topic: the last record of each window, which must be final.
     let registry = Registry::new(&stack.registry).map_err(|e| e.to_string())?;
@@ -639,29 +688,66 @@ async fn tickflow(
     ))
 }
 
-/// The Flink SQL job (bench/flink/run) on the same topic; its candle rows.
-fn flink(topic: &str, args: &Args) -> Result<(Measured, Vec<BTreeMap<String, String>>), String> {
+/// A JVM engine run by its own script, `bench/<dir>/run`, which writes the candles to a CSV and
+/// prints a JSON summary line.
+#[derive(Clone, Copy)]
+enum Engine {
+    Flink,
+    Spark,
+}
+
+impl Engine {
+    fn dir(self) -> &'static str {
+        match self {
+            Engine::Flink => "flink",
+            Engine::Spark => "spark",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Flink => "Apache Flink",
+            Engine::Spark => "Apache Spark",
+        }
+    }
+}
+
+/// The engine's job (bench/<dir>/run) on the same topic: its measurement and candle rows.
+fn engine(
+    engine: Engine,
+    topic: &str,
+    args: &Args,
+) -> Result<(Measured, Vec<BTreeMap<String, String>>), String> {
+    let dir = engine.dir();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = std::env::temp_dir().join(format!("tickflow-bench-flink-{}.csv", std::process::id()));
-    log("running the Flink SQL job (bench/flink/run)");
-    let output = std::process::Command::new(root.join("flink/run"))
+    let out = std::env::temp_dir().join(format!("tickflow-bench-{dir}-{}.csv", std::process::id()));
+    let (parallelism, mut extra) = match engine {
+        Engine::Flink => (
+            args.flink_parallelism,
+            vec![
+                "--checkpoint-ms".to_string(),
+                args.flink_checkpoint_ms.to_string(),
+            ],
+        ),
+        Engine::Spark => (args.spark_parallelism, vec![]),
+    };
+    // The aggregator's default out-of-orderness: nothing in this workload is later.
+    extra.extend(["--out-of-orderness-ms".to_string(), "2000".to_string()]);
+    log(format!(
+        "running the {} job (bench/{dir}/run)",
+        engine.name()
+    ));
+    let output = std::process::Command::new(root.join(dir).join("run"))
         .args(["--topic", topic, "--out"])
         .arg(&out)
-        .args([
-            "--parallelism",
-            &args.flink_parallelism.to_string(),
-            "--checkpoint-ms",
-            &args.flink_checkpoint_ms.to_string(),
-            // The aggregator's default out-of-orderness: nothing in this workload is later.
-            "--out-of-orderness-ms",
-            "2000",
-        ])
+        .args(["--parallelism", &parallelism.to_string()])
+        .args(&extra)
         .output()
-        .map_err(|e| format!("cannot run bench/flink/run: {e}"))?;
+        .map_err(|e| format!("cannot run bench/{dir}/run: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Err(format!(
-            "bench/flink/run failed:\n{stdout}\n{}",
+            "bench/{dir}/run failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
@@ -669,7 +755,7 @@ fn flink(topic: &str, args: &Args) -> Result<(Measured, Vec<BTreeMap<String, Str
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| format!("no JSON summary from bench/flink/run:\n{stdout}"))?;
+        .ok_or_else(|| format!("no JSON summary from bench/{dir}/run:\n{stdout}"))?;
     let text = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&out);
     let mut lines = text.lines();
@@ -684,13 +770,16 @@ fn flink(topic: &str, args: &Args) -> Result<(Measured, Vec<BTreeMap<String, Str
         })
         .collect();
     let number = |key: &str| summary[key].as_f64().unwrap_or(0.0);
+    let version = summary[format!("{dir}_version").as_str()]
+        .as_str()
+        .unwrap_or("?");
+    let kind = match engine {
+        Engine::Flink => "SQL",
+        Engine::Spark => "Structured Streaming",
+    };
     Ok((
         Measured {
-            system: format!(
-                "Apache Flink {} SQL, p={}",
-                summary["flink_version"].as_str().unwrap_or("?"),
-                args.flink_parallelism
-            ),
+            system: format!("{} {version} {kind}, p={parallelism}", engine.name()),
             events: summary["trades_in_windows"].as_u64().unwrap_or(0) as usize,
             cpu_seconds: number("cpu_seconds"),
             peak_rss: number("peak_rss_bytes") as u64,
@@ -704,7 +793,7 @@ fn flink(topic: &str, args: &Args) -> Result<(Measured, Vec<BTreeMap<String, Str
     ))
 }
 
-/// (equal, differing, only ours, only Flink), comparing decimals as numbers.
+/// (equal, differing, only ours, only theirs), comparing decimals as numbers.
 fn compare(
     ours: &BTreeMap<(String, String, i64), Candle>,
     flink: &[BTreeMap<String, String>],
@@ -738,7 +827,7 @@ fn compare(
             same += 1;
         } else {
             if differing < 3 {
-                log(format!("differs: {key:?}: Flink {row:?}, tickflow {c:?}"));
+                log(format!("differs: {key:?}: theirs {row:?}, tickflow {c:?}"));
             }
             differing += 1;
         }

@@ -244,6 +244,7 @@ pub async fn normalizer(
         .await;
     let (cpu_before, _) = testkit::process_usage(service.pid());
     let started = Instant::now();
+    let profile = crate::profile::start("tickflow-normalizer", service.pid());
     let metrics = crate::until_counted(
         &mut service,
         "tickflow_normalizer_records_total",
@@ -251,6 +252,9 @@ pub async fn normalizer(
         "the normalizer",
     )
     .await?;
+    if let Some(profile) = profile {
+        profile.finish();
+    }
     let wall = started.elapsed().as_secs_f64();
     let (cpu_after, peak_rss) = testkit::process_usage(service.pid());
     service.terminate(Duration::from_secs(30));

@@ -13,7 +13,7 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::{
-    get_all_subjects, post_schema, SrSettings,
+    get_all_subjects, get_schema_by_id, post_schema, SrSettings,
 };
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
@@ -224,7 +224,11 @@ fn describe(e: &SRCError) -> String {
 pub struct AvroCodec {
     encoder: AvroEncoder,
     decoder: AvroDecoder,
+    settings: SrSettings,
     strategies: HashMap<String, SubjectNameStrategy>,
+    /// Per schema id seen in Trade records: whether it is this build's Trade schema, which
+    /// [`trade_from_body`] reads without the generic `Value` tree.
+    trade_ids: std::sync::RwLock<HashMap<u32, bool>>,
 }
 
 impl AvroCodec {
@@ -246,7 +250,9 @@ impl AvroCodec {
         Self {
             encoder: AvroEncoder::new(registry.settings.clone()),
             decoder: AvroDecoder::new(registry.settings.clone()),
+            settings: registry.settings.clone(),
             strategies,
+            trade_ids: std::sync::RwLock::new(HashMap::new()),
         }
     }
 
@@ -285,8 +291,42 @@ impl AvroCodec {
         self.encode(topic, trade_to_value(trade)?).await
     }
 
+    /// Decodes a Trade: straight from its body when written with this build's Trade schema
+    /// (checked once per schema id against the registry), else through the writer schema's
+    /// generic `Value`.
     pub async fn decode_trade(&self, bytes: &[u8]) -> Result<Trade> {
+        if let [0, a, b, c, d, body @ ..] = bytes {
+            if self
+                .is_our_trade_schema(u32::from_be_bytes([*a, *b, *c, *d]))
+                .await
+            {
+                return trade_from_body(body);
+            }
+        }
         trade_from_value(self.decode(bytes).await?)
+    }
+
+    /// Whether schema `id` is this build's Trade schema. Asked of the registry once per id; while
+    /// the registry cannot answer, no (the generic path then waits for it).
+    async fn is_our_trade_schema(&self, id: u32) -> bool {
+        let known = self
+            .trade_ids
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied();
+        if let Some(ours) = known {
+            return ours;
+        }
+        let Ok(registered) = get_schema_by_id(id, &self.settings).await else {
+            return false;
+        };
+        let ours = is_trade_schema(&registered.schema);
+        self.trade_ids
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, ours);
+        ours
     }
 
     pub async fn encode_candle(&self, topic: &str, candle: &Candle) -> Result<Vec<u8>> {
@@ -445,6 +485,104 @@ impl TradeEncoder {
             .map_err(|e| Error::Avro(format!("encode trade: {e}")))?;
         Ok(out)
     }
+}
+
+/// A Trade as read straight from its Avro body by apache-avro's schema-aware deserializer:
+/// strings, the decimals' bytes, the enums by symbol. No `Value` tree. The deserializer matches
+/// record and enum names, hence the renames.
+#[derive(serde::Deserialize)]
+#[serde(rename = "Trade")]
+struct TradeRead {
+    instrument: String,
+    base: String,
+    quote: String,
+    asset_class: AssetClassSymbol,
+    exchange: String,
+    provider: String,
+    provider_symbol: String,
+    trade_id: String,
+    #[serde(with = "apache_avro::serde::bytes")]
+    price: Vec<u8>,
+    #[serde(with = "apache_avro::serde::bytes")]
+    size: Vec<u8>,
+    side: SideSymbol,
+    event_time: i64,
+    ingest_time: i64,
+    normalized_time: i64,
+    provider_sequence: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename = "AssetClass", rename_all = "UPPERCASE")]
+enum AssetClassSymbol {
+    Crypto,
+    Equity,
+    Fx,
+    Other,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename = "Side", rename_all = "UPPERCASE")]
+enum SideSymbol {
+    Buy,
+    Sell,
+    Unknown,
+}
+
+/// Whether `text` is this build's Trade schema: the same record, fields, types and decimal
+/// precision and scale (apache-avro's structural equality), docs aside.
+fn is_trade_schema(text: &str) -> bool {
+    match (Schema::parse_str(text), TRADE_SCHEMA.as_ref()) {
+        (Ok(schema), Some(ours)) => schema == *ours,
+        _ => false,
+    }
+}
+
+/// The Trade schema's reader, built once for the process.
+static TRADE_READER: std::sync::LazyLock<
+    Option<apache_avro::reader::datum::GenericDatumReader<'static>>,
+> = std::sync::LazyLock::new(|| {
+    let schema = TRADE_SCHEMA.as_ref()?;
+    apache_avro::reader::datum::GenericDatumReader::builder(schema)
+        .build()
+        .ok()
+});
+
+/// Decodes the Avro body of a Trade written with this build's Trade schema, without the
+/// generic `Value` tree; the decimals as exactly as [`trade_from_value`] reads them.
+pub fn trade_from_body(mut body: &[u8]) -> Result<Trade> {
+    let reader = TRADE_READER
+        .as_ref()
+        .ok_or_else(|| Error::Avro("the Trade schema does not parse".into()))?;
+    let t: TradeRead = reader
+        .read_deser(&mut body)
+        .map_err(|e| Error::Avro(format!("decode trade: {e}")))?;
+    Ok(Trade {
+        instrument: t.instrument,
+        base: t.base,
+        quote: t.quote,
+        asset_class: match t.asset_class {
+            AssetClassSymbol::Crypto => AssetClass::Crypto,
+            AssetClassSymbol::Equity => AssetClass::Equity,
+            AssetClassSymbol::Fx => AssetClass::Fx,
+            AssetClassSymbol::Other => AssetClass::Other,
+        },
+        exchange: t.exchange,
+        provider: t.provider,
+        provider_symbol: t.provider_symbol,
+        trade_id: t.trade_id,
+        price: decimal_from_avro_bytes(&t.price, AVRO_DECIMAL_SCALE)?,
+        size: decimal_from_avro_bytes(&t.size, AVRO_DECIMAL_SCALE)?,
+        side: match t.side {
+            SideSymbol::Buy => Side::Buy,
+            SideSymbol::Sell => Side::Sell,
+            SideSymbol::Unknown => Side::Unknown,
+        },
+        event_time: t.event_time,
+        ingest_time: t.ingest_time,
+        normalized_time: t.normalized_time,
+        provider_sequence: t.provider_sequence,
+    })
 }
 
 const SIDES: [Side; 3] = [Side::Buy, Side::Sell, Side::Unknown];
@@ -795,6 +933,66 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn trades_read_from_their_body_equal_the_value_path() {
+        let schema = TRADE.parse().unwrap();
+        let mut trades = vec![sample_trade()];
+        for (price, size, sequence) in [
+            ("0.000000000000000001", "99999999999999999999", None),
+            ("999999999999.5", "0.01", Some(0)),
+            ("123456789012", "1", Some(i64::MAX)),
+            ("0.001", "123456.123456789012345678", Some(-1)),
+        ] {
+            let mut t = sample_trade();
+            t.price = parse_decimal(price).unwrap();
+            t.size = parse_decimal(size).unwrap();
+            t.provider_sequence = sequence;
+            t.side = Side::Buy;
+            t.asset_class = AssetClass::Equity;
+            t.instrument = "Ü-ß €".into();
+            trades.push(t);
+        }
+        for trade in trades {
+            let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+                .build()
+                .unwrap()
+                .write_value_to_vec(trade_to_value(&trade).unwrap())
+                .unwrap();
+            let by_value =
+                trade_from_value(avro_round_trip(&schema, trade_to_value(&trade).unwrap()))
+                    .unwrap();
+            let by_body = trade_from_body(&body).unwrap();
+            assert_eq!(by_body, trade);
+            assert_eq!(by_body, by_value);
+        }
+        assert!(
+            trade_from_body(&[0x02]).is_err(),
+            "a truncated body is an error"
+        );
+    }
+
+    #[test]
+    fn only_this_builds_trade_schema_is_read_from_the_body() {
+        assert!(is_trade_schema(TRADE.avsc));
+        // Docs do not matter; a decimal's scale, a field's type or order do.
+        let undocumented = TRADE
+            .avsc
+            .replace("\"doc\": \"Aggressor side.\"", "\"doc\": \"x\"");
+        assert_ne!(undocumented, TRADE.avsc);
+        assert!(is_trade_schema(&undocumented));
+        let other_scale = TRADE.avsc.replacen("\"scale\": 18", "\"scale\": 8", 1);
+        assert_ne!(other_scale, TRADE.avsc);
+        assert!(!is_trade_schema(&other_scale));
+        let other_type = TRADE.avsc.replace(
+            "{\"name\": \"base\", \"type\": \"string\"}",
+            "{\"name\": \"base\", \"type\": \"bytes\"}",
+        );
+        assert_ne!(other_type, TRADE.avsc);
+        assert!(!is_trade_schema(&other_type));
+        assert!(!is_trade_schema("{\"type\": \"string\"}"));
+        assert!(!is_trade_schema("not json"));
+    }
+
+    #[test]
     fn every_schema_parses() {
         for schema in ALL_SCHEMAS {
             let parsed = schema.parse().unwrap();
@@ -898,8 +1096,14 @@ pub mod fuzzing {
             return;
         };
         let mut bytes = datum;
-        if let Ok(value) = reader.read_value(&mut bytes) {
-            let _ = super::trade_from_value(value);
+        let by_value = reader
+            .read_value(&mut bytes)
+            .ok()
+            .and_then(|value| super::trade_from_value(value).ok());
+        // The body reader agrees with the Value path on every trade both read (each may refuse
+        // a malformed input the other reads differently: only agreement is checked).
+        if let (Some(by_value), Ok(by_body)) = (by_value, super::trade_from_body(datum)) {
+            assert_eq!(by_value, by_body, "the two Trade readers disagree");
         }
     }
 

@@ -164,6 +164,76 @@ impl InstrumentLabels {
     }
 }
 
+/// Handles of one counter, one per combination of its label values, kept so that counting an
+/// event on the hot path neither builds label `String`s nor hashes them into the recorder's
+/// registry: after an entry's first use, a count is a map lookup by the joined values (in a
+/// buffer reused across calls) and an atomic add. The instrument label goes through
+/// [`InstrumentLabels`] once per entry. The map is cleared when it reaches [`Self::MAX_ENTRIES`]
+/// (a flood of distinct values costs lookups, not memory).
+pub struct Counters<const N: usize> {
+    name: &'static str,
+    keys: [&'static str; N],
+    /// Which of `keys` is the instrument, bounded through `labels`.
+    instrument: Option<(usize, InstrumentLabels)>,
+    handles: std::collections::HashMap<String, metrics::Counter>,
+    key: String,
+}
+
+impl<const N: usize> Counters<N> {
+    /// Entries kept before the map starts over.
+    pub const MAX_ENTRIES: usize = 100_000;
+
+    pub fn new(name: &'static str, keys: [&'static str; N]) -> Self {
+        Self {
+            name,
+            keys,
+            instrument: None,
+            handles: std::collections::HashMap::new(),
+            key: String::new(),
+        }
+    }
+
+    /// The label `key` holds an instrument, reported through `labels`' budget.
+    pub fn with_instrument(mut self, key: &'static str, labels: InstrumentLabels) -> Self {
+        let index = self
+            .keys
+            .iter()
+            .position(|k| *k == key)
+            .expect("the instrument key is one of the counter's keys");
+        self.instrument = Some((index, labels));
+        self
+    }
+
+    /// The counter for these label values, in the order of the keys.
+    pub fn get(&mut self, values: [&str; N]) -> &metrics::Counter {
+        self.key.clear();
+        for value in values {
+            self.key.push_str(value);
+            // A separator no label value holds in practice; a value holding it would only share
+            // an entry with another combination of the same bytes.
+            self.key.push('\u{1f}');
+        }
+        if !self.handles.contains_key(self.key.as_str()) {
+            if self.handles.len() >= Self::MAX_ENTRIES {
+                self.handles.clear();
+            }
+            let labels: Vec<metrics::Label> = self
+                .keys
+                .iter()
+                .zip(values)
+                .enumerate()
+                .map(|(i, (&k, v))| match &self.instrument {
+                    Some((at, bounded)) if *at == i => metrics::Label::new(k, bounded.label(v)),
+                    _ => metrics::Label::new(k, v.to_string()),
+                })
+                .collect();
+            let counter = metrics::counter!(self.name, labels);
+            self.handles.insert(self.key.clone(), counter);
+        }
+        &self.handles[self.key.as_str()]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +289,39 @@ mod tests {
         assert_eq!(lines[0]["errorType"], "timeout");
         assert!(lines[0]["time"].as_str().is_some_and(|t| t.contains('T')));
         assert!(lines.iter().all(|l| l.get("level").is_none()));
+    }
+
+    #[test]
+    fn cached_counters_count_each_combination_under_its_labels() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let labels = InstrumentLabels::new(&MetricsConfig {
+            instrument_allow_list: vec![],
+            instrument_top_n: 1,
+        });
+        metrics::with_local_recorder(&recorder, || {
+            let mut counters = Counters::new("t_total", ["exchange", "instrument"])
+                .with_instrument("instrument", labels);
+            for (exchange, instrument) in
+                [("x", "A"), ("x", "A"), ("y", "A"), ("x", "B"), ("x", "C")]
+            {
+                counters.get([exchange, instrument]).increment(1);
+            }
+            // Joined values that would collide without the separator stay apart.
+            let mut plain = Counters::new("u_total", ["a", "b"]);
+            plain.get(["ab", "c"]).increment(1);
+            plain.get(["a", "bc"]).increment(5);
+        });
+        let text = handle.render();
+        for line in [
+            "t_total{exchange=\"x\",instrument=\"A\"} 2",
+            "t_total{exchange=\"y\",instrument=\"A\"} 1",
+            "t_total{exchange=\"x\",instrument=\"other\"} 2",
+            "u_total{a=\"ab\",b=\"c\"} 1",
+            "u_total{a=\"a\",b=\"bc\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 
     #[test]

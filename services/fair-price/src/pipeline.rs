@@ -27,7 +27,7 @@ use tickflow_shared::runtime::{
 };
 use tickflow_shared::service::CassandraHandle;
 use tickflow_shared::shutdown::Shutdown;
-use tickflow_shared::telemetry::InstrumentLabels;
+use tickflow_shared::telemetry::{Counters, InstrumentLabels};
 use tickflow_shared::Result;
 
 use crate::config::Config;
@@ -50,6 +50,8 @@ struct Prices {
     sinks: Sinks,
     batch: Batch,
     labels: InstrumentLabels,
+    /// `TRADES_IN` by provider, exchange and instrument, its handles cached (counted per trade).
+    trades_in: Counters<3>,
     /// The anomalies active at the last report, to clear their gauges when they end.
     active: HashSet<(AnomalyKind, String, String, String)>,
 }
@@ -61,7 +63,9 @@ impl Job for Prices {
     fn collect(&mut self, outputs: &mut Vec<Output>, record: Option<Record<Sourced>>) -> bool {
         if let Some(r) = record.as_ref().filter(|r| !r.replaying) {
             let t = &r.input.trade;
-            metrics::counter!(TRADES_IN, "provider" => t.provider.clone(), "exchange" => t.exchange.clone(), "instrument" => self.labels.label(&t.instrument)).increment(1);
+            self.trades_in
+                .get([&t.provider, &t.exchange, &t.instrument])
+                .increment(1);
         }
         let trade = record.as_ref().map(|r| &r.input.trade);
         let any = !outputs.is_empty();
@@ -199,6 +203,8 @@ pub async fn run(
             max_in_flight: fp.max_in_flight,
         },
         batch: Batch::default(),
+        trades_in: Counters::new(TRADES_IN, ["provider", "exchange", "instrument"])
+            .with_instrument("instrument", labels.clone()),
         labels,
         active: HashSet::new(),
     };

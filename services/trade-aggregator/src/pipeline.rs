@@ -22,7 +22,7 @@ use tickflow_shared::runtime::{
 };
 use tickflow_shared::service::CassandraHandle;
 use tickflow_shared::shutdown::Shutdown;
-use tickflow_shared::telemetry::InstrumentLabels;
+use tickflow_shared::telemetry::{Counters, InstrumentLabels};
 use tickflow_shared::Result;
 use tokio::sync::mpsc;
 
@@ -46,7 +46,8 @@ pub const RUNTIME_METRICS: runtime::Metrics = runtime::Metrics {
 struct Windows {
     sinks: Sinks,
     batch: Batch,
-    labels: InstrumentLabels,
+    /// `TRADES_IN` by instrument and exchange, its handles cached (counted per trade).
+    trades_in: Counters<2>,
 }
 
 impl Job for Windows {
@@ -78,7 +79,9 @@ impl Job for Windows {
         }
         if let Some(record) = record {
             let trade = record.input.trade;
-            metrics::counter!(TRADES_IN, "instrument" => self.labels.label(&trade.instrument), "exchange" => trade.exchange.clone()).increment(1);
+            self.trades_in
+                .get([&trade.instrument, &trade.exchange])
+                .increment(1);
             if self.sinks.trades.is_some() {
                 self.batch.trades.push(trade);
             }
@@ -191,7 +194,8 @@ pub async fn run(
             max_in_flight: agg.max_in_flight,
         },
         batch: Batch::default(),
-        labels,
+        trades_in: Counters::new(TRADES_IN, ["instrument", "exchange"])
+            .with_instrument("instrument", labels),
     };
     let plan = Plan {
         kafka: &config.kafka,
