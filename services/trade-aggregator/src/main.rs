@@ -23,6 +23,10 @@ struct Args {
     common: CommonArgs,
 }
 
+/// mimalloc, not glibc's malloc: see bench/README.md, "The hot path, profiled".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     service::main::<trade_aggregator::Config, _, _>(
