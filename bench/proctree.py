@@ -1,11 +1,9 @@
 """CPU and memory of a command's whole process tree, for the end-to-end benchmark scripts.
 
-The same accounting as bench/flink/run, as a module: CPU from the kernel's accounting of reaped
-children (getrusage), which holds every exited descendant its parent waited for - this process
-makes itself a child subreaper so that a JVM its launcher does not wait for is still ours to
-reap - plus /proc samples every 0.2 s for peak RSS (the largest sum over the live tree) and a
-per-command CPU split. Linux only. Written so bench/flink/run could import it once it moves to
-bench/.
+CPU from the kernel's accounting of reaped children (getrusage), which holds every exited
+descendant its parent waited for - this process makes itself a child subreaper so that a JVM its
+launcher does not wait for is still ours to reap - plus /proc samples every 0.2 s for peak RSS (the largest sum over the live tree) and a
+per-command CPU split. Linux only. Used by bench/flink/run and bench/spark/run.
 """
 
 from __future__ import annotations
