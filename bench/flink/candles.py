@@ -17,35 +17,24 @@ memory accounting.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
 import time
-from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
 from pyflink.table import EnvironmentSettings, TableEnvironment
 
-COLUMNS = [
-    "instrument", "exchange", "window_start_us", "open", "high", "low", "close",
-    "count", "volume", "vwap",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from candles_csv import (  # noqa: E402  (bench/candles_csv.py)
+    NOTIONAL_FOR_DIVISION, PRICE_NARROW, SIZE_NARROW, VOLUME_FOR_DIVISION, write_candles,
+)
 
 # Flink gives a DECIMAL(38,18) x DECIMAL(38,18) product the type DECIMAL(38,6), and a
 # DECIMAL(38,18) / DECIMAL(38,18) quotient DECIMAL(38,6) (precision is capped at 38 and the scale
-# cut to make room for the integer digits). To keep price x size exact we multiply narrower
-# types whose product fits: DECIMAL(21,10) x DECIMAL(16,8) -> DECIMAL(38,18), i.e. prices below
-# 10^11 with at most 10 decimals, sizes below 10^8 with at most 8. A narrowing CAST rounds
-# half-up, and gives NULL on overflow (which SUM then skips): such trades are counted
-# (`narrowed_trades` in the summary) rather than silently trusted.
-PRICE_NARROW = "DECIMAL(21, 10)"
-SIZE_NARROW = "DECIMAL(16, 8)"
-# VWAP = notional / volume with 18 fractional digits needs (integer digits of the numerator +
-# scale of the denominator) <= 20: notional below 10^12 a window, volume with 8 decimals.
-NOTIONAL_FOR_DIVISION = "DECIMAL(30, 18)"
-VOLUME_FOR_DIVISION = "DECIMAL(28, 8)"
+# cut to make room for the integer digits): hence the narrower types of candles_csv.
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -189,15 +178,6 @@ FROM opened AS o JOIN lasts AS l
 """
 
 
-def canonical(value: Decimal | None) -> str:
-    """Plain notation without trailing fractional zeros, so equal values print alike."""
-    if value is None or value != value:  # None, or NaN from pandas
-        # A NULL is how Flink reports a DECIMAL overflow; keep it visible.
-        return "NULL"
-    text = format(value.normalize(), "f")
-    return "0" if text == "-0" else text
-
-
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tickflow-flink-checkpoints-") as checkpoints:
@@ -221,16 +201,14 @@ def run(args: argparse.Namespace) -> None:
     # pandas may hold it in ms or ns: go through a Timedelta, whatever the unit.
     epoch = pd.Timestamp(0)
     starts_us = [(start - epoch) // pd.Timedelta(microseconds=1) for start in candles["window_start"]]
-    with open(args.out, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        for row, start_us in zip(candles.itertuples(index=False), starts_us):
-            writer.writerow([
-                row.instrument, row.exchange, int(start_us),
-                canonical(row.open_price), canonical(row.high), canonical(row.low),
-                canonical(row.close_price), int(row.trade_count), canonical(row.volume),
-                canonical(row.vwap),
-            ])
+    write_candles(args.out, (
+        {
+            "instrument": row.instrument, "exchange": row.exchange, "window_start_us": int(start_us),
+            "open": row.open_price, "high": row.high, "low": row.low, "close": row.close_price,
+            "count": int(row.trade_count), "volume": row.volume, "vwap": row.vwap,
+        }
+        for row, start_us in zip(candles.itertuples(index=False), starts_us)
+    ))
     rows = len(candles)
     print(json.dumps({
         "rows": rows,

@@ -31,16 +31,15 @@ import fastavro
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from candles_csv import COLUMNS, DECIMAL_COLUMNS, write_candles  # noqa: E402  (bench/candles_csv.py)
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "trade.avsc"
 SCALE = 18
 WINDOW_US = 60_000_000
 # A minute boundary (2024-01-02T00:00:00Z), so the first window is whole.
 START_US = 1_704_153_600_000_000
-COLUMNS = [
-    "instrument", "exchange", "window_start_us", "open", "high", "low", "close",
-    "count", "volume", "vwap",
-]
-DECIMAL_COLUMNS = ["open", "high", "low", "close", "volume", "vwap"]
 
 INSTRUMENTS = [
     # (instrument, asset class, starting price, price decimals, size decimals)
@@ -277,22 +276,10 @@ def reference_candles(partitions: list[tuple[int, list[dict]]], out_of_orderness
     return rows, dropped
 
 
-def canonical(value: Decimal) -> str:
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "") else text
-
-
 def reference(args: argparse.Namespace) -> None:
     partitions = read_topic(args.bootstrap, args.topic, args.registry)
     rows, dropped = reference_candles(partitions, args.out_of_orderness_ms)
-    with open(args.out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({
-                name: canonical(value) if name in DECIMAL_COLUMNS else value
-                for name, value in row.items()
-            })
+    write_candles(args.out, rows)
     trades = sum(len(trades) for _, trades in partitions)
     print(json.dumps({"trades": trades, "dropped_late": dropped, "rows": len(rows)}))
 

@@ -20,39 +20,30 @@ memory accounting.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import tempfile
 import time
 import urllib.request
-from decimal import Decimal
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.avro.functions import from_avro
 
-COLUMNS = [
-    "instrument", "exchange", "window_start_us", "open", "high", "low", "close",
-    "count", "volume", "vwap",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Spark caps DECIMAL at precision 38. DECIMAL(38,18) x DECIMAL(38,18) would need (77,36); Spark
-# cuts it to DECIMAL(38,6) (allowPrecisionLoss=true, the default) or to DECIMAL(38,36), which
-# overflows above 99 (allowPrecisionLoss=false). As in bench/flink, price x size is computed on
-# narrower types whose exact product fits: DECIMAL(21,10) x DECIMAL(16,8) -> DECIMAL(38,18)
-# (precision p1+p2+1, scale s1+s2: no adjustment), i.e. prices below 10^11 with at most 10
-# decimals, sizes below 10^8 with at most 8. A narrowing CAST rounds half-up, or gives NULL on
-# overflow (ANSI off), which SUM skips: such trades are counted (`narrowed_trades`).
-PRICE_NARROW = "DECIMAL(21,10)"
-SIZE_NARROW = "DECIMAL(16,8)"
-# VWAP: DECIMAL(30,18) / DECIMAL(28,8) has the exact type (67,47); with allowPrecisionLoss=true
-# Spark keeps its 20 integer digits and gives it scale 38 - 20 = 18: DECIMAL(38,18), rounded
-# HALF_UP. So notional below 10^12 a window, volume with at most 8 decimals (NULL otherwise).
-NOTIONAL_FOR_DIVISION = "DECIMAL(30,18)"
-VOLUME_FOR_DIVISION = "DECIMAL(28,8)"
-DECIMAL_OUTPUTS = ["open", "high", "low", "close", "volume", "vwap"]
+from candles_csv import (  # noqa: E402  (bench/candles_csv.py)
+    COLUMNS, DECIMAL_COLUMNS, NOTIONAL_FOR_DIVISION, PRICE_NARROW, SIZE_NARROW,
+    VOLUME_FOR_DIVISION, write_candles,
+)
+
+# Spark caps DECIMAL at precision 38: DECIMAL(38,18) x DECIMAL(38,18) would need (77,36), and
+# Spark cuts it to DECIMAL(38,6) (allowPrecisionLoss=true, the default) or to DECIMAL(38,36),
+# which overflows above 99 (allowPrecisionLoss=false): hence the narrower types of candles_csv,
+# whose product DECIMAL(21,10) x DECIMAL(16,8) is exactly DECIMAL(38,18) (no adjustment). The
+# VWAP, DECIMAL(30,18) / DECIMAL(28,8), has the exact type (67,47); with allowPrecisionLoss=true
+# Spark keeps its 20 integer digits and gives it scale 38 - 20 = 18, rounded HALF_UP.
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -204,15 +195,6 @@ class LatestRows:
         self.batches += 1
 
 
-def canonical(value: Decimal | None) -> str:
-    """Plain notation without trailing fractional zeros, so equal values print alike."""
-    if value is None:
-        # A NULL is how Spark (ANSI off) reports a DECIMAL overflow; keep it visible.
-        return "NULL"
-    text = format(value.normalize(), "f")
-    return "0" if text == "-0" else text
-
-
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tickflow-spark-checkpoints-") as checkpoints:
@@ -252,20 +234,10 @@ def run(args: argparse.Namespace, checkpoint_dir: str) -> None:
     if observed != records:
         print(f"candles: the source read {records} records, the observed metrics saw {observed}",
               file=sys.stderr)
-    nulls = narrowed = 0
-    with open(args.out, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        for (instrument, exchange, start_us, open_, high, low, close, trade_count, volume, vwap,
-             window_narrowed) in sink.rows.values():
-            decimals = [open_, high, low, close, volume, vwap]
-            nulls += sum(value is None for value in decimals)
-            narrowed += window_narrowed or 0
-            writer.writerow([
-                instrument, exchange, start_us,
-                canonical(open_), canonical(high), canonical(low), canonical(close),
-                trade_count, canonical(volume), canonical(vwap),
-            ])
+    rows = [dict(zip(COLUMNS + ["narrowed"], values)) for values in sink.rows.values()]
+    nulls = sum(row[name] is None for row in rows for name in DECIMAL_COLUMNS)
+    narrowed = sum(row["narrowed"] or 0 for row in rows)
+    write_candles(args.out, rows)
     print(json.dumps({
         "rows": len(sink.rows),
         "records_read": records,

@@ -22,7 +22,6 @@ partitions by lag.
 from __future__ import annotations
 
 import argparse
-import csv
 import decimal
 import json
 import sys
@@ -77,14 +76,7 @@ def main() -> None:
     trades = partitions[0][1]
     kept, dropped = spark_kept(trades, args.out_of_orderness_ms, args.max_offsets_per_trigger)
     rows, _ = testdata.reference_candles([(partitions[0][0], kept)], NO_LATENESS_MS)
-    with open(args.out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, testdata.COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({
-                name: testdata.canonical(value) if name in testdata.DECIMAL_COLUMNS else value
-                for name, value in row.items()
-            })
+    testdata.write_candles(args.out, rows)
     print(json.dumps({"trades": len(trades), "dropped_late": dropped, "rows": len(rows)}))
 
 

@@ -908,6 +908,15 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// A trade's Avro body as the generic `Value` path writes it.
+    fn value_path_body(schema: &Schema, trade: &Trade) -> Vec<u8> {
+        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(trade_to_value(trade).unwrap())
+            .unwrap()
+    }
+
     #[test]
     fn fast_trade_encoder_is_byte_identical_to_the_value_path() {
         let schema = TRADE.parse().unwrap();
@@ -921,11 +930,7 @@ pub(crate) mod tests {
         t.size = parse_decimal("99999999999999999999").unwrap();
         trades.push(t);
         for trade in trades {
-            let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
-                .build()
-                .unwrap()
-                .write_value_to_vec(trade_to_value(&trade).unwrap())
-                .unwrap();
+            let body = value_path_body(&schema, &trade);
             let fast = encoder.encode(&trade).unwrap();
             assert_eq!(&fast[..5], &[0, 0, 0, 0, 7]);
             assert_eq!(&fast[5..], &body[..], "{trade:?}");
@@ -952,11 +957,7 @@ pub(crate) mod tests {
             trades.push(t);
         }
         for trade in trades {
-            let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
-                .build()
-                .unwrap()
-                .write_value_to_vec(trade_to_value(&trade).unwrap())
-                .unwrap();
+            let body = value_path_body(&schema, &trade);
             let by_value =
                 trade_from_value(avro_round_trip(&schema, trade_to_value(&trade).unwrap()))
                     .unwrap();
