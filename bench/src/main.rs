@@ -21,7 +21,7 @@ mod live;
 mod normalizer;
 mod profile;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -201,6 +201,17 @@ async fn run(args: Args) -> Result<bool, String> {
     ));
     let filling = Instant::now();
     let trades = testkit::synthetic_trades(args.trades, args.instruments, args.spacing_us);
+    let workload = Workload {
+        topic: topic.clone(),
+        trades: args.trades,
+        windows: trades
+            .iter()
+            .map(|t| {
+                let start = t.event_time - t.event_time.rem_euclid(WINDOW_US);
+                (t.instrument.clone(), t.exchange.clone(), start)
+            })
+            .collect(),
+    };
     testkit::produce_trades(&stack, &topic, trades.into_iter().map(|t| (None, t)))
         .await
         .map_err(|e| e.to_string())?;
@@ -218,8 +229,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let (ours, candles) = tickflow(
         &stack,
         &aggregator,
-        &topic,
-        args.trades,
+        &workload,
         "tickflow trade-aggregator",
         "defaults: per venue + consolidated candles, early firings, 3 roll-ups, trade rows; Cassandra + Kafka; checkpoints",
         args.aggregator_config.as_deref(),
@@ -238,8 +248,7 @@ async fn run(args: Args) -> Result<bool, String> {
         let (lean, candles) = tickflow(
             &stack,
             &aggregator,
-            &topic,
-            args.trades,
+            &workload,
             "tickflow, Flink's work only",
             "final per venue + consolidated candles only (no early firings, roll-ups, trade rows); Cassandra + Kafka; checkpoints",
             Some(file.path()),
@@ -561,13 +570,24 @@ fn ceiling(stack: &Stack, topic: &str, expected: usize) -> Result<Measured, Stri
     })
 }
 
-/// The trade-aggregator on the topic until every trade is counted and every window is final;
-/// its final per-venue candles by (instrument, venue, window start).
+/// A candle's length, in µs.
+const WINDOW_US: i64 = 60_000_000;
+
+/// The pre-filled topic: its name, its trade count, and every (instrument, venue, window start)
+/// that has a trade (the candles to wait for).
+struct Workload {
+    topic: String,
+    trades: usize,
+    windows: BTreeSet<(String, String, i64)>,
+}
+
+/// The trade-aggregator on the topic until every trade is counted and every window in
+/// `windows` has a final candle; its final per-venue candles by (instrument, venue, window
+/// start).
 async fn tickflow(
     stack: &Stack,
     binary: &std::path::Path,
-    topic: &str,
-    expected: usize,
+    workload: &Workload,
     system: &str,
     note: &str,
     config_file: Option<&std::path::Path>,
@@ -590,7 +610,7 @@ async fn tickflow(
             "TICKFLOW_CASSANDRA__KEYSPACE",
             cassandra_config.keyspace.clone(),
         ),
-        ("TICKFLOW_AGGREGATOR__INPUT_TOPIC", topic.to_string()),
+        ("TICKFLOW_AGGREGATOR__INPUT_TOPIC", workload.topic.clone()),
         ("TICKFLOW_AGGREGATOR__CANDLES_TOPIC", candles_topic.clone()),
         (
             "TICKFLOW_AGGREGATOR__LATE_TOPIC",
@@ -618,7 +638,7 @@ async fn tickflow(
     until_counted(
         &mut service,
         "tickflow_aggregator_trades_total",
-        expected,
+        workload.trades,
         "the aggregator",
     )
     .await?;
@@ -643,10 +663,13 @@ async fn tickflow(
         .map_err(|e| e.to_string())?;
     let mut candles: BTreeMap<(String, String, i64), Candle> = BTreeMap::new();
     let mut quiet_since = Instant::now();
-    // Until nothing new for 5 s and every window is final.
+    // Until every window with a trade has a candle, all of them final, and nothing new for 5 s
+    // (a correction would follow its window's first final value within that). The last windows
+    // close on the idle timeout, after the trade rows have landed: quiet alone is no sign of it.
     while quiet_since.elapsed() < Duration::from_secs(5)
-        || candles.is_empty()
+        || candles.len() < workload.windows.len()
         || candles.values().any(|c| !c.is_final)
+        || !workload.windows.iter().all(|k| candles.contains_key(k))
     {
         if started.elapsed() > Duration::from_secs(1800) {
             return Err("the candles did not all become final".into());
@@ -678,7 +701,7 @@ async fn tickflow(
     Ok((
         Measured {
             system: system.into(),
-            events: expected,
+            events: workload.trades,
             cpu_seconds: cpu_after - cpu_before,
             peak_rss,
             wall_seconds: wall,
