@@ -5,6 +5,7 @@
 //! service are constants here, described once at start.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -166,8 +167,8 @@ impl InstrumentLabels {
 
 /// Handles of one counter, one per combination of its label values, kept so that counting an
 /// event on the hot path neither builds label `String`s nor hashes them into the recorder's
-/// registry: after an entry's first use, a count is a map lookup by the joined values (in a
-/// buffer reused across calls) and an atomic add. The instrument label goes through
+/// registry: after an entry's first use, a count is a map lookup by the values, each after its
+/// length (in a buffer reused across calls), and an atomic add. The instrument label goes through
 /// [`InstrumentLabels`] once per entry. The map is cleared when it reaches [`Self::MAX_ENTRIES`]
 /// (a flood of distinct values costs lookups, not memory).
 pub struct Counters<const N: usize> {
@@ -208,10 +209,10 @@ impl<const N: usize> Counters<N> {
     pub fn get(&mut self, values: [&str; N]) -> &metrics::Counter {
         self.key.clear();
         for value in values {
+            // Each value after its length, so no two combinations share a key whatever bytes
+            // the values hold.
+            let _ = write!(self.key, "{}:", value.len());
             self.key.push_str(value);
-            // A separator no label value holds in practice; a value holding it would only share
-            // an entry with another combination of the same bytes.
-            self.key.push('\u{1f}');
         }
         if !self.handles.contains_key(self.key.as_str()) {
             if self.handles.len() >= Self::MAX_ENTRIES {
@@ -307,10 +308,13 @@ mod tests {
             {
                 counters.get([exchange, instrument]).increment(1);
             }
-            // Joined values that would collide without the separator stay apart.
+            // Values whose concatenations are equal, with or without a separator between them,
+            // stay apart.
             let mut plain = Counters::new("u_total", ["a", "b"]);
             plain.get(["ab", "c"]).increment(1);
             plain.get(["a", "bc"]).increment(5);
+            plain.get(["p\u{1f}q", "r"]).increment(7);
+            plain.get(["p", "q\u{1f}r"]).increment(11);
         });
         let text = handle.render();
         for line in [
@@ -319,6 +323,8 @@ mod tests {
             "t_total{exchange=\"x\",instrument=\"other\"} 2",
             "u_total{a=\"ab\",b=\"c\"} 1",
             "u_total{a=\"a\",b=\"bc\"} 5",
+            "u_total{a=\"p\u{1f}q\",b=\"r\"} 7",
+            "u_total{a=\"p\",b=\"q\u{1f}r\"} 11",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
