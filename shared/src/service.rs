@@ -57,7 +57,8 @@ pub trait ServiceRoot: DeserializeOwned + Validate + std::fmt::Debug + Send + 's
 }
 
 /// Runs a service: loads its config, sets up logging, runs `run` until it returns or a signal
-/// asks for shutdown, then waits for its tasks up to `service.shutdown_timeout_ms`.
+/// asks for shutdown; from then on `run` and its tasks get `service.shutdown_timeout_ms`
+/// together, and the process exits when they are done or the deadline has passed.
 /// Exit code 0 on a clean stop, 1 on a runtime error, 2 on a configuration error.
 pub fn main<C, F, Fut>(name: &'static str, args: CommonArgs, run: F) -> ExitCode
 where
@@ -103,34 +104,63 @@ where
         tracing::info!(service = name, version = env!("CARGO_PKG_VERSION"), sources = ?config::describe_sources(args.config.as_deref()), "starting");
         let shutdown = Shutdown::new();
         shutdown.trigger_on(shutdown::signal());
+        // Past the deadline the process exits even if the runtime itself can no longer make
+        // progress (a client call blocking every worker): a plain thread watches from the
+        // moment stopping begins.
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.triggered().await;
+            exit_after(deadline + EXIT_GRACE, name);
+        });
         // On a worker thread, not the main one: its wake-ups to and from the driver tasks
         // (Cassandra connections, the HTTP server) then stay among the runtime's workers instead
-        // of crossing to a thread parked outside the runtime at every request.
-        // A panic goes on unwinding from here, as it would have on the main thread.
-        let outcome = match tokio::spawn(run(config, shutdown.clone())).await {
-            Ok(outcome) => outcome,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
-        let drained = shutdown.drain(deadline).await;
+        // of crossing to a thread parked outside the runtime at every request. Once shutdown is
+        // asked for, it gets the deadline and no more.
+        let (outcome, drained) = shutdown
+            .finish(tokio::spawn(run(config, shutdown.clone())), deadline)
+            .await;
         match (outcome, drained) {
-            (Ok(()), Drained::Clean) => {
+            (Some(Ok(Ok(()))), Drained::Clean) => {
                 tracing::info!(service = name, "stopped cleanly");
                 ExitCode::SUCCESS
             }
-            (Ok(()), Drained::TimedOut) => {
+            (Some(Ok(Ok(()))), Drained::TimedOut) => {
                 tracing::warn!(service = name, deadline_ms = deadline.as_millis() as u64, "shutdown deadline passed with tasks still running; exiting anyway");
                 ExitCode::SUCCESS
             }
-            (Err(e), _) => {
+            (None, _) => {
+                tracing::warn!(service = name, deadline_ms = deadline.as_millis() as u64, "shutdown deadline passed before the service stopped; exiting anyway (input not committed yet is read again by the next owner)");
+                ExitCode::SUCCESS
+            }
+            (Some(Ok(Err(e))), _) => {
                 tracing::error!(service = name, error = %e, error_type = e.kind(), retryable = e.is_retryable(), "stopped on error");
                 ExitCode::FAILURE
             }
+            // A panic goes on unwinding from here, as it would have on the main thread.
+            (Some(Err(e)), _) => std::panic::resume_unwind(e.into_panic()),
         }
     });
     // A blocking call abandoned at shutdown (a Kafka client call racing the signal) must not
     // hold the exit: its thread is left to the process's end instead of being joined.
     runtime.shutdown_background();
     code
+}
+
+/// How long past the shutdown deadline the watch thread lets a stuck process live.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Exits the process `after` from now, on a thread of its own, whatever the async runtime is
+/// doing. The normal path returns long before.
+fn exit_after(after: Duration, name: &'static str) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        tracing::error!(
+            service = name,
+            after_ms = after.as_millis() as u64,
+            "still running past the shutdown deadline (the runtime is blocked); exiting"
+        );
+        std::process::exit(1);
+    });
 }
 
 /// What a running service holds for telemetry.

@@ -21,7 +21,7 @@ pub struct Shutdown {
 pub enum Drained {
     /// Every task finished within the deadline.
     Clean,
-    /// The deadline passed with tasks still running.
+    /// The deadline passed with the main task or a spawned task still running.
     TimedOut,
 }
 
@@ -72,14 +72,33 @@ impl Shutdown {
         });
     }
 
-    /// Triggers shutdown (if not yet) and waits up to `deadline` for every spawned task.
-    pub async fn drain(&self, deadline: Duration) -> Drained {
+    /// Awaits the service's main task, then every spawned task. Until shutdown is asked for,
+    /// `main` runs as long as it takes; from the moment it is (or `main` ends by itself), `main`
+    /// and the spawned tasks together get `deadline`. A main task still running then is dropped
+    /// and its output is `None`: the deadline holds whatever it is waiting on (a Kafka commit,
+    /// a broker that does not answer).
+    pub async fn finish<F: Future>(
+        &self,
+        main: F,
+        deadline: Duration,
+    ) -> (Option<F::Output>, Drained) {
+        tokio::pin!(main);
+        let ended = tokio::select! {
+            out = &mut main => Some(out),
+            () = self.triggered() => None,
+        };
+        let end = tokio::time::Instant::now() + deadline;
+        let out = match ended {
+            Some(out) => Some(out),
+            None => tokio::time::timeout_at(end, main).await.ok(),
+        };
         self.trigger();
         self.tracker.close();
-        match tokio::time::timeout(deadline, self.tracker.wait()).await {
-            Ok(()) => Drained::Clean,
-            Err(_) => Drained::TimedOut,
-        }
+        let drained = match tokio::time::timeout_at(end, self.tracker.wait()).await {
+            Ok(()) if out.is_some() => Drained::Clean,
+            _ => Drained::TimedOut,
+        };
+        (out, drained)
     }
 }
 
@@ -114,7 +133,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn drain_waits_for_tasks_that_listen() {
+    async fn finish_waits_for_tasks_that_listen() {
         let shutdown = Shutdown::new();
         let s = shutdown.clone();
         let flushed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -124,20 +143,47 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await; // flushing
             f.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        assert_eq!(shutdown.drain(Duration::from_secs(5)).await, Drained::Clean);
+        let (out, drained) = shutdown.finish(async { 7 }, Duration::from_secs(5)).await;
+        assert_eq!((out, drained), (Some(7), Drained::Clean));
         assert!(flushed.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn drain_gives_up_at_the_deadline() {
+    async fn finish_gives_up_on_tasks_at_the_deadline() {
         let shutdown = Shutdown::new();
         shutdown.spawn(async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         });
-        assert_eq!(
-            shutdown.drain(Duration::from_secs(2)).await,
-            Drained::TimedOut
-        );
+        let (out, drained) = shutdown.finish(async {}, Duration::from_secs(2)).await;
+        assert_eq!((out, drained), (Some(()), Drained::TimedOut));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_main_task_runs_as_long_as_no_shutdown_is_asked() {
+        let shutdown = Shutdown::new();
+        let main = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "done"
+        };
+        let (out, drained) = shutdown.finish(main, Duration::from_secs(2)).await;
+        assert_eq!((out, drained), (Some("done"), Drained::Clean));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_main_task_that_does_not_stop_is_dropped_at_the_deadline() {
+        // The hang this guards against: a main task that, once asked to stop, waits on
+        // something that does not answer (a transaction commit after a broker restart).
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on(tokio::time::sleep(Duration::from_secs(10)));
+        let s = shutdown.clone();
+        let main = async move {
+            s.triggered().await;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        };
+        let started = tokio::time::Instant::now();
+        let (out, drained) = shutdown.finish(main, Duration::from_secs(2)).await;
+        assert_eq!((out, drained), (None, Drained::TimedOut));
+        assert_eq!(started.elapsed(), Duration::from_secs(12));
     }
 
     #[tokio::test(start_paused = true)]
