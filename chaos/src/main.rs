@@ -258,11 +258,22 @@ impl Pipeline {
         }
     }
 
-    /// SIGTERM; the exit code.
+    /// SIGTERM; the exit code. Logs how long the stop took, and whether it ran into the
+    /// service's shutdown deadline (exactly-once holds either way; a deadline stop is worth a look).
     fn terminate(&mut self, service: Service) -> Option<i32> {
-        self.running
-            .get_mut(&service)
-            .and_then(|p| p.terminate(Duration::from_secs(30)).0)
+        let process = self.running.get_mut(&service)?;
+        let (code, took) = process.terminate(Duration::from_secs(30));
+        let how = if process.log().contains("shutdown deadline passed") {
+            "ran into its shutdown deadline"
+        } else {
+            "clean"
+        };
+        log(format!(
+            "  {} stopped in {:.1} s, exit {code:?}, {how}",
+            service.binary(),
+            took.as_secs_f64()
+        ));
+        code
     }
 }
 
