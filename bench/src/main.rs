@@ -667,7 +667,6 @@ async fn tickflow(
     // (a correction would follow its window's first final value within that). The last windows
     // close on the idle timeout, after the trade rows have landed: quiet alone is no sign of it.
     while quiet_since.elapsed() < Duration::from_secs(5)
-        || candles.len() < workload.windows.len()
         || candles.values().any(|c| !c.is_final)
         || !workload.windows.iter().all(|k| candles.contains_key(k))
     {

@@ -562,10 +562,10 @@ pub async fn run<J: Job>(
                 // Stop intake, land what was produced, checkpoint, leave. This work must finish
                 // (the service's shutdown deadline bounds it): a fresh token, never triggered.
                 let never = Shutdown::new();
-                tracing::info!(partitions = parts.owned().len(), "stopping: landing and checkpointing what is in hand");
+                let owned = parts.owned();
+                tracing::info!(partitions = owned.len(), "stopping: landing and checkpointing what is in hand");
                 operator.advance(now_micros(), &mut outputs);
                 job.collect(&mut outputs, None);
-                let owned = parts.owned();
                 match land_and_checkpoint(job, &mut parts, operator, &owned, &never).await? {
                     Step::On => tracing::info!("stopped consuming; outputs landed and checkpointed"),
                     Step::Stop => {}
