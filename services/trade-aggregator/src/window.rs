@@ -9,6 +9,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{round_derived, Candle, Micros, Side, Trade};
+use tickflow_shared::runtime::state::exact;
 
 /// The order of trades within a window: event time, then a deterministic tie-break.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -76,26 +77,26 @@ impl Rejection {
 /// The running aggregate of one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandleState {
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "exact")]
     open: Decimal,
     open_at: TradeOrder,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "exact")]
     close: Decimal,
     close_at: TradeOrder,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "exact")]
     high: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "exact")]
     low: Decimal,
     count: i64,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "exact")]
     volume: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "exact")]
     notional: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "exact")]
     price_sum: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "exact")]
     buy_volume: Decimal,
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "exact")]
     sell_volume: Decimal,
     /// How many times this window was emitted; the next emission's revision.
     pub emitted: i32,

@@ -62,6 +62,7 @@
 
 mod group;
 mod partitions;
+pub mod state;
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -113,8 +113,8 @@ impl Default for Book {
 struct SavedTrade(
     u32,
     Micros,
-    #[serde(with = "rust_decimal::serde::str")] Decimal,
-    #[serde(with = "rust_decimal::serde::str")] Decimal,
+    #[serde(with = "tickflow_shared::runtime::state::exact")] Decimal,
+    #[serde(with = "tickflow_shared::runtime::state::exact")] Decimal,
 );
 
 /// A book in a checkpoint.

@@ -125,7 +125,7 @@ pub struct Outcome {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Published {
     pub computed_at: Micros,
-    #[serde(with = "rust_decimal::serde::str_option")]
+    #[serde(with = "tickflow_shared::runtime::state::exact_option")]
     pub price: Option<Decimal>,
     /// The sources used (indices), in evaluation order.
     pub used: Vec<usize>,

@@ -52,13 +52,14 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::str::FromStr;
+use std::sync::atomic::AtomicUsize;
 
 use crate::records::{Anomaly, AnomalyKind, FairPrice, Method, Trigger, ANY};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{AssetClass, Micros, Trade, MICROS_PER_SECOND};
-use tickflow_shared::runtime;
+use tickflow_shared::runtime::{self, state};
 use tickflow_shared::watermark::{fallback_source, SourceClocks};
 
 use book::Book;
@@ -127,11 +128,12 @@ pub enum Output {
 /// Heartbeats a jump of a partition's clock replays at most; beyond, only the newest boundaries.
 const MAX_BOUNDARIES_PER_ADVANCE: i64 = 600;
 
-/// Format of [`Operator::snapshot`]: one partition's state as JSON, compressed with LZ4
-/// (size-prepended block).
-pub const STATE_FORMAT: i32 = 1;
+/// Format of [`Operator::snapshot`]: 2 is one partition's state in binary
+/// ([`tickflow_shared::runtime::state`]: postcard in an LZ4 frame, decimals as their 16 bytes).
+/// Still read: 1, the state as JSON compressed with LZ4 (size-prepended block).
+pub const STATE_FORMAT: i32 = 2;
 /// The formats [`Operator::restore`] reads.
-pub const READABLE_STATE_FORMATS: [i32; 1] = [STATE_FORMAT];
+pub const READABLE_STATE_FORMATS: [i32; 2] = [1, 2];
 
 /// An LZ4 block expands at most about 255 times (one byte of a match length stands for 255
 /// bytes), so a larger size prepended to a checkpoint is garbage, not an allocation to make.
@@ -154,7 +156,7 @@ struct Source {
     /// The newest trade as of the last heartbeat boundary evaluated (the data-quality checks
     /// look at a source as of the boundary, not at trades read ahead of the clock).
     last_event_time: Option<Micros>,
-    #[serde(with = "rust_decimal::serde::str_option")]
+    #[serde(with = "tickflow_shared::runtime::state::exact_option")]
     last_price: Option<Decimal>,
     /// Trades after that boundary, by event time (among equal times in arrival order): folded
     /// into `last_*` as boundaries pass them.
@@ -325,6 +327,8 @@ pub struct Operator {
     partitions: BTreeMap<i32, PartitionState>,
     /// Provider- and exchange-wide NO_DATA over the owned partitions: since when, if raised.
     groups: BTreeMap<(String, String), Option<Micros>>,
+    /// Bytes to reserve for the next snapshot ([`state::encode`]).
+    snapshot_reserve: AtomicUsize,
 }
 
 impl Operator {
@@ -333,6 +337,7 @@ impl Operator {
             settings,
             partitions: BTreeMap::new(),
             groups: BTreeMap::new(),
+            snapshot_reserve: AtomicUsize::new(0),
         }
     }
 
@@ -577,15 +582,14 @@ impl runtime::TradeOperator for Operator {
     fn snapshot(&self, partition: i32) -> Result<Vec<u8>, String> {
         let empty = PartitionState::default();
         let state = self.partitions.get(&partition).unwrap_or(&empty);
-        let json = serde_json::to_vec(state)
-            .map_err(|e| format!("serializing the state of partition {partition}: {e}"))?;
-        Ok(lz4_flex::compress_prepend_size(&json))
+        state::encode(state, &self.snapshot_reserve)
+            .map_err(|e| format!("the state of partition {partition}: {e}"))
     }
 
     /// Restores one partition from a checkpoint taken by [`Operator::snapshot`] (here or in
-    /// another process), replacing what this operator held of it. Processing-time state starts
-    /// at `now`: every source's idle timeout counts from it. A partition marked as replaying
-    /// stays so. On an error nothing changes.
+    /// another process, of this build or an earlier one), replacing what this operator held of
+    /// it. Processing-time state starts at `now`: every source's idle timeout counts from it. A
+    /// partition marked as replaying stays so. On an error nothing changes.
     fn restore(
         &mut self,
         partition: i32,
@@ -593,24 +597,30 @@ impl runtime::TradeOperator for Operator {
         format: i32,
         now: Micros,
     ) -> Result<(), String> {
-        if !READABLE_STATE_FORMATS.contains(&format) {
-            return Err(format!(
-                "unknown fair-price state format {format} (this build reads \
-                 {READABLE_STATE_FORMATS:?})"
-            ));
-        }
         let garbage = |e: &dyn std::fmt::Display| {
             format!("the state of partition {partition} cannot be read: {e}")
         };
-        let (size, _) = lz4_flex::block::uncompressed_size(bytes).map_err(|e| garbage(&e))?;
-        if size > bytes.len().saturating_mul(LZ4_MAX_RATIO) {
-            return Err(garbage(&format!(
-                "{size} bytes cannot come from {} compressed",
-                bytes.len()
-            )));
-        }
-        let json = lz4_flex::decompress_size_prepended(bytes).map_err(|e| garbage(&e))?;
-        let mut state: PartitionState = serde_json::from_slice(&json).map_err(|e| garbage(&e))?;
+        let mut state: PartitionState = match format {
+            1 => {
+                let (size, _) =
+                    lz4_flex::block::uncompressed_size(bytes).map_err(|e| garbage(&e))?;
+                if size > bytes.len().saturating_mul(LZ4_MAX_RATIO) {
+                    return Err(garbage(&format!(
+                        "{size} bytes cannot come from {} compressed",
+                        bytes.len()
+                    )));
+                }
+                let json = lz4_flex::decompress_size_prepended(bytes).map_err(|e| garbage(&e))?;
+                serde_json::from_slice(&json).map_err(|e| garbage(&e))?
+            }
+            2 => state::decode(bytes).map_err(|e| garbage(&e))?,
+            _ => {
+                return Err(format!(
+                    "unknown fair-price state format {format} (this build reads \
+                     {READABLE_STATE_FORMATS:?})"
+                ))
+            }
+        };
         state.rebuild(&self.settings).map_err(|e| garbage(&e))?;
         state.sources.restored(now);
         state.idle_checked_at = now;
@@ -1112,7 +1122,10 @@ mod timed_prices {
     use tickflow_shared::domain::Micros;
 
     #[derive(Serialize, Deserialize)]
-    struct Timed(Micros, #[serde(with = "rust_decimal::serde::str")] Decimal);
+    struct Timed(
+        Micros,
+        #[serde(with = "tickflow_shared::runtime::state::exact")] Decimal,
+    );
 
     pub fn serialize<S: Serializer>(
         ahead: &VecDeque<(Micros, Decimal)>,

@@ -940,12 +940,12 @@ fn restore_rejects_unknown_formats_and_garbage_and_keeps_what_it_had() {
         );
     }
     let good = op.snapshot(0).unwrap();
-    for format in [0, 2, -1, i32::MAX] {
+    for format in [0, 3, -1, i32::MAX] {
         let e = op.restore(0, &good, format, 0).unwrap_err();
         assert!(e.contains("format"), "{e}");
     }
-    let state: serde_json::Value =
-        serde_json::from_slice(&lz4_flex::decompress_size_prepended(&good).unwrap()).unwrap();
+    // Format 1, JSON in an LZ4 block, as an earlier build wrote it: edited to be wrong.
+    let state = serde_json::to_value(&op.partitions[&0]).unwrap();
     let edited = |path: &[&str], value: serde_json::Value| {
         let mut state = state.clone();
         let mut at = &mut state;
@@ -960,15 +960,36 @@ fn restore_rejects_unknown_formats_and_garbage_and_keeps_what_it_had() {
     };
     let mut huge_size = vec![0xff; 4];
     huge_size.extend([0x10, b'{', b'}']);
+    let noise: Vec<u8> = (0..300u32).map(|i| (i * 7_919 % 251) as u8).collect();
+    let reserve = std::sync::atomic::AtomicUsize::new(0);
+    let binary_cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("noise", noise.clone()),
+        ("cut short", good[..good.len() / 2].to_vec()),
+        ("one byte changed", {
+            let mut bytes = good.clone();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x5a;
+            bytes
+        }),
+        (
+            "not the state",
+            tickflow_shared::runtime::state::encode(&(3u32, "x"), &reserve).unwrap(),
+        ),
+        ("the old format's bytes", edited(&["clock"], 1.into())),
+    ];
+    for (what, bytes) in binary_cases {
+        assert!(
+            op.restore(0, &bytes, STATE_FORMAT, 0).is_err(),
+            "{what} is refused"
+        );
+    }
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", Vec::new()),
         ("shorter than the size", vec![1, 2]),
         ("a size no block gives", huge_size),
-        (
-            "noise",
-            (0..300u32).map(|i| (i * 7_919 % 251) as u8).collect(),
-        ),
-        ("cut short", good[..good.len() / 2].to_vec()),
+        ("noise", noise),
+        ("binary", good.clone()),
         ("not JSON", lz4_flex::compress_prepend_size(b"tickflow")),
         (
             "not the state",
@@ -1002,11 +1023,13 @@ fn restore_rejects_unknown_formats_and_garbage_and_keeps_what_it_had() {
         ),
     ];
     for (what, bytes) in cases {
-        assert!(
-            op.restore(0, &bytes, STATE_FORMAT, 0).is_err(),
-            "{what} is refused"
-        );
+        assert!(op.restore(0, &bytes, 1, 0).is_err(), "{what} is refused");
     }
+    assert!(
+        op.restore(0, &edited(&["clock"], state["clock"].clone()), 1, 0)
+            .is_ok(),
+        "the same state as format 1 is read"
+    );
     assert_eq!(op.snapshot(0).unwrap(), good, "the partition is as it was");
     op.restore(0, &good, STATE_FORMAT, 0).unwrap();
     assert_eq!(op.snapshot(0).unwrap(), good);

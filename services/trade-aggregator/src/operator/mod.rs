@@ -23,12 +23,12 @@
 //! there, and re-emits the windows with a higher revision.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use serde::{Deserialize, Serialize};
 use tickflow_shared::domain::{Candle, Micros, Trade, CONSOLIDATED_VENUE, MICROS_PER_SECOND};
 
-use tickflow_shared::runtime;
+use tickflow_shared::runtime::{self, state};
 use tickflow_shared::watermark::{fallback_source, SourceClocks};
 
 use crate::rollup::{Interval, Rollups};
@@ -95,11 +95,12 @@ pub struct PartitionState {
 /// The windows that end at one instant: instrument → venue → state.
 pub type Bin = HashMap<String, HashMap<String, CandleState>>;
 
-/// Format of the serialized [`PartitionState`] in checkpoints: 2 is JSON compressed with LZ4
-/// (size-prepended block); 1, plain JSON, is still read.
-pub const STATE_FORMAT: i32 = 2;
+/// Format of the serialized [`PartitionState`] in checkpoints: 3 is binary
+/// ([`tickflow_shared::runtime::state`]: postcard in an LZ4 frame, decimals as their 16 bytes).
+/// Still read: 2, JSON in an LZ4 block with its size prepended, and 1, plain JSON.
+pub const STATE_FORMAT: i32 = 3;
 /// The formats [`Aggregator::restore`] reads.
-pub const READABLE_STATE_FORMATS: [i32; 2] = [1, 2];
+pub const READABLE_STATE_FORMATS: [i32; 3] = [1, 2, 3];
 
 pub struct Aggregator {
     timing: Timing,
@@ -107,9 +108,9 @@ pub struct Aggregator {
     rollups: Vec<Interval>,
     partitions: BTreeMap<i32, PartitionState>,
     last_early_firing: Micros,
-    /// Bytes to reserve for the next snapshot's JSON: a little above the largest so far. A
-    /// snapshot written into a growing buffer held the old and the doubled one at once, and that
-    /// copy was the aggregator's peak memory (bench/README.md, "Peak memory").
+    /// Bytes to reserve for the next snapshot: a little above the largest so far. A snapshot
+    /// written into a growing buffer held the old and the doubled one at once, and that copy
+    /// was the aggregator's peak memory (bench/README.md, "Peak memory").
     snapshot_reserve: AtomicUsize,
 }
 
@@ -377,15 +378,14 @@ impl runtime::TradeOperator for Aggregator {
             watermark: Micros::MIN,
             ..Default::default()
         };
-        let mut json = Vec::with_capacity(self.snapshot_reserve.load(Ordering::Relaxed));
-        serde_json::to_writer(&mut json, self.partitions.get(&partition).unwrap_or(&empty))
-            .map_err(|e| e.to_string())?;
-        self.snapshot_reserve
-            .fetch_max(json.len() + json.len() / 8, Ordering::Relaxed);
-        Ok(lz4_flex::compress_prepend_size(&json))
+        state::encode(
+            self.partitions.get(&partition).unwrap_or(&empty),
+            &self.snapshot_reserve,
+        )
     }
 
-    /// Restores one partition from a checkpoint taken by [`Aggregator::snapshot`].
+    /// Restores one partition from a checkpoint taken by [`Aggregator::snapshot`], in this
+    /// build or an earlier one (any of [`READABLE_STATE_FORMATS`]).
     fn restore(
         &mut self,
         partition: i32,
@@ -393,14 +393,13 @@ impl runtime::TradeOperator for Aggregator {
         format: i32,
         now: Micros,
     ) -> Result<(), String> {
-        let json = match format {
-            1 => std::borrow::Cow::Borrowed(bytes),
-            2 => std::borrow::Cow::Owned(
-                lz4_flex::decompress_size_prepended(bytes).map_err(|e| e.to_string())?,
-            ),
+        let json = |bytes: &[u8]| serde_json::from_slice(bytes).map_err(|e| e.to_string());
+        let mut state: PartitionState = match format {
+            1 => json(bytes)?,
+            2 => json(&lz4_flex::decompress_size_prepended(bytes).map_err(|e| e.to_string())?)?,
+            3 => state::decode(bytes)?,
             other => return Err(format!("unknown state format {other}")),
         };
-        let mut state: PartitionState = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
         state.last_record_at = now;
         state.sources.restored(now);
         self.partitions.insert(partition, state);
@@ -500,30 +499,49 @@ fn add_to_windows(
 mod window_list {
     use std::collections::BTreeMap;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use tickflow_shared::domain::Micros;
 
     use super::Bin;
     use crate::window::{CandleState, WindowKey};
 
+    /// A [`WindowKey`] by reference: the same fields, so the same JSON, without copying the
+    /// names of every window into a checkpoint.
+    #[derive(Serialize)]
+    struct KeyRef<'a> {
+        end: Micros,
+        instrument: &'a str,
+        venue: &'a str,
+        start: Micros,
+    }
+
     pub fn serialize<S: Serializer>(
         windows: &BTreeMap<Micros, Bin>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(windows.iter().flat_map(|(&end, bin)| {
-            bin.iter().flat_map(move |(instrument, venues)| {
-                venues.iter().map(move |(venue, state)| {
+        // A binary format writes the length first.
+        let len = windows
+            .values()
+            .flat_map(|bin| bin.values())
+            .map(|venues| venues.len())
+            .sum();
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for (&end, bin) in windows {
+            for (instrument, venues) in bin {
+                for (venue, state) in venues {
                     // The start is not needed to restore; it is derived from the end.
-                    let key = WindowKey {
+                    let key = KeyRef {
                         end,
-                        instrument: instrument.clone(),
-                        venue: venue.clone(),
+                        instrument,
+                        venue,
                         start: 0,
                     };
-                    (key, state)
-                })
-            })
-        }))
+                    seq.serialize_element(&(key, state))?;
+                }
+            }
+        }
+        seq.end()
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(

@@ -462,8 +462,7 @@ fn long_rollups_hold_only_the_minutes_that_can_still_change() {
         if i == 700 {
             // A checkpoint written before roll-ups settled minutes (and before compression,
             // format 1) restores too.
-            let json = lz4_flex::decompress_size_prepended(&op.snapshot(0).unwrap()).unwrap();
-            let json = String::from_utf8(json).unwrap();
+            let json = serde_json::to_string(&op.partitions[&0]).unwrap();
             let old = json.replace("\"settled\":null,", "");
             assert_ne!(old, json);
             let mut from_old = Aggregator::new(timing()).with_rollups(intervals.clone());
@@ -635,4 +634,53 @@ fn a_trade_beyond_the_lateness_is_recomputed_once_with_its_window() {
         assert!(same_values(&got[key], candle), "{key:?}");
     }
     assert_rollups_equal_the_batch(&out, &trades, &intervals);
+}
+
+#[test]
+fn every_readable_state_format_restores_the_same_state() {
+    let intervals = vec![
+        Interval::parse("5m").unwrap(),
+        Interval::parse("15m").unwrap(),
+    ];
+    let mut op = Aggregator::new(timing()).with_rollups(intervals.clone());
+    let mut trades = nasty_stream();
+    // Minutes closed past their lateness (settled roll-up minutes, a pending correction) and a
+    // 12-digit price with 18 fractional digits in a window still open.
+    trades.push(trade(
+        "far",
+        "x",
+        T0 + 10 * MIN,
+        "123456789012.123456789012345678",
+        "0.5",
+    ));
+    trades.push(trade("too-late", "y", T0 + 5 * S, "100.10", "3"));
+    let _ = run(&mut op, &trades, T0);
+    assert!(
+        op.pending_corrections() > 0,
+        "a correction is part of the state"
+    );
+    let original = op.partitions[&0].clone();
+    assert!(!original.windows.is_empty() && original.rollups != Rollups::default());
+
+    let json = serde_json::to_vec(&original).unwrap();
+    let lz4 = lz4_flex::compress_prepend_size(&json);
+    let binary = op.snapshot(0).unwrap();
+    assert!(
+        binary.len() < lz4.len(),
+        "format 3 ({} bytes) is smaller than format 2 ({} bytes)",
+        binary.len(),
+        lz4.len()
+    );
+    let now = T0 + 7 * S;
+    let mut expected = original.clone();
+    expected.last_record_at = now;
+    expected.sources.restored(now);
+    for (format, bytes) in [(1, json), (2, lz4), (3, binary)] {
+        let mut restored = Aggregator::new(timing()).with_rollups(intervals.clone());
+        restored.restore(0, &bytes, format, now).unwrap();
+        assert_eq!(restored.partitions[&0], expected, "format {format}");
+    }
+    let mut restored = Aggregator::new(timing());
+    assert!(restored.restore(0, b"garbage", 3, now).is_err());
+    assert!(restored.restore(0, &[], 4, now).is_err());
 }
