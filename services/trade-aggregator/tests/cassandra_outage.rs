@@ -118,7 +118,11 @@ async fn pauses_while_cassandra_is_away_and_loses_nothing() {
         &agg,
         &[
             ("TICKFLOW_AGGREGATOR__CHECKPOINT_INTERVAL_MS", "500"),
-            ("TICKFLOW_AGGREGATOR__IDLE_TIMEOUT_MS", "3000"),
+            // Long enough for the pauses between phases (`nodetool` is a JVM start, seconds
+            // on a loaded machine): a source silent for longer is idle, and its watermark
+            // (rightly) jumps to the wall clock, past these 2025 trades. At 3 s, a slow
+            // `disablebinary` made all of phase 1 too late.
+            ("TICKFLOW_AGGREGATOR__IDLE_TIMEOUT_MS", "15000"),
             ("TICKFLOW_AGGREGATOR__MAX_BATCH", &max_batch),
         ],
     );
@@ -172,8 +176,8 @@ async fn pauses_while_cassandra_is_away_and_loses_nothing() {
     assert!(service.is_running(), "the service died during the outage");
 
     // Cassandra back: ready again by itself, and the rest flows. The last phase goes to Kafka
-    // at once: with the test's 3 s idle timeout, a gap of more than 3 s after the backlog is
-    // read would (rightly) let the watermark jump to the wall clock, past these 2025 trades.
+    // at once: a gap longer than the test's idle timeout after the backlog is read would
+    // (rightly) let the watermark jump to the wall clock, past these 2025 trades.
     drop(outage);
     produce(&phases[2]).await.unwrap();
     service
