@@ -491,9 +491,21 @@ async fn until_counted(
     expected: usize,
     who: &str,
 ) -> Result<String, String> {
+    until_counted_watching(service, metric, expected, who, |_| {}).await
+}
+
+/// [`until_counted`], showing every /metrics page read to `watch`.
+async fn until_counted_watching(
+    service: &mut ServiceProcess,
+    metric: &str,
+    expected: usize,
+    who: &str,
+    watch: impl Fn(&str),
+) -> Result<String, String> {
     let started = Instant::now();
     loop {
         let (_, metrics) = service.get("/metrics").await.unwrap_or_default();
+        watch(&metrics);
         if testkit::metric_total(&metrics, metric) >= expected as f64 {
             return Ok(metrics);
         }
@@ -635,11 +647,18 @@ async fn tickflow(
     let (cpu_before, _) = testkit::process_usage(service.pid());
     let started = Instant::now();
     let profile = profile::start(&profile_name(system), service.pid());
-    until_counted(
+    // The checkpoint's size, sampled at each poll, for the note: the largest one is the
+    // largest buffer a checkpoint needs.
+    let largest_checkpoint = std::cell::Cell::new(0f64);
+    until_counted_watching(
         &mut service,
         "tickflow_aggregator_trades_total",
         workload.trades,
         "the aggregator",
+        |metrics| {
+            let size = testkit::metric_total(metrics, "tickflow_aggregator_checkpoint_size_bytes");
+            largest_checkpoint.set(largest_checkpoint.get().max(size));
+        },
     )
     .await?;
     let wall = started.elapsed().as_secs_f64();
@@ -704,7 +723,10 @@ async fn tickflow(
             cpu_seconds: cpu_after - cpu_before,
             peak_rss,
             wall_seconds: wall,
-            note: note.into(),
+            note: format!(
+                "{note}; largest checkpoint seen {:.1} MiB",
+                largest_checkpoint.get() / (1024.0 * 1024.0)
+            ),
         },
         candles,
     ))
