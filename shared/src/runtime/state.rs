@@ -1,8 +1,8 @@
 //! Operator state in checkpoints, compact: the state's serde form in `postcard` (structs as
 //! their fields in order, integers as varints, no field names), streamed through an LZ4 frame
 //! encoder, so the uncompressed bytes never exist whole in memory. Decimals go as their exact
-//! 16 bytes ([`exact`]), not as text. The formats an operator wrote before (JSON, JSON in an
-//! LZ4 block) stay readable through the operator's own code; this module is the binary one.
+//! 16 bytes ([`exact`]), not as text. The JSON an operator wrote before in an LZ4 block stays
+//! readable ([`decode_json_lz4`]).
 
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,6 +52,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         return Err(format!("{} bytes left over after the state", rest.len()));
     }
     Ok(value)
+}
+
+/// Reads the JSON state an operator wrote before the binary format: one LZ4 block with its
+/// uncompressed size prepended. A size no block of this length can give is refused before
+/// anything is allocated.
+pub fn decode_json_lz4<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let (size, _) = lz4_flex::block::uncompressed_size(bytes).map_err(|e| e.to_string())?;
+    if size as u64 > (bytes.len() as u64).saturating_mul(LZ4_MAX_RATIO) {
+        return Err(format!(
+            "{size} bytes cannot come from {} compressed",
+            bytes.len()
+        ));
+    }
+    let json = lz4_flex::decompress_size_prepended(bytes).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&json).map_err(|e| e.to_string())
 }
 
 /// An exact decimal in state: its text in a human-readable format (JSON checkpoints, as they

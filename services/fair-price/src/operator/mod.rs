@@ -135,10 +135,6 @@ pub const STATE_FORMAT: i32 = 2;
 /// The formats [`Operator::restore`] reads.
 pub const READABLE_STATE_FORMATS: [i32; 2] = [1, 2];
 
-/// An LZ4 block expands at most about 255 times (one byte of a match length stands for 255
-/// bytes), so a larger size prepended to a checkpoint is garbage, not an allocation to make.
-const LZ4_MAX_RATIO: usize = 255;
-
 /// How often, in processing time, a partition's sources are checked for idleness (at most).
 const IDLE_CHECK_EVERY: Micros = 100_000;
 
@@ -601,18 +597,7 @@ impl runtime::TradeOperator for Operator {
             format!("the state of partition {partition} cannot be read: {e}")
         };
         let mut state: PartitionState = match format {
-            1 => {
-                let (size, _) =
-                    lz4_flex::block::uncompressed_size(bytes).map_err(|e| garbage(&e))?;
-                if size > bytes.len().saturating_mul(LZ4_MAX_RATIO) {
-                    return Err(garbage(&format!(
-                        "{size} bytes cannot come from {} compressed",
-                        bytes.len()
-                    )));
-                }
-                let json = lz4_flex::decompress_size_prepended(bytes).map_err(|e| garbage(&e))?;
-                serde_json::from_slice(&json).map_err(|e| garbage(&e))?
-            }
+            1 => state::decode_json_lz4(bytes).map_err(|e| garbage(&e))?,
             2 => state::decode(bytes).map_err(|e| garbage(&e))?,
             _ => {
                 return Err(format!(

@@ -393,10 +393,9 @@ impl runtime::TradeOperator for Aggregator {
         format: i32,
         now: Micros,
     ) -> Result<(), String> {
-        let json = |bytes: &[u8]| serde_json::from_slice(bytes).map_err(|e| e.to_string());
         let mut state: PartitionState = match format {
-            1 => json(bytes)?,
-            2 => json(&lz4_flex::decompress_size_prepended(bytes).map_err(|e| e.to_string())?)?,
+            1 => serde_json::from_slice(bytes).map_err(|e| e.to_string())?,
+            2 => state::decode_json_lz4(bytes)?,
             3 => state::decode(bytes)?,
             other => return Err(format!("unknown state format {other}")),
         };
