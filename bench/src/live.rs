@@ -191,6 +191,7 @@ pub async fn run(
     rate: u32,
     seconds: u64,
     instruments: u64,
+    extra: &[(String, String)],
 ) -> Result<Live, String> {
     let raw_prefix = format!("{}.", testkit::unique_topic("bench-live-raw"));
     let topics = fair::Topics::create(stack, "bench-live", PARTITIONS).await;
@@ -290,6 +291,7 @@ pub async fn run(
     ] {
         let mut env = env[&role].clone();
         env.push(("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()));
+        let env = crate::with_extra(&env, extra);
         let binary = bin_dir.join(role.binary());
         let mut process = ServiceProcess::spawn(&binary.display().to_string(), stack, &env);
         process

@@ -213,6 +213,7 @@ pub async fn normalizer(
     raw: &str,
     expected: usize,
     instruments: u64,
+    extra: &[(String, String)],
 ) -> Result<Measured, String> {
     let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
     std::fs::write(file.path(), instruments_toml(instruments)).map_err(|e| e.to_string())?;
@@ -238,13 +239,20 @@ pub async fn normalizer(
         ("TICKFLOW_NORMALIZER__MAX_BATCH", MAX_BATCH.to_string()),
         ("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()),
     ];
-    let mut service = ServiceProcess::spawn(&binary.display().to_string(), stack, &env);
+    // From the process's start, start-up included (see the aggregator's run).
+    let started = Instant::now();
+    let mut service = ServiceProcess::spawn(
+        &binary.display().to_string(),
+        stack,
+        &crate::with_extra(&env, extra),
+    );
+    let profile = crate::profile::start("tickflow-normalizer", service.pid());
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
         .await;
-    let (cpu_before, _) = testkit::process_usage(service.pid());
-    let started = Instant::now();
-    let profile = crate::profile::start("tickflow-normalizer", service.pid());
+    let (_, ready_metrics) = service.get("/metrics").await.unwrap_or_default();
+    let by_ready =
+        testkit::metric_total(&ready_metrics, "tickflow_normalizer_records_total") as u64;
     let metrics = crate::until_counted(
         &mut service,
         "tickflow_normalizer_records_total",
@@ -268,11 +276,11 @@ pub async fn normalizer(
     Ok(Measured {
         system: "tickflow normalizer".into(),
         events: trades,
-        cpu_seconds: cpu_after - cpu_before,
+        cpu_seconds: cpu_after,
         peak_rss,
         wall_seconds: wall,
         note: format!(
-            "parse, validate, map, dedupe, Avro out; transactions of {MAX_BATCH} with offsets"
+            "parse, validate, map, dedupe, Avro out; transactions of {MAX_BATCH} with offsets; from its start: {cpu_after:.1} CPU-s and {by_ready} frames by /readyz"
         ),
     })
 }
