@@ -14,7 +14,9 @@
 //! - **Consumption.** Records are read from the owned partitions of the input topics (a name, or
 //!   with a leading `^` a pattern), decoded (Confluent wire format, waiting out an unreachable
 //!   registry) and fed to the operator. A record its input type cannot use is counted by reason
-//!   and logged, never fatal.
+//!   and logged, never fatal. Records are read in bursts of what the consumer has fetched
+//!   already (up to 256), stopping at a hand-over, a shutdown or a full batch, and the
+//!   task yields when its scheduler budget runs out, so a backlog starves no other task.
 //! - **Ownership.** Partitions are either configured ([`Plan::partitions`]) or shared by the
 //!   instances of the consumer group (cooperative-sticky, static membership). A rebalance is
 //!   handed from librdkafka's callback to the loop, which takes partitions up or gives them away
@@ -70,7 +72,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
@@ -670,55 +674,37 @@ pub async fn run<J: Job>(
                 Step::On
             }
             message = consumer.recv() => {
-                let message = match message {
-                    Ok(m) => m,
-                    Err(e) => {
-                        if let Some(fatal) = kafka::fatal_consumer_error(
-                            &e,
-                            consumer.client(),
-                            plan.instance_id_key,
-                            &plan.instance_id,
-                        ) {
-                            return Err(fatal);
+                // A burst: the records librdkafka has already fetched are read without going
+                // back through the select (each pass costs timer and waker work), up to
+                // `DRAIN`, and never past a hand-over, a shutdown or a full batch. The task
+                // still yields when its scheduler budget runs out, so a backlog cannot starve
+                // the other tasks on this thread (the metrics and health endpoints among them).
+                let mut next = Some(message);
+                let mut drained = 0usize;
+                let mut step = Step::On;
+                while let Some(message) = next.take() {
+                    match read_record(plan, codec, &consumer, &mut parts, operator, job, &mut outputs, message, shutdown).await? {
+                        Read::Taken { urgent: now } => {
+                            urgent |= now;
+                            read += 1;
                         }
-                        tracing::warn!(error = %e, "kafka consumer error; reading on (the client reconnects by itself)");
-                        continue;
+                        Read::Skipped => {}
+                        Read::Stop => return Ok(()),
                     }
-                };
-                let offset = message.offset();
-                let Some(tp) = parts.owned_tp(message.topic(), message.partition()) else {
-                    // Fetched before the partition was released (or after it was fenced).
-                    continue;
-                };
-                parts.next_offsets.insert(tp.clone(), offset + 1);
-                let replaying = parts.replaying(&tp, offset, operator);
-                let waited = Instant::now();
-                let decoded = <J::Operator as Operator>::Input::decode(codec, &message, shutdown).await;
-                note_stall(operator, waited);
-                let input = match decoded {
-                    Decoded::Ok(input) => input,
-                    Decoded::Bad { reason, detail } => {
-                        metrics::counter!(plan.metrics.input_errors, "reason" => reason).increment(1);
-                        tracing::warn!(reason, partition = %tp, offset, detail, "input record skipped");
-                        continue;
+                    if read >= plan.max_batch {
+                        read = 0;
+                        urgent = false;
+                        step = land(job, &mut parts, operator, shutdown).await?;
+                        break;
                     }
-                    Decoded::Stop => return Ok(()),
-                };
-                drop(message);
-                if operator.on_record(&tp, &input, now_micros(), &mut outputs) == Taken::AfterSupply {
-                    let waited = Instant::now();
-                    job.supply(operator).await;
-                    note_stall(operator, waited);
-                    operator.on_record(&tp, &input, now_micros(), &mut outputs);
+                    drained += 1;
+                    if drained >= DRAIN || shutdown.is_triggered() || !handovers.is_empty() {
+                        break;
+                    }
+                    tokio::task::coop::consume_budget().await;
+                    next = consumer.recv().now_or_never();
                 }
-                urgent |= job.collect(&mut outputs, Some(Record { input, tp, offset, replaying }));
-                read += 1;
-                if read < plan.max_batch {
-                    continue;
-                }
-                read = 0;
-                urgent = false;
-                land(job, &mut parts, operator, shutdown).await?
+                step
             }
             // Nothing else ready: urgent outputs land now (within milliseconds of the record
             // that caused them), not at the next tick; under a steady stream the input is
@@ -778,6 +764,97 @@ impl Step {
             Step::Stop
         }
     }
+}
+
+/// The most records read in one burst of the loop, from what the consumer has fetched already.
+const DRAIN: usize = 256;
+
+/// What reading one record came to.
+enum Read {
+    /// The operator took it; `urgent`: an output of it should land now.
+    Taken { urgent: bool },
+    /// Not for the operator: a consumer error read on, a partition no longer owned, bad input.
+    Skipped,
+    /// Shutdown came first.
+    Stop,
+}
+
+/// Reads one record into the operator and its outputs into the job's batch.
+#[allow(clippy::too_many_arguments)]
+async fn read_record<J: Job>(
+    plan: &Plan<'_>,
+    codec: &AvroCodec,
+    consumer: &group::GroupConsumer,
+    parts: &mut Partitions<'_>,
+    operator: &mut J::Operator,
+    job: &mut J,
+    outputs: &mut Vec<<J::Operator as Operator>::Output>,
+    message: KafkaResult<BorrowedMessage<'_>>,
+    shutdown: &Shutdown,
+) -> Result<Read> {
+    let message = match message {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(fatal) = kafka::fatal_consumer_error(
+                &e,
+                consumer.client(),
+                plan.instance_id_key,
+                &plan.instance_id,
+            ) {
+                return Err(fatal);
+            }
+            tracing::warn!(error = %e, "kafka consumer error; reading on (the client reconnects by itself)");
+            return Ok(Read::Skipped);
+        }
+    };
+    let offset = message.offset();
+    let Some(tp) = parts.owned_tp(message.topic(), message.partition()) else {
+        // Fetched before the partition was released (or after it was fenced).
+        return Ok(Read::Skipped);
+    };
+    parts.next_offsets.insert(tp.clone(), offset + 1);
+    let replaying = parts.replaying(&tp, offset, operator);
+    // The clock is read only when decoding has to wait (for the schema registry).
+    let decoded = {
+        let mut decoding = std::pin::pin!(<J::Operator as Operator>::Input::decode(
+            codec, &message, shutdown
+        ));
+        match decoding.as_mut().now_or_never() {
+            Some(decoded) => decoded,
+            None => {
+                let waited = Instant::now();
+                let decoded = decoding.await;
+                note_stall(operator, waited);
+                decoded
+            }
+        }
+    };
+    let input = match decoded {
+        Decoded::Ok(input) => input,
+        Decoded::Bad { reason, detail } => {
+            metrics::counter!(plan.metrics.input_errors, "reason" => reason).increment(1);
+            tracing::warn!(reason, partition = %tp, offset, detail, "input record skipped");
+            return Ok(Read::Skipped);
+        }
+        Decoded::Stop => return Ok(Read::Stop),
+    };
+    drop(message);
+    if operator.on_record(&tp, &input, now_micros(), outputs) == Taken::AfterSupply {
+        let waited = Instant::now();
+        job.supply(operator).await;
+        note_stall(operator, waited);
+        operator.on_record(&tp, &input, now_micros(), outputs);
+    }
+    let urgent = job.collect(
+        outputs,
+        Some(Record {
+            input,
+            tp,
+            offset,
+            replaying,
+        }),
+    );
+    Ok(Read::Taken { urgent })
 }
 
 fn names(partitions: &[Tp]) -> Vec<String> {

@@ -152,9 +152,10 @@ impl Aggregator {
         out: &mut Vec<Output>,
     ) {
         let timing = self.timing;
-        let interval = self.interval.clone();
-        let rollup_intervals = self.rollups.clone();
-        let state = self.partition(partition);
+        // Borrowed beside the partition's state, not cloned per trade.
+        let interval = self.interval.as_str();
+        let rollup_intervals = self.rollups.as_slice();
+        let state = partition_state(&mut self.partitions, partition);
         state.last_record_at = now;
         state.max_event_time = Some(
             state
@@ -168,7 +169,7 @@ impl Aggregator {
                 trade: trade.clone(),
                 watermark: state.watermark,
             });
-            correction::schedule(state, trade, &timing, &rollup_intervals, now);
+            correction::schedule(state, trade, &timing, rollup_intervals, now);
         } else {
             let late = end <= state.watermark;
             let bin = state.windows.entry(end).or_default();
@@ -177,7 +178,7 @@ impl Aggregator {
             }
             if let Some(venues) = bin.get_mut(trade.instrument.as_str()) {
                 let span = WindowSpan { start, end, late };
-                if add_to_windows(venues, trade, span, &interval, out) && late {
+                if add_to_windows(venues, trade, span, interval, out) && late {
                     // Corrected minutes flow into their roll-ups (emitted by the next advance).
                     for venue in [trade.exchange.as_str(), CONSOLIDATED_VENUE] {
                         if let Some(window) = venues.get(venue) {
@@ -187,7 +188,7 @@ impl Aggregator {
                                 venue: venue.to_string(),
                                 start,
                             };
-                            state.rollups.on_minute(&key, window, &rollup_intervals);
+                            state.rollups.on_minute(&key, window, rollup_intervals);
                         }
                     }
                 }
@@ -251,13 +252,21 @@ impl Aggregator {
     }
 
     fn partition(&mut self, partition: i32) -> &mut PartitionState {
-        self.partitions
-            .entry(partition)
-            .or_insert_with(|| PartitionState {
-                watermark: Micros::MIN,
-                ..Default::default()
-            })
+        partition_state(&mut self.partitions, partition)
     }
+}
+
+/// A partition's state, created on its first trade.
+fn partition_state(
+    partitions: &mut BTreeMap<i32, PartitionState>,
+    partition: i32,
+) -> &mut PartitionState {
+    partitions
+        .entry(partition)
+        .or_insert_with(|| PartitionState {
+            watermark: Micros::MIN,
+            ..Default::default()
+        })
 }
 
 /// The aggregator on the stream runtime ([`tickflow_shared::runtime`]): the hooks it calls.
