@@ -70,8 +70,19 @@ pub fn producer_config(config: &KafkaConfig, role: &str) -> ClientConfig {
     client
 }
 
+/// How far a consumer reads ahead. librdkafka stops fetching a partition once
+/// `queued.min.messages` records wait in its queue, then looks again only after
+/// `fetch.queue.backoff.ms` (1 s by default): a consumer catching up on a backlog faster than
+/// that idles for most of each second. Checking every 10 ms with a smaller queue keeps the
+/// fetcher busy and holds less memory (measured in `bench/README.md`, "The consumer's
+/// prefetch"). `[kafka.librdkafka]` overrides both.
+pub const CONSUMER_PREFETCH: [(&str, &str); 2] = [
+    ("fetch.queue.backoff.ms", "10"),
+    ("queued.min.messages", "10000"),
+];
+
 /// The consumer configuration: `read_committed`, no auto-commit (offsets go with transactions or
-/// checkpoints), start from the earliest offset of a new group.
+/// checkpoints), start from the earliest offset of a new group, and [`CONSUMER_PREFETCH`].
 pub fn consumer_config(config: &KafkaConfig, role: &str, group_id: &str) -> ClientConfig {
     let mut client = base_client_config(config, role);
     client
@@ -81,6 +92,9 @@ pub fn consumer_config(config: &KafkaConfig, role: &str, group_id: &str) -> Clie
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
+    for (key, value) in CONSUMER_PREFETCH {
+        client.set(key, value);
+    }
     passthrough(config, &mut client);
     client
 }
@@ -368,5 +382,23 @@ mod tests {
             consumer_config(&config, "x", "g").get("session.timeout.ms"),
             Some("6000")
         );
+        config
+            .librdkafka
+            .insert("queued_min_messages".into(), "100000".into());
+        assert_eq!(
+            consumer_config(&config, "x", "g").get("queued.min.messages"),
+            Some("100000")
+        );
+    }
+
+    #[test]
+    fn consumers_prefetch_without_idling_and_producers_are_left_alone() {
+        let config = KafkaConfig::default();
+        let consumer = consumer_config(&config, "x", "g");
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("10"));
+        assert_eq!(consumer.get("queued.min.messages"), Some("10000"));
+        let producer = producer_config(&config, "x");
+        assert_eq!(producer.get("fetch.queue.backoff.ms"), None);
+        assert_eq!(producer.get("queued.min.messages"), None);
     }
 }
