@@ -693,10 +693,12 @@ async fn tickflow(
         stack,
         &with_extra(&env, extra),
     );
-    let profile = profile::start(&profile_name(system), service.pid());
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
         .await;
+    // Sampling starts once the service is up: perf attached right after the spawn recorded
+    // nothing in some runs. The start-up is counted in the CPU figure, not profiled.
+    let profile = profile::start(&profile_name(system), service.pid());
     let (_, ready_metrics) = service.get("/metrics").await.unwrap_or_default();
     let by_ready = testkit::metric_total(&ready_metrics, "tickflow_aggregator_trades_total") as u64;
     // The checkpoint's size, sampled at each poll, for the note: the largest one is the

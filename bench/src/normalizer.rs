@@ -246,10 +246,11 @@ pub async fn normalizer(
         stack,
         &crate::with_extra(&env, extra),
     );
-    let profile = crate::profile::start("tickflow-normalizer", service.pid());
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
         .await;
+    // Profiled from /readyz on, as the aggregator's run is.
+    let profile = crate::profile::start("tickflow-normalizer", service.pid());
     let (_, ready_metrics) = service.get("/metrics").await.unwrap_or_default();
     let by_ready =
         testkit::metric_total(&ready_metrics, "tickflow_normalizer_records_total") as u64;

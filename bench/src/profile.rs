@@ -1,6 +1,6 @@
-//! `--perf DIR`: each tickflow service run is sampled with `perf record` (its own process, for
-//! the measured interval), and its top functions by self time are written to `DIR/<name>.txt`
-//! and printed.
+//! `--perf DIR`: each tickflow service run is sampled with `perf record` (its own process, from
+//! its `/readyz` to the end of the measured interval), and its top functions by self time are
+//! written to `DIR/<name>.txt` and printed.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
