@@ -226,9 +226,10 @@ pub struct AvroCodec {
     decoder: AvroDecoder,
     settings: SrSettings,
     strategies: HashMap<String, SubjectNameStrategy>,
-    /// Per schema id seen in Trade records: whether it is this build's Trade schema, which
-    /// [`trade_from_body`] reads without the generic `Value` tree.
-    trade_ids: std::sync::RwLock<HashMap<u32, bool>>,
+    /// Per (schema id, record name) seen: whether the id is this build's schema of that record,
+    /// which [`trade_from_body`] and [`raw_envelope_from_body`] read without the generic `Value`
+    /// tree.
+    body_ids: std::sync::RwLock<HashMap<(u32, &'static str), bool>>,
 }
 
 impl AvroCodec {
@@ -252,7 +253,7 @@ impl AvroCodec {
             decoder: AvroDecoder::new(registry.settings.clone()),
             settings: registry.settings.clone(),
             strategies,
-            trade_ids: std::sync::RwLock::new(HashMap::new()),
+            body_ids: std::sync::RwLock::new(HashMap::new()),
         }
     }
 
@@ -295,38 +296,44 @@ impl AvroCodec {
     /// (checked once per schema id against the registry), else through the writer schema's
     /// generic `Value`.
     pub async fn decode_trade(&self, bytes: &[u8]) -> Result<Trade> {
-        if let [0, a, b, c, d, body @ ..] = bytes {
-            if self
-                .is_our_trade_schema(u32::from_be_bytes([*a, *b, *c, *d]))
-                .await
-            {
-                return trade_from_body(body);
-            }
+        if let Some(body) = self.our_body(bytes, TRADE.name, &TRADE_SCHEMA).await {
+            return trade_from_body(body);
         }
         trade_from_value(self.decode(bytes).await?)
     }
 
-    /// Whether schema `id` is this build's Trade schema. Asked of the registry once per id; while
-    /// the registry cannot answer, no (the generic path then waits for it).
-    async fn is_our_trade_schema(&self, id: u32) -> bool {
+    /// The Avro body of `bytes` when they were written with this build's schema `ours` (named
+    /// `name`). Whether a schema id is asked of the registry once per id; while the registry
+    /// cannot answer, `None` (the generic path then waits for it).
+    async fn our_body<'b>(
+        &self,
+        bytes: &'b [u8],
+        name: &'static str,
+        ours: &'static std::sync::LazyLock<Option<Schema>>,
+    ) -> Option<&'b [u8]> {
+        let [0, a, b, c, d, body @ ..] = bytes else {
+            return None;
+        };
+        let id = u32::from_be_bytes([*a, *b, *c, *d]);
         let known = self
-            .trade_ids
+            .body_ids
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
+            .get(&(id, name))
             .copied();
-        if let Some(ours) = known {
-            return ours;
-        }
-        let Ok(registered) = get_schema_by_id(id, &self.settings).await else {
-            return false;
+        let same = match known {
+            Some(same) => same,
+            None => {
+                let registered = get_schema_by_id(id, &self.settings).await.ok()?;
+                let same = same_schema(&registered.schema, ours.as_ref());
+                self.body_ids
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((id, name), same);
+                same
+            }
         };
-        let ours = is_trade_schema(&registered.schema);
-        self.trade_ids
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, ours);
-        ours
+        same.then_some(body)
     }
 
     pub async fn encode_candle(&self, topic: &str, candle: &Candle) -> Result<Vec<u8>> {
@@ -341,7 +348,15 @@ impl AvroCodec {
         self.encode(topic, raw_envelope_to_value(raw)).await
     }
 
+    /// Decodes a raw envelope as [`AvroCodec::decode_trade`] decodes a trade: straight from its
+    /// body when written with this build's schema.
     pub async fn decode_raw(&self, bytes: &[u8]) -> Result<RawEnvelope> {
+        if let Some(body) = self
+            .our_body(bytes, RAW_ENVELOPE.name, &RAW_ENVELOPE_SCHEMA)
+            .await
+        {
+            return raw_envelope_from_body(body);
+        }
         raw_envelope_from_value(self.decode(bytes).await?)
     }
 }
@@ -400,6 +415,10 @@ pub struct TradeEncoder {
 /// The Trade schema, parsed once for the process (`every_schema_parses` guards the text).
 static TRADE_SCHEMA: std::sync::LazyLock<Option<Schema>> =
     std::sync::LazyLock::new(|| TRADE.parse().ok());
+
+/// The RawEnvelope schema, parsed once for the process.
+static RAW_ENVELOPE_SCHEMA: std::sync::LazyLock<Option<Schema>> =
+    std::sync::LazyLock::new(|| RAW_ENVELOPE.parse().ok());
 
 #[derive(serde::Serialize)]
 struct TradeRecord<'a> {
@@ -529,24 +548,62 @@ enum SideSymbol {
     Unknown,
 }
 
-/// Whether `text` is this build's Trade schema: the same record, fields, types and decimal
-/// precision and scale (apache-avro's structural equality), docs aside.
-fn is_trade_schema(text: &str) -> bool {
-    match (Schema::parse_str(text), TRADE_SCHEMA.as_ref()) {
+/// Whether `text` is the schema `ours`: the same record, fields, types and decimal precision
+/// and scale (apache-avro's structural equality), docs aside.
+fn same_schema(text: &str, ours: Option<&Schema>) -> bool {
+    match (Schema::parse_str(text), ours) {
         (Ok(schema), Some(ours)) => schema == *ours,
         _ => false,
     }
 }
 
-/// The Trade schema's reader, built once for the process.
-static TRADE_READER: std::sync::LazyLock<
-    Option<apache_avro::reader::datum::GenericDatumReader<'static>>,
-> = std::sync::LazyLock::new(|| {
-    let schema = TRADE_SCHEMA.as_ref()?;
-    apache_avro::reader::datum::GenericDatumReader::builder(schema)
+type BodyReader =
+    std::sync::LazyLock<Option<apache_avro::reader::datum::GenericDatumReader<'static>>>;
+
+/// A reader of `schema`'s bodies, built once for the process.
+fn body_reader(
+    schema: &'static std::sync::LazyLock<Option<Schema>>,
+) -> Option<apache_avro::reader::datum::GenericDatumReader<'static>> {
+    apache_avro::reader::datum::GenericDatumReader::builder(schema.as_ref()?)
         .build()
         .ok()
-});
+}
+
+static TRADE_READER: BodyReader = std::sync::LazyLock::new(|| body_reader(&TRADE_SCHEMA));
+static RAW_ENVELOPE_READER: BodyReader =
+    std::sync::LazyLock::new(|| body_reader(&RAW_ENVELOPE_SCHEMA));
+
+/// A RawEnvelope as read straight from its Avro body (see [`TradeRead`]).
+#[derive(serde::Deserialize)]
+#[serde(rename = "RawEnvelope")]
+struct RawRead {
+    provider: String,
+    connection_id: String,
+    sequence: i64,
+    received_at: i64,
+    channel: String,
+    #[serde(with = "apache_avro::serde::bytes")]
+    payload: Vec<u8>,
+}
+
+/// Decodes the Avro body of a RawEnvelope written with this build's schema, without the
+/// generic `Value` tree.
+pub fn raw_envelope_from_body(mut body: &[u8]) -> Result<RawEnvelope> {
+    let reader = RAW_ENVELOPE_READER
+        .as_ref()
+        .ok_or_else(|| Error::Avro("the RawEnvelope schema does not parse".into()))?;
+    let r: RawRead = reader
+        .read_deser(&mut body)
+        .map_err(|e| Error::Avro(format!("decode raw envelope: {e}")))?;
+    Ok(RawEnvelope {
+        provider: r.provider,
+        connection_id: r.connection_id,
+        sequence: r.sequence,
+        received_at: r.received_at,
+        channel: r.channel,
+        payload: r.payload,
+    })
+}
 
 /// Decodes the Avro body of a Trade written with this build's Trade schema, without the
 /// generic `Value` tree; the decimals as exactly as [`trade_from_value`] reads them.
@@ -971,6 +1028,10 @@ pub(crate) mod tests {
         );
     }
 
+    fn is_trade_schema(text: &str) -> bool {
+        same_schema(text, TRADE_SCHEMA.as_ref())
+    }
+
     #[test]
     fn only_this_builds_trade_schema_is_read_from_the_body() {
         assert!(is_trade_schema(TRADE.avsc));
@@ -1066,6 +1127,47 @@ pub(crate) mod tests {
         };
         let value = avro_round_trip(&schema, raw_envelope_to_value(&raw));
         assert_eq!(raw_envelope_from_value(value).unwrap(), raw);
+    }
+
+    #[test]
+    fn raw_envelopes_read_from_the_body_equal_the_value_path() {
+        let schema = RAW_ENVELOPE.parse().unwrap();
+        assert!(same_schema(RAW_ENVELOPE.avsc, RAW_ENVELOPE_SCHEMA.as_ref()));
+        assert!(!same_schema(TRADE.avsc, RAW_ENVELOPE_SCHEMA.as_ref()));
+        for raw in [
+            RawEnvelope {
+                provider: "binance".into(),
+                connection_id: "c-1".into(),
+                sequence: 7,
+                received_at: 1_732_233_600_000_001,
+                channel: "btcusdt@trade".into(),
+                payload: vec![0xff, 0x00, b'{'],
+            },
+            RawEnvelope {
+                provider: "Ü".into(),
+                connection_id: String::new(),
+                sequence: i64::MAX,
+                received_at: -1,
+                channel: String::new(),
+                payload: Vec::new(),
+            },
+        ] {
+            let body = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+                .build()
+                .unwrap()
+                .write_value_to_vec(raw_envelope_to_value(&raw))
+                .unwrap();
+            let by_body = raw_envelope_from_body(&body).unwrap();
+            assert_eq!(by_body, raw);
+            let by_value =
+                raw_envelope_from_value(avro_round_trip(&schema, raw_envelope_to_value(&raw)))
+                    .unwrap();
+            assert_eq!(by_body, by_value);
+        }
+        assert!(
+            raw_envelope_from_body(&[0x02]).is_err(),
+            "a truncated body is an error"
+        );
     }
 
     #[test]

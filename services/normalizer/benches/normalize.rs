@@ -3,6 +3,10 @@
 //!
 //!   cargo bench -p normalizer --bench normalize
 //!
+//! `decode_raw` reads the raw envelopes' Avro bodies both ways, side by side: through
+//! apache-avro's generic `Value` tree, and straight from the body (what the codec does for this
+//! build's schema).
+//!
 //! Encoding is the service's own: `TradeEncoder` (schema-aware serde, Confluent header with the
 //! registered id), byte-identical to the registry converter's output.
 
@@ -12,7 +16,7 @@ use normalizer::gaps::{observe_frame, Gaps};
 use normalizer::normalize::{normalize, Limits, Outcome, Rules};
 use rust_decimal::Decimal;
 use tickflow_providers::{Frame, Provider};
-use tickflow_shared::avro::TradeEncoder;
+use tickflow_shared::avro::{self, TradeEncoder};
 use tickflow_shared::domain::RawEnvelope;
 use tickflow_shared::instruments::{parse_toml, InstrumentIndex};
 use tickflow_shared::proto::feed::{self, server_message, ServerMessage};
@@ -153,5 +157,68 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The raw envelopes' bodies read through the `Value` tree and straight, side by side.
+fn decode_raw(c: &mut Criterion) {
+    let schema = avro::RAW_ENVELOPE
+        .parse()
+        .expect("the RawEnvelope schema parses");
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .expect("writer");
+    let reader = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .expect("reader");
+    let provider = tickflow_providers::ALL
+        .iter()
+        .copied()
+        .find(|p| p.id().as_str() == "simulator")
+        .expect("the simulator");
+    let bodies: Vec<Vec<u8>> = (0..FRAMES)
+        .map(|i| {
+            let envelope = RawEnvelope {
+                provider: "simulator".into(),
+                connection_id: "c".into(),
+                sequence: i as i64,
+                received_at: T0_MS * 1000,
+                channel: "trades".into(),
+                payload: frame(provider, i),
+            };
+            writer
+                .write_value_to_vec(avro::raw_envelope_to_value(&envelope))
+                .expect("encode")
+        })
+        .collect();
+    let mut group = c.benchmark_group("decode_raw");
+    group.throughput(Throughput::Elements(FRAMES as u64));
+    group.bench_function("value_tree", |b| {
+        b.iter(|| {
+            bodies
+                .iter()
+                .map(|body| {
+                    let value = reader.read_value(&mut body.as_slice()).expect("read");
+                    avro::raw_envelope_from_value(value)
+                        .expect("decode")
+                        .payload
+                        .len()
+                })
+                .sum::<usize>()
+        });
+    });
+    group.bench_function("body", |b| {
+        b.iter(|| {
+            bodies
+                .iter()
+                .map(|body| {
+                    avro::raw_envelope_from_body(body)
+                        .expect("decode")
+                        .payload
+                        .len()
+                })
+                .sum::<usize>()
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, decode_raw);
 criterion_main!(benches);
