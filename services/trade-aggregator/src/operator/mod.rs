@@ -1,6 +1,8 @@
-//! The 1-minute window operator: pure and synchronous. `on_trade` adds a trade to its windows,
-//! `advance` fires what the watermark has passed, emits early firings and purges; snapshots of
-//! one input partition's state go into checkpoints.
+//! The 1-minute window operator: pure and synchronous. `on_trade` adds a trade to its windows
+//! and, when the trade moves the watermark past a window's end, fires what it passed (so a final
+//! candle leaves with the trade that closed it); `advance`, at each tick, moves idle partitions'
+//! watermarks, fires what they passed, emits early firings and purges; snapshots of one input
+//! partition's state go into checkpoints.
 //!
 //! Time is event time. Each input partition has its own watermark, and inside the partition each
 //! upstream source (the raw partition a trade was normalized from, see
@@ -195,10 +197,16 @@ impl Aggregator {
             }
         }
         state.sources.observe(source, trade.event_time, now);
+        let before = state.watermark;
         if let Some(low) = state.sources.low() {
             state.watermark = state
                 .watermark
                 .max(low.saturating_sub(timing.out_of_orderness));
+        }
+        // Window and roll-up ends are whole windows: when the watermark crosses one, what it
+        // passed fires now, with the trade that moved it, not at the next tick.
+        if state.watermark.div_euclid(timing.window) > before.div_euclid(timing.window) {
+            fire(state, timing, interval, rollup_intervals, None, out);
         }
     }
 
@@ -330,54 +338,14 @@ impl runtime::TradeOperator for Aggregator {
                     .saturating_sub(timing.out_of_orderness);
                 state.watermark = state.watermark.max(follow);
             }
-            let watermark = state.watermark;
-            for (&end, bin) in state.windows.iter_mut() {
-                let closed = end <= watermark;
-                // Bins are sorted by end: past the watermark, only early firings remain.
-                if !closed && !early {
-                    break;
-                }
-                for (instrument, venues) in bin.iter_mut() {
-                    for (venue, window) in venues.iter_mut() {
-                        let due = if closed {
-                            !window.fired || window.dirty
-                        } else {
-                            window.dirty && end > live_from
-                        };
-                        if due {
-                            let key = WindowKey {
-                                end,
-                                instrument: instrument.clone(),
-                                venue: venue.clone(),
-                                start: end - timing.window,
-                            };
-                            let emission = match (closed, window.fired) {
-                                (false, _) => Emission::Early,
-                                (true, false) => Emission::Final,
-                                (true, true) => Emission::Correction,
-                            };
-                            out.push(Output::Candle(
-                                window.candle(&key, &self.interval, closed),
-                                emission,
-                            ));
-                            window.mark_emitted(closed);
-                            if closed {
-                                state.rollups.on_minute(&key, window, intervals);
-                            }
-                        }
-                    }
-                }
-            }
-            state.rollups.advance(
-                watermark,
-                timing.window,
-                timing.allowed_lateness,
+            fire(
+                state,
+                timing,
+                &self.interval,
                 intervals,
+                early.then_some(live_from),
                 out,
             );
-            // Keep windows until the allowed lateness after their end has passed too.
-            let keep_from = watermark.saturating_sub(timing.allowed_lateness);
-            state.windows = state.windows.split_off(&keep_from.saturating_add(1));
         }
     }
 
@@ -571,3 +539,65 @@ mod window_list {
 
 #[cfg(test)]
 mod tests;
+
+/// Emits what `state`'s watermark has passed: each window's final value, a correction for a
+/// window changed since (a late trade), their roll-ups; then purges what is past the allowed
+/// lateness. `early`: also the changed open windows that ended after this instant, as early
+/// firings.
+fn fire(
+    state: &mut PartitionState,
+    timing: Timing,
+    interval: &str,
+    intervals: &[Interval],
+    early: Option<Micros>,
+    out: &mut Vec<Output>,
+) {
+    let watermark = state.watermark;
+    for (&end, bin) in state.windows.iter_mut() {
+        let closed = end <= watermark;
+        // Bins are sorted by end: past the watermark, only early firings remain.
+        if !closed && early.is_none() {
+            break;
+        }
+        for (instrument, venues) in bin.iter_mut() {
+            for (venue, window) in venues.iter_mut() {
+                let due = if closed {
+                    !window.fired || window.dirty
+                } else {
+                    early.is_some_and(|live_from| window.dirty && end > live_from)
+                };
+                if due {
+                    let key = WindowKey {
+                        end,
+                        instrument: instrument.clone(),
+                        venue: venue.clone(),
+                        start: end - timing.window,
+                    };
+                    let emission = match (closed, window.fired) {
+                        (false, _) => Emission::Early,
+                        (true, false) => Emission::Final,
+                        (true, true) => Emission::Correction,
+                    };
+                    out.push(Output::Candle(
+                        window.candle(&key, interval, closed),
+                        emission,
+                    ));
+                    window.mark_emitted(closed);
+                    if closed {
+                        state.rollups.on_minute(&key, window, intervals);
+                    }
+                }
+            }
+        }
+    }
+    state.rollups.advance(
+        watermark,
+        timing.window,
+        timing.allowed_lateness,
+        intervals,
+        out,
+    );
+    // Keep windows until the allowed lateness after their end has passed too.
+    let keep_from = watermark.saturating_sub(timing.allowed_lateness);
+    state.windows = state.windows.split_off(&keep_from.saturating_add(1));
+}

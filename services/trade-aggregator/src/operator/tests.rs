@@ -187,10 +187,24 @@ fn windows_fire_once_when_the_watermark_passes_their_end() {
         T0,
         &mut out,
     );
+    assert_eq!(
+        out.len(),
+        2,
+        "x and * of the first minute, final with the trade that moved the watermark past its end"
+    );
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, Output::Candle(c, Emission::Final) if c.is_final)));
     op.advance(T0, &mut out);
-    assert_eq!(out.len(), 2, "x and * of the first minute");
+    assert_eq!(out.len(), 2, "not again at the tick");
+    op.on_trade(
+        0,
+        &trade("d", "x", T0 + MIN + 3 * S, "1", "1"),
+        T0,
+        &mut out,
+    );
     op.advance(T0, &mut out);
-    assert_eq!(out.len(), 2, "not again");
+    assert_eq!(out.len(), 2, "nor with the next trade");
 }
 
 #[test]
