@@ -3,6 +3,10 @@
 //!
 //!   cargo bench -p normalizer --bench normalize
 //!
+//! `operator` is the normalizing operator's whole work per raw record, as the runtime hands it
+//! over: its partition's gap tracker and duplicate filter looked up, the frame parsed, validated
+//! and filtered (no Avro encoding, no Kafka).
+//!
 //! `decode_raw` reads the raw envelopes' Avro bodies both ways, side by side: through
 //! apache-avro's generic `Value` tree, and straight from the body (what the codec does for this
 //! build's schema).
@@ -14,13 +18,17 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use normalizer::dedup::Dedup;
 use normalizer::gaps::{observe_frame, Gaps};
 use normalizer::normalize::{normalize, Limits, Outcome, Rules};
+use normalizer::operator::{Normalizer, Output, RawRecord, Settings};
+use normalizer::reference::Reference;
 use rust_decimal::Decimal;
+use std::time::Duration;
 use tickflow_providers::{Frame, Provider};
 use tickflow_shared::avro::{self, TradeEncoder};
 use tickflow_shared::domain::RawEnvelope;
 use tickflow_shared::instruments::{parse_toml, InstrumentIndex};
 use tickflow_shared::proto::feed::{self, server_message, ServerMessage};
 use tickflow_shared::proto::Message as _;
+use tickflow_shared::runtime::{Operator as _, Taken, Tp};
 
 const FRAMES: usize = 1_000;
 const T0_MS: i64 = 1_763_769_600_000;
@@ -220,5 +228,73 @@ fn decode_raw(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, decode_raw);
+/// The operator's work per raw record, frames of each provider over two raw partitions.
+fn operator(c: &mut Criterion) {
+    let index = InstrumentIndex::new(
+        parse_toml(&format!(
+            "{}{GRPC_INSTRUMENT}",
+            tickflow_testkit::INSTRUMENTS_FIXTURE
+        ))
+        .expect("instruments"),
+    );
+    let reference = Reference::fixed(index);
+    let partitions = [Tp::new("md.raw.bench", 0), Tp::new("md.raw.bench", 1)];
+    let mut group = c.benchmark_group("operator");
+    group.throughput(Throughput::Elements(FRAMES as u64));
+    for &provider in tickflow_providers::ALL {
+        let records: Vec<RawRecord> = (0..FRAMES)
+            .map(|i| RawRecord {
+                offset: i as i64,
+                key: None,
+                payload: None,
+                envelope: Some(Ok(RawEnvelope {
+                    provider: provider.id().as_str().into(),
+                    connection_id: "c".into(),
+                    sequence: i as i64,
+                    received_at: T0_MS * 1000 + 1_000_000,
+                    channel: "trades".into(),
+                    payload: frame(provider, i),
+                })),
+            })
+            .collect();
+        group.bench_with_input(
+            BenchmarkId::from_parameter(provider.id()),
+            &records,
+            |b, records| {
+                let mut out = Vec::with_capacity(4);
+                b.iter(|| {
+                    // A fresh operator per pass, so every trade is new (as in a live stream).
+                    let mut op = Normalizer::new(
+                        Settings {
+                            limits: Limits {
+                                max_future: 10_000_000,
+                                max_age: i64::MAX / 2,
+                                max_price: Decimal::new(1_000_000_000, 0),
+                                max_size: Decimal::new(1_000_000_000, 0),
+                            },
+                            dedup_horizon: 3_600_000_000,
+                            sync_interval: Duration::from_secs(3600),
+                        },
+                        reference.clone(),
+                    );
+                    let mut trades = 0usize;
+                    for (i, record) in records.iter().enumerate() {
+                        out.clear();
+                        let now = T0_MS * 1000 + 1_000_000;
+                        let taken = op.on_record(&partitions[i % 2], record, now, &mut out);
+                        assert!(taken == Taken::Yes, "every symbol is known");
+                        trades += out
+                            .iter()
+                            .filter(|o| matches!(o, Output::Outcome(Outcome::Trade(_))))
+                            .count();
+                    }
+                    trades
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, operator, decode_raw);
 criterion_main!(benches);

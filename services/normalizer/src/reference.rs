@@ -35,6 +35,15 @@ impl Reference {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
+    /// Reference data that never changes: `index`, with nothing to follow (benches, tests).
+    pub fn fixed(index: InstrumentIndex) -> Self {
+        let (sync, _) = mpsc::channel(1);
+        Self {
+            current: Arc::new(RwLock::new(Arc::new(index))),
+            sync,
+        }
+    }
+
     /// Waits until every instrument record on the topic now has been applied (or `timeout`).
     pub async fn catch_up(&self, timeout: Duration) -> Arc<InstrumentIndex> {
         let (tx, rx) = oneshot::channel();
