@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 
 use tickflow_shared::domain::Micros;
+use tickflow_shared::runtime::Tp;
 
 /// A trade's identity.
 pub type TradeKey = u128;
@@ -88,17 +89,18 @@ impl Dedup {
     }
 }
 
-/// The filters of all owned partitions.
+/// The filters of all owned partitions, by partition: looked up per frame, without allocating.
 #[derive(Debug, Default)]
 pub struct DedupSet {
-    partitions: HashMap<(String, i32), Dedup>,
+    partitions: HashMap<Tp, Dedup, foldhash::fast::FixedState>,
 }
 
 impl DedupSet {
-    pub fn partition(&mut self, topic: &str, partition: i32) -> &mut Dedup {
-        self.partitions
-            .entry((topic.to_string(), partition))
-            .or_default()
+    pub fn partition(&mut self, tp: &Tp) -> &mut Dedup {
+        if !self.partitions.contains_key(tp) {
+            self.partitions.insert(tp.clone(), Dedup::default());
+        }
+        self.partitions.get_mut(tp).expect("inserted above")
     }
 
     pub fn commit(&mut self, horizon: Micros) {
@@ -109,13 +111,9 @@ impl DedupSet {
         self.partitions.values_mut().for_each(Dedup::rollback);
     }
 
-    pub fn retain(&mut self, keep: impl Fn(&str, i32) -> bool) {
-        self.partitions.retain(|(t, p), _| keep(t, *p));
-    }
-
-    pub fn contains_partition(&self, topic: &str, partition: i32) -> bool {
-        self.partitions
-            .contains_key(&(topic.to_string(), partition))
+    /// Drops `tp`'s filter.
+    pub fn remove(&mut self, tp: &Tp) {
+        self.partitions.remove(tp);
     }
 
     pub fn held(&self) -> usize {

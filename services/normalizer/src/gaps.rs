@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 
 use tickflow_shared::domain::Micros;
+use tickflow_shared::runtime::Tp;
 pub use tickflow_shared::gap::GapRecord;
 use tickflow_shared::instruments::InstrumentIndex;
 
@@ -533,17 +534,19 @@ pub fn observe_unrecoverable(
     Ok(())
 }
 
-/// The gap trackers of all owned partitions.
+/// The gap trackers of all owned partitions, by partition: looked up per frame, without
+/// allocating.
 #[derive(Debug, Default)]
 pub struct GapSet {
-    partitions: HashMap<(String, i32), Gaps>,
+    partitions: HashMap<Tp, Gaps, foldhash::fast::FixedState>,
 }
 
 impl GapSet {
-    pub fn partition(&mut self, topic: &str, partition: i32) -> &mut Gaps {
-        self.partitions
-            .entry((topic.to_string(), partition))
-            .or_default()
+    pub fn partition(&mut self, tp: &Tp) -> &mut Gaps {
+        if !self.partitions.contains_key(tp) {
+            self.partitions.insert(tp.clone(), Gaps::default());
+        }
+        self.partitions.get_mut(tp).expect("inserted above")
     }
 
     pub fn commit(&mut self) {
@@ -554,8 +557,9 @@ impl GapSet {
         self.partitions.values_mut().for_each(Gaps::rollback);
     }
 
-    pub fn retain(&mut self, keep: impl Fn(&str, i32) -> bool) {
-        self.partitions.retain(|(t, p), _| keep(t, *p));
+    /// Drops `tp`'s tracker.
+    pub fn remove(&mut self, tp: &Tp) {
+        self.partitions.remove(tp);
     }
 
     /// Open gaps and the trades they miss, per provider, over the owned partitions.

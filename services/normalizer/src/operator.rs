@@ -137,15 +137,14 @@ impl Normalizer {
     pub fn reset(&mut self, tp: &Tp) -> (&mut crate::dedup::Dedup, &mut gaps::Gaps) {
         self.drop_state(tp);
         (
-            self.dedup.partition(&tp.topic, tp.partition),
-            self.gaps.partition(&tp.topic, tp.partition),
+            self.dedup.partition(tp),
+            self.gaps.partition(tp),
         )
     }
 
     fn drop_state(&mut self, tp: &Tp) {
-        let gone = |t: &str, p: i32| t == &*tp.topic && p == tp.partition;
-        self.dedup.retain(|t, p| !gone(t, p));
-        self.gaps.retain(|t, p| !gone(t, p));
+        self.dedup.remove(tp);
+        self.gaps.remove(tp);
     }
 
     fn sync_due(&self) -> bool {
@@ -224,7 +223,7 @@ impl runtime::Operator for Normalizer {
         let index = self.reference.snapshot();
         self.events.clear();
         if envelope.channel == UNRECOVERABLE_CHANNEL {
-            let gaps = self.gaps.partition(&tp.topic, tp.partition);
+            let gaps = self.gaps.partition(tp);
             match gaps::observe_unrecoverable(gaps, provider, envelope, &mut self.events) {
                 Ok(()) => out.push(Output::Outcome(Outcome::Skipped("backfill_unrecoverable"))),
                 Err(detail) => Self::reject(out, Reason::UnparsablePayload, detail),
@@ -240,10 +239,10 @@ impl runtime::Operator for Normalizer {
             if unknown && self.sync_due() {
                 return Taken::AfterSupply;
             }
-            let gaps = self.gaps.partition(&tp.topic, tp.partition);
+            let gaps = self.gaps.partition(tp);
             gaps::observe_frame(gaps, provider, envelope, trades, &mut self.events);
         }
-        let dedup = self.dedup.partition(&tp.topic, tp.partition);
+        let dedup = self.dedup.partition(tp);
         self.outcomes.clear();
         normalize(
             provider,
