@@ -1167,8 +1167,8 @@ pub(crate) mod tests {
     }
 }
 
-/// What the `decode_trade` fuzz target (`fuzz/`, run by `scripts/fuzz`) checks, here so that the
-/// committed inputs also run as a unit test on stable Rust.
+/// What the `decode_trade` and `decode_raw` fuzz targets (`fuzz/`, run by `scripts/fuzz`) check,
+/// here so that the committed inputs also run as a unit test on stable Rust.
 pub mod fuzzing {
     use std::sync::OnceLock;
 
@@ -1199,19 +1199,63 @@ pub mod fuzzing {
         }
     }
 
+    /// The `decode_raw` fuzz target's check: a RawEnvelope in the wire format, read as the
+    /// normalizer reads it (straight from the body) and through the `Value` tree: an error or
+    /// an envelope, never a panic, and the same envelope whenever both read one.
+    pub fn check_decode_raw(data: &[u8]) {
+        static SCHEMA: OnceLock<Schema> = OnceLock::new();
+        let schema = SCHEMA.get_or_init(|| {
+            super::RAW_ENVELOPE
+                .parse()
+                .expect("the RawEnvelope schema parses")
+        });
+        let [0, _, _, _, _, datum @ ..] = data else {
+            return;
+        };
+        let Ok(reader) = GenericDatumReader::builder(schema).build() else {
+            return;
+        };
+        let mut bytes = datum;
+        let by_value = reader
+            .read_value(&mut bytes)
+            .ok()
+            .and_then(|value| super::raw_envelope_from_value(value).ok());
+        if let (Some(by_value), Ok(by_body)) = (by_value, super::raw_envelope_from_body(datum)) {
+            assert_eq!(by_value, by_body, "the two RawEnvelope readers disagree");
+        }
+    }
+
     #[cfg(test)]
     mod tests {
-        /// Every committed fuzz input (`fuzz/corpus/decode_trade/*`) passes the check.
-        #[test]
-        fn committed_fuzz_inputs_pass() {
+        fn committed(target: &str, check: fn(&[u8])) {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../fuzz/corpus/decode_trade");
+                .join("../fuzz/corpus")
+                .join(target);
             let mut checked = 0;
             for entry in std::fs::read_dir(&dir).unwrap() {
-                super::check_decode_trade(&std::fs::read(entry.unwrap().path()).unwrap());
+                check(&std::fs::read(entry.unwrap().path()).unwrap());
                 checked += 1;
             }
             assert!(checked >= 3, "only {checked} committed inputs in {dir:?}");
+        }
+
+        /// Every committed fuzz input (`fuzz/corpus/decode_trade/*`, `decode_raw/*`) passes
+        /// its check.
+        #[test]
+        fn committed_fuzz_inputs_pass() {
+            committed("decode_trade", super::check_decode_trade);
+            committed("decode_raw", super::check_decode_raw);
+        }
+
+        /// The sample seed is an envelope both readers read, so the check compares something.
+        #[test]
+        fn the_raw_sample_seed_is_read_by_both() {
+            let data = include_bytes!("../../fuzz/corpus/decode_raw/seed-sample");
+            let body = &data[5..];
+            let envelope = crate::avro::raw_envelope_from_body(body).expect("the body reader");
+            assert_eq!(envelope.provider, "simulator");
+            assert_eq!(envelope.sequence, 7);
+            super::check_decode_raw(data);
         }
     }
 }

@@ -558,7 +558,8 @@ pub fn metric_total(exposition: &str, name: &str) -> f64 {
                 .is_some_and(|rest| rest.starts_with(['{', ' ']))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        // A float sum starts at -0.0: no series is 0.
+        .fold(0.0, |sum, v| sum + v)
 }
 
 /// The `p` quantile (0..=1, nearest rank) of `sorted` (ascending); NaN when empty.

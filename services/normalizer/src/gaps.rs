@@ -28,9 +28,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 
 use tickflow_shared::domain::Micros;
-use tickflow_shared::runtime::Tp;
 pub use tickflow_shared::gap::GapRecord;
 use tickflow_shared::instruments::InstrumentIndex;
+use tickflow_shared::runtime::Tp;
 
 /// Gaps held open per stream; beyond that the oldest is dropped (reported, no longer tracked).
 pub const MAX_OPEN: usize = 64;

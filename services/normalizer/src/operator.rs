@@ -136,10 +136,7 @@ impl Normalizer {
     /// `tp`'s duplicate filter and gap tracker, emptied, for a warm-up to rebuild.
     pub fn reset(&mut self, tp: &Tp) -> (&mut crate::dedup::Dedup, &mut gaps::Gaps) {
         self.drop_state(tp);
-        (
-            self.dedup.partition(tp),
-            self.gaps.partition(tp),
-        )
+        (self.dedup.partition(tp), self.gaps.partition(tp))
     }
 
     fn drop_state(&mut self, tp: &Tp) {
