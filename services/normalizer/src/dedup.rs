@@ -5,9 +5,9 @@
 //! State is per input partition (a trade and its repeats share a partition: the raw topics are
 //! keyed by provider symbol). Identities are 128-bit hashes, so memory is ~50 bytes per trade
 //! held. Entries leave when they are older than the horizon, measured in receive time against the
-//! newest receive time seen, and only at a commit, so an aborted batch is undone exactly by
-//! forgetting what it inserted. After a restart or a rebalance the state is rebuilt by reading
-//! the partition back over the horizon (see `warmup`), so exactly-once survives crashes.
+//! newest receive time seen, and only at a commit. After a restart, a rebalance or an aborted
+//! transaction the state is rebuilt by reading the partition back over the horizon (see
+//! `warmup`), so exactly-once survives crashes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
@@ -105,10 +105,6 @@ impl DedupSet {
 
     pub fn commit(&mut self, horizon: Micros) {
         self.partitions.values_mut().for_each(|d| d.commit(horizon));
-    }
-
-    pub fn rollback(&mut self) {
-        self.partitions.values_mut().for_each(Dedup::rollback);
     }
 
     /// Drops `tp`'s filter.

@@ -19,9 +19,9 @@
 //! [`MAX_OPEN`] gaps are held per stream; the oldest is dropped beyond that.
 //!
 //! Like the duplicate filter, state is per input partition, changed by a batch and made
-//! permanent at its commit or undone exactly at its abort (each stream's state before the batch
-//! is kept until then), and rebuilt after a restart or a rebalance by the warm-up that reads the
-//! partition back over the dedup horizon. A gap found before that window and filled after a
+//! permanent at its commit (each stream's state before the batch is kept until then, so
+//! [`Gaps::rollback`] can undo it exactly), and rebuilt after a restart, a rebalance or an
+//! aborted transaction by the warm-up that reads the partition back over the dedup horizon. A gap found before that window and filled after a
 //! restart is not reported filled.
 
 use std::collections::{BTreeMap, HashMap};
@@ -551,10 +551,6 @@ impl GapSet {
 
     pub fn commit(&mut self) {
         self.partitions.values_mut().for_each(Gaps::commit);
-    }
-
-    pub fn rollback(&mut self) {
-        self.partitions.values_mut().for_each(Gaps::rollback);
     }
 
     /// Drops `tp`'s tracker.

@@ -230,7 +230,10 @@ pub trait Operator {
     /// While a partition replays records already published before (see [`Fresh::Replay`]), its
     /// state is rebuilt without emitting.
     fn set_replaying(&mut self, _tp: &Tp, _replaying: bool) {}
-    /// With transactions: every record read so far is committed with its outputs.
+    /// With transactions: a transaction committed, with the outputs of every record read before
+    /// it began. Records read ahead while it committed ([`land`]) may have been taken already:
+    /// their outputs go into the next transaction, and if that one aborts the partitions are
+    /// rewound and their state rebuilt ([`Job::warm_up`]), so nothing may rely on undoing them.
     fn committed(&mut self) {}
 }
 
