@@ -84,6 +84,28 @@ fn frame(provider: &dyn Provider, i: usize) -> Vec<u8> {
     text.into_bytes()
 }
 
+/// Limits every bench frame passes.
+fn limits() -> Limits {
+    Limits {
+        max_future: 10_000_000,
+        max_age: i64::MAX / 2,
+        max_price: Decimal::new(1_000_000_000, 0),
+        max_size: Decimal::new(1_000_000_000, 0),
+    }
+}
+
+/// Frame `i` of `provider` in its raw envelope.
+fn envelope(provider: &dyn Provider, i: usize) -> RawEnvelope {
+    RawEnvelope {
+        provider: provider.id().as_str().into(),
+        connection_id: "c".into(),
+        sequence: i as i64,
+        received_at: T0_MS * 1000 + 1_000_000,
+        channel: "trades".into(),
+        payload: frame(provider, i),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let index = InstrumentIndex::new(
         parse_toml(&format!(
@@ -92,12 +114,7 @@ fn bench(c: &mut Criterion) {
         ))
         .expect("instruments"),
     );
-    let limits = Limits {
-        max_future: 10_000_000,
-        max_age: i64::MAX / 2,
-        max_price: Decimal::new(1_000_000_000, 0),
-        max_size: Decimal::new(1_000_000_000, 0),
-    };
+    let limits = limits();
     let encoder = TradeEncoder::new(1).expect("encoder");
     // `parse_validate_gaps`: `parse_validate` plus the gap tracker the pipeline feeds with each
     // numbered trade (consecutive ids here: the cost of following, no gap found).
@@ -109,16 +126,7 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(FRAMES as u64));
         for &provider in tickflow_providers::ALL {
-            let envelopes: Vec<RawEnvelope> = (0..FRAMES)
-                .map(|i| RawEnvelope {
-                    provider: provider.id().as_str().into(),
-                    connection_id: "c".into(),
-                    sequence: i as i64,
-                    received_at: T0_MS * 1000 + 1_000_000,
-                    channel: "trades".into(),
-                    payload: frame(provider, i),
-                })
-                .collect();
+            let envelopes: Vec<RawEnvelope> = (0..FRAMES).map(|i| envelope(provider, i)).collect();
             group.bench_with_input(
                 BenchmarkId::from_parameter(provider.id()),
                 &envelopes,
@@ -247,14 +255,7 @@ fn operator(c: &mut Criterion) {
                 offset: i as i64,
                 key: None,
                 payload: None,
-                envelope: Some(Ok(RawEnvelope {
-                    provider: provider.id().as_str().into(),
-                    connection_id: "c".into(),
-                    sequence: i as i64,
-                    received_at: T0_MS * 1000 + 1_000_000,
-                    channel: "trades".into(),
-                    payload: frame(provider, i),
-                })),
+                envelope: Some(Ok(envelope(provider, i))),
             })
             .collect();
         group.bench_with_input(
@@ -266,12 +267,7 @@ fn operator(c: &mut Criterion) {
                     // A fresh operator per pass, so every trade is new (as in a live stream).
                     let mut op = Normalizer::new(
                         Settings {
-                            limits: Limits {
-                                max_future: 10_000_000,
-                                max_age: i64::MAX / 2,
-                                max_price: Decimal::new(1_000_000_000, 0),
-                                max_size: Decimal::new(1_000_000_000, 0),
-                            },
+                            limits: limits(),
                             dedup_horizon: 3_600_000_000,
                             sync_interval: Duration::from_secs(3600),
                         },
