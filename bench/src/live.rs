@@ -101,8 +101,6 @@ impl Role {
 const TRANSACTIONS_WHOLE: &str = "tickflow_normalizer_transaction_duration_seconds";
 const TRANSACTION_STEPS: &str = "tickflow_normalizer_transaction_step_seconds";
 const GATEWAY_ACKS: &str = "tickflow_gateway_receive_to_ack_seconds";
-const READ_AHEAD: &str = "tickflow_normalizer_read_ahead_records_total";
-const RECORDS_IN: &str = "tickflow_normalizer_records_total";
 
 /// The cumulative bucket counts of histogram `name` (Prometheus text), over the series whose
 /// labels contain `filter`, summed by upper bound.
@@ -484,10 +482,6 @@ pub async fn run(
         ["begin", "process", "offsets", "deliver", "commit"]
             .map(step)
             .join("; ")
-    ) + &format!(
-        "; {:.0} of {:.0} records read while the previous transaction was committing",
-        testkit::metric_total(&normalizer_metrics, READ_AHEAD),
-        testkit::metric_total(&normalizer_metrics, RECORDS_IN),
     );
     let gateway_acks = format!(
         "the gateway's receive -> Kafka ack (its own histogram, whole run): {:.1} ms mean, p50 <= {:.1} ms, p99 <= {:.1} ms, p99.9 <= {:.1} ms",

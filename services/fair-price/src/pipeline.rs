@@ -43,7 +43,6 @@ pub const RUNTIME_METRICS: runtime::Metrics = runtime::Metrics {
     checkpoint_seconds: CHECKPOINT_SECONDS,
     checkpoint_bytes: CHECKPOINT_BYTES,
     consumer_lag: CONSUMER_LAG,
-    read_ahead: None,
 };
 
 /// fair-price's side of the runtime: the batch and where it lands.

@@ -11,7 +11,6 @@ pub const TRANSACTIONS: &str = "tickflow_normalizer_transactions_total";
 pub const TRANSACTION_SECONDS: &str = "tickflow_normalizer_transaction_duration_seconds";
 pub const TRANSACTION_STEP_SECONDS: &str = "tickflow_normalizer_transaction_step_seconds";
 pub const CONSUMER_LAG: &str = "tickflow_normalizer_consumer_lag_messages";
-pub const READ_AHEAD: &str = "tickflow_normalizer_read_ahead_records_total";
 pub const INSTRUMENTS: &str = "tickflow_normalizer_instruments";
 pub const DEDUP_HELD: &str = "tickflow_normalizer_dedup_entries";
 pub const INPUT_ERRORS: &str = "tickflow_normalizer_input_errors_total";
@@ -71,11 +70,6 @@ pub fn describe() {
         "Each step of a committed transaction, by step: begin, process (decode, normalize, \
          hand the outputs to the producer), offsets (send the input offsets), deliver (every \
          output acknowledged by the brokers), commit (EndTxn: the transaction committed)."
-    );
-    describe_counter!(
-        READ_AHEAD,
-        "Raw records read and normalized while the previous transaction was committing (their \
-         outputs go into the next one)."
     );
     describe_gauge!(
         CONSUMER_LAG,

@@ -282,9 +282,8 @@ impl runtime::Operator for Normalizer {
         self.drop_state(tp);
     }
 
-    /// A transaction committed: what the filters took in since the last commit is kept,
-    /// including records read ahead while it committed (an abort after that rebuilds the
-    /// filters from the log, it never undoes them).
+    /// The batch committed: what the filters took in since the last commit is kept (an abort
+    /// rebuilds the filters from the log, it never undoes them).
     fn committed(&mut self) {
         self.dedup.commit(self.settings.dedup_horizon);
         self.gaps.commit();

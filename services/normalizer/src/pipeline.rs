@@ -54,7 +54,6 @@ pub const RUNTIME_METRICS: runtime::Metrics = runtime::Metrics {
     checkpoint_seconds: CHECKPOINT_SECONDS,
     checkpoint_bytes: CHECKPOINT_BYTES,
     consumer_lag: CONSUMER_LAG,
-    read_ahead: Some(READ_AHEAD),
 };
 
 type TxProducer = ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
@@ -120,8 +119,7 @@ struct Transactions<'a> {
     encoder: TradeEncoder,
     reference: Reference,
     labels: InstrumentLabels,
-    /// Shared with the blocking thread that commits.
-    producer: Arc<TxProducer>,
+    producer: TxProducer,
     batch: Batch,
 }
 
@@ -205,7 +203,7 @@ impl Job for Transactions<'_> {
         if batch.records.is_empty() && batch.gaps.is_empty() && offsets.count() == 0 {
             return Ok(Flushed::Landed);
         }
-        match self.transact(&batch, offsets, &group).await {
+        match self.transact(&batch, offsets, group).await {
             Ok(()) => {
                 batch.stats.emit();
                 Ok(Flushed::Landed)
@@ -313,7 +311,7 @@ impl Transactions<'_> {
         &mut self,
         batch: &Batch,
         offsets: &rdkafka::TopicPartitionList,
-        group: &Arc<rdkafka::consumer::ConsumerGroupMetadata>,
+        group: &rdkafka::consumer::ConsumerGroupMetadata,
     ) -> Result<(), Failure> {
         let n = &self.config.normalizer;
         let mut gaps = Vec::with_capacity(batch.gaps.len());
@@ -355,25 +353,19 @@ impl Transactions<'_> {
             self.send(record).await?;
         }
         let produced = Instant::now();
-        // Sending the offsets, waiting for delivery and committing block on Kafka's answers:
-        // on a blocking thread, so the runtime reads the next records meanwhile.
-        let producer = Arc::clone(&self.producer);
-        let offsets = offsets.clone();
-        let group = Arc::clone(group);
-        let (offsets_sent, delivered, committed) = tokio::task::spawn_blocking(move || {
-            if offsets.count() > 0 {
-                producer
-                    .send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)
-                    .map_err(classify)?;
-            }
-            let offsets_sent = Instant::now();
-            await_delivery(&producer, TXN_TIMEOUT)?;
-            let delivered = Instant::now();
-            producer.commit_transaction(TXN_TIMEOUT).map_err(classify)?;
-            Ok((offsets_sent, delivered, Instant::now()))
-        })
-        .await
-        .map_err(|e| Failure::Reset(format!("the commit's thread failed: {e}")))??;
+        if offsets.count() > 0 {
+            tokio::task::block_in_place(|| {
+                self.producer
+                    .send_offsets_to_transaction(offsets, group, TXN_TIMEOUT)
+            })
+            .map_err(classify)?;
+        }
+        let offsets_sent = Instant::now();
+        tokio::task::block_in_place(|| await_delivery(&self.producer, TXN_TIMEOUT))?;
+        let delivered = Instant::now();
+        tokio::task::block_in_place(|| self.producer.commit_transaction(TXN_TIMEOUT))
+            .map_err(classify)?;
+        let committed = Instant::now();
         metrics::counter!(TRANSACTIONS, "outcome" => "committed").increment(1);
         metrics::histogram!(TRANSACTION_SECONDS).record((committed - started).as_secs_f64());
         for (step, from, to) in [
@@ -393,7 +385,7 @@ impl Transactions<'_> {
     async fn replace_producer(&mut self, shutdown: &Shutdown) -> Result<bool> {
         match new_producer(self.config, shutdown).await? {
             Some(p) => {
-                self.producer = Arc::new(p);
+                self.producer = p;
                 Ok(true)
             }
             None => Ok(false),
@@ -498,7 +490,7 @@ pub async fn run(
         encoder,
         reference,
         labels,
-        producer: Arc::new(producer),
+        producer,
         batch: Batch::default(),
     };
     let plan = Plan {

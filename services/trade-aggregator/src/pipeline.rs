@@ -40,7 +40,6 @@ pub const RUNTIME_METRICS: runtime::Metrics = runtime::Metrics {
     checkpoint_seconds: CHECKPOINT_SECONDS,
     checkpoint_bytes: CHECKPOINT_BYTES,
     consumer_lag: CONSUMER_LAG,
-    read_ahead: None,
 };
 
 /// The aggregator's side of the runtime: the batch of outputs and where it lands.

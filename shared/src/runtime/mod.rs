@@ -54,9 +54,7 @@
 //! - **Delivery.** Outputs are collected into the job's batch and flushed at the plan's batch
 //!   size, at every tick, before every checkpoint and hand-over, and, when the job marks them
 //!   urgent (a normalized trade, a final candle, a changed price), as soon as no record is
-//!   waiting. With transactions, records are read ahead into the operator while a transaction
-//!   commits, their outputs held for the next one ([`land`]). A flush waits (with backoff)
-//!   until everything has landed, so a sink that is down
+//!   waiting. A flush waits (with backoff) until everything has landed, so a sink that is down
 //!   pauses consumption; that wait is told to the operator ([`Operator::exclude_stall`]) so it
 //!   does not count as idle input. An output that retrying cannot help (a value the schema
 //!   cannot hold) is logged as an error, counted and skipped ([`land_each`]), never retried
@@ -230,10 +228,8 @@ pub trait Operator {
     /// While a partition replays records already published before (see [`Fresh::Replay`]), its
     /// state is rebuilt without emitting.
     fn set_replaying(&mut self, _tp: &Tp, _replaying: bool) {}
-    /// With transactions: a transaction committed, with the outputs of every record read before
-    /// it began. Records read ahead while it committed ([`land`]) may have been taken already:
-    /// their outputs go into the next transaction, and if that one aborts the partitions are
-    /// rewound and their state rebuilt ([`Job::warm_up`]), so nothing may rely on undoing them.
+    /// With transactions: every record read so far is committed with its outputs. (After an
+    /// abort the partitions are rewound and their state rebuilt by [`Job::warm_up`].)
     fn committed(&mut self) {}
 }
 
@@ -343,11 +339,10 @@ pub enum Commit<'a> {
     /// still write with (see the module's fencing).
     Stamp(Micros),
     /// With transactions: the next offsets of the records behind the batch, to send to the
-    /// transaction with the group's metadata (shared, so the job can hand both to a blocking
-    /// thread while the loop reads ahead).
+    /// transaction with the group's metadata.
     Transaction {
         offsets: &'a TopicPartitionList,
-        group: Arc<ConsumerGroupMetadata>,
+        group: &'a ConsumerGroupMetadata,
     },
 }
 
@@ -469,9 +464,6 @@ pub struct Metrics {
     pub checkpoint_bytes: &'static str,
     /// Gauge by `topic` and `partition`: records not yet read.
     pub consumer_lag: &'static str,
-    /// With transactions: counter of the records read while the previous transaction was
-    /// committing (see [`land`]).
-    pub read_ahead: Option<&'static str>,
 }
 
 impl Metrics {
@@ -482,9 +474,6 @@ impl Metrics {
         }
         for kind in HANDOVER_KINDS {
             crate::telemetry::zero_counter(self.handovers, &[("kind", kind)]);
-        }
-        if let Some(name) = self.read_ahead {
-            crate::telemetry::zero_counter(name, &[]);
         }
     }
 }
@@ -561,7 +550,6 @@ pub async fn run<J: Job>(
     let lag = partitions::spawn_lag_gauges(plan)?;
 
     let mut outputs = Vec::new();
-    let mut ahead = Ahead::new();
     let mut read = 0usize;
     let mut urgent = false;
     let mut abort_pause = Duration::ZERO;
@@ -665,7 +653,7 @@ pub async fn run<J: Job>(
                 operator.advance(now_micros(), &mut outputs);
                 job.collect(&mut outputs, None);
                 let waited = Instant::now();
-                let mut step = land(job, &mut parts, operator, shutdown, None).await?;
+                let mut step = land(job, &mut parts, operator, shutdown).await?;
                 if matches!(step, Step::On) {
                     step = match parts.stamp(shutdown).await? {
                         Ok(stamp) => Step::on_if(job.on_tick(operator, stamp, shutdown).await?),
@@ -705,9 +693,9 @@ pub async fn run<J: Job>(
                         Read::Stop => return Ok(()),
                     }
                     if read >= plan.max_batch {
-                        let read_ahead = ReadAhead { plan, codec, handovers: &handovers, ahead: &mut ahead };
-                        step = land(job, &mut parts, operator, shutdown, Some(read_ahead)).await?;
-                        step = settle(step, &mut ahead, job, operator, &mut outputs, &mut read, &mut urgent).await;
+                        read = 0;
+                        urgent = false;
+                        step = land(job, &mut parts, operator, shutdown).await?;
                         break;
                     }
                     drained += 1;
@@ -723,9 +711,9 @@ pub async fn run<J: Job>(
             // that caused them), not at the next tick; under a steady stream the input is
             // rarely empty for long, so outputs still land in batches.
             () = std::future::ready(()), if urgent => {
-                let read_ahead = ReadAhead { plan, codec, handovers: &handovers, ahead: &mut ahead };
-                let step = land(job, &mut parts, operator, shutdown, Some(read_ahead)).await?;
-                settle(step, &mut ahead, job, operator, &mut outputs, &mut read, &mut urgent).await
+                read = 0;
+                urgent = false;
+                land(job, &mut parts, operator, shutdown).await?
             }
         };
         match step {
@@ -792,77 +780,6 @@ enum Read {
     Stop,
 }
 
-/// What fetching one record came to.
-enum Fetched<I> {
-    /// A record for the operator.
-    Record(Record<I>),
-    /// Not for the operator: a consumer error read on, a partition no longer owned, bad input.
-    Skipped,
-    /// Shutdown came first.
-    Stop,
-}
-
-/// Takes one message from the consumer: its offset noted, its value decoded.
-async fn fetch<O: Operator>(
-    plan: &Plan<'_>,
-    codec: &AvroCodec,
-    consumer: &group::GroupConsumer,
-    parts: &mut Partitions<'_>,
-    operator: &mut O,
-    message: KafkaResult<BorrowedMessage<'_>>,
-    shutdown: &Shutdown,
-) -> Result<Fetched<O::Input>> {
-    let message = match message {
-        Ok(m) => m,
-        Err(e) => {
-            if let Some(fatal) = kafka::fatal_consumer_error(
-                &e,
-                consumer.client(),
-                plan.instance_id_key,
-                &plan.instance_id,
-            ) {
-                return Err(fatal);
-            }
-            tracing::warn!(error = %e, "kafka consumer error; reading on (the client reconnects by itself)");
-            return Ok(Fetched::Skipped);
-        }
-    };
-    let offset = message.offset();
-    let Some(tp) = parts.owned_tp(message.topic(), message.partition()) else {
-        // Fetched before the partition was released (or after it was fenced).
-        return Ok(Fetched::Skipped);
-    };
-    parts.next_offsets.insert(tp.clone(), offset + 1);
-    let replaying = parts.replaying(&tp, offset, operator);
-    // The clock is read only when decoding has to wait (for the schema registry).
-    let decoded = {
-        let mut decoding = std::pin::pin!(O::Input::decode(codec, &message, shutdown));
-        match decoding.as_mut().now_or_never() {
-            Some(decoded) => decoded,
-            None => {
-                let waited = Instant::now();
-                let decoded = decoding.await;
-                note_stall(operator, waited);
-                decoded
-            }
-        }
-    };
-    match decoded {
-        Decoded::Ok(input) => Ok(Fetched::Record(Record {
-            input,
-            tp,
-            offset,
-            replaying,
-        })),
-        Decoded::Bad { reason, detail } => {
-            metrics::counter!(plan.metrics.input_errors, "reason" => reason).increment(1);
-            tracing::warn!(reason, partition = %tp, offset, detail, "input record skipped");
-            Ok(Fetched::Skipped)
-        }
-        Decoded::Stop => Ok(Fetched::Stop),
-    }
-}
-
 /// Reads one record into the operator and its outputs into the job's batch.
 #[allow(clippy::too_many_arguments)]
 async fn read_record<J: Job>(
@@ -876,141 +793,69 @@ async fn read_record<J: Job>(
     message: KafkaResult<BorrowedMessage<'_>>,
     shutdown: &Shutdown,
 ) -> Result<Read> {
-    let record = match fetch(plan, codec, consumer, parts, operator, message, shutdown).await? {
-        Fetched::Record(record) => record,
-        Fetched::Skipped => return Ok(Read::Skipped),
-        Fetched::Stop => return Ok(Read::Stop),
-    };
-    if operator.on_record(&record.tp, &record.input, now_micros(), outputs) == Taken::AfterSupply {
-        supply_and_take(job, operator, &record, outputs).await;
-    }
-    let urgent = job.collect(outputs, Some(record));
-    Ok(Read::Taken { urgent })
-}
-
-/// The operator could take `record` only after [`Job::supply`]: awaits it, then hands the
-/// record over again.
-async fn supply_and_take<J: Job>(
-    job: &mut J,
-    operator: &mut J::Operator,
-    record: &Record<<J::Operator as Operator>::Input>,
-    outputs: &mut Vec<<J::Operator as Operator>::Output>,
-) {
-    let waited = Instant::now();
-    job.supply(operator).await;
-    note_stall(operator, waited);
-    operator.on_record(&record.tp, &record.input, now_micros(), outputs);
-}
-
-/// Records read while a transaction is in flight ([`land`]): taken by the operator, their
-/// outputs held back from the job's batch until the transaction has committed, then handed to
-/// it in order ([`Ahead::hand_over`]). Dropped with the batch if it does not commit: the
-/// partitions are then rewound to their committed offsets and their state rebuilt, so the
-/// operator forgets them too.
-struct Ahead<I, O> {
-    /// Each record and how many of `outputs` are its.
-    records: Vec<(Record<I>, usize)>,
-    outputs: Vec<O>,
-    /// The operator could take this one only after [`Job::supply`]: reading ahead stopped here.
-    supply: Option<Record<I>>,
-    /// Shutdown came first while a record was being decoded.
-    stop: bool,
-}
-
-impl<I, O> Ahead<I, O> {
-    fn new() -> Self {
-        Self {
-            records: Vec::new(),
-            outputs: Vec::new(),
-            supply: None,
-            stop: false,
-        }
-    }
-
-    /// Whether another record may be read ahead.
-    fn open(&self, max: usize) -> bool {
-        self.supply.is_none() && !self.stop && self.records.len() < max
-    }
-
-    fn clear(&mut self) {
-        self.records.clear();
-        self.outputs.clear();
-        self.supply = None;
-        self.stop = false;
-    }
-}
-
-impl<I: Input, O> Ahead<I, O> {
-    /// Reads one message ahead into the operator.
-    #[allow(clippy::too_many_arguments)]
-    async fn read<Op: Operator<Input = I, Output = O>>(
-        &mut self,
-        plan: &Plan<'_>,
-        codec: &AvroCodec,
-        consumer: &group::GroupConsumer,
-        parts: &mut Partitions<'_>,
-        operator: &mut Op,
-        message: KafkaResult<BorrowedMessage<'_>>,
-        shutdown: &Shutdown,
-    ) -> Result<()> {
-        match fetch(plan, codec, consumer, parts, operator, message, shutdown).await? {
-            Fetched::Record(record) => {
-                if let Some(name) = plan.metrics.read_ahead {
-                    metrics::counter!(name).increment(1);
-                }
-                let before = self.outputs.len();
-                let taken =
-                    operator.on_record(&record.tp, &record.input, now_micros(), &mut self.outputs);
-                if taken == Taken::AfterSupply {
-                    self.outputs.truncate(before);
-                    self.supply = Some(record);
-                } else {
-                    let n = self.outputs.len() - before;
-                    self.records.push((record, n));
-                }
+    let message = match message {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(fatal) = kafka::fatal_consumer_error(
+                &e,
+                consumer.client(),
+                plan.instance_id_key,
+                &plan.instance_id,
+            ) {
+                return Err(fatal);
             }
-            Fetched::Skipped => {}
-            Fetched::Stop => self.stop = true,
+            tracing::warn!(error = %e, "kafka consumer error; reading on (the client reconnects by itself)");
+            return Ok(Read::Skipped);
         }
-        Ok(())
+    };
+    let offset = message.offset();
+    let Some(tp) = parts.owned_tp(message.topic(), message.partition()) else {
+        // Fetched before the partition was released (or after it was fenced).
+        return Ok(Read::Skipped);
+    };
+    parts.next_offsets.insert(tp.clone(), offset + 1);
+    let replaying = parts.replaying(&tp, offset, operator);
+    // The clock is read only when decoding has to wait (for the schema registry).
+    let decoded = {
+        let mut decoding = std::pin::pin!(<J::Operator as Operator>::Input::decode(
+            codec, &message, shutdown
+        ));
+        match decoding.as_mut().now_or_never() {
+            Some(decoded) => decoded,
+            None => {
+                let waited = Instant::now();
+                let decoded = decoding.await;
+                note_stall(operator, waited);
+                decoded
+            }
+        }
+    };
+    let input = match decoded {
+        Decoded::Ok(input) => input,
+        Decoded::Bad { reason, detail } => {
+            metrics::counter!(plan.metrics.input_errors, "reason" => reason).increment(1);
+            tracing::warn!(reason, partition = %tp, offset, detail, "input record skipped");
+            return Ok(Read::Skipped);
+        }
+        Decoded::Stop => return Ok(Read::Stop),
+    };
+    drop(message);
+    if operator.on_record(&tp, &input, now_micros(), outputs) == Taken::AfterSupply {
+        let waited = Instant::now();
+        job.supply(operator).await;
+        note_stall(operator, waited);
+        operator.on_record(&tp, &input, now_micros(), outputs);
     }
-}
-
-impl<I, O> Ahead<I, O> {
-    /// After the transaction committed: the records read ahead go into the job's batch, in
-    /// the order they were read. Returns how many, and whether one of them is urgent; `None`:
-    /// shutdown came first.
-    async fn hand_over<J: Job>(
-        &mut self,
-        job: &mut J,
-        operator: &mut J::Operator,
-        outputs: &mut Vec<O>,
-    ) -> Option<(usize, bool)>
-    where
-        J::Operator: Operator<Input = I, Output = O>,
-    {
-        if self.stop {
-            self.clear();
-            return None;
-        }
-        let mut urgent = false;
-        let mut read = 0;
-        let mut held = std::mem::take(&mut self.outputs).into_iter();
-        for (record, n) in self.records.drain(..) {
-            outputs.extend(held.by_ref().take(n));
-            urgent |= job.collect(outputs, Some(record));
-            read += 1;
-        }
-        // Keep the allocation for the next transaction.
-        self.outputs = held.collect::<Vec<_>>();
-        self.outputs.clear();
-        if let Some(record) = self.supply.take() {
-            supply_and_take(job, operator, &record, outputs).await;
-            urgent |= job.collect(outputs, Some(record));
-            read += 1;
-        }
-        Some((read, urgent))
-    }
+    let urgent = job.collect(
+        outputs,
+        Some(Record {
+            input,
+            tp,
+            offset,
+            replaying,
+        }),
+    );
+    Ok(Read::Taken { urgent })
 }
 
 fn names(partitions: &[Tp]) -> Vec<String> {
@@ -1024,60 +869,26 @@ async fn next_question<O>(inspect: &mut Option<mpsc::Receiver<Inspect<O>>>) -> O
     }
 }
 
-/// What reading ahead while a transaction is in flight needs (see [`land`]).
-struct ReadAhead<'r, 'p, O: Operator> {
-    plan: &'r Plan<'p>,
-    codec: &'r AvroCodec,
-    handovers: &'r mpsc::UnboundedReceiver<Handover>,
-    ahead: &'r mut AheadOf<O>,
-}
-
-/// What [`Ahead`] holds for operator `O`.
-type AheadOf<O> = Ahead<<O as Operator>::Input, <O as Operator>::Output>;
-
 /// Flushes the job's batch under a fresh write stamp, or with transactions in a transaction
 /// with the offsets read since the last one, telling the operator how long the input was not
-/// read meanwhile. With transactions and `read_ahead`, records are read into the operator while
-/// the transaction is in flight (up to a batch, never past a hand-over or a shutdown): their
-/// outputs wait in [`Ahead`] for the commit, then go into the next batch ([`settle`]).
+/// read meanwhile.
 async fn land<J: Job>(
     job: &mut J,
     parts: &mut Partitions<'_>,
     operator: &mut J::Operator,
     shutdown: &Shutdown,
-    read_ahead: Option<ReadAhead<'_, '_, J::Operator>>,
 ) -> Result<Step> {
     let waited = Instant::now();
     let flushed = if matches!(parts.checkpoints, Checkpoints::Transactions) {
         let offsets = parts.uncommitted()?;
-        let consumer = parts.consumer;
-        let Some(group) = consumer.group_metadata() else {
+        let Some(group) = parts.consumer.group_metadata() else {
             return Ok(Step::Aborted("no consumer group metadata yet".into()));
         };
         let commit = Commit::Transaction {
             offsets: &offsets,
-            group: Arc::new(group),
+            group: &group,
         };
-        let flushed = match read_ahead {
-            None => job.flush(commit, shutdown).await?,
-            Some(r) => {
-                let mut flushing = std::pin::pin!(job.flush(commit, shutdown));
-                loop {
-                    tokio::select! {
-                        biased;
-                        flushed = &mut flushing => break flushed?,
-                        message = consumer.recv(), if r.ahead.open(r.plan.max_batch)
-                            && r.handovers.is_empty()
-                            && !shutdown.is_triggered() =>
-                        {
-                            r.ahead
-                                .read(r.plan, r.codec, consumer, parts, operator, message, shutdown)
-                                .await?;
-                        }
-                    }
-                }
-            }
-        };
+        let flushed = job.flush(commit, shutdown).await?;
         if flushed == Flushed::Landed {
             parts.committed(&offsets);
             operator.committed();
@@ -1097,34 +908,6 @@ async fn land<J: Job>(
     })
 }
 
-/// After a [`land`] that read ahead: the records read meanwhile go into the job's batch if the
-/// transaction committed, and are dropped with it if not. Sets how many records the batch holds
-/// and whether one is urgent.
-async fn settle<J: Job>(
-    step: Step,
-    ahead: &mut AheadOf<J::Operator>,
-    job: &mut J,
-    operator: &mut J::Operator,
-    outputs: &mut Vec<<J::Operator as Operator>::Output>,
-    read: &mut usize,
-    urgent: &mut bool,
-) -> Step {
-    *read = 0;
-    *urgent = false;
-    if !matches!(step, Step::On) {
-        ahead.clear();
-        return step;
-    }
-    match ahead.hand_over(job, operator, outputs).await {
-        Some((n, now)) => {
-            *read = n;
-            *urgent = now;
-            Step::On
-        }
-        None => Step::Stop,
-    }
-}
-
 /// Lands the batch, then checkpoints `partitions`.
 async fn land_and_checkpoint<J: Job>(
     job: &mut J,
@@ -1133,7 +916,7 @@ async fn land_and_checkpoint<J: Job>(
     partitions: &[Tp],
     shutdown: &Shutdown,
 ) -> Result<Step> {
-    match land(job, parts, operator, shutdown, None).await? {
+    match land(job, parts, operator, shutdown).await? {
         Step::On => parts.checkpoint(partitions, operator, shutdown).await,
         other => Ok(other),
     }
