@@ -21,8 +21,8 @@
 //! Like the duplicate filter, state is per input partition, changed by a batch and made
 //! permanent at its commit (each stream's state before the batch is kept until then, so
 //! [`Gaps::rollback`] can undo it exactly), and rebuilt after a restart, a rebalance or an
-//! aborted transaction by the warm-up that reads the partition back over the dedup horizon. A gap found before that window and filled after a
-//! restart is not reported filled.
+//! aborted transaction by the warm-up that reads the partition back over the dedup horizon. A
+//! gap found before that window and filled after a restart is not reported filled.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
