@@ -12,9 +12,9 @@ use crate::store::FairPriceStore;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::domain::{now_micros, Micros};
-use tickflow_shared::runtime;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
+use tickflow_shared::{kafka, runtime};
 
 use crate::metrics::{
     LATENCY, SINK_ANOMALIES_CASSANDRA, SINK_ANOMALIES_KAFKA, SINK_ERRORS, SINK_PRICES_CASSANDRA,
@@ -58,18 +58,26 @@ impl Sinks {
         // Kafka first, in order per instrument (one producer, keyed records, idempotence).
         let prices: Vec<&FairPrice> = batch.prices.iter().map(|(fp, _)| fp).collect();
         if !self
-            .each(&prices, SINK_PRICES_KAFKA.0, shutdown, |fp| {
-                self.send_price(fp)
-            })
+            .each(
+                &prices,
+                SINK_PRICES_KAFKA.0,
+                kafka::SENDS_IN_FLIGHT,
+                shutdown,
+                |fp| self.send_price(fp),
+            )
             .await
         {
             return Ok(false);
         }
         let anomalies: Vec<&Anomaly> = batch.anomalies.iter().collect();
         if !self
-            .each(&anomalies, SINK_ANOMALIES_KAFKA.0, shutdown, |a| {
-                self.send_anomaly(a)
-            })
+            .each(
+                &anomalies,
+                SINK_ANOMALIES_KAFKA.0,
+                kafka::SENDS_IN_FLIGHT,
+                shutdown,
+                |a| self.send_anomaly(a),
+            )
             .await
         {
             return Ok(false);
@@ -88,17 +96,25 @@ impl Sinks {
         if let Some(store) = &self.store {
             let started = Instant::now();
             if !self
-                .each(&prices, SINK_PRICES_CASSANDRA.0, shutdown, |fp| {
-                    store.upsert(fp)
-                })
+                .each(
+                    &prices,
+                    SINK_PRICES_CASSANDRA.0,
+                    self.max_in_flight,
+                    shutdown,
+                    |fp| store.upsert(fp),
+                )
                 .await
             {
                 return Ok(false);
             }
             if !self
-                .each(&anomalies, SINK_ANOMALIES_CASSANDRA.0, shutdown, |a| {
-                    store.insert_anomaly(a)
-                })
+                .each(
+                    &anomalies,
+                    SINK_ANOMALIES_CASSANDRA.0,
+                    self.max_in_flight,
+                    shutdown,
+                    |a| store.insert_anomaly(a),
+                )
                 .await
             {
                 return Ok(false);
@@ -141,6 +157,7 @@ impl Sinks {
         &self,
         items: &'a [T],
         sink: &'static str,
+        in_flight: usize,
         shutdown: &Shutdown,
         write: F,
     ) -> bool
@@ -148,15 +165,7 @@ impl Sinks {
         F: Fn(&'a T) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        runtime::land_each(
-            items,
-            sink,
-            SINK_ERRORS,
-            self.max_in_flight,
-            shutdown,
-            write,
-        )
-        .await
+        runtime::land_each(items, sink, SINK_ERRORS, in_flight, shutdown, write).await
     }
 }
 

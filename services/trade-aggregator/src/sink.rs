@@ -13,9 +13,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tickflow_shared::avro::AvroCodec;
 use tickflow_shared::domain::{epoch_day, Candle, Micros, Trade};
-use tickflow_shared::runtime;
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
+use tickflow_shared::{kafka, runtime};
 
 use crate::metrics::{
     SINK_CANDLES, SINK_CANDLES_KAFKA, SINK_ERRORS, SINK_LATE, SINK_TRADES, SINK_WRITE_SECONDS,
@@ -97,6 +97,7 @@ impl Sinks {
                 .each(
                     &partition_batches(&batch.trades),
                     SINK_TRADES.0,
+                    self.max_in_flight,
                     shutdown,
                     |group| store.insert_partition(group),
                 )
@@ -107,9 +108,13 @@ impl Sinks {
         }
         let candles: Vec<&Candle> = batch.candles.values().collect();
         if !self
-            .each(&candles, SINK_CANDLES.0, shutdown, |c| {
-                self.candles.upsert(c, stamp)
-            })
+            .each(
+                &candles,
+                SINK_CANDLES.0,
+                self.max_in_flight,
+                shutdown,
+                |c| self.candles.upsert(c, stamp),
+            )
             .await
         {
             return Ok(false);
@@ -120,17 +125,25 @@ impl Sinks {
             .filter(|c| c.interval == ONE_MINUTE)
             .collect();
         if !self
-            .each(&one_minute, SINK_CANDLES_KAFKA.0, shutdown, |c| {
-                self.send_candle(c, stamp)
-            })
+            .each(
+                &one_minute,
+                SINK_CANDLES_KAFKA.0,
+                kafka::SENDS_IN_FLIGHT,
+                shutdown,
+                |c| self.send_candle(c, stamp),
+            )
             .await
         {
             return Ok(false);
         }
         if !self
-            .each(&batch.late, SINK_LATE.0, shutdown, |(t, reason)| {
-                self.send_late(t, reason)
-            })
+            .each(
+                &batch.late,
+                SINK_LATE.0,
+                kafka::SENDS_IN_FLIGHT,
+                shutdown,
+                |(t, reason)| self.send_late(t, reason),
+            )
             .await
         {
             return Ok(false);
@@ -140,11 +153,13 @@ impl Sinks {
         Ok(true)
     }
 
-    /// Lands every item with `write` ([`runtime::land_each`]).
+    /// Lands every item with `write` ([`runtime::land_each`]), timed by `sink` in
+    /// [`SINK_WRITE_SECONDS`] (the whole flush is `sink="batch"`).
     async fn each<'a, T, F, Fut>(
         &self,
         items: &'a [T],
         sink: &'static str,
+        in_flight: usize,
         shutdown: &Shutdown,
         write: F,
     ) -> bool
@@ -152,15 +167,14 @@ impl Sinks {
         F: Fn(&'a T) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
-        runtime::land_each(
-            items,
-            sink,
-            SINK_ERRORS,
-            self.max_in_flight,
-            shutdown,
-            write,
-        )
-        .await
+        if items.is_empty() {
+            return true;
+        }
+        let started = Instant::now();
+        let landed = runtime::land_each(items, sink, SINK_ERRORS, in_flight, shutdown, write).await;
+        metrics::histogram!(SINK_WRITE_SECONDS, "sink" => sink)
+            .record(started.elapsed().as_secs_f64());
+        landed
     }
 
     async fn send_candle(&self, candle: &Candle, stamp: Micros) -> Result<()> {

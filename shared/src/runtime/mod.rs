@@ -695,7 +695,9 @@ pub async fn run<J: Job>(
                     if read >= plan.max_batch {
                         read = 0;
                         urgent = false;
+                        let waited = Instant::now();
                         step = land(job, &mut parts, operator, shutdown).await?;
+                        note_stall(operator, waited);
                         break;
                     }
                     drained += 1;
@@ -713,7 +715,10 @@ pub async fn run<J: Job>(
             () = std::future::ready(()), if urgent => {
                 read = 0;
                 urgent = false;
-                land(job, &mut parts, operator, shutdown).await?
+                let waited = Instant::now();
+                let step = land(job, &mut parts, operator, shutdown).await?;
+                note_stall(operator, waited);
+                step
             }
         };
         match step {
@@ -870,15 +875,16 @@ async fn next_question<O>(inspect: &mut Option<mpsc::Receiver<Inspect<O>>>) -> O
 }
 
 /// Flushes the job's batch under a fresh write stamp, or with transactions in a transaction
-/// with the offsets read since the last one, telling the operator how long the input was not
-/// read meanwhile.
+/// with the offsets read since the last one. The caller tells the operator how long the input
+/// was not read ([`note_stall`]), once for the whole of what it waited on: a wait noted twice
+/// (here and by an arm around it) pushed every source's idle timeout twice as far, so under
+/// flushes of 100 ms and more a fresh partition's stand-in for unseen sources never went idle.
 async fn land<J: Job>(
     job: &mut J,
     parts: &mut Partitions<'_>,
     operator: &mut J::Operator,
     shutdown: &Shutdown,
 ) -> Result<Step> {
-    let waited = Instant::now();
     let flushed = if matches!(parts.checkpoints, Checkpoints::Transactions) {
         let offsets = parts.uncommitted()?;
         let Some(group) = parts.consumer.group_metadata() else {
@@ -900,7 +906,6 @@ async fn land<J: Job>(
             Err(step) => return Ok(step),
         }
     };
-    note_stall(operator, waited);
     Ok(match flushed {
         Flushed::Landed => Step::On,
         Flushed::Stopped => Step::Stop,
