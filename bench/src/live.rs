@@ -87,6 +87,16 @@ impl Role {
         }
     }
 
+    /// Its own config section, as its environment variables spell it.
+    fn section(self) -> &'static str {
+        match self {
+            Role::Gateway => "GATEWAY",
+            Role::Normalizer => "NORMALIZER",
+            Role::Aggregator => "AGGREGATOR",
+            Role::FairPrice => "FAIR_PRICE",
+        }
+    }
+
     /// The counter of events this service handled, and what they are.
     fn events(self) -> (&'static str, &'static str) {
         match self {
@@ -300,7 +310,7 @@ pub async fn run(
     ] {
         let mut env = env[&role].clone();
         env.push(("TICKFLOW_SERVICE__LOG_LEVEL", "warn".into()));
-        let env = crate::with_extra(&env, extra);
+        let env = crate::with_extra(&env, extra, role.section());
         let binary = bin_dir.join(role.binary());
         let mut process = ServiceProcess::spawn(&binary.display().to_string(), stack, &env);
         process

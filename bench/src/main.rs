@@ -102,9 +102,11 @@ struct Args {
     /// functions by self time to DIR/<run>.txt (needs `perf`; the samples cost a little CPU).
     #[arg(long, value_name = "DIR")]
     perf: Option<PathBuf>,
-    /// An extra setting for every tickflow service run, as its environment variable (repeatable),
+    /// An extra setting for the tickflow services run, as its environment variable (repeatable),
     /// e.g. `--service-env TICKFLOW_KAFKA__LIBRDKAFKA__QUEUED_MIN_MESSAGES=100000` to measure
-    /// another client setting beside the defaults.
+    /// another client setting beside the defaults. A service's own section
+    /// (`TICKFLOW_AGGREGATOR__...`, `_NORMALIZER__`, `_FAIR_PRICE__`, `_GATEWAY__`) goes to that
+    /// service only; the others to every service.
     #[arg(long = "service-env", value_name = "TICKFLOW_KEY=VALUE")]
     service_env: Vec<String>,
 }
@@ -125,15 +127,30 @@ fn service_env(settings: &[String]) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-/// A service's environment with the `--service-env` settings after it (so they win).
+/// The config sections of one service each, as they start an environment variable
+/// (`TICKFLOW_AGGREGATOR__...`).
+const SERVICE_SECTIONS: [&str; 4] = ["GATEWAY", "NORMALIZER", "AGGREGATOR", "FAIR_PRICE"];
+
+/// The environment of the service whose own config section is `section` (one of
+/// [`SERVICE_SECTIONS`]), with the `--service-env` settings after it (so they win). A setting of
+/// another service's own section is left out (a service refuses a section it does not have);
+/// the shared ones (`TICKFLOW_KAFKA__...`, `TICKFLOW_SERVICE__...`) go to every service.
 pub fn with_extra<'a>(
     env: &[(&'a str, String)],
     extra: &'a [(String, String)],
+    section: &str,
 ) -> Vec<(&'a str, String)> {
     let mut all = env.to_vec();
     all.extend(
         extra
             .iter()
+            .filter(|(key, _)| {
+                let theirs = key
+                    .strip_prefix("TICKFLOW_")
+                    .and_then(|rest| rest.split_once("__"))
+                    .map(|(s, _)| s);
+                !theirs.is_some_and(|s| SERVICE_SECTIONS.contains(&s) && s != section)
+            })
             .map(|(key, value)| (key.as_str(), value.clone())),
     );
     all
@@ -477,13 +494,41 @@ async fn run(args: Args) -> Result<bool, String> {
         args.live_seconds,
         args.live_rate,
         args.live_instruments,
-        args.service_env
-            .iter()
-            .map(|setting| format!(" --service-env {setting}"))
-            .collect::<String>(),
+        reproduce_rest(&args),
     );
     println!("result: {}", if ok { "PASS" } else { "FAIL" });
     Ok(ok)
+}
+
+/// The reproduce line's options after the sizes: the runs left out, the binaries and settings
+/// given, as they were given.
+fn reproduce_rest(args: &Args) -> String {
+    let mut rest = String::new();
+    for (set, flag) in [
+        (args.no_flink, "--no-flink"),
+        (args.no_spark, "--no-spark"),
+        (args.no_lean, "--no-lean"),
+    ] {
+        if set {
+            rest += &format!(" {flag}");
+        }
+    }
+    if args.spark_parallelism != 1 {
+        rest += &format!(" --spark-parallelism {}", args.spark_parallelism);
+    }
+    for (path, flag) in [
+        (&args.bin_dir, "--bin-dir"),
+        (&args.aggregator_config, "--aggregator-config"),
+        (&args.perf, "--perf"),
+    ] {
+        if let Some(path) = path {
+            rest += &format!(" {flag} {}", path.display());
+        }
+    }
+    for setting in &args.service_env {
+        rest += &format!(" --service-env {setting}");
+    }
+    rest
 }
 
 /// One table of measured systems, each with its ratio to `rows[reference]`.
@@ -691,7 +736,7 @@ async fn tickflow(
     let mut service = ServiceProcess::spawn(
         &binary.display().to_string(),
         stack,
-        &with_extra(&env, extra),
+        &with_extra(&env, extra, "AGGREGATOR"),
     );
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
@@ -962,8 +1007,40 @@ mod tests {
     #[test]
     fn extra_settings_come_last_so_they_win() {
         let extra = vec![("TICKFLOW_A".to_string(), "2".to_string())];
-        let env = with_extra(&[("TICKFLOW_A", "1".to_string())], &extra);
+        let env = with_extra(&[("TICKFLOW_A", "1".to_string())], &extra, "AGGREGATOR");
         assert_eq!(env.last(), Some(&("TICKFLOW_A", "2".to_string())));
         assert_eq!(env.len(), 2);
+    }
+
+    #[test]
+    fn a_service_section_goes_to_its_service_only() {
+        let extra: Vec<(String, String)> = [
+            "TICKFLOW_AGGREGATOR__MAX_IN_FLIGHT",
+            "TICKFLOW_FAIR_PRICE__MAX_IN_FLIGHT",
+            "TICKFLOW_KAFKA__LINGER_MS",
+        ]
+        .map(|k| (k.to_string(), "1".to_string()))
+        .into();
+        let keys = |section| -> Vec<&str> {
+            with_extra(&[], &extra, section)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(
+            keys("AGGREGATOR"),
+            [
+                "TICKFLOW_AGGREGATOR__MAX_IN_FLIGHT",
+                "TICKFLOW_KAFKA__LINGER_MS"
+            ]
+        );
+        assert_eq!(
+            keys("FAIR_PRICE"),
+            [
+                "TICKFLOW_FAIR_PRICE__MAX_IN_FLIGHT",
+                "TICKFLOW_KAFKA__LINGER_MS"
+            ]
+        );
+        assert_eq!(keys("GATEWAY"), ["TICKFLOW_KAFKA__LINGER_MS"]);
     }
 }

@@ -244,7 +244,7 @@ pub async fn normalizer(
     let mut service = ServiceProcess::spawn(
         &binary.display().to_string(),
         stack,
-        &crate::with_extra(&env, extra),
+        &crate::with_extra(&env, extra, "NORMALIZER"),
     );
     service
         .wait_for("/readyz", 200, Duration::from_secs(60))
