@@ -7,8 +7,8 @@
 //!   to the trade being readable on the Trade topic (read_committed), to a fair price on Kafka
 //!   (from the receive time of its newest contributing trade), and to a final 1-minute candle
 //!   on Kafka from the receive time of the trade that moved the watermark past the window's end
-//!   (the aggregator sends a candle to Kafka once its Cassandra row has landed, so the candle
-//!   is in Cassandra by then).
+//!   (the aggregator writes a flush to Cassandra before it sends its candles to Kafka, so the
+//!   candle is in Cassandra by then).
 //!
 //! Each latency is read by this process's own read_committed consumer, on the same clock as the
 //! gateway's: what a downstream reader sees.

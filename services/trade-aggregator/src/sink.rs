@@ -1,16 +1,12 @@
 //! Where the operator's outputs go: 1-minute candles to Cassandra `candles_1m` and Kafka,
 //! roll-ups to Cassandra `candles_rollup` (not to Kafka: the candle topic is 1-minute), trades to
-//! Cassandra `trades`, too-late and rejected trades to the late topic. A 1-minute candle goes to
-//! Kafka once its own Cassandra row has landed. Every write is an idempotent upsert (or a keyed
-//! record) retried with backoff until it lands; while a sink is down the flush waits, so
-//! consumption pauses and memory stays bounded.
+//! Cassandra `trades`, too-late and rejected trades to the late topic. Every write is an
+//! idempotent upsert (or a keyed record) retried with backoff until it lands; while a sink is
+//! down the flush waits, so consumption pauses and memory stays bounded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc;
 
 use crate::store::{CandleStore, TradeStore, ONE_MINUTE, PARTITION_BATCH};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -96,30 +92,48 @@ impl Sinks {
             return Ok(true);
         }
         let started = Instant::now();
-        // The trade rows and the candles at once: nothing reads one kind for the other (a
-        // correction reads the trades at a later tick, once the whole flush has landed).
-        let groups = partition_batches(&batch.trades);
-        let trades = async {
-            match &self.trades {
-                Some(store) => {
-                    self.each(
-                        &groups,
-                        SINK_TRADES.0,
-                        self.max_in_flight,
-                        shutdown,
-                        |group| store.insert_partition(group),
-                    )
-                    .await
-                }
-                None => true,
+        if let Some(store) = &self.trades {
+            let ok = self
+                .each(
+                    &partition_batches(&batch.trades),
+                    SINK_TRADES.0,
+                    self.max_in_flight,
+                    shutdown,
+                    |group| store.insert_partition(group),
+                )
+                .await;
+            if !ok {
+                return Ok(false);
             }
-        };
-        let mut candles: Vec<&Candle> = batch.candles.values().collect();
-        // The 1-minute finals first (they are what waits on Kafka), then the other 1-minute
-        // candles, then the roll-ups; stable, so each group keeps its key order.
-        candles.sort_by_key(|c| (c.interval != ONE_MINUTE, !c.is_final));
-        let (trades, candles) = tokio::join!(trades, self.candles(&candles, stamp, shutdown));
-        if !(trades && candles) {
+        }
+        let candles: Vec<&Candle> = batch.candles.values().collect();
+        if !self
+            .each(
+                &candles,
+                SINK_CANDLES.0,
+                self.max_in_flight,
+                shutdown,
+                |c| self.candles.upsert(c, stamp),
+            )
+            .await
+        {
+            return Ok(false);
+        }
+        let one_minute: Vec<&Candle> = candles
+            .iter()
+            .copied()
+            .filter(|c| c.interval == ONE_MINUTE)
+            .collect();
+        if !self
+            .each(
+                &one_minute,
+                SINK_CANDLES_KAFKA.0,
+                kafka::SENDS_IN_FLIGHT,
+                shutdown,
+                |c| self.send_candle(c, stamp),
+            )
+            .await
+        {
             return Ok(false);
         }
         if !self
@@ -137,65 +151,6 @@ impl Sinks {
         metrics::histogram!(SINK_WRITE_SECONDS, "sink" => "batch")
             .record(started.elapsed().as_secs_f64());
         Ok(true)
-    }
-
-    /// Upserts `candles` (`max_in_flight` at a time, in their order) and sends each 1-minute
-    /// one to Kafka as soon as its own row has landed, while the other rows are still written:
-    /// a candle on Kafka is in Cassandra, and none waits for the whole batch's rows. A candle
-    /// whose row cannot be written at all (skipped, see [`runtime::land_each`]) is not sent
-    /// either. `false`: shutdown came first.
-    async fn candles(&self, candles: &[&Candle], stamp: Micros, shutdown: &Shutdown) -> bool {
-        let (landed, mut to_send) = mpsc::unbounded_channel::<&Candle>();
-        let rows = async move {
-            let landed = &landed;
-            self.each(
-                candles,
-                SINK_CANDLES.0,
-                self.max_in_flight,
-                shutdown,
-                |c| async move {
-                    self.candles.upsert(c, stamp).await?;
-                    if c.interval == ONE_MINUTE {
-                        // The receiver lives until the sender (this future's) is dropped.
-                        let _ = landed.send(*c);
-                    }
-                    Ok(())
-                },
-            )
-            .await
-            // `landed` goes here: the sends below end once every row has.
-        };
-        let sends = async {
-            let started = Instant::now();
-            let mut in_flight = FuturesUnordered::new();
-            let (mut all_sent, mut open, mut sent) = (true, true, 0usize);
-            while open || !in_flight.is_empty() {
-                tokio::select! {
-                    next = to_send.recv(), if open => match next {
-                        Some(candle) => {
-                            sent += 1;
-                            in_flight.push(runtime::land_each(
-                                std::slice::from_ref(candle),
-                                SINK_CANDLES_KAFKA.0,
-                                SINK_ERRORS,
-                                1,
-                                shutdown,
-                                |c: &Candle| self.send_candle(c, stamp),
-                            ));
-                        }
-                        None => open = false,
-                    },
-                    Some(landed) = in_flight.next(), if !in_flight.is_empty() => all_sent &= landed,
-                }
-            }
-            if sent > 0 {
-                metrics::histogram!(SINK_WRITE_SECONDS, "sink" => SINK_CANDLES_KAFKA.0)
-                    .record(started.elapsed().as_secs_f64());
-            }
-            all_sent
-        };
-        let (rows, sends) = tokio::join!(rows, sends);
-        rows && sends
     }
 
     /// Lands every item with `write` ([`runtime::land_each`]), timed by `sink` in
