@@ -38,8 +38,6 @@ pub struct Dedup {
     /// Insertion order with receive times, for eviction.
     order: VecDeque<(Micros, TradeKey)>,
     newest: Micros,
-    /// Inserted since the last commit.
-    journal: Vec<TradeKey>,
 }
 
 impl Dedup {
@@ -50,13 +48,11 @@ impl Dedup {
         }
         self.order.push_back((received_at, key));
         self.newest = self.newest.max(received_at);
-        self.journal.push(key);
         true
     }
 
-    /// Makes the batch's insertions permanent and evicts what is older than `horizon`.
+    /// At a commit: evicts what is older than `horizon`.
     pub fn commit(&mut self, horizon: Micros) {
-        self.journal.clear();
         let oldest_kept = self.newest.saturating_sub(horizon);
         while let Some(&(time, key)) = self.order.front() {
             if time >= oldest_kept {
@@ -65,19 +61,6 @@ impl Dedup {
             self.order.pop_front();
             self.seen.remove(&key);
         }
-    }
-
-    /// Forgets the insertions since the last commit.
-    pub fn rollback(&mut self) {
-        for key in self.journal.drain(..) {
-            self.seen.remove(&key);
-        }
-        let committed = self.seen.len();
-        // Insertions are at the back of `order`, in the same order.
-        while self.order.len() > committed {
-            self.order.pop_back();
-        }
-        self.newest = self.order.iter().map(|(t, _)| *t).max().unwrap_or(0);
     }
 
     pub fn len(&self) -> usize {
@@ -159,22 +142,5 @@ mod tests {
             key & u128::from(u64::MAX),
             "two independent halves"
         );
-    }
-
-    #[test]
-    fn rollback_forgets_exactly_the_batch() {
-        let mut d = Dedup::default();
-        let keys: Vec<_> = (0..5)
-            .map(|i| trade_key("p", "e", "s", &i.to_string()))
-            .collect();
-        d.insert(keys[0], 10);
-        d.insert(keys[1], 20);
-        d.commit(1_000);
-        d.insert(keys[2], 30);
-        d.insert(keys[3], 40);
-        d.rollback();
-        assert_eq!(d.len(), 2);
-        assert!(!d.insert(keys[1], 50));
-        assert!(d.insert(keys[3], 50), "rolled back, so new again");
     }
 }

@@ -18,11 +18,10 @@
 //! reset its ids): its open gaps are closed as **dropped** and it starts over. At most
 //! [`MAX_OPEN`] gaps are held per stream; the oldest is dropped beyond that.
 //!
-//! Like the duplicate filter, state is per input partition, changed by a batch and made
-//! permanent at its commit (each stream's state before the batch is kept until then, so
-//! [`Gaps::rollback`] can undo it exactly), and rebuilt after a restart, a rebalance or an
-//! aborted transaction by the warm-up that reads the partition back over the dedup horizon. A
-//! gap found before that window and filled after a restart is not reported filled.
+//! Like the duplicate filter, state is per input partition, and rebuilt after a restart, a
+//! rebalance or an aborted transaction by the warm-up that reads the partition back over the
+//! dedup horizon (nothing is undone in place). A gap found before that window and filled after
+//! a restart is not reported filled.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
@@ -192,8 +191,6 @@ type Streams<T> = Fold<&'static str, Fold<String, T>>;
 #[derive(Debug, Default)]
 pub struct Gaps {
     streams: Streams<Stream>,
-    /// Each stream touched since the last commit, as it was before (`None`: it did not exist).
-    journal: Streams<Option<Stream>>,
 }
 
 fn connection_hash(connection: &str) -> u64 {
@@ -216,7 +213,7 @@ impl Gaps {
             event_time,
         } = seen;
         let connection = connection_hash(connection);
-        let streams = self.touch(provider, symbol);
+        let streams = self.touch(provider);
         let event = |first: u64, last: u64, after_time: Micros, kind: EventKind| Event {
             provider,
             symbol: symbol.to_string(),
@@ -358,14 +355,9 @@ impl Gaps {
         }
     }
 
-    /// The streams of `provider`, with `symbol`'s state as it was before the batch journaled.
-    fn touch(&mut self, provider: &'static str, symbol: &str) -> &mut Fold<String, Stream> {
-        let streams = self.streams.entry(provider).or_default();
-        let journal = self.journal.entry(provider).or_default();
-        if !journal.contains_key(symbol) {
-            journal.insert(symbol.to_string(), streams.get(symbol).cloned());
-        }
-        streams
+    /// The streams of `provider`.
+    fn touch(&mut self, provider: &'static str) -> &mut Fold<String, Stream> {
+        self.streams.entry(provider).or_default()
     }
 
     /// The provider no longer serves trades `first..=last` of (`provider`, `symbol`): they leave
@@ -380,7 +372,7 @@ impl Gaps {
         at: Micros,
         out: &mut Vec<Event>,
     ) {
-        let Some(stream) = self.touch(provider, symbol).get_mut(symbol) else {
+        let Some(stream) = self.touch(provider).get_mut(symbol) else {
             return;
         };
         let mut closed = Vec::new();
@@ -423,28 +415,6 @@ impl Gaps {
                 },
                 at,
             });
-        }
-    }
-
-    /// Makes the batch's changes permanent.
-    pub fn commit(&mut self) {
-        self.journal.clear();
-    }
-
-    /// Undoes every change since the last commit.
-    pub fn rollback(&mut self) {
-        for (provider, touched) in self.journal.drain() {
-            let streams = self.streams.entry(provider).or_default();
-            for (symbol, before) in touched {
-                match before {
-                    Some(stream) => {
-                        streams.insert(symbol, stream);
-                    }
-                    None => {
-                        streams.remove(&symbol);
-                    }
-                }
-            }
         }
     }
 
@@ -547,10 +517,6 @@ impl GapSet {
             self.partitions.insert(tp.clone(), Gaps::default());
         }
         self.partitions.get_mut(tp).expect("inserted above")
-    }
-
-    pub fn commit(&mut self) {
-        self.partitions.values_mut().for_each(Gaps::commit);
     }
 
     /// Drops `tp`'s tracker.
@@ -685,29 +651,9 @@ mod tests {
     }
 
     #[test]
-    fn rollback_undoes_the_batch_exactly() {
-        let mut gaps = Gaps::default();
-        feed(&mut gaps, &[(1, "c"), (5, "c")]);
-        gaps.commit();
-        let batch = [(3, "c"), (9, "c"), (2, "c")];
-        let first_try = feed(&mut gaps, &batch);
-        gaps.rollback();
-        let second_try = feed(&mut gaps, &batch);
-        assert_eq!(first_try, second_try);
-        // A stream that only the aborted batch created is forgotten too.
-        let mut fresh = Gaps::default();
-        let mut out = Vec::new();
-        fresh.observe("kraken", "BTC/USD", seen(5, "c", 0), &mut out);
-        fresh.rollback();
-        fresh.observe("kraken", "BTC/USD", seen(9, "c", 0), &mut out);
-        assert!(out.is_empty(), "9 is the stream's first trade: {out:?}");
-    }
-
-    #[test]
     fn trades_the_provider_no_longer_serves_close_the_gap_once_nothing_else_is_awaited() {
         let mut gaps = Gaps::default();
         feed(&mut gaps, &[(1, "c"), (10, "c"), (4, "c")]);
-        gaps.commit();
         let mut out = Vec::new();
         // 2..=3 gone: 5..=9 may still come.
         gaps.give_up("binance", "BTCUSDT", 2, 3, 7, &mut out);
@@ -737,11 +683,6 @@ mod tests {
         let mut open = BTreeMap::new();
         gaps.open(&mut open);
         assert_eq!(open["binance"], (0, 0));
-        // Undone with the batch.
-        gaps.rollback();
-        let mut open = BTreeMap::new();
-        gaps.open(&mut open);
-        assert_eq!(open["binance"], (1, 7));
     }
 
     #[test]

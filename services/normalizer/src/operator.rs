@@ -282,10 +282,9 @@ impl runtime::Operator for Normalizer {
         self.drop_state(tp);
     }
 
-    /// The batch committed: what the filters took in since the last commit is kept (an abort
-    /// rebuilds the filters from the log, it never undoes them).
+    /// The batch committed: the duplicate filter evicts what is past its horizon. (An abort
+    /// rebuilds the filters from the log; nothing is undone in place.)
     fn committed(&mut self) {
         self.dedup.commit(self.settings.dedup_horizon);
-        self.gaps.commit();
     }
 }

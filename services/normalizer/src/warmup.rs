@@ -136,7 +136,6 @@ pub async fn warm_up(
         }
     }
     dedup.commit(horizon);
-    gaps.commit();
     warmed.remembered = dedup.len();
     tracing::info!(
         topic,
