@@ -102,6 +102,10 @@ struct Args {
     /// functions by self time to DIR/<run>.txt (needs `perf`; the samples cost a little CPU).
     #[arg(long, value_name = "DIR")]
     perf: Option<PathBuf>,
+    /// With `--perf`: record call stacks too (DWARF unwinding, more CPU while sampled) and write
+    /// each function's time with everything it calls to DIR/<run>.callers.txt.
+    #[arg(long, requires = "perf")]
+    perf_callers: bool,
     /// An extra setting for the tickflow services run, as its environment variable (repeatable),
     /// e.g. `--service-env TICKFLOW_KAFKA__LIBRDKAFKA__QUEUED_MIN_MESSAGES=100000` to measure
     /// another client setting beside the defaults. A service's own section
@@ -203,6 +207,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
         let _ = profile::DIR.set(dir.clone());
+        let _ = profile::CALLERS.set(args.perf_callers);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -508,6 +513,7 @@ fn reproduce_rest(args: &Args) -> String {
         (args.no_flink, "--no-flink"),
         (args.no_spark, "--no-spark"),
         (args.no_lean, "--no-lean"),
+        (args.perf_callers, "--perf-callers"),
     ] {
         if set {
             rest += &format!(" {flag}");

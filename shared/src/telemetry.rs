@@ -5,7 +5,6 @@
 //! service are constants here, described once at start.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -168,16 +167,17 @@ impl InstrumentLabels {
 /// Handles of one counter, one per combination of its label values, kept so that counting an
 /// event on the hot path neither builds label `String`s nor hashes them into the recorder's
 /// registry: after an entry's first use, a count is a map lookup by the values, each after its
-/// length (in a buffer reused across calls), and an atomic add. The instrument label goes through
-/// [`InstrumentLabels`] once per entry. The map is cleared when it reaches [`Self::MAX_ENTRIES`]
-/// (a flood of distinct values costs lookups, not memory).
+/// length (in a buffer reused across calls), and an atomic add. The map hashes with foldhash:
+/// SipHash and the length's formatting were most of a lookup's cost (bench/README.md). The
+/// instrument label goes through [`InstrumentLabels`] once per entry. The map is cleared when it
+/// reaches [`Self::MAX_ENTRIES`] (a flood of distinct values costs lookups, not memory).
 pub struct Counters<const N: usize> {
     name: &'static str,
     keys: [&'static str; N],
     /// Which of `keys` is the instrument, bounded through `labels`.
     instrument: Option<(usize, InstrumentLabels)>,
-    handles: std::collections::HashMap<String, metrics::Counter>,
-    key: String,
+    handles: std::collections::HashMap<Box<[u8]>, metrics::Counter, foldhash::fast::RandomState>,
+    key: Vec<u8>,
 }
 
 impl<const N: usize> Counters<N> {
@@ -189,8 +189,8 @@ impl<const N: usize> Counters<N> {
             name,
             keys,
             instrument: None,
-            handles: std::collections::HashMap::new(),
-            key: String::new(),
+            handles: std::collections::HashMap::default(),
+            key: Vec::new(),
         }
     }
 
@@ -211,10 +211,10 @@ impl<const N: usize> Counters<N> {
         for value in values {
             // Each value after its length, so no two combinations share a key whatever bytes
             // the values hold.
-            let _ = write!(self.key, "{}:", value.len());
-            self.key.push_str(value);
+            self.key.extend_from_slice(&value.len().to_le_bytes());
+            self.key.extend_from_slice(value.as_bytes());
         }
-        if !self.handles.contains_key(self.key.as_str()) {
+        if !self.handles.contains_key(self.key.as_slice()) {
             if self.handles.len() >= Self::MAX_ENTRIES {
                 self.handles.clear();
             }
@@ -229,9 +229,9 @@ impl<const N: usize> Counters<N> {
                 })
                 .collect();
             let counter = metrics::counter!(self.name, labels);
-            self.handles.insert(self.key.clone(), counter);
+            self.handles.insert(self.key.as_slice().into(), counter);
         }
-        &self.handles[self.key.as_str()]
+        &self.handles[self.key.as_slice()]
     }
 }
 

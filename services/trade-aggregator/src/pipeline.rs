@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::store::{CandleStore, TradeStore, TRADES_TTL};
-use tickflow_shared::avro::{self, AvroCodec, Registry};
+use tickflow_shared::avro::{self, AvroCodec, CandleEncoder, Registry};
 use tickflow_shared::cassandra::CheckpointStore;
 use tickflow_shared::domain::{now_micros, Micros};
 use tickflow_shared::error::Error;
@@ -189,6 +189,8 @@ pub async fn run(
             trades,
             producer: kafka::producer(&config.kafka, "aggregator")?,
             codec: codec.clone(),
+            // The schema was registered at start; registering again returns its id.
+            candle_encoder: CandleEncoder::registered(registry, &agg.candles_topic).await?,
             candles_topic: agg.candles_topic.clone(),
             late_topic: agg.late_topic.clone(),
             max_in_flight: agg.max_in_flight,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::store::{CandleStore, TradeStore, ONE_MINUTE, PARTITION_BATCH};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tickflow_shared::avro::AvroCodec;
+use tickflow_shared::avro::{AvroCodec, CandleEncoder};
 use tickflow_shared::domain::{epoch_day, Candle, Micros, Trade};
 use tickflow_shared::shutdown::Shutdown;
 use tickflow_shared::Result;
@@ -78,6 +78,8 @@ pub struct Sinks {
     pub trades: Option<TradeStore>,
     pub producer: FutureProducer,
     pub codec: Arc<AvroCodec>,
+    /// The candle topic's records, written without a `Value` per candle.
+    pub candle_encoder: CandleEncoder,
     pub candles_topic: String,
     pub late_topic: String,
     pub max_in_flight: usize,
@@ -178,10 +180,7 @@ impl Sinks {
     }
 
     async fn send_candle(&self, candle: &Candle, stamp: Micros) -> Result<()> {
-        let bytes = self
-            .codec
-            .encode_candle(&self.candles_topic, candle)
-            .await?;
+        let bytes = self.candle_encoder.encode(candle)?;
         let stamp = stamp.to_string();
         let headers = OwnedHeaders::new().insert(Header {
             key: STAMP_HEADER,
