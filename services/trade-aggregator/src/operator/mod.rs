@@ -95,7 +95,14 @@ pub struct PartitionState {
 }
 
 /// The windows that end at one instant: instrument → venue → state.
-pub type Bin = HashMap<String, HashMap<String, CandleState>>;
+pub type Bin = HashMap<String, Venues, WindowHasher>;
+
+/// One instrument's windows that end at one instant, by venue.
+pub type Venues = HashMap<String, CandleState, WindowHasher>;
+
+/// The window maps hash with foldhash: SipHash was most of a lookup (bench/README.md). Keys are
+/// instrument and venue names from the reference data, seeded per map all the same.
+pub type WindowHasher = foldhash::fast::RandomState;
 
 /// Format of the serialized [`PartitionState`] in checkpoints: 3 is binary
 /// ([`tickflow_shared::runtime::state`]: postcard in an LZ4 frame, decimals as their 16 bytes).
@@ -176,7 +183,10 @@ impl Aggregator {
             let late = end <= state.watermark;
             let bin = state.windows.entry(end).or_default();
             if !bin.contains_key(trade.instrument.as_str()) {
-                bin.insert(trade.instrument.clone(), HashMap::with_capacity(2));
+                bin.insert(
+                    trade.instrument.clone(),
+                    Venues::with_capacity_and_hasher(2, WindowHasher::default()),
+                );
             }
             if let Some(venues) = bin.get_mut(trade.instrument.as_str()) {
                 let span = WindowSpan { start, end, late };
@@ -406,7 +416,7 @@ struct WindowSpan {
 
 /// Adds `trade` to its venue's window and the consolidated one: both take it, or neither.
 fn add_to_windows(
-    venues: &mut HashMap<String, CandleState>,
+    venues: &mut Venues,
     trade: &Trade,
     span: WindowSpan,
     interval: &str,
