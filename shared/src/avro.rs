@@ -336,10 +336,6 @@ impl AvroCodec {
         same.then_some(body)
     }
 
-    pub async fn encode_candle(&self, topic: &str, candle: &Candle) -> Result<Vec<u8>> {
-        self.encode(topic, candle_to_value(candle)?).await
-    }
-
     pub async fn decode_candle(&self, bytes: &[u8]) -> Result<Candle> {
         candle_from_value(self.decode(bytes).await?)
     }
@@ -532,7 +528,8 @@ impl TradeEncoder {
 }
 
 /// Encodes candles as [`TradeEncoder`] encodes trades: no `Value` per candle, byte-identical to
-/// [`AvroCodec::encode_candle`] (tested). The aggregator's candles, early firings included.
+/// the generic `Value` path ([`candle_to_value`], tested). The aggregator's candles, early
+/// firings included.
 pub struct CandleEncoder(BodyWriter);
 
 /// The Candle schema, parsed once for the process.

@@ -176,12 +176,10 @@ pub async fn run(
     } else {
         None
     };
+    // Candles are written by `CandleEncoder`; the codec encodes late trades only.
     let codec = Arc::new(AvroCodec::new(
         registry,
-        &[
-            (agg.candles_topic.as_str(), avro::CANDLE),
-            (agg.late_topic.as_str(), avro::TRADE),
-        ],
+        &[(agg.late_topic.as_str(), avro::TRADE)],
     ));
     let mut job = Windows {
         sinks: Sinks {
